@@ -1,0 +1,1 @@
+"""Registered XBNBlock models (importing this module registers them with timm)."""

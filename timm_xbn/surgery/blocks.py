@@ -1,0 +1,144 @@
+"""Find the residual blocks of a timm CNN and the BatchNorms along their main path.
+
+A block's *norm slots* are its main-path normalizations in forward order: slot 1 is the
+paper's "first BN" (P1), slot 2 the second (P2), slot 3 the third (P3). They are derived from
+the block's structure, not from attribute names: each direct child of the block that holds a
+BatchNorm is one slot (the BN itself, all BNs of a BN list, or the first BN of a composite such
+as timm's ``ConvNormAct``), in registration order, which timm keeps equal to forward order.
+Shortcut / downsample children and attention children are never slots.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Type
+
+import torch.nn as nn
+from timm.models import _efficientnet_blocks as effnet_blocks
+from timm.models import byobnet, cspnet, regnet, res2net, resnest, resnet
+
+__all__ = [
+    "ResidualBlock",
+    "BLOCK_FAMILIES",
+    "SHORTCUT_CHILD_NAMES",
+    "is_bn",
+    "find_residual_blocks",
+    "find_stem_norms",
+    "supported_families_text",
+]
+
+# Residual block classes, by the timm family (model source file) they come from.
+BLOCK_FAMILIES: Dict[Type[nn.Module], str] = {
+    resnet.BasicBlock: "resnet",
+    resnet.Bottleneck: "resnet",
+    regnet.Bottleneck: "regnet",
+    res2net.Bottle2neck: "res2net",
+    resnest.ResNestBottleneck: "resnest",
+    byobnet.BasicBlock: "byobnet",
+    byobnet.BottleneckBlock: "byobnet",
+    byobnet.DarkBlock: "byobnet",
+    byobnet.EdgeBlock: "byobnet",
+    cspnet.BottleneckBlock: "cspnet",
+    cspnet.DarkBlock: "cspnet",
+    effnet_blocks.InvertedResidual: "efficientnet",
+    effnet_blocks.DepthwiseSeparableConv: "efficientnet",
+    effnet_blocks.EdgeResidual: "efficientnet",
+}
+
+# What P1/P2/P3 mean in each family (slot -> module), for docs and error messages.
+FAMILY_SLOTS: Dict[str, str] = {
+    "resnet": "Bottleneck: bn1 (1x1 reduce), bn2 (3x3), bn3 (1x1 expand); BasicBlock: bn1, bn2",
+    "regnet": "conv1.bn (1x1), conv2.bn (3x3 group conv), conv3.bn (1x1)",
+    "res2net": "bn1 (1x1), bns (all scale branches of the 3x3 stage), bn3 (1x1)",
+    "resnest": "bn1 (1x1), conv2.bn0 (split-attention conv), bn3 (1x1)",
+    "byobnet": "conv1_1x1, conv2_kxk, conv3_1x1 norms (bottleneck); conv1_kxk, conv2_kxk (basic)",
+    "cspnet": "conv1.bn, conv2.bn, conv3.bn (bottleneck); conv1.bn, conv2.bn (dark)",
+    "efficientnet": "bn1 (expand 1x1), bn2 (depthwise), bn3 (project 1x1); DS conv: bn1, bn2",
+}
+
+# Children that carry the identity / projection path or an attention gate, never a slot.
+SHORTCUT_CHILD_NAMES = frozenset({"downsample", "shortcut", "skip", "conv_shortcut"})
+ATTENTION_CHILD_NAMES = frozenset({"se", "attn", "attn_last", "attn2", "attn3"})
+
+
+def is_bn(module: nn.Module) -> bool:
+    """True for any BatchNorm (nn.BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d)."""
+    return isinstance(module, nn.modules.batchnorm._BatchNorm)
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    """One residual block: 1-based ``index`` over the whole network, its qualified ``name``,
+    timm ``family`` and ``norm_slots`` (qualified names of the norms of slot 1, 2, 3, ...)."""
+
+    index: int
+    name: str
+    family: str
+    module: nn.Module
+    norm_slots: Tuple[Tuple[str, ...], ...]
+
+
+def _slot_of_child(prefix: str, child: nn.Module) -> Tuple[str, ...]:
+    """Qualified names of the BN(s) that make one slot out of a block's direct child."""
+    if is_bn(child):
+        return (prefix,)
+    if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) and all(is_bn(m) for m in child):
+        return tuple(f"{prefix}.{i}" for i in range(len(child)))
+    for sub_name, sub in child.named_modules():
+        if sub_name and is_bn(sub):
+            return (f"{prefix}.{sub_name}",)
+    return ()
+
+
+def _norm_slots(block_name: str, block: nn.Module) -> Tuple[Tuple[str, ...], ...]:
+    slots = []
+    for child_name, child in block.named_children():
+        if child_name in SHORTCUT_CHILD_NAMES or child_name in ATTENTION_CHILD_NAMES:
+            continue
+        slot = _slot_of_child(f"{block_name}.{child_name}", child)
+        if slot:
+            slots.append(slot)
+    return tuple(slots)
+
+
+def _walk_blocks(module: nn.Module, prefix: str, found: List[Tuple[str, nn.Module]]) -> None:
+    for name, child in module.named_children():
+        qualified = f"{prefix}.{name}" if prefix else name
+        if type(child) in BLOCK_FAMILIES:
+            found.append((qualified, child))
+        else:
+            _walk_blocks(child, qualified, found)
+
+
+def find_residual_blocks(model: nn.Module) -> List[ResidualBlock]:
+    """All supported residual blocks of ``model`` in forward order, numbered from 1."""
+    found: List[Tuple[str, nn.Module]] = []
+    _walk_blocks(model, "", found)
+    return [
+        ResidualBlock(index=i, name=name, family=BLOCK_FAMILIES[type(block)], module=block,
+                      norm_slots=_norm_slots(name, block))
+        for i, (name, block) in enumerate(found, start=1)
+    ]
+
+
+def find_stem_norms(model: nn.Module, blocks: Optional[List[ResidualBlock]] = None) -> List[str]:
+    """Qualified names of the BNs in the stem: the top-level children before the first one that holds a block."""
+    blocks = find_residual_blocks(model) if blocks is None else blocks
+    if not blocks:
+        return []
+    first_stage = blocks[0].name.split(".")[0]
+    stem = []
+    for top_name, top in model.named_children():
+        if top_name == first_stage:
+            break
+        stem.extend(
+            f"{top_name}.{sub}" if sub else top_name for sub, m in top.named_modules() if is_bn(m)
+        )
+    return stem
+
+
+def supported_families_text() -> str:
+    """One line per supported family: its block classes and the meaning of P1/P2/P3."""
+    by_family: Dict[str, List[str]] = {}
+    for cls, family in BLOCK_FAMILIES.items():
+        by_family.setdefault(family, []).append(cls.__name__)
+    return "\n".join(
+        f"  {family}: {', '.join(classes)} -- {FAMILY_SLOTS[family]}" for family, classes in by_family.items()
+    )
