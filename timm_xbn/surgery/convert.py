@@ -179,4 +179,19 @@ def convert(
             new=_short_repr(bfn),
         ))
     target.xbn_cfg = cfg.to_dict()
+    _record_reconstruction(target, cfg)
     return ConversionResult(target, replaced)
+
+
+def _record_reconstruction(model: nn.Module, cfg: XBNConfig) -> None:
+    """Make a converted timm model rebuildable from its exported config: its architecture becomes
+    the registered ``xbn_converted`` with the base name and the surgery settings as model args.
+
+    Models still being built by a registered factory (no ``pretrained_cfg`` yet) are left alone.
+    """
+    pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    if not pretrained_cfg or not pretrained_cfg.get("architecture"):
+        return
+    settings = {k: v for k, v in cfg.to_dict().items() if v != getattr(XBNConfig, k)}
+    model._model_args = {**getattr(model, "_model_args", {}), "base_model": pretrained_cfg["architecture"], **settings}
+    model.pretrained_cfg = model.default_cfg = {**pretrained_cfg, "architecture": "xbn_converted"}

@@ -1,0 +1,31 @@
+"""Create timm models by name with clear errors and optional local checkpoints."""
+import difflib
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import timm
+import torch.nn as nn
+
+from .checkpoints import load_weights
+
+__all__ = ["check_model_name", "create_model"]
+
+
+def check_model_name(name: str) -> None:
+    """Raise ``ValueError`` with close matches when ``name`` is not a timm model (or hf-hub id)."""
+    if name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name.split(".")[0]):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ValueError(f"unknown model {name!r}{hint}")
+
+
+def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union[str, Path]] = None,
+                 **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` (``import timm_xbn`` has registered the xbn_* models) plus a checked
+    name and an optional local ``checkpoint`` (safetensors or weights-only torch file)."""
+    check_model_name(name)
+    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model

@@ -1,0 +1,142 @@
+"""XBNBlock ResNets / ResNeXts registered with timm.
+
+Naming: ``xbn_<timm base>[_p1|_p3][_in][_d2|_d4|_d8][_bfnstem]``
+  * no position suffix = XBNBlock-P2 (the paper's default); ``_p1`` / ``_p3`` = P1 / P3 (Table 1)
+  * no norm suffix = GroupNorm with 64 groups (clamped to the channels); ``_in`` = InstanceNorm (Fig. 7/8)
+  * no D suffix = every bottleneck; ``_d2`` / ``_d4`` / ``_d8`` = the 2n / 4n / 8n-th bottlenecks (Fig. 7, Table 2)
+  * ``_bfnstem`` = the stem BN is a BFN too: the layout of the authors' released checkpoints.
+
+Every model is the timm ``ResNet`` of its base name with the surgery of ``timm_xbn.convert``
+applied at construction, so ``convert(timm.create_model("resnet50"))`` and
+``timm.create_model("xbn_resnet50")`` have identical state-dict keys and shapes. The surgery
+settings can be overridden per call (``timm.create_model("xbn_resnet50", position="P1")``).
+Unlike timm's ResNets, the last BN of each block is not zero-initialised by default
+(``zero_init_last=False``), following the authors' code.
+"""
+from typing import Any, Callable, Dict
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.resnet import Bottleneck, ResNet
+
+from ..surgery import convert
+
+__all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
+
+HUB_ORG = "timm-xbn"
+SURGERY_KWARGS = ("position", "every", "bfn", "groups", "channels_per_group", "affine", "stem")
+
+# timm ResNet constructor arguments of each base architecture.
+_BASE_ARCHS: Dict[str, Dict[str, Any]] = {
+    "resnet26": dict(block=Bottleneck, layers=(2, 2, 2, 2)),
+    "resnet50": dict(block=Bottleneck, layers=(3, 4, 6, 3)),
+    "resnet101": dict(block=Bottleneck, layers=(3, 4, 23, 3)),
+    "resnet152": dict(block=Bottleneck, layers=(3, 8, 36, 3)),
+    "resnext50_32x4d": dict(block=Bottleneck, layers=(3, 4, 6, 3), cardinality=32, base_width=4),
+    "resnext101_32x8d": dict(block=Bottleneck, layers=(3, 4, 23, 3), cardinality=32, base_width=8),
+}
+_DEFAULT_SURGERY = dict(position=2, every=1, bfn="gn", groups=64, channels_per_group=None, affine=None, stem=False)
+_PAPER_ARCHS = ("resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
+
+
+def _variants() -> Dict[str, Dict[str, Any]]:
+    """Registered name -> dict(base=..., **surgery settings)."""
+    variants: Dict[str, Dict[str, Any]] = {}
+
+    def add(base: str, suffix: str = "", **surgery: Any) -> None:
+        variants[f"xbn_{base}{suffix}"] = dict(base=base, **dict(_DEFAULT_SURGERY, **surgery))
+
+    for base in _BASE_ARCHS:
+        add(base)
+        if base != "resnet26":
+            add(base, "_d2", every=2)  # Table 2
+    add("resnet50", "_p1", position=1)  # Table 1
+    add("resnet50", "_p3", position=3)
+    for every in (4, 8):  # Figure 7
+        add("resnet50", f"_d{every}", every=every)
+    add("resnet50", "_in", bfn="in")  # Figures 7 and 8
+    for every in (2, 4, 8):
+        add("resnet50", f"_in_d{every}", bfn="in", every=every)
+    for base in _PAPER_ARCHS:  # the authors' released layout
+        add(base, "_bfnstem", stem=True)
+    return variants
+
+
+XBN_VARIANTS: Dict[str, Dict[str, Any]] = _variants()
+
+
+class XBNResNet(ResNet):
+    """A timm ``ResNet`` whose residual blocks are converted to XBNBlocks when it is built."""
+
+    def __init__(self, position: Any = 2, every: int = 1, bfn: str = "gn", groups: int = 64,
+                 channels_per_group: Any = None, affine: Any = None, stem: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        convert(self, position=position, every=every, bfn=bfn, groups=groups,
+                channels_per_group=channels_per_group, affine=affine, stem=stem, inplace=True)
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        "url": "",
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bilinear",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "conv1", "classifier": "fc",
+        "license": "apache-2.0", "paper_ids": "arXiv:2203.10778",
+        **kwargs,
+    }
+
+
+def _pretrained_tags(name: str) -> Dict[str, Dict[str, Any]]:
+    """Pretrained tags of a variant: ``.in1k`` (trained by this project) and, for the authors'
+    layout, ``.authors_in1k`` (the authors' ImageNet weights, imported with ``xbn-convert --authors``)."""
+    tags = {f"{name}.in1k": _cfg(hf_hub_id=f"{HUB_ORG}/{name}.in1k")}
+    if XBN_VARIANTS[name]["stem"]:
+        tags[f"{name}.authors_in1k"] = _cfg(hf_hub_id=f"{HUB_ORG}/{name}.authors_in1k")
+    return tags
+
+
+default_cfgs = generate_default_cfgs({
+    **{tag: cfg for name in XBN_VARIANTS for tag, cfg in _pretrained_tags(name).items()},
+    "xbn_converted": _cfg(),
+})
+
+
+def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XBNResNet:
+    variant = dict(XBN_VARIANTS[name])
+    base = variant.pop("base")
+    model_args = dict(_BASE_ARCHS[base], zero_init_last=False, **variant)
+    return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+
+
+def _entrypoint(name: str) -> Callable[..., XBNResNet]:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> XBNResNet:
+        return _create_xbn_resnet(name, pretrained, **kwargs)
+
+    settings = XBN_VARIANTS[name]
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = (
+        f"{settings['base']} with XBNBlock-P{settings['position']} ({settings['bfn'].upper()}) in every "
+        f"{'' if settings['every'] == 1 else str(settings['every']) + '-th '}bottleneck"
+        f"{', BFN stem' if settings['stem'] else ''}."
+    )
+    return entrypoint
+
+
+for _name in XBN_VARIANTS:
+    globals()[_name] = register_model(_entrypoint(_name))
+
+
+def _build_converted(base_model: str = "resnet26", **kwargs: Any):
+    surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
+    model = timm.create_model(base_model, **kwargs)
+    return convert(model, inplace=True, **surgery).model
+
+
+@register_model
+def xbn_converted(pretrained: bool = False, **kwargs: Any):
+    """Any supported timm BN model converted by surgery: ``base_model`` plus ``convert`` settings
+    (position, every, bfn, groups, channels_per_group, affine, stem) and the base's timm kwargs.
+    Lets a Hub ``config.json`` (architecture + model_args) rebuild a converted model."""
+    return build_model_with_cfg(_build_converted, "xbn_converted", pretrained, **kwargs)
