@@ -42,3 +42,34 @@ def image_folder(tmp_path: Path) -> Callable[..., Path]:
         return write_image_folder(tmp_path / name, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def timm_sdist() -> Path:
+    """timm's source distribution for the installed version (train.py, tests/test_models.py).
+
+    Looked for in ``timm-sdist/`` at the repo root (``.ci/run`` fills it) and otherwise fetched
+    with ``pip download``. Skipped when it cannot be fetched, except in CI, where that fails.
+    """
+    import importlib.metadata
+    import subprocess
+    import sys
+    import tarfile
+
+    version = importlib.metadata.version("timm")
+    root = Path(__file__).resolve().parent.parent / "timm-sdist"
+    folder = root / f"timm-{version}"
+    if not folder.is_dir():
+        root.mkdir(exist_ok=True)
+        fetched = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+             f"timm=={version}", "-d", str(root)], capture_output=True, text=True)
+        archive = root / f"timm-{version}.tar.gz"
+        if fetched.returncode != 0 or not archive.is_file():
+            message = f"cannot download timm {version} sdist: {fetched.stderr[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    return folder

@@ -1,0 +1,144 @@
+"""Registered xbn_* models: names, equivalence with surgery, kwargs, pretrained loading, authors' layout."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torchvision
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+import timm_xbn
+from timm_xbn.cli import convert_app
+from timm_xbn.layers import GroupNorm2d, InstanceNorm2d
+from timm_xbn.models import HUB_ORG, XBN_VARIANTS, import_authors_checkpoint, load_exported
+
+REQUIRED = ["xbn_resnet50", "xbn_resnet101", "xbn_resnet152", "xbn_resnext50_32x4d", "xbn_resnext101_32x8d",
+            "xbn_resnet50_p1", "xbn_resnet50_p3", "xbn_resnet50_d2", "xbn_resnet50_d4", "xbn_resnet50_d8",
+            "xbn_resnet50_in"]
+
+
+def shapes(model: nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def test_required_names_are_registered():
+    assert set(REQUIRED) <= set(timm.list_models("xbn_*"))
+
+
+@pytest.mark.parametrize("name", sorted(XBN_VARIANTS))
+def test_registered_equals_surgery_on_the_base(name):
+    settings = XBN_VARIANTS[name]
+    with torch.device("meta"):
+        registered = timm.create_model(name)
+        base = timm.create_model(settings["base"])
+    converted, _ = timm_xbn.convert(base, **{k: v for k, v in settings.items() if k != "base"})
+    assert shapes(registered) == shapes(converted)
+    assert [type(m).__name__ for m in registered.modules()][1:] == [type(m).__name__ for m in converted.modules()][1:]
+
+
+def test_default_xbn_resnet50_is_convert_of_resnet50_with_defaults():
+    with torch.device("meta"):
+        assert shapes(timm.create_model("xbn_resnet50")) == shapes(timm_xbn.convert(timm.create_model("resnet50")).model)
+
+
+@pytest.mark.parametrize("name, module, cls", [
+    ("xbn_resnet50_p1", "layer2.1.bn1", GroupNorm2d), ("xbn_resnet50_p3", "layer2.1.bn3", GroupNorm2d),
+    ("xbn_resnet50_in", "layer3.0.bn2", InstanceNorm2d), ("xbn_resnet50_d4", "layer3.4.bn2", GroupNorm2d),
+    ("xbn_resnet50_d4", "layer3.3.bn2", nn.BatchNorm2d), ("xbn_resnet50_bfnstem", "bn1", GroupNorm2d),
+    ("xbn_resnet50", "bn1", nn.BatchNorm2d),
+])
+def test_variant_semantics(name, module, cls):
+    with torch.device("meta"):
+        assert type(timm.create_model(name).get_submodule(module)) is cls
+
+
+def test_timm_kwargs_pass_through():
+    model = timm.create_model("xbn_resnet26", num_classes=7, drop_path_rate=0.1, in_chans=1)
+    assert model.fc.out_features == 7 and model.conv1.in_channels == 1
+    assert any(type(m).__name__ == "DropPath" for m in model.modules())
+    features = timm.create_model("xbn_resnet26", features_only=True, out_indices=(2, 4))
+    outs = features(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == [512, 2048]
+    assert timm.create_model("xbn_resnet26", position="P1").xbn_cfg["position"] == 1
+
+
+def test_pretrained_tags_point_at_project_hub():
+    for tag in timm.list_pretrained("xbn_*"):
+        cfg = timm.models.get_pretrained_cfg(tag.split(".")[0] + "." + tag.split(".")[1])
+        assert cfg.hf_hub_id == f"{HUB_ORG}/{tag}"
+
+
+def test_pretrained_loading_through_timm_is_bit_exact(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("xbn_resnet26", num_classes=4)
+    for m in source.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2)
+    path = tmp_path / "w.safetensors"
+    save_file(source.state_dict(), str(path))
+    loaded = timm.create_model("xbn_resnet26", pretrained=True, num_classes=4,
+                               pretrained_cfg_overlay=dict(file=str(path), num_classes=4))
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def authors_layout_state_dict(arch: str = "resnet50") -> dict:
+    """An authors'-layout checkpoint built independently with torchvision: GN (weight/bias only)
+    in the stem and in bn2 of every bottleneck, torchvision keys, DataParallel 'module.' prefix."""
+    torch.manual_seed(0)
+    tv = getattr(torchvision.models, arch)()
+    state = {}
+    for key, value in tv.state_dict().items():
+        owner, leaf = key.rsplit(".", 1)
+        is_gn = owner == "bn1" or owner.endswith(".bn2")
+        if is_gn and leaf not in ("weight", "bias"):
+            continue
+        state[f"module.{key}"] = torch.randn_like(value) if value.is_floating_point() else value
+    return {"state_dict": state, "epoch": 100}
+
+
+def test_import_authors_checkpoint(tmp_path):
+    checkpoint = authors_layout_state_dict()
+    path = tmp_path / "authors.pth"
+    torch.save(checkpoint, path)
+    model = import_authors_checkpoint(path, arch="resnet50")
+    assert model.pretrained_cfg["architecture"] == "xbn_resnet50_bfnstem"
+    assert isinstance(model.bn1, GroupNorm2d) and isinstance(model.layer4[2].bn2, GroupNorm2d)
+    state = model.state_dict()
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(state[key.removeprefix("module.")], value), key
+
+
+def test_authors_checkpoint_mismatch_names_keys(tmp_path):
+    checkpoint = authors_layout_state_dict()
+    del checkpoint["state_dict"]["module.layer1.0.bn2.weight"]
+    torch.save(checkpoint, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="missing keys: layer1.0.bn2.weight"):
+        import_authors_checkpoint(tmp_path / "bad.pth", arch="resnet50")
+
+
+def test_xbn_convert_cli_round_trip(tmp_path):
+    torch.manual_seed(0)
+    base = timm.create_model("regnety_016", num_classes=3).eval()
+    save_file(base.state_dict(), str(tmp_path / "base.safetensors"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(convert_app, [
+        "regnety_016", "--checkpoint", str(tmp_path / "base.safetensors"), "--groups", "8", "--every", "2",
+        "--model-kwargs", '{"num_classes": 3}', "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    expected, _ = timm_xbn.convert(base, every=2, groups=8)
+    reloaded = load_exported(out).eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(reloaded(x), expected(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resnet5", "--out", "x"], "unknown model 'resnet5'; did you mean resnet50"),
+    (["resnet18", "--position", "P3", "--out", "x"], "P3 needs a block with 3 BNs"),
+    (["convnext_atto", "--out", "x"], "no BatchNorm layers"),
+    (["resnet18", "--checkpoint", "missing.safetensors", "--out", "x"], "checkpoint not found"),
+])
+def test_xbn_convert_cli_errors(tmp_path, args, message):
+    result = CliRunner().invoke(convert_app, args)
+    assert result.exit_code == 2
+    assert message in result.output.replace("\n", "")

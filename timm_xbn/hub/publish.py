@@ -1,0 +1,200 @@
+"""Push a model to the Hugging Face Hub in timm's layout, pull it back, and read its card.
+
+A pushed repo holds ``model.safetensors``, timm's ``config.json`` (architecture, num_classes,
+num_features, pretrained_cfg and model_args, written by ``timm.models.save_for_hf``) and a
+``README.md`` model card, so ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` rebuilds
+it, converted models included (``import timm_xbn`` first).
+"""
+import copy
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import timm
+import torch.nn as nn
+from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
+from huggingface_hub.utils import validate_repo_id
+
+from ..models import create_model, export_model, load_weights
+from .card import card_results, render_card
+from .results import load_results, select_entry
+
+__all__ = ["REPO_FILES", "PushResult", "HubInfo", "check_repo_id", "resolve_token", "build_model",
+           "write_repo_folder", "upload_folder", "push", "pull", "info"]
+
+REPO_FILES = ("model.safetensors", "config.json", "README.md")
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What ``push`` did: the repo, the files of the commit, the folder kept by a dry run, the commit URL."""
+
+    repo_id: str
+    files: List[str]
+    folder: Optional[Path]
+    commit_url: Optional[str]
+
+
+@dataclass(frozen=True)
+class HubInfo:
+    """A repo's (or a downloaded folder's) ``config.json`` and its card's ``model-index`` results."""
+
+    source: str
+    config: Dict[str, Any]
+    results: List[Dict[str, Any]]
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Raise ``ValueError`` unless ``repo_id`` is a valid ``ORG/NAME`` Hub model id."""
+    if repo_id.count("/") != 1:
+        raise ValueError(f"invalid repo id {repo_id!r}: expected ORG/NAME, e.g. timm-xbn/xbn_resnet50.in1k")
+    try:
+        validate_repo_id(repo_id)
+    except ValueError as err:
+        raise ValueError(f"invalid repo id {repo_id!r}: {err}") from None
+    return repo_id
+
+
+def resolve_token(token: Optional[str] = None) -> str:
+    """``token``, else the ``HF_TOKEN`` environment variable or the token saved by ``hf auth login``."""
+    token = token or get_token()
+    if not token:
+        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or `huggingface-cli login`)")
+    return token
+
+
+def build_model(model: Union[str, nn.Module], checkpoint: Optional[Union[str, Path]] = None,
+                model_kwargs: Optional[Dict[str, Any]] = None) -> nn.Module:
+    """The model to publish: a timm / ``xbn_*`` name (or ``local-dir:FOLDER`` of an ``xbn-convert`` output)
+    built with ``model_kwargs`` and the weights of ``checkpoint`` (required), or a model object
+    (``checkpoint`` optionally loaded into a copy)."""
+    if isinstance(model, str):
+        if checkpoint is None:
+            raise ValueError(f"a checkpoint is required to publish {model!r}: a freshly built model has random weights")
+        if model.startswith("local-dir:"):  # a folder written by xbn-convert: its config.json builds the model
+            return load_weights(timm.create_model(model, **(model_kwargs or {})), checkpoint)
+        try:
+            return create_model(model, checkpoint=checkpoint, **(model_kwargs or {}))
+        except TypeError as err:
+            raise ValueError(f"cannot create {model!r} with model kwargs {model_kwargs or {}}: {err}") from None
+    if model_kwargs:
+        raise ValueError("model_kwargs only apply when the model is given by name")
+    if not getattr(model, "pretrained_cfg", None):
+        raise ValueError(f"{type(model).__name__} is not a timm model (no pretrained_cfg): build it with timm.create_model")
+    if checkpoint is None:
+        return model
+    return load_weights(copy.deepcopy(model), checkpoint)
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"--dry-run folder {folder} is a file")
+    if folder.is_dir():
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in REPO_FILES)
+        if extra:
+            raise ValueError(f"dry-run folder {folder} must be new or hold only {', '.join(REPO_FILES)}; found {', '.join(extra)}")
+
+
+def write_repo_folder(
+    model: nn.Module,
+    folder: Union[str, Path],
+    repo_id: str,
+    results: Sequence[Union[str, Path]] = (),
+    names: Sequence[str] = (),
+    license: Optional[str] = None,
+    template: Optional[Union[str, Path]] = None,
+) -> List[str]:
+    """Write the files of the Hub repo (``REPO_FILES``) to ``folder``; returns their names."""
+    loaded = load_results(results)
+    folder = Path(folder)
+    export_model(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    card = render_card(model, repo_id, config, loaded, names=names, license=license, template=template)
+    (folder / "README.md").write_text(card, encoding="utf-8")
+    return sorted(p.name for p in folder.iterdir())
+
+
+def upload_folder(folder: Union[str, Path], repo_id: str, token: str, commit_message: str, private: bool = False,
+                  revision: Optional[str] = None, api: Optional[HfApi] = None):
+    """Create ``repo_id`` if needed and commit every file of ``folder`` in one commit; returns the ``CommitInfo``."""
+    from .. import __version__
+
+    folder = Path(folder)
+    api = api or HfApi(token=token, library_name="timm-xbn", library_version=__version__)
+    api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+    if revision and revision != "main":
+        api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
+    return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision, token=token)
+
+
+def push(
+    model: Union[str, nn.Module],
+    repo_id: str,
+    checkpoint: Optional[Union[str, Path]] = None,
+    results: Sequence[Union[str, Path]] = (),
+    model_kwargs: Optional[Dict[str, Any]] = None,
+    results_name: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    dry_run: Optional[Union[str, Path]] = None,
+    token: Optional[str] = None,
+    commit_message: Optional[str] = None,
+    license: Optional[str] = None,
+    api: Optional[HfApi] = None,
+) -> PushResult:
+    """Publish a model with its weights, timm ``config.json`` and a model card built from ``results``.
+
+    Everything is checked before anything is uploaded, in this order: the repo id, the checkpoint
+    against the model (missing / unexpected keys, shapes), the results files, the token. With
+    ``dry_run=DIR`` the exact repo folder is written to ``DIR`` and nothing is uploaded.
+
+    Args:
+        model: a timm or ``xbn_*`` model name (then ``checkpoint`` is required), or a model object.
+        repo_id: ``ORG/NAME``; the project's repos live under ``timm_xbn.models.HUB_ORG``.
+        results: results JSON files from ``xbn-train`` / ``xbn-eval`` (train, robustness, adabn, esm, corruption).
+        results_name: the name the results files use for this model, when it is not the model or repo name.
+        api: an ``HfApi`` to upload with (default: one for the Hub endpoint and ``token``).
+    """
+    check_repo_id(repo_id)
+    built = build_model(model, checkpoint, model_kwargs)
+    architecture = built.pretrained_cfg.get("architecture", type(built).__name__)
+    names = [n for n in (results_name, model if isinstance(model, str) else None, architecture, repo_id.split("/")[1]) if n]
+    for loaded in load_results(results):
+        select_entry(loaded, names)
+    if dry_run is not None:
+        folder = Path(dry_run)
+        _check_folder(folder)
+        files = write_repo_folder(built, folder, repo_id, results, names=names, license=license)
+        return PushResult(repo_id=repo_id, files=files, folder=folder, commit_url=None)
+    token = resolve_token(token)
+    from .. import __version__
+
+    message = commit_message or f"Add {architecture} weights, config.json and model card (timm-xbn {__version__})"
+    with tempfile.TemporaryDirectory() as tmp:
+        files = write_repo_folder(built, tmp, repo_id, results, names=names, license=license)
+        commit = upload_folder(tmp, repo_id, token, message, private=private, revision=revision, api=api)
+    return PushResult(repo_id=repo_id, files=files, folder=None, commit_url=commit.commit_url)
+
+
+def pull(repo_id: str, out: Union[str, Path], revision: Optional[str] = None, token: Optional[str] = None) -> Path:
+    """Download a Hub repo to ``out``; returns the folder."""
+    check_repo_id(repo_id)
+    return Path(snapshot_download(repo_id, revision=revision, local_dir=str(out), token=token))
+
+
+def info(source: Union[str, Path], revision: Optional[str] = None) -> HubInfo:
+    """``config.json`` and model-card results of a local repo folder, or of a Hub repo ``ORG/NAME``."""
+    folder = Path(source)
+    if folder.is_dir():
+        files = {name: folder / name for name in ("config.json", "README.md")}
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder} is not a Hub model folder: {', '.join(missing)} not found")
+    else:
+        check_repo_id(str(source))
+        files = {name: Path(hf_hub_download(str(source), name, revision=revision)) for name in ("config.json", "README.md")}
+    config = json.loads(files["config.json"].read_text())
+    return HubInfo(source=str(source), config=config, results=card_results(files["README.md"]))

@@ -1,0 +1,94 @@
+"""Results JSON files (written by ``xbn-eval`` / ``xbn-train``) as the only source of a card's figures.
+
+Each file is checked against the project-wide schema of its ``kind`` when it is loaded, so a
+malformed or unknown file fails before anything is written or uploaded.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
+
+__all__ = ["CARD_KINDS", "ResultsFile", "load_results", "base_name", "select_entry"]
+
+# Required top-level fields of each results kind a model card can show.
+_REQUIRED: Dict[str, Tuple[str, ...]] = {
+    "train": ("model", "val_top1", "val_top5", "epochs", "recipe", "dataset"),
+    "robustness": ("dataset", "blocks", "seeds", "models"),
+    "adabn": ("dataset", "models"),
+    "esm": ("dataset", "models"),
+    "corruption": ("model", "dataset", "clean_error", "errors", "ce", "mce", "relative_mce", "complete", "missing"),
+}
+CARD_KINDS = tuple(_REQUIRED)
+
+
+@dataclass(frozen=True)
+class ResultsFile:
+    """One loaded results file: where it came from, its kind and its data."""
+
+    path: Path
+    kind: str
+    data: Dict[str, Any]
+
+    @property
+    def source(self) -> str:
+        return self.path.name
+
+
+def _load_one(path: Path) -> ResultsFile:
+    if not path.is_file():
+        raise FileNotFoundError(f"results file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"results file {path} is not valid JSON: {err}") from None
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind == "study":
+        raise ValueError(
+            f"{path} is a 'study' results file, which aggregates several models; "
+            "a model card takes that model's own train / robustness / adabn / esm / corruption files"
+        )
+    if kind not in _REQUIRED:
+        raise ValueError(f"{path} has kind {kind!r}; expected one of {', '.join(CARD_KINDS)}")
+    missing = [k for k in _REQUIRED[kind] if k not in data]
+    if missing:
+        raise ValueError(f"{path} ({kind} results) lacks the field(s) {', '.join(missing)}")
+    if "models" in data and (not isinstance(data["models"], dict) or not data["models"]):
+        raise ValueError(f"{path} ({kind} results) has no per-model results in 'models'")
+    return ResultsFile(path=path, kind=kind, data=data)
+
+
+def load_results(paths: Iterable[Union[str, Path]]) -> List[ResultsFile]:
+    """Load and schema-check results files; raises ``FileNotFoundError`` / ``ValueError`` naming the file."""
+    return [_load_one(Path(p)) for p in paths]
+
+
+def base_name(name: str) -> str:
+    """``hf-hub:org/xbn_resnet50.in1k`` or ``xbn_resnet50:model_best`` (an eval label with its
+    checkpoint) -> ``xbn_resnet50``: the part that names the architecture."""
+    for prefix in ("hf-hub:", "hf_hub:", "local-dir:"):
+        name = name.removeprefix(prefix)
+    name = name.rstrip("/").rsplit("/", 1)[-1]
+    return name.split(":", 1)[0].split(".", 1)[0]
+
+
+def select_entry(results: ResultsFile, names: Sequence[str]) -> Tuple[str, Any]:
+    """The model a results file reports on that is one of ``names``: an exact name match, else the one
+    entry whose ``base_name`` matches.
+
+    For ``train`` / ``corruption`` files that is the file itself (its ``model`` field), for the others
+    one entry of ``models``. Raises ``ValueError`` rather than putting another model's figures in a card.
+    """
+    per_model = "models" in results.data
+    candidates = list(results.data["models"]) if per_model else [str(results.data["model"])]
+    wanted = {base_name(n) for n in names if n}
+    matches = [c for c in candidates if c in names] or [c for c in candidates if base_name(c) in wanted]
+    if len(matches) == 1:
+        return matches[0], results.data["models"][matches[0]] if per_model else results.data
+    found = f"reports on {', '.join(map(repr, candidates))}"
+    if matches:
+        raise ValueError(f"{results.path} ({results.kind} results) {found}: several match; "
+                         "pass the one for this model with --results-name (results_name=...)")
+    raise ValueError(
+        f"{results.path} ({results.kind} results) {found}, not on {', '.join(map(repr, sorted(wanted)))}; "
+        "pass the name it uses with --results-name (results_name=...) if it is the same model"
+    )

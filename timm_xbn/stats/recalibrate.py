@@ -1,0 +1,147 @@
+"""Re-estimate BN statistics on target data (AdaBN and its variants).
+
+Modes:
+  * ``full`` (AdaBN, Li et al. 2016): every BN's statistics become the mean and variance of its
+    input over all the target batches.
+  * ``prior`` (Schneider et al. 2020): the target statistics mixed with the source ones,
+    ``mu = N/(N+n) * mu_source + n/(N+n) * mu_target`` (same for the variance), N = ``prior``.
+  * ``batch`` (prediction-time BN, Nado et al. 2020): every BN normalizes each test batch with
+    that batch's own statistics, also in eval mode.
+"""
+import copy
+from typing import Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from .moments import ChannelMoments, bn_modules, capture_bn_inputs, is_distributed, iterate_inputs, model_device
+
+__all__ = ["RECALIBRATION_MODES", "recalibrate"]
+
+RECALIBRATION_MODES = ("full", "prior", "batch")
+
+
+def _bns_with_stats(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    return [(n, m) for n, m in bn_modules(model) if m.running_mean is not None and m.running_var is not None]
+
+
+def _use_batch_stats(bns: List[Tuple[str, nn.Module]]) -> None:
+    """Make BNs normalize with each batch's statistics in eval mode, with no running stats at all."""
+    for _, bn in bns:
+        bn.track_running_stats = False
+        bn.running_mean = None
+        bn.running_var = None
+        bn.num_batches_tracked = None
+
+
+@torch.no_grad()
+def _target_moments(
+    model: nn.Module,
+    bns: List[Tuple[str, nn.Module]],
+    batches: Iterable,
+    device: torch.device,
+    max_batches: Optional[int],
+    progress: bool,
+) -> Tuple[Dict[str, ChannelMoments], int]:
+    """One pass with the BNs in batch-statistics mode (buffers untouched); returns the input
+    moments of each BN over all batches (all ranks) and the size of the first batch."""
+    modes = {m: m.training for m in model.modules()}
+    tracking = {bn: bn.track_running_stats for _, bn in bns}
+    model.eval()
+    for bn in tracking:  # train mode + no tracking: batch statistics, running buffers left alone
+        bn.train()
+        bn.track_running_stats = False
+    batch_size = 0
+    try:
+        with capture_bn_inputs(model, device=device, names=[n for n, _ in bns]) as moments:
+            for x in iterate_inputs(batches, device, max_batches, progress, "recalibrating BN"):
+                batch_size = batch_size or x.shape[0]
+                model(x)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+        for bn, track in tracking.items():
+            bn.track_running_stats = track
+    for acc in moments.values():
+        acc.all_reduce_()
+    if is_distributed():
+        size = torch.tensor([batch_size], device=device)
+        dist.all_reduce(size, op=dist.ReduceOp.MAX)
+        batch_size = int(size.item())
+    if batch_size == 0:
+        raise ValueError("batches is empty: no target data to recalibrate the BN statistics with")
+    return moments, batch_size
+
+
+def recalibrate(
+    model: nn.Module,
+    batches: Optional[Iterable] = None,
+    mode: str = "full",
+    prior: float = 16.0,
+    inplace: bool = False,
+    device: Union[str, torch.device, None] = None,
+    max_batches: Optional[int] = None,
+    progress: bool = False,
+) -> nn.Module:
+    """Adapt the BN statistics of ``model`` to the target data in ``batches``.
+
+    ``full`` and ``prior`` make one pass over ``batches`` (no gradients; dropout etc. stay in eval
+    mode). During the pass every BN normalizes with the current batch's statistics, as
+    ``torch.optim.swa_utils.update_bn`` and AdaBN implementations do, so each BN sees its input
+    as produced by upstream BNs already adapted to the target data. The BN input is accumulated
+    over ALL samples (not an EMA) in float64, and ``running_mean`` / ``running_var`` become its
+    exact mean and *population* variance (divided by the count, not count - 1: the count is
+    N*H*W values per channel, and this is the variance BN's eval-mode normalization should use;
+    PyTorch's EMA would store unbiased per-batch variances instead). ``prior`` mixes these with
+    the source statistics, ``N/(N+n) * source + n/(N+n) * target``, with N = ``prior`` and n = the
+    number of samples in the first target batch (the loader's batch size), as in Schneider et
+    al.; ``prior=0`` equals ``full``. ``num_batches_tracked`` and ``momentum`` are left unchanged.
+    A BN that never runs keeps its statistics. Under torch.distributed every rank passes its
+    shard and all ranks get the statistics of the whole data set.
+
+    ``batch`` needs no data (``batches`` is ignored): the returned model's BNs drop their running
+    statistics (``track_running_stats=False``), so in eval mode they normalize each batch with its
+    own statistics while the rest of the model (dropout, ...) stays in eval mode.
+
+    Args:
+        model: a model with BatchNorm layers; the caller's model is never changed unless
+            ``inplace=True``. Per-module train/eval modes are restored.
+        batches: Tensors, or tuples/lists whose first element is the input (a DataLoader).
+        mode: ``"full"``, ``"prior"`` or ``"batch"``.
+        prior: N, the strength of the source statistics (``prior`` mode only).
+        inplace: adapt ``model`` itself instead of a deep copy.
+        device: where to run the batches; defaults to the model's device (the model is not moved).
+        max_batches: use at most this many batches.
+        progress: show a rich progress bar.
+
+    Returns:
+        The recalibrated model (``model`` itself when ``inplace``).
+    """
+    if mode not in RECALIBRATION_MODES:
+        raise ValueError(f"mode must be one of {', '.join(RECALIBRATION_MODES)}, got {mode!r}")
+    if not _bns_with_stats(model):
+        raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to recalibrate")
+    if mode != "batch" and batches is None:
+        raise ValueError(f"mode={mode!r} needs target batches")
+    if mode == "prior" and not prior >= 0:
+        raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+
+    target = model if inplace else copy.deepcopy(model)
+    bns = _bns_with_stats(target)
+    if mode == "batch":
+        _use_batch_stats(bns)
+        return target
+
+    device = torch.device(device) if device is not None else model_device(target)
+    moments, batch_size = _target_moments(target, bns, batches, device, max_batches, progress)
+    source_weight = prior / (prior + batch_size) if mode == "prior" else 0.0
+    with torch.no_grad():
+        for name, bn in bns:
+            acc = moments[name]
+            if acc.count == 0:
+                continue
+            for buf, stat in ((bn.running_mean, acc.mean), (bn.running_var, acc.var)):
+                stat = stat.to(buf.device)
+                buf.copy_(source_weight * buf.double() + (1.0 - source_weight) * stat)
+    return target
