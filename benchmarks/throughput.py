@@ -8,6 +8,7 @@ Reports inference and training-step images/s with channels_last off and on, and 
         --models xbn_resnet50 xbn_resnet50_d2 xbn_resnext50_32x4d
 """
 import argparse
+import statistics
 import time
 from typing import Callable, Dict, List
 
@@ -20,9 +21,7 @@ import timm_xbn  # noqa: F401  (registers xbn_* models)
 from timm_xbn.models import XBN_VARIANTS
 
 
-def images_per_second(step: Callable[[], None], batch_size: int, warmup: int, steps: int, device: torch.device) -> float:
-    for _ in range(warmup):
-        step()
+def images_per_second(step: Callable[[], None], batch_size: int, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -33,31 +32,45 @@ def images_per_second(step: Callable[[], None], batch_size: int, warmup: int, st
     return batch_size * steps / (time.perf_counter() - start)
 
 
-def measure(name: str, args: argparse.Namespace, channels_last: bool) -> Dict[str, float]:
+def make_steps(name: str, args: argparse.Namespace, channels_last: bool) -> Dict[str, Callable[[], None]]:
+    """Inference and training-step closures for model ``name`` on a fixed random batch."""
     device = torch.device(args.device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = timm.create_model(name, num_classes=1000).to(device=device, memory_format=memory_format)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cpu" else torch.float16, enabled=args.amp)
+    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def infer() -> None:
-        with torch.no_grad(), autocast:
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             model(x)
 
     def train_step() -> None:
-        with autocast:
+        model.train()
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=args.amp):
             loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-    model.eval()
-    infer_ips = images_per_second(infer, args.batch_size, args.warmup, args.steps, device)
-    model.train()
-    train_ips = images_per_second(train_step, args.batch_size, args.warmup, args.steps, device)
-    return {"infer": infer_ips, "train": train_ips}
+    return {"infer": infer, "train": train_step}
+
+
+def measure_pair(xbn: str, bn: str, args: argparse.Namespace, channels_last: bool) -> Dict[str, Dict[str, float]]:
+    """Median images/s of both models, timed in alternating rounds so load drift hits both alike."""
+    device = torch.device(args.device)
+    steps = {name: make_steps(name, args, channels_last) for name in (xbn, bn)}
+    samples: Dict[str, Dict[str, List[float]]] = {name: {"infer": [], "train": []} for name in steps}
+    for mode in ("infer", "train"):
+        for name in steps:
+            for _ in range(args.warmup):
+                steps[name][mode]()
+        for _ in range(args.rounds):
+            for name in steps:
+                samples[name][mode].append(images_per_second(steps[name][mode], args.batch_size, args.steps, device))
+    return {name: {mode: statistics.median(v) for mode, v in modes.items()} for name, modes in samples.items()}
 
 
 def baseline_of(name: str) -> str:
@@ -73,7 +86,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=160)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating XBN/BN rounds; the median is reported")
     parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
     parser.add_argument("--no-channels-last", action="store_true", help="only measure the contiguous layout")
     args = parser.parse_args()
@@ -84,14 +98,11 @@ def main() -> None:
                         f"batch {args.batch_size}, {args.img_size}px, amp={args.amp}")
     for column in ("model", "baseline", "channels_last", "infer XBN", "infer BN", "infer ratio", "train XBN", "train BN", "train ratio"):
         table.add_column(column, justify="right" if column not in ("model", "baseline") else "left")
-    cache: Dict[tuple, Dict[str, float]] = {}
     for name in args.models:
         base = baseline_of(name)
         for channels_last in layouts:
-            for model_name in (name, base):
-                if (model_name, channels_last) not in cache:
-                    cache[(model_name, channels_last)] = measure(model_name, args, channels_last)
-            xbn, bn = cache[(name, channels_last)], cache[(base, channels_last)]
+            result = measure_pair(name, base, args, channels_last)
+            xbn, bn = result[name], result[base]
             table.add_row(name, base, str(channels_last),
                           f"{xbn['infer']:.1f}", f"{bn['infer']:.1f}", f"{xbn['infer'] / bn['infer']:.2f}",
                           f"{xbn['train']:.1f}", f"{bn['train']:.1f}", f"{xbn['train'] / bn['train']:.2f}")
