@@ -21,11 +21,342 @@ hub_app = typer.Typer(help="Publish XBNBlock models to the Hugging Face Hub and 
 
 # ---- xbn-eval: robustness / adabn / esm -------------------------------------------------------
 
+from typing import List as _List, Tuple as _Tuple  # noqa: E402
+
+_EVAL_MODEL = typer.Option(..., "--model", "-m", help="timm or xbn_* model name (repeat to compare models side by side).")
+_EVAL_CHECKPOINT = typer.Option(None, "--checkpoint", help="Weights for the i-th --model (.safetensors or weights-only torch file); repeat in --model order.")
+_EVAL_PRETRAINED = typer.Option(False, "--pretrained", help="Load timm's pretrained weights (needs the Hub).")
+_EVAL_MODEL_KWARGS = typer.Option(None, "--model-kwargs", help="JSON dict of create_model kwargs for all models, e.g. '{\"num_classes\": 10}'.")
+_EVAL_DATA_DIR = typer.Option(..., "--data-dir", help="ImageFolder tree (class/img.jpg, or its val/ child), a .tar, or the root for --dataset.")
+_EVAL_DATASET = typer.Option("", "--dataset", help="timm dataset name: empty for folders/tar, or hfds/NAME, torch/NAME.")
+_EVAL_SPLIT = typer.Option("validation", "--split", help="Dataset split (folders: a val/validation child is used when present).")
+_EVAL_IMG_SIZE = typer.Option(None, "--img-size", help="Override the input size of the models' data config.")
+_EVAL_CROP_PCT = typer.Option(None, "--crop-pct", help="Override the center-crop fraction.")
+_EVAL_INTERP = typer.Option(None, "--interpolation", help="Override the resize interpolation (bilinear, bicubic).")
+_EVAL_MEAN = typer.Option(None, "--mean", help="Override the normalization mean (3 values).")
+_EVAL_STD = typer.Option(None, "--std", help="Override the normalization std (3 values).")
+_EVAL_BATCH = typer.Option(64, "--batch-size", "-b", help="Images per batch.")
+_EVAL_WORKERS = typer.Option(2, "--workers", "-j", help="Data loading processes.")
+_EVAL_DEVICE = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")
+_EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes.")
+
+
+def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir, dataset, split, img_size,
+                crop_pct, interpolation, mean, std, batch_size, workers, device, output):
+    """Join torchrun's process group, build the models and the shared eval data; returns (models, specs, data, out)."""
+    import re
+
+    from .evaluation import (build_model_specs, create_eval_data, create_models, data_config_conflicts,
+                             init_distributed, is_main_process, resolve_eval_data_config, validate_data_dir)
+
+    dev = init_distributed(device)
+    specs = build_model_specs(models, checkpoints or [], pretrained, parse_json_kwargs(model_kwargs))
+    validate_data_dir(data_dir, dataset)
+    built = create_models(specs, dev)
+    overrides = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+    conflicts = data_config_conflicts(built, overrides)
+    if conflicts and is_main_process():
+        typer.secho(f"note: all models use {specs[0].label}'s data config ({'; '.join(conflicts)})", fg="yellow", err=True)
+    data = create_eval_data(data_dir, resolve_eval_data_config(built, overrides), dataset=dataset, split=split,
+                            batch_size=batch_size, workers=workers)
+    out = output or Path("xbn_results") / re.sub(r"[^A-Za-z0-9._+-]", "_", f"{command}-{'+'.join(s.label for s in specs)}")
+    return built, specs, data, out
+
+
+def _eval_report(tables, results, out: Path, files: _List[str]) -> None:
+    """Print tables, skipped images and written files on rank 0; leave the process group."""
+    from rich.console import Console
+
+    from .evaluation import is_main_process
+    from .evaluation.distributed import shutdown_distributed
+
+    if is_main_process():
+        console = Console()
+        for table in tables:
+            console.print(table)
+        skipped = results.get("skipped_images", {})
+        if skipped.get("count"):
+            shown = ", ".join(f["file"] for f in skipped["files"][:5])
+            console.print(f"[yellow]skipped {skipped['count']} unreadable images[/yellow] (e.g. {shown}); listed in the JSON")
+        console.print(f"wrote {', '.join(str(out / f) for f in files)}")
+    shutdown_distributed()
+
+
+@eval_app.command("robustness")
+@handle_errors
+def eval_robustness(
+    model: _List[str] = _EVAL_MODEL,
+    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    data_dir: Path = _EVAL_DATA_DIR,
+    delta: _List[float] = typer.Option(..., "--delta", "-d", help="Noise magnitude Δ of Eq. 5 (repeat for a sweep)."),
+    seeds: int = typer.Option(5, "--seeds", help="Number of random seeds per Δ (seeds 0..N-1)."),
+    blocks: str = typer.Option("6", "--blocks", help="Disturb the first BN of the first N residual blocks; or comma-separated block names; or 'all' (every BN)."),
+    dataset: str = _EVAL_DATASET,
+    split: str = _EVAL_SPLIT,
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+    checkpoint_every: int = typer.Option(20, "--checkpoint-every", help="Save partial counts every N batches (resume point)."),
+) -> None:
+    """Top-1 with disturbed BN statistics (the paper's Figure 8): clean and mean ± std over seeds per Δ.
+
+    Every model and every (Δ, seed) runs on each decoded batch (one data pass). Writes robustness.json / .csv / .png; an interrupted or extended sweep resumes from --output. Several processes: [cyan]torchrun --nproc_per_node=4 -m timm_xbn.evaluation robustness ...[/cyan]
+
+    [bold]Examples[/bold]
+
+      xbn-eval robustness --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir /data/imagenet/val --delta 0.1 --delta 0.3 --delta 0.5 --seeds 5 --blocks 6
+
+      xbn-eval robustness --model resnet26 --pretrained --data-dir val --delta 0.1
+
+      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
+    """
+    from .evaluation import evaluate_robustness, robustness_table
+
+    built, specs, data, out = _eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
+                                          img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
+    chosen = None if blocks.strip().lower() == "all" else int(blocks) if blocks.strip().isdigit() else [b.strip() for b in blocks.split(",") if b.strip()]
+    results = evaluate_robustness(built, data, delta, seeds=seeds, blocks=chosen, output_dir=out, progress=True,
+                                  checkpoint_every=checkpoint_every, model_specs={s.label: s.fingerprint() for s in specs})
+    _eval_report([robustness_table(results)], results, out, ["robustness.json", "robustness.csv", "robustness.png"])
+
+
+@eval_app.command("adabn")
+@handle_errors
+def eval_adabn(
+    model: _List[str] = _EVAL_MODEL,
+    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    data_dir: Path = _EVAL_DATA_DIR,
+    mode: str = typer.Option("full", "--mode", help="full (AdaBN), prior (Schneider et al., see --prior) or batch (prediction-time BN)."),
+    prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior."),
+    calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Adapt on this folder instead of --data-dir."),
+    calib_batches: Optional[int] = typer.Option(None, "--calib-batches", help="Adapt on at most N batches."),
+    dataset: str = _EVAL_DATASET,
+    split: str = _EVAL_SPLIT,
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+) -> None:
+    """Top-1/top-5 on target data before and after re-estimating the BN statistics on it.
+
+    [bold]Examples[/bold]
+
+      xbn-eval adabn --model resnet50 --checkpoint bn.pth --data-dir imagenet-c/fog/3
+
+      xbn-eval adabn --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir target --mode prior --prior 16
+
+      xbn-eval adabn --model resnet26 --pretrained --data-dir target --mode batch --batch-size 128
+    """
+    from .evaluation import adabn_table, create_eval_data, evaluate_adabn, validate_data_dir
+
+    built, _, data, out = _eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
+                                      img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
+    calib = None
+    if calib_dir is not None:
+        validate_data_dir(calib_dir, dataset)
+        calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
+    results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
+                             output_dir=out, progress=True)
+    _eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
+
+
+@eval_app.command("esm")
+@handle_errors
+def eval_esm(
+    model: _List[str] = _EVAL_MODEL,
+    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    data_dir: Path = _EVAL_DATA_DIR,
+    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Use at most N batches of the test data."),
+    dataset: str = _EVAL_DATASET,
+    split: str = _EVAL_SPLIT,
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+) -> None:
+    """Estimation shift magnitude (ESM_μ, ESM_σ) of every BN on the test data, and a plot of ESM_σ vs depth.
+
+    With two models (a BN model and its XBN version) both lines share one plot (esm_sigma.png).
+
+    [bold]Examples[/bold]
+
+      xbn-eval esm --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir /data/imagenet/val
+
+      xbn-eval esm --model resnet26 --pretrained --data-dir test --max-batches 50 -o out/esm
+    """
+    from .evaluation import esm_tables, evaluate_esm
+
+    built, _, data, out = _eval_setup("esm", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
+                                      img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
+    results = evaluate_esm(built, data, max_batches=max_batches, output_dir=out, progress=True)
+    _eval_report(esm_tables(results), results, out, ["esm.json", "esm.csv", "esm_sigma.png"])
+
+
 # ---- xbn-eval: corruption ---------------------------------------------------------------------
+
+
+@eval_app.command("corruption")
+@handle_errors
+def eval_corruption(
+    model: _List[str] = _EVAL_MODEL,
+    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize)."),
+    cifar_c: Optional[Path] = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error."),
+    corrupt: str = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers)."),
+    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones)."),
+    severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
+    clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
+    clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
+    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map)."),
+    adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions."),
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+) -> None:
+    """Top-1 error per corruption x severity, CE, mCE (AlexNet-normalised) and relative mCE.
+
+    Writes corruption-MODEL.json / .csv / .png (heatmap) per model after every corruption x severity; rerunning with the same --output resumes. Missing corruptions or severities are listed and mCE is then left out, never averaged over fewer.
+
+    [bold]Examples[/bold]
+
+      xbn-eval corruption --model resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --clean-dir /data/imagenet/val
+
+      xbn-eval corruption --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --imagenet-c /data/imagenet-c --adapt prior:16
+
+      xbn-eval corruption --model resnet26 --data-dir /data/imagenet/val --corrupt torch --corruptions fog,snow --severities 3,5
+
+      xbn-eval corruption --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
+    """
+    import re
+
+    from rich.console import Console
+
+    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, corruption_table, evaluate_corruptions, parse_adapt
+    from .corruptions import parse_corruptions, parse_severities, results_path
+    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process, resolve_eval_data_config
+    from .evaluation.distributed import shutdown_distributed
+
+    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    parse_adapt(adapt)
+    wanted, sevs = parse_corruptions(corruptions), parse_severities(severities)
+    dev = init_distributed(device)
+    specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
+    built = create_models(specs, dev)
+    config = resolve_eval_data_config(built, dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std))
+    num_classes = getattr(next(iter(built.values())), "num_classes", None)
+    common = dict(num_classes=num_classes, corruptions=wanted, severities=sevs, batch_size=batch_size, workers=workers)
+    if imagenet_c:
+        source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+    elif cifar_c:
+        source = CifarC(cifar_c, config, **common)
+    else:
+        source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+    out = output or Path("xbn_results") / re.sub(r"[^A-Za-z0-9._+-]", "_", f"corruption-{'+'.join(s.label for s in specs)}")
+    results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
+                                   model_specs={s.label: s.fingerprint() for s in specs})
+    if is_main_process():
+        console = Console()
+        if source.missing and (wanted or sevs):  # asked for explicitly but absent
+            console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
+        for label, entry in results.items():
+            console.print(corruption_table(entry))
+            skipped = sum(r["count"] for r in entry["skipped_images"].values())
+            if skipped:
+                console.print(f"[yellow]{label}: skipped {skipped} unreadable images[/yellow] (listed in the JSON)")
+        files = [results_path(out, label, suffix) for label in results for suffix in (".json", ".csv", ".png")]
+        console.print(f"wrote {', '.join(str(f) for f in files)}")
+    shutdown_distributed()
+
 
 # ---- xbn-eval: study --------------------------------------------------------------------------
 
 # ---- xbn-train --------------------------------------------------------------------------------
+
+
+@train_app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    epilog="Exit codes: 0 trained, 2 bad options or data (one red line, no traceback).",
+)
+@handle_errors
+def xbn_train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "-c", "--config", help="Recipe YAML whose keys (timm train.py argument names) set the defaults."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset root: an ImageFolder with train/ and validation/ splits."),
+    list_keys: bool = typer.Option(False, "--list-keys", help="List the train.py keys xbn-train supports / rejects and its own options, then exit."),
+) -> None:
+    """Train a timm / XBNBlock model with timm train.py's keys: [bold]-c RECIPE[/bold] plus any train.py flag
+    ([cyan]--lr 0.05 --batch-size 64 --epochs 90[/cyan] ...), which override the recipe. Under torchrun every
+    process trains one device (gloo on CPU, nccl on CUDA); rank 0 writes last/best/top-k checkpoints
+    (weights-only .pth.tar + model_best.safetensors), summary.csv and results.json to OUTPUT/EXPERIMENT.
+    [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training.
+    Unknown keys and train.py keys xbn-train does not implement are errors naming the key;
+    [bold]python -m timm_xbn.training --help[/bold] lists every flag.
+
+    [bold]Examples[/bold]
+
+    xbn-train -c recipes/xbn_resnet50_standard.yaml --data-dir /data/imagenet
+
+    torchrun --nproc_per_node=8 $(which xbn-train) -c recipes/xbn_resnet50_advanced.yaml --data-dir /data/imagenet
+
+    torchrun --nproc_per_node=8 -m timm_xbn.training -c recipes/resnet50_standard.yaml --data-dir /data/imagenet  [dim](same; use it where `which xbn-train` is a pyenv shim)[/dim]
+
+    xbn-train -c recipes/finetune_converted.yaml --data-dir /data/imagenet --convert-from resnet50 --pretrained --position P2 --every 1
+
+    xbn-train -c recipes/xbn_resnet50_standard.yaml --data-dir /data/imagenet --experiment r50 --resume auto
+
+    xbn-train --data-dir ./tiny --model resnet18 --num-classes 3 --img-size 64 -b 16 --epochs 2 --device cpu --workers 0
+    """
+    from rich.console import Console
+
+    from .training import SUPPORTED_KEYS, UNSUPPORTED_KEYS, XBN_KEYS, build_args, train
+
+    console = Console()
+    if list_keys:
+        for title, keys in (("supported train.py keys", SUPPORTED_KEYS), ("rejected train.py keys", UNSUPPORTED_KEYS),
+                            ("xbn-train options", XBN_KEYS - {"stop_after_steps", "debug_rank_weights"})):
+            console.print(f"[bold]{title}[/bold] ({len(keys)}): {' '.join(sorted(keys))}")
+        return
+    argv = (["--data-dir", str(data_dir)] if data_dir else []) + list(ctx.args)
+    results = train(build_args(config=config, argv=argv))
+    if "output_dir" in results:  # rank 0
+        top1 = "n/a" if results["val_top1"] is None else f"{results['val_top1']:.2f}"
+        console.print(f"{results['model']}: val top-1 {top1} % after {results['epochs']} epochs; "
+                      f"results in {results.get('output_dir', '(rank 0)')}")
 
 # ---- xbn-convert ------------------------------------------------------------------------------
 
@@ -71,3 +402,107 @@ def convert(
     typer.echo(f"{architecture}: {replaced} batch-free norms; wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
 
 # ---- xbn-hub ----------------------------------------------------------------------------------
+
+from typing import List  # noqa: E402
+
+
+def _hub_print_info(hub_info) -> None:
+    """Print a Hub repo's architecture, build arguments and model-card results as rich tables."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    config = hub_info.config
+    console.print(f"[bold]{hub_info.source}[/bold]: architecture [cyan]{config.get('architecture')}[/cyan], "
+                  f"{config.get('num_classes')} classes, model_args {json.dumps(config.get('model_args', {}), sort_keys=True)}")
+    if not hub_info.results:
+        console.print("model card: no results (model-index is empty)")
+        return
+    table = Table("Dataset", "Metric", "Value", title="model-index results")
+    for r in hub_info.results:
+        value = r["value"]
+        table.add_row(str(r["dataset"]), str(r["metric"]), str(round(value, 4) if isinstance(value, float) else value))
+    console.print(table)
+
+
+@hub_app.command("push")
+@handle_errors
+def hub_push(
+    model: str = typer.Option(..., "--model", help="Registered xbn_* name, plain timm name (BN baseline), or xbn_converted with --model-kwargs."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights of MODEL: .safetensors or weights-only torch checkpoint."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub repo ORG/NAME, e.g. timm-xbn/xbn_resnet50.in1k."),
+    results: Optional[List[Path]] = typer.Option(None, "--results", help="Results JSON from xbn-train / xbn-eval (repeatable)."),
+    results_name: Optional[str] = typer.Option(None, "--results-name", help="Name the results files use for this model, if not MODEL / the repo name."),
+    model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help="JSON dict of create_model kwargs, e.g. '{\"num_classes\": 10}'."),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing); default main."),
+    dry_run: Optional[Path] = typer.Option(None, "--dry-run", help="Write the exact repo folder here and upload nothing."),
+    commit_message: Optional[str] = typer.Option(None, "--commit-message", help="Commit summary (default names the model and timm-xbn version)."),
+    license: Optional[str] = typer.Option(None, "--license", help="Card license (default: the model's pretrained_cfg license, else apache-2.0)."),
+) -> None:
+    """Push weights (model.safetensors), timm config.json and a model card built from results files.
+
+    Uses the token from HF_TOKEN or `hf auth login`. Everything is checked before any upload.
+
+    [bold]Examples[/bold]
+
+      xbn-hub push --model xbn_resnet50 --checkpoint output/model_best.pth.tar --repo-id timm-xbn/xbn_resnet50.in1k --results train.json --results robustness.json --results imagenet_c.json
+
+      xbn-hub push --model xbn_converted --model-kwargs '{"base_model": "resnet34", "position": 1, "every": 2}' --checkpoint r34_p1_d2.safetensors --repo-id me/xbn_resnet34_p1_d2 --dry-run hub_folder
+
+      xbn-hub push --model resnet50 --checkpoint bn_baseline.safetensors --repo-id me/resnet50-bn --private --revision v1
+    """
+    from .hub import push
+
+    result = push(
+        model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
+        results_name=results_name, private=private, revision=revision, dry_run=dry_run,
+        commit_message=commit_message, license=license,
+    )
+    if result.folder is not None:
+        typer.echo(f"dry run: wrote {', '.join(result.files)} to {result.folder}; nothing uploaded")
+    else:
+        typer.echo(f"pushed {', '.join(result.files)} to {result.repo_id}: {result.commit_url}")
+
+
+@hub_app.command("pull")
+@handle_errors
+def hub_pull(
+    repo_id: str = typer.Argument(..., help="Hub repo ORG/NAME."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to download the repo into."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default main)."),
+) -> None:
+    """Download a Hub repo to a local folder and print its model card's results.
+
+    [bold]Examples[/bold]
+
+      xbn-hub pull timm-xbn/xbn_resnet50.in1k --out models/xbn_resnet50
+
+      xbn-hub pull me/xbn_resnet34_p1_d2 --revision v1 --out r34
+    """
+    from .hub import info, pull
+
+    folder = pull(repo_id, out, revision=revision)
+    typer.echo(f"downloaded {repo_id} to {folder}")
+    _hub_print_info(info(folder))
+
+
+@hub_app.command("info")
+@handle_errors
+def hub_info(
+    source: str = typer.Argument(..., help="Hub repo ORG/NAME, or a local repo folder (pulled or written by --dry-run)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a Hub repo."),
+) -> None:
+    """Print a repo's architecture, build arguments and model-card results.
+
+    [bold]Examples[/bold]
+
+      xbn-hub info timm-xbn/xbn_resnet50.in1k
+
+      xbn-hub info hub_folder
+    """
+    from .hub import info
+
+    _hub_print_info(info(source, revision=revision))

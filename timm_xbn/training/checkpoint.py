@@ -1,0 +1,166 @@
+"""Training checkpoints that load with ``torch.load(weights_only=True)`` and resume exactly.
+
+``TrainCheckpointSaver`` keeps timm's ``CheckpointSaver`` layout and bookkeeping (``last.pth.tar``,
+top-k ``checkpoint-N.pth.tar``, ``model_best.pth.tar``, ``recovery-E-B.pth.tar``, all written to a
+temp file and renamed) but stores only plain tensors, numbers, strings, lists and dicts, and adds
+what an exact resume needs: scheduler state, progress (epoch, batch, update count) and every
+rank's RNG states. The best weights are also exported as ``model_best.safetensors``.
+"""
+import glob
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
+
+__all__ = [
+    "capture_rng_state", "restore_rng_state", "gather_rng_states", "TrainCheckpointSaver",
+    "load_training_checkpoint", "find_resume_checkpoint", "save_safetensors_atomic", "unwrapped_state_dict",
+]
+
+
+def capture_rng_state() -> Dict[str, Any]:
+    """This process's torch / CUDA / numpy / python RNG states as tensors and numbers."""
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state: Dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "python": {"version": int(py_version), "state": torch.tensor(py_state, dtype=torch.int64), "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Inverse of ``capture_rng_state``."""
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state((
+        "MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+        numpy_state["has_gauss"], numpy_state["cached_gaussian"],
+    ))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"].tolist()), python_state["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states() -> List[Dict[str, Any]]:
+    """Every rank's RNG state, indexed by rank (a collective: call it on all ranks)."""
+    state = capture_rng_state()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [state]
+    states: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(states, state)
+    return states
+
+
+def save_safetensors_atomic(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """Write a state dict as safetensors through a temp file + rename."""
+    path = str(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
+    os.replace(path + ".tmp", path)
+
+
+class TrainCheckpointSaver(CheckpointSaver):
+    """timm's CheckpointSaver writing weights-only-loadable checkpoints with full training state.
+
+    Args:
+        task: the timm ``TrainingTask`` owning the model (and EMA).
+        optimizer / amp_scaler: saved with the model.
+        config: the resolved options (plain types), stored as ``args``.
+        training_state: returns the progress / scheduler / RNG entries to add at each save.
+        export_best: also write the evaluated weights as ``model_best.safetensors``.
+        Other arguments as ``timm.utils.CheckpointSaver``.
+    """
+
+    def __init__(self, task, optimizer, config: Dict[str, Any], training_state: Callable[[], Dict[str, Any]],
+                 amp_scaler=None, checkpoint_dir: str = "", recovery_dir: str = "", decreasing: bool = False,
+                 max_history: int = 10, export_best: Callable[[], Dict[str, torch.Tensor]] = None):
+        super().__init__(
+            model=task.get_trainable_module(), optimizer=optimizer, args=None, amp_scaler=amp_scaler,
+            checkpoint_dir=checkpoint_dir, recovery_dir=recovery_dir, decreasing=decreasing,
+            max_history=max_history, task=task,
+        )
+        self.config = config
+        self.training_state = training_state
+        self.export_best = export_best
+
+    def _save(self, save_path, epoch, metric=None):
+        state = {
+            "epoch": epoch,
+            "arch": self.config.get("model", ""),
+            "version": 2,
+            "args": self.config,
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if self.amp_scaler is not None:
+            state[self.amp_scaler.state_dict_key] = self.amp_scaler.state_dict()
+        state.update(self.task.get_checkpoint_state(unwrap_fn=self.unwrap_fn))
+        state.update(self.task.get_checkpoint_state(ema=True, unwrap_fn=self.unwrap_fn))
+        if metric is not None:
+            state["metric"] = metric
+        state["saver"] = self.state_dict(epoch, metric)
+        state.update(self.training_state())
+        torch.save(state, save_path)
+
+    def _duplicate(self, src, dst):
+        """Hardlink like timm; where links are unavailable copy to a temp file and rename (atomic)."""
+        if self.can_hardlink:
+            try:
+                tmp = dst + ".tmp"
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                os.link(src, tmp)
+                os.replace(tmp, dst)
+                return
+            except (OSError, NotImplementedError):
+                self.can_hardlink = False
+        shutil.copy2(src, dst + ".tmp")
+        os.replace(dst + ".tmp", dst)
+
+    def _track_checkpoint(self, save_path, epoch, metric=None, update_best_file=True):
+        best_before = self.best_metric, self.best_epoch
+        super()._track_checkpoint(save_path, epoch, metric, update_best_file)
+        if update_best_file and self.export_best is not None and (self.best_metric, self.best_epoch) != best_before:
+            save_safetensors_atomic(self.export_best(), os.path.join(self.checkpoint_dir, "model_best.safetensors"))
+
+
+def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+    """Load an xbn-train checkpoint with ``weights_only=True`` (CPU tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint to resume not found: {path}")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "progress" not in checkpoint:
+        raise ValueError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
+    return checkpoint
+
+
+def find_resume_checkpoint(folder: Union[str, Path]) -> Optional[str]:
+    """The most advanced checkpoint in ``folder`` (``last.pth.tar`` or a newer recovery file), or None."""
+    candidates = glob.glob(os.path.join(str(folder), "last.pth.tar")) + glob.glob(os.path.join(str(folder), "recovery-*.pth.tar"))
+    best, best_updates = None, -1
+    for path in candidates:
+        try:
+            progress = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("progress", {})
+        except Exception:  # a truncated file from a kill mid-write is skipped, the previous one still exists
+            continue
+        if progress.get("num_updates", -1) > best_updates:
+            best, best_updates = path, progress["num_updates"]
+    return best
+
+
+def unwrapped_state_dict(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """State dict of a module behind DDP / EMA wrappers."""
+    return get_state_dict(module, unwrap_model)

@@ -1,0 +1,23 @@
+"""Command-line entry shared by ``python -m timm_xbn.training`` and ``xbn-train``."""
+import sys
+from typing import Optional, Sequence
+
+import typer
+
+from .._cli_utils import USER_ERRORS
+
+__all__ = ["main"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse train.py-style arguments and train; errors in the options print one red line and return 2."""
+    from .args import build_args
+    from .engine import train
+
+    try:
+        args = build_args(argv=sys.argv[1:] if argv is None else argv)
+        train(args)
+    except USER_ERRORS as err:
+        typer.secho(f"error: {err}", fg="red", err=True)
+        return 2
+    return 0

@@ -1,0 +1,90 @@
+"""Build the model to train: a timm model by name, or a timm BN model converted by surgery."""
+import argparse
+from typing import Any, Dict, Tuple
+
+import timm
+import torch.nn as nn
+
+from ..models import SURGERY_KWARGS, check_model_name, load_weights
+from ..surgery import convert
+
+__all__ = ["surgery_settings", "create_train_model", "model_label"]
+
+# xbn-train option -> timm_xbn.convert argument
+_SURGERY_OPTIONS = {
+    "position": "position", "every": "every", "bfn": "bfn", "groups": "groups",
+    "channels_per_group": "channels_per_group", "bfn_affine": "affine", "stem": "stem",
+}
+
+
+def surgery_settings(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
+    """``(model name, create kwargs)`` after applying ``--convert-from`` and its surgery options.
+
+    ``--convert-from NAME`` is shorthand for ``--model xbn_converted`` with ``base_model=NAME`` and
+    the surgery options in ``model_kwargs``; surgery options without it are an error (not ignored).
+    """
+    given = {opt: getattr(args, opt) for opt in _SURGERY_OPTIONS if getattr(args, opt) is not None}
+    kwargs = dict(args.model_kwargs or {})
+    if not args.convert_from:
+        if given:
+            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only apply with --convert-from MODEL")
+        return args.model, kwargs
+    if args.model not in ("resnet50", "xbn_converted"):  # resnet50 = train.py's default model
+        raise ValueError(f"--convert-from {args.convert_from} builds the model; remove model={args.model!r} from the recipe/flags")
+    check_model_name(args.convert_from)
+    kwargs["base_model"] = args.convert_from
+    kwargs.update({_SURGERY_OPTIONS[opt]: value for opt, value in given.items()})
+    return "xbn_converted", kwargs
+
+
+def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
+    """Create the model like train.py (drop rates, BN overrides, head init), then load ``initial_checkpoint``.
+
+    For ``xbn_converted`` the ``pretrained`` flag applies to the base BN model, whose ImageNet weights
+    are then kept through the surgery (the converted architecture has no weights of its own).
+    """
+    name, kwargs = surgery_settings(args)
+    common = dict(
+        in_chans=in_chans,
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path,
+        drop_block_rate=args.drop_block,
+        global_pool=args.gp,
+        bn_momentum=args.bn_momentum,
+        bn_eps=args.bn_eps,
+    )
+    if args.num_classes is not None:
+        common["num_classes"] = args.num_classes
+    common = {k: v for k, v in common.items() if v is not None}
+    if name == "xbn_converted":
+        surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
+        base = kwargs.pop("base_model", None)
+        if base is None:
+            raise ValueError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
+        check_model_name(base)
+        model = timm.create_model(base, pretrained=args.pretrained, **common, **kwargs)
+        model = convert(model, inplace=True, **surgery).model
+    else:
+        check_model_name(name)
+        model = timm.create_model(name, pretrained=args.pretrained, **common, **kwargs)
+    if args.initial_checkpoint:
+        load_weights(model, args.initial_checkpoint)
+    if args.head_init_scale is not None or args.head_init_bias is not None:
+        head = model.get_classifier()
+        if args.head_init_scale is not None:
+            head.weight.data.mul_(args.head_init_scale)
+            head.bias.data.mul_(args.head_init_scale)
+        if args.head_init_bias is not None:
+            nn.init.constant_(head.bias, args.head_init_bias)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    return model
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """The model's name in logs and results: the timm name, or e.g. ``xbn_converted(resnet50,P2,every=1,gn)``."""
+    name, kwargs = surgery_settings(args)
+    if name != "xbn_converted":
+        return name
+    position = str(kwargs.get("position", 2)).upper().removeprefix("P")
+    return f"xbn_converted({kwargs.get('base_model')},P{position},every={kwargs.get('every', 1)},{kwargs.get('bfn', 'gn')})"
