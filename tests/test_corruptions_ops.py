@@ -1,0 +1,134 @@
+"""The torch corruptions against the reference package (imagecorruptions) on real photos.
+
+Replay: the torch program fed with the reference's own random draws must reproduce its output
+(exactly, or within the per-corruption tolerance of ``REPLAY_TOLERANCE``). Statistics: with
+torch's own random numbers the PSNR to the clean image must match the reference's in mean.
+"""
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch, corrupt_reference
+from timm_xbn.corruptions.agreement import (
+    REPLAY_TOLERANCE, real_images, replay_agreement, statistical_agreement, statistics_pass,
+)
+from timm_xbn.corruptions.torch_ops import Draws
+
+RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
+          "elastic_transform")
+DETERMINISTIC = tuple(c for c in CORRUPTIONS if c not in RANDOM)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    """Three real photos at 64 px and a non-square 48 x 80 crop."""
+    square = real_images(3, 64)
+    wide = real_images(1, 80)[0][16:64]
+    return square + [np.ascontiguousarray(wide)]
+
+
+def as_batch(images):
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+@pytest.mark.parametrize("name", sorted(REPLAY_TOLERANCE))
+def test_replay_reproduces_the_reference(photos, name):
+    min_identical, max_abs, max_mean = REPLAY_TOLERANCE[name]
+    for images in (photos[:3], photos[3:]):
+        result = replay_agreement(images, name, severities=(1, 3, 5))
+        assert result["identical"] >= min_identical, result
+        assert result["max_abs"] <= max_abs, result
+        assert result["mean_abs"] <= max_mean, result
+
+
+@pytest.mark.parametrize("name", RANDOM)
+def test_random_corruptions_match_the_reference_statistically(name):
+    result = statistical_agreement(real_images(6, 64), name, seed=3)
+    assert statistics_pass(result), result
+    assert result["change_ours"] == pytest.approx(result["change_ref"], rel=0.15, abs=1.0)
+
+
+def test_deterministic_corruptions_equal_the_reference_on_uint8(photos):
+    batch = as_batch(photos[:3])
+    for name in ("contrast", "pixelate"):
+        for severity in (2, 4):
+            ours = corrupt_batch(batch, name, severity).permute(0, 2, 3, 1).numpy()
+            for image, out in zip(photos[:3], ours):
+                np.testing.assert_array_equal(out, corrupt_reference(image, name, severity))
+
+
+def test_poisson_levels_sample_the_poisson_distribution():
+    draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    rates = torch.arange(256, dtype=torch.float64) / 255 * 60
+    for level in (3, 128, 255):
+        counts = draws.poisson_levels(torch.full((100_000,), level), rates).numpy().astype(int)
+        lam = float(rates[level])
+        observed = np.bincount(counts)
+        expected = stats.poisson.pmf(np.arange(len(observed)), lam) * len(counts)
+        keep = expected > 5
+        chi2 = (((observed[keep] - expected[keep]) ** 2) / expected[keep]).sum()
+        assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3, (level, chi2)
+
+
+def test_salt_and_pepper_rates():
+    draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    salt, pepper = draws.salt_and_pepper((400_000,), 0.2)
+    assert not bool((salt & pepper).any())
+    sigma = (0.1 * 0.9 / 400_000) ** 0.5
+    for mask in (salt, pepper):
+        assert abs(float(mask.float().mean()) - 0.1) < 5 * sigma
+
+
+def test_batches_equal_single_images_and_any_size(photos):
+    # more than one CPU chunk (4 images) and a non-square size
+    images = [photos[i % 3] for i in range(6)]
+    batch = as_batch(images)
+    for name in DETERMINISTIC:
+        together = corrupt_batch(batch, name, 3)
+        alone = torch.stack([corrupt_batch(batch[i], name, 3) for i in range(len(images))])
+        torch.testing.assert_close(together, alone, atol=1, rtol=0)
+    wide = as_batch([photos[3]])
+    for name in CORRUPTIONS:
+        out = corrupt_batch(wide, name, 5, torch.Generator().manual_seed(0))
+        assert out.shape == wide.shape and out.dtype == torch.uint8
+
+
+def test_seeded_and_float_inputs(photos):
+    batch = as_batch(photos[:2])
+    for name in RANDOM:
+        a = corrupt_batch(batch, name, 2, torch.Generator().manual_seed(7))
+        b = corrupt_batch(batch, name, 2, torch.Generator().manual_seed(7))
+        c = corrupt_batch(batch, name, 2, torch.Generator().manual_seed(8))
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        assert not torch.equal(a, c)
+    for name in ("contrast", "zoom_blur", "defocus_blur"):
+        as_uint8 = corrupt_batch(batch, name, 4).float() / 255
+        as_float = corrupt_batch(batch.float() / 255, name, 4)
+        assert as_float.dtype == torch.float32
+        torch.testing.assert_close(as_float, as_uint8, atol=1.01 / 255, rtol=0)
+
+
+def test_clear_errors():
+    x = torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="valid names: gaussian_noise"):
+        corrupt_batch(x, "smog", 1)
+    with pytest.raises(ValueError, match="valid names"):
+        corrupt_batch(x, "spatter", 1)  # a reference-only (held-out) corruption
+    for severity in (0, 6):
+        with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
+            corrupt_batch(x, "fog", severity)
+    with pytest.raises(ValueError, match="at least 32x32"):
+        corrupt_batch(torch.zeros(1, 3, 16, 64, dtype=torch.uint8), "fog", 1)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        corrupt_batch(torch.zeros(1, 1, 64, 64, dtype=torch.uint8), "fog", 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(photos):
+    batch = as_batch(photos[:3])
+    for name in DETERMINISTIC:
+        torch.testing.assert_close(corrupt_batch(batch.cuda(), name, 3).cpu(), corrupt_batch(batch, name, 3), atol=1, rtol=0)
+    for name in RANDOM:
+        out = corrupt_batch(batch.cuda(), name, 3, torch.Generator(device="cuda").manual_seed(0))
+        assert out.is_cuda and out.shape == batch.shape

@@ -1,0 +1,34 @@
+"""Rich table of a corruption results dict (printed by ``xbn-eval corruption``; renders in notebooks)."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from rich.table import Table
+
+from .names import ALL_CORRUPTIONS, SEVERITIES
+
+__all__ = ["corruption_table"]
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def corruption_table(results: Mapping[str, Any]) -> Table:
+    """One row per corruption: top-1 error (%) per severity, CE and relative CE; mCE in the footer."""
+    errors, ce, rel = results["errors"], results.get("ce", {}), results.get("relative_ce", {})
+    title = (f"{results['model']} on {results['dataset']}: top-1 error (%)"
+             + (f", clean {_pct(results['clean_error'])}" if results.get("clean_error") is not None else "")
+             + (f", BN adapted ({results['adapt']})" if results.get("adapt") else ""))
+    table = Table(title=title, show_footer=True)
+    table.add_column("corruption", footer="mCE" + ("" if results["complete"] else " (incomplete)"))
+    for s in SEVERITIES:
+        table.add_column(str(s), justify="right")
+    table.add_column("CE", justify="right", footer=_pct(results.get("mce")))
+    table.add_column("rel. CE", justify="right", footer=_pct(results.get("relative_mce")))
+    for c in (c for c in ALL_CORRUPTIONS if c in errors):
+        table.add_row(c, *[_pct(errors[c].get(str(s))) for s in SEVERITIES], _pct(ce.get(c)), _pct(rel.get(c)))
+    if results.get("missing"):
+        shown = ", ".join(results["missing"][:8]) + (" ..." if len(results["missing"]) > 8 else "")
+        table.caption = f"missing for the benchmark metrics: {shown}"
+    return table
