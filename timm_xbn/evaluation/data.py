@@ -1,0 +1,258 @@
+"""Evaluation data: timm datasets and transforms, validated inputs, unreadable images skipped and counted.
+
+The data set comes from ``timm.data.create_dataset`` (ImageFolder trees, tar files, ``hfds/``
+Hugging Face datasets, ``torch/`` torchvision sets) and the transform from the model's pretrained
+config via ``timm.data.resolve_data_config`` + ``create_transform``, overridable. Images that
+cannot be decoded are dropped from their batch and reported, never crash a sweep: every batch
+carries the indices and file names it skipped.
+"""
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from PIL import Image
+from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.data.dataset import ImageDataset
+from timm.data.readers.img_extensions import get_img_extensions
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.dataloader import default_collate
+
+from .distributed import ShardSampler, world_info
+
+__all__ = [
+    "DATA_CONFIG_KEYS",
+    "Batch",
+    "EvalData",
+    "SkippedSample",
+    "SkipUnreadable",
+    "collate_skipping",
+    "create_eval_data",
+    "data_config_conflicts",
+    "resolve_eval_data_config",
+    "validate_data_dir",
+]
+
+DATA_CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+_FOLDER_READERS = ("", "folder")
+
+
+class SkippedSample(NamedTuple):
+    """An image that could not be read or transformed: its index, file name and the error."""
+
+    index: int
+    filename: str
+    error: str
+
+
+class Batch(NamedTuple):
+    """A collated batch; ``images`` is None when every sample of the batch was unreadable."""
+
+    images: Optional[torch.Tensor]
+    targets: Optional[torch.Tensor]
+    skipped: List[SkippedSample]
+
+
+def _is_folder_reader(dataset: str) -> bool:
+    return dataset.lower() in _FOLDER_READERS
+
+
+def validate_data_dir(data_dir: Union[str, Path], dataset: str = "") -> Path:
+    """Check that a folder (or tar) data source exists; other readers (``hfds/`` ...) are passed through."""
+    path = Path(data_dir).expanduser()
+    if not _is_folder_reader(dataset):
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"data folder not found: {path}")
+    if not path.is_dir() and not str(path).endswith(".tar"):
+        raise ValueError(f"data source {path} is neither a folder nor a .tar file")
+    return path
+
+
+class SkipUnreadable(Dataset):
+    """Wrap a map-style data set: apply ``transform``, and return a ``SkippedSample`` instead of raising
+    for an image that cannot be decoded (timm's ``ImageDataset`` would substitute the next image,
+    which counts that image twice)."""
+
+    def __init__(self, dataset: Dataset, transform: Optional[Callable] = None):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def filename(self, index: int) -> str:
+        if hasattr(self.dataset, "filename"):
+            try:
+                return str(self.dataset.filename(index))
+            except (IndexError, AttributeError, KeyError, TypeError):
+                pass
+        return f"#{index}"
+
+    def _load(self, index: int) -> Tuple[Any, int]:
+        ds = self.dataset
+        if isinstance(ds, ImageDataset):
+            fileobj, target, *_ = ds.reader[index]
+            image = Image.open(fileobj)
+            image = image.convert(ds.input_img_mode or "RGB")  # forces the decode, so bad files fail here
+            target = -1 if target is None else target
+            if ds.target_transform is not None:
+                target = ds.target_transform(target)
+            return image, target
+        image, target = ds[index][:2]
+        return image, target
+
+    def __getitem__(self, index: int):
+        try:
+            image, target = self._load(index)
+            if self.transform is not None:
+                image = self.transform(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            return SkippedSample(index, self.filename(index), f"{type(err).__name__}: {err}")
+        return image, target
+
+
+def collate_skipping(samples: Sequence[Any]) -> Batch:
+    """Collate the readable samples of a batch; keep the skipped ones aside."""
+    skipped = [s for s in samples if isinstance(s, SkippedSample)]
+    good = [s for s in samples if not isinstance(s, SkippedSample)]
+    if not good:
+        return Batch(None, None, skipped)
+    images, targets = default_collate(good)
+    return Batch(images, torch.as_tensor(targets), skipped)
+
+
+def _model_data_configs(
+    models: Union[nn.Module, Mapping[str, nn.Module]], overrides: Optional[Mapping[str, Any]]
+) -> Dict[str, Dict[str, Any]]:
+    if isinstance(models, nn.Module):
+        models = {"model": models}
+    if not models:
+        raise ValueError("no models given")
+    args = {k: v for k, v in dict(overrides or {}).items() if v is not None}
+    configs = {}
+    for name, model in models.items():
+        cfg = resolve_data_config(args=dict(args), model=model)
+        configs[name] = {k: cfg.get(k) for k in DATA_CONFIG_KEYS}
+    return configs
+
+
+def data_config_conflicts(
+    models: Union[nn.Module, Mapping[str, nn.Module]],
+    overrides: Optional[Mapping[str, Any]] = None,
+) -> List[str]:
+    """Where the models' resolved data configs differ from the first model's, e.g.
+    ``["interpolation: resnet50='bicubic' vs xbn_resnet50='bilinear'"]`` (empty when they agree)."""
+    (first, reference), *others = _model_data_configs(models, overrides).items()
+    return [
+        f"{k}: {first}={reference[k]!r} vs {name}={cfg[k]!r}"
+        for name, cfg in others for k in DATA_CONFIG_KEYS if cfg[k] != reference[k]
+    ]
+
+
+def resolve_eval_data_config(
+    models: Union[nn.Module, Mapping[str, nn.Module]],
+    overrides: Optional[Mapping[str, Any]] = None,
+    strict: bool = False,
+) -> Dict[str, Any]:
+    """The eval data config (input size, interpolation, mean, std, crop) for ``models``.
+
+    Each model's pretrained config is resolved with timm and ``overrides`` (keys of timm's
+    ``resolve_data_config`` args: ``img_size``, ``input_size``, ``crop_pct``, ``crop_mode``,
+    ``mean``, ``std``, ``interpolation``) applied on top. Models compared side by side share
+    decoded batches, so they get one config: the first model's. With ``strict`` a difference
+    between the models raises ``ValueError`` instead (see ``data_config_conflicts``).
+    """
+    configs = _model_data_configs(models, overrides)
+    if strict:
+        conflicts = data_config_conflicts(models, overrides)
+        if conflicts:
+            raise ValueError(
+                "models evaluated together share decoded batches, so they need the same data config, but "
+                + "; ".join(conflicts)
+                + " (set it explicitly, e.g. --img-size / --crop-pct / --mean / --std / --interpolation)"
+            )
+    return dict(next(iter(configs.values())))
+
+
+@dataclass
+class EvalData:
+    """A validated evaluation data set (transform applied, unreadable images skipped) and loader settings.
+
+    ``loader(start=..., shard=...)`` gives batches in a fixed order: under torch.distributed each
+    rank reads every ``world``-th batch from ``start`` on (no padding, so counts stay exact, and
+    each batch holds the same images as in a single-process run).
+    """
+
+    dataset: SkipUnreadable
+    data_config: Dict[str, Any]
+    batch_size: int = 64
+    workers: int = 2
+    source: str = ""
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def loader(self, start: int = 0, limit: Optional[int] = None, shard: bool = True, pin_memory: bool = False) -> DataLoader:
+        """Batches of the images ``[start, limit)`` (this rank's share of them when ``shard``)."""
+        rank, world = world_info() if shard else (0, 1)
+        length = len(self.dataset) if limit is None else min(limit, len(self.dataset))
+        sampler = ShardSampler(length, rank=rank, world=world, start=start, block=self.batch_size)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.workers,
+            collate_fn=collate_skipping,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+        )
+
+
+def create_eval_data(
+    data_dir: Union[str, Path],
+    data_config: Mapping[str, Any],
+    dataset: str = "",
+    split: str = "validation",
+    batch_size: int = 64,
+    workers: int = 2,
+    class_map: Optional[str] = None,
+    input_img_mode: str = "RGB",
+) -> EvalData:
+    """Build the eval data set with timm's ``create_dataset`` and an eval transform from ``data_config``.
+
+    ``data_dir`` is an ImageFolder tree (``class/image.jpg``, or a ``val``/``validation`` child of it),
+    a tar file, or the root for ``dataset="hfds/..."`` / ``"torch/..."``. A missing folder raises
+    ``FileNotFoundError``; a folder without images raises ``ValueError`` naming the extensions looked for.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    root = validate_data_dir(data_dir, dataset)
+    try:
+        ds = create_dataset(dataset, root=str(root), split=split, class_map=class_map or "",
+                            is_training=False, input_img_mode=input_img_mode)
+    except RuntimeError as err:
+        if "Found 0 images" not in str(err):
+            raise
+        extensions = ", ".join(get_img_extensions())
+        raise ValueError(f"no images found in {root} (looked in its class sub-folders for {extensions})") from None
+    if isinstance(ds, torch.utils.data.IterableDataset):
+        raise ValueError(
+            f"dataset {dataset!r} is iterable (streaming); evaluation needs a map-style data set "
+            "(ImageFolder, tar, hfds/, torch/) for exact sharding and resume"
+        )
+    if len(ds) == 0:
+        raise ValueError(f"data set {dataset or 'folder'} at {root} (split {split!r}) holds no images")
+    transform = create_transform(**{k: v for k, v in data_config.items() if v is not None}, is_training=False)
+    num_classes = len(getattr(getattr(ds, "reader", None), "class_to_idx", {}) or {}) or None
+    return EvalData(
+        SkipUnreadable(ds, transform),
+        dict(data_config),
+        batch_size=batch_size,
+        workers=max(0, min(workers, os.cpu_count() or 1)),
+        source=f"{dataset + ':' if dataset else ''}{root}",
+        info={"num_images": len(ds), "num_classes": num_classes, "split": split},
+    )

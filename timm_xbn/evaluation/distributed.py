@@ -1,0 +1,119 @@
+"""torch.distributed helpers for evaluation: exact sharding without padding and summed counts.
+
+Run any evaluation under ``torchrun --nproc_per_node=N``: each rank reads every N-th batch, the
+integer counts are all-reduced, so the numbers equal a single-process run exactly.
+"""
+import os
+from typing import Any, Iterator, List, Tuple
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+__all__ = [
+    "ShardSampler",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "init_distributed",
+    "is_distributed",
+    "is_main_process",
+    "shutdown_distributed",
+    "world_info",
+]
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is initialized with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_info() -> Tuple[int, int]:
+    """``(rank, world_size)``; ``(0, 1)`` without distributed."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world_info()[0] == 0
+
+
+def init_distributed(device: str = "auto") -> torch.device:
+    """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1) and pick this rank's device.
+
+    ``device``: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:K"``. Uses NCCL
+    for CUDA and gloo for CPU. Without torchrun this only resolves the device.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and resolved.index is None:
+        resolved = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    if world > 1 and not dist.is_initialized():
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group(backend="nccl" if resolved.type == "cuda" else "gloo")
+    return resolved
+
+
+class ShardSampler(Sampler[int]):
+    """Deal whole batches round-robin: the images from ``start`` on are cut into blocks of ``block``
+    consecutive indices and rank ``r`` reads blocks ``r, r + world, ...``.
+
+    Every index is read exactly once over all ranks (no padding, so counts stay exact), and each
+    batch holds the same images as in a single-process run, so even batch-dependent evaluation
+    (prediction-time BN) gives identical numbers. Ranks may differ by one batch.
+    """
+
+    def __init__(self, length: int, rank: int = 0, world: int = 1, start: int = 0, block: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.length, self.rank, self.world, self.start, self.block = length, rank, world, start, block
+
+    def blocks(self) -> range:
+        """The block numbers (counted from ``start``) that this rank reads."""
+        total = -(-max(0, self.length - self.start) // self.block)
+        return range(self.rank, total, self.world)
+
+    def __iter__(self) -> Iterator[int]:
+        for b in self.blocks():
+            first = self.start + b * self.block
+            yield from range(first, min(first + self.block, self.length))
+
+    def __len__(self) -> int:
+        return sum(min(self.block, self.length - self.start - b * self.block) for b in self.blocks())
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over all ranks (a new tensor; the input is left unchanged)."""
+    if not is_distributed():
+        return tensor.clone()
+    on_gpu = dist.get_backend() == "nccl"
+    out = tensor.to(torch.device("cuda", torch.cuda.current_device()), copy=True) if on_gpu else tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out.to(tensor.device)
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` without distributed)."""
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group joined by ``init_distributed`` (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

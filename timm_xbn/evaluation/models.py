@@ -1,0 +1,107 @@
+"""Create the models to evaluate: any timm (or registered ``xbn_*``) model, with weights."""
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import timm
+import torch
+import torch.nn as nn
+
+from ..models.checkpoints import load_weights
+
+__all__ = [
+    "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "unknown_model_error", "weights_sha1",
+]
+
+
+def unknown_model_error(name: str) -> ValueError:
+    """A ValueError for an unregistered model name, with the closest registered names."""
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; list them with timm.list_models('*pattern*')"
+    return ValueError(f"unknown model {name!r}{hint}")
+
+
+def create_eval_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint: Optional[Union[str, Path]] = None,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> nn.Module:
+    """``timm.create_model(name, pretrained, **model_kwargs)`` in eval mode, then ``checkpoint`` loaded strictly.
+
+    ``checkpoint`` is a ``.safetensors`` file or a weights-only torch file (plain state dict or a
+    timm/torchvision training checkpoint); see ``timm_xbn.models.checkpoints.load_weights``.
+    """
+    if not timm.is_model(name):
+        raise unknown_model_error(name)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **dict(model_kwargs or {}))
+    except TypeError as err:
+        raise ValueError(f"cannot create {name} with model kwargs {dict(model_kwargs or {})}: {err}") from None
+    if checkpoint is not None:
+        load_weights(model, checkpoint)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build one evaluated model; ``label`` names it in tables, results and plots."""
+
+    label: str
+    name: str
+    pretrained: bool = False
+    checkpoint: Optional[str] = None
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def create(self) -> nn.Module:
+        return create_eval_model(self.name, self.pretrained, self.checkpoint, self.model_kwargs)
+
+    def fingerprint(self) -> Dict[str, Any]:
+        """What identifies the model's weights (checked when a sweep resumes)."""
+        return {"name": self.name, "pretrained": self.pretrained, "checkpoint": self.checkpoint,
+                "model_kwargs": self.model_kwargs}
+
+
+def build_model_specs(
+    names: Sequence[str],
+    checkpoints: Sequence[Optional[str]] = (),
+    pretrained: bool = False,
+    model_kwargs: Optional[Mapping[str, Any]] = None,
+) -> List[ModelSpec]:
+    """One ``ModelSpec`` per model name; ``checkpoints`` pair up with ``names`` by position
+    (fewer checkpoints than names: the remaining models have none). Labels are the names,
+    suffixed with the checkpoint file stem when that is needed to tell them apart."""
+    if not names:
+        raise ValueError("give at least one model")
+    if len(checkpoints) > len(names):
+        raise ValueError(f"{len(checkpoints)} checkpoints for {len(names)} models; pass one --checkpoint per --model, in order")
+    for name in names:
+        if not timm.is_model(name):
+            raise unknown_model_error(name)
+    ckpts = list(checkpoints) + [None] * (len(names) - len(checkpoints))
+    specs = []
+    for name, ckpt in zip(names, ckpts):
+        label = name if names.count(name) == 1 or ckpt is None else f"{name}:{Path(ckpt).stem}"
+        specs.append(ModelSpec(label, name, pretrained, str(ckpt) if ckpt else None, dict(model_kwargs or {})))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"models must be distinct (name + checkpoint), got {labels}")
+    return specs
+
+
+def create_models(specs: Sequence[ModelSpec], device: Union[str, torch.device] = "cpu") -> Dict[str, nn.Module]:
+    """``{label: model}`` for ``specs``, in eval mode on ``device``."""
+    return {spec.label: spec.create().to(device) for spec in specs}
+
+
+def weights_sha1(model: nn.Module) -> str:
+    """SHA-1 of all parameters and buffers (names, dtypes, shapes, bytes): identifies the weights
+    a result was computed with, so a resumed sweep refuses to mix results of different weights."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -1,0 +1,47 @@
+"""Rich tables of results dicts (printed by the CLI; they also render in notebooks)."""
+from typing import Any, List, Mapping
+
+from rich.table import Table
+
+__all__ = ["robustness_table", "adabn_table", "esm_tables"]
+
+
+def robustness_table(results: Mapping[str, Any]) -> Table:
+    """One row per model: clean top-1, then top-1 mean ± std over seeds for each Delta."""
+    deltas = [str(float(d)) for d in results["deltas"]]
+    table = Table(title=f"Top-1 (%) with disturbed BN statistics: blocks {results['blocks']}, "
+                        f"seeds {results['seeds']}, {results['num_images']} images")
+    table.add_column("model")
+    table.add_column("clean", justify="right")
+    for d in deltas:
+        table.add_column(f"Δ={d}", justify="right")
+    for label, entry in results["models"].items():
+        cells = [f"{entry['deltas'][d]['mean']:.2f} ± {entry['deltas'][d]['std']:.2f}" for d in deltas]
+        table.add_row(label, f"{entry['clean_top1']:.2f}", *cells)
+    return table
+
+
+def adabn_table(results: Mapping[str, Any]) -> Table:
+    """One row per model: top-1/top-5 before and after recalibration."""
+    table = Table(title=f"BN recalibration on {results['dataset']}")
+    for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after"):
+        table.add_column(column, justify="left" if column in ("model", "mode") else "right")
+    for label, e in results["models"].items():
+        mode = e["mode"] + (f" (N={e['prior']:g})" if "prior" in e else "")
+        table.add_row(label, mode, f"{e['before_top1']:.2f}", f"{e['after_top1']:.2f}",
+                      f"{e['after_top1'] - e['before_top1']:+.2f}", f"{e['before_top5']:.2f}", f"{e['after_top5']:.2f}")
+    return table
+
+
+def esm_tables(results: Mapping[str, Any]) -> List[Table]:
+    """One table per model: each BN's depth, name, channels, ESM_mu, ESM_sigma (and per channel)."""
+    tables = []
+    for label, entry in results["models"].items():
+        table = Table(title=f"{label}: ESM per BN layer (mean ESM_σ {entry['mean_esm_sigma']:.4g})")
+        for column in ("depth", "layer", "channels", "ESM_μ", "ESM_σ", "ESM_μ/√C", "ESM_σ/√C"):
+            table.add_column(column, justify="left" if column == "layer" else "right", overflow="fold")
+        for r in entry["layers"]:
+            table.add_row(str(r["depth"]), r["name"], str(r["channels"]), f"{r['esm_mu']:.4g}", f"{r['esm_sigma']:.4g}",
+                          f"{r['esm_mu_per_channel']:.4g}", f"{r['esm_sigma_per_channel']:.4g}")
+        tables.append(table)
+    return tables
