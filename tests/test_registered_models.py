@@ -133,7 +133,7 @@ def test_xbn_convert_cli_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["resnet5", "--out", "x"], "unknown model 'resnet5'; did you mean resnet50"),
+    (["resnet5", "--out", "x"], "unknown model 'resnet5'; did you mean: resnet50"),
     (["resnet18", "--position", "P3", "--out", "x"], "P3 needs a block with 3 BNs"),
     (["convnext_atto", "--out", "x"], "no BatchNorm layers"),
     (["resnet18", "--checkpoint", "missing.safetensors", "--out", "x"], "checkpoint not found"),

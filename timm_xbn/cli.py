@@ -3,7 +3,7 @@
 Console scripts: ``xbn-eval``, ``xbn-train``, ``xbn-convert``, ``xbn-hub``.
 """
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import typer
 
@@ -20,8 +20,6 @@ convert_app = typer.Typer(help="Convert a timm BN model into an XBNBlock model a
 hub_app = typer.Typer(help="Publish XBNBlock models to the Hugging Face Hub and pull them back.", no_args_is_help=True, rich_markup_mode="rich")
 
 # ---- xbn-eval: robustness / adabn / esm -------------------------------------------------------
-
-from typing import List as _List, Tuple as _Tuple  # noqa: E402
 
 _EVAL_MODEL = typer.Option(..., "--model", "-m", help="timm or xbn_* model name (repeat to compare models side by side).")
 _EVAL_CHECKPOINT = typer.Option(None, "--checkpoint", help="Weights for the i-th --model (.safetensors or weights-only torch file); repeat in --model order.")
@@ -63,7 +61,7 @@ def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir
     return built, specs, data, out
 
 
-def _eval_report(tables, results, out: Path, files: _List[str]) -> None:
+def _eval_report(tables, results, out: Path, files: List[str]) -> None:
     """Print tables, skipped images and written files on rank 0; leave the process group."""
     from rich.console import Console
 
@@ -85,12 +83,12 @@ def _eval_report(tables, results, out: Path, files: _List[str]) -> None:
 @eval_app.command("robustness")
 @handle_errors
 def eval_robustness(
-    model: _List[str] = _EVAL_MODEL,
-    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     data_dir: Path = _EVAL_DATA_DIR,
-    delta: _List[float] = typer.Option(..., "--delta", "-d", help="Noise magnitude Δ of Eq. 5 (repeat for a sweep)."),
+    delta: List[float] = typer.Option(..., "--delta", "-d", help="Noise magnitude Δ of Eq. 5 (repeat for a sweep)."),
     seeds: int = typer.Option(5, "--seeds", help="Number of random seeds per Δ (seeds 0..N-1)."),
     blocks: str = typer.Option("6", "--blocks", help="Disturb the first BN of the first N residual blocks; or comma-separated block names; or 'all' (every BN)."),
     dataset: str = _EVAL_DATASET,
@@ -98,8 +96,8 @@ def eval_robustness(
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
-    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
-    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
     batch_size: int = _EVAL_BATCH,
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
@@ -131,8 +129,8 @@ def eval_robustness(
 @eval_app.command("adabn")
 @handle_errors
 def eval_adabn(
-    model: _List[str] = _EVAL_MODEL,
-    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     data_dir: Path = _EVAL_DATA_DIR,
@@ -145,8 +143,8 @@ def eval_adabn(
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
-    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
-    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
     batch_size: int = _EVAL_BATCH,
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
@@ -178,8 +176,8 @@ def eval_adabn(
 @eval_app.command("esm")
 @handle_errors
 def eval_esm(
-    model: _List[str] = _EVAL_MODEL,
-    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     data_dir: Path = _EVAL_DATA_DIR,
@@ -189,8 +187,8 @@ def eval_esm(
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
-    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
-    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
     batch_size: int = _EVAL_BATCH,
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
@@ -220,8 +218,8 @@ def eval_esm(
 @eval_app.command("corruption")
 @handle_errors
 def eval_corruption(
-    model: _List[str] = _EVAL_MODEL,
-    checkpoint: Optional[_List[Path]] = _EVAL_CHECKPOINT,
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize)."),
@@ -238,8 +236,8 @@ def eval_corruption(
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
-    mean: Optional[_Tuple[float, float, float]] = _EVAL_MEAN,
-    std: Optional[_Tuple[float, float, float]] = _EVAL_STD,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
     batch_size: int = _EVAL_BATCH,
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
@@ -442,8 +440,6 @@ def convert(
     typer.echo(f"{architecture}: {replaced} batch-free norms; wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
 
 # ---- xbn-hub ----------------------------------------------------------------------------------
-
-from typing import List  # noqa: E402
 
 
 def _hub_print_info(hub_info) -> None:

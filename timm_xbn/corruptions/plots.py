@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..evaluation.plots import save_figure  # noqa: E402
 from .names import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES  # noqa: E402
 
 __all__ = ["plot_corruption_heatmap"]
@@ -39,9 +40,4 @@ def plot_corruption_heatmap(results: Mapping[str, Any], path: Union[str, Path]) 
     ax.set_title(f"{results.get('model', '')}: top-1 error (%), {summary}"
                  + (f", clean {clean:.1f}" if clean is not None else ""), fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.18, label="top-1 error (%)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

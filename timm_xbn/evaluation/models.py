@@ -1,26 +1,17 @@
 """Create the models to evaluate: any timm (or registered ``xbn_*``) model, with weights."""
-import difflib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import timm
 import torch
 import torch.nn as nn
 
-from ..models.checkpoints import load_weights
+from ..models import check_model_name, create_model
 
 __all__ = [
-    "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "unknown_model_error", "weights_sha1",
+    "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "weights_sha1",
 ]
-
-
-def unknown_model_error(name: str) -> ValueError:
-    """A ValueError for an unregistered model name, with the closest registered names."""
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean: {', '.join(close)}?" if close else "; list them with timm.list_models('*pattern*')"
-    return ValueError(f"unknown model {name!r}{hint}")
 
 
 def create_eval_model(
@@ -29,20 +20,8 @@ def create_eval_model(
     checkpoint: Optional[Union[str, Path]] = None,
     model_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> nn.Module:
-    """``timm.create_model(name, pretrained, **model_kwargs)`` in eval mode, then ``checkpoint`` loaded strictly.
-
-    ``checkpoint`` is a ``.safetensors`` file or a weights-only torch file (plain state dict or a
-    timm/torchvision training checkpoint); see ``timm_xbn.models.checkpoints.load_weights``.
-    """
-    if not timm.is_model(name):
-        raise unknown_model_error(name)
-    try:
-        model = timm.create_model(name, pretrained=pretrained, **dict(model_kwargs or {}))
-    except TypeError as err:
-        raise ValueError(f"cannot create {name} with model kwargs {dict(model_kwargs or {})}: {err}") from None
-    if checkpoint is not None:
-        load_weights(model, checkpoint)
-    return model.eval()
+    """``timm_xbn.models.create_model`` (checked name, strict ``checkpoint`` loading) in eval mode."""
+    return create_model(name, pretrained=pretrained, checkpoint=checkpoint, **dict(model_kwargs or {})).eval()
 
 
 @dataclass(frozen=True)
@@ -78,8 +57,7 @@ def build_model_specs(
     if len(checkpoints) > len(names):
         raise ValueError(f"{len(checkpoints)} checkpoints for {len(names)} models; pass one --checkpoint per --model, in order")
     for name in names:
-        if not timm.is_model(name):
-            raise unknown_model_error(name)
+        check_model_name(name)
     ckpts = list(checkpoints) + [None] * (len(names) - len(checkpoints))
     specs = []
     for name, ckpt in zip(names, ckpts):

@@ -7,7 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plot_robustness", "plot_esm"]
+__all__ = ["plot_robustness", "plot_esm", "save_figure"]
 
 
 def plot_robustness(results: Mapping[str, Any], path: Union[str, Path]) -> Path:
@@ -26,7 +26,7 @@ def plot_robustness(results: Mapping[str, Any], path: Union[str, Path]) -> Path:
     ax.set_title(f"Disturbed BN statistics (blocks: {blocks}, {len(seeds)} seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_esm(results: Mapping[str, Any], path: Union[str, Path], per_channel: bool = False) -> Path:
@@ -41,13 +41,15 @@ def plot_esm(results: Mapping[str, Any], path: Union[str, Path], per_channel: bo
     ax.set_title(f"Estimation shift on {Path(str(results.get('dataset', ''))).name or 'test data'}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: Union[str, Path]) -> Path:
+def save_figure(fig, path: Union[str, Path], dpi: int = 120, tight: bool = True) -> Path:
+    """Write ``fig`` to ``path`` (parents created), then close it so long sweeps do not leak figures."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path

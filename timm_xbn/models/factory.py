@@ -16,7 +16,7 @@ def check_model_name(name: str) -> None:
     if name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ValueError(f"unknown model {name!r}{hint}")
 
 
@@ -25,7 +25,10 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union
     """``timm.create_model`` (``import timm_xbn`` has registered the xbn_* models) plus a checked
     name and an optional local ``checkpoint`` (safetensors or weights-only torch file)."""
     check_model_name(name)
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    try:
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:  # a kwarg the model's constructor does not take
+        raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..evaluation.plots import plot_robustness  # noqa: E402
+from ..evaluation.plots import plot_robustness, save_figure  # noqa: E402
 from .report import esm_profiles  # noqa: E402
 
 __all__ = ["plot_study", "PLOT_FILES"]
@@ -23,12 +23,6 @@ PLOT_FILES = (
 )
 MODEL_STYLE = {"BN": dict(color="tab:red", linestyle="-", marker="o"), "GNBN": dict(color="tab:blue", linestyle="--", marker="s")}
 
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _esm_by_epoch(history: List[dict]) -> Dict[int, List[tuple]]:
@@ -72,9 +66,7 @@ def plot_mlp_setup_one(mlp: Mapping, path: Path) -> Path:
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, depth))
     fig.colorbar(sm, ax=axes[1:].tolist(), label="layer (depth)")
     fig.suptitle("Section 4, setup one: training set = test set S' (paper Figs. 2 and 4)", fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110, tight=False)
 
 
 def plot_mlp_esm_vs_depth(mlp: Mapping, path: Path) -> Path:
@@ -108,7 +100,7 @@ def plot_mlp_esm_vs_depth(mlp: Mapping, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     ax2.legend(fontsize=7, ncol=2)
     fig.suptitle("Section 4: ESM$_\\sigma$ vs depth, BN in every layer vs GN in the odd layers (GNBN)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_mlp_setup_two_errors(mlp: Mapping, path: Path) -> Path:
@@ -128,7 +120,7 @@ def plot_mlp_setup_two_errors(mlp: Mapping, path: Path) -> Path:
     ax.set_title("Section 4, setup two: error vs training-set size (paper Figs. 3a, 5b)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
@@ -142,7 +134,7 @@ def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
     ax.set_title("Section 5: ESM$_\\sigma$ on the test split, BN vs XBNBlock-P2 (GN / IN)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_resnet_adabn(resnet: Mapping, path: Path) -> Path:
@@ -171,7 +163,7 @@ def plot_resnet_adabn(resnet: Mapping, path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=len(models), loc="upper right")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_study(results: Mapping[str, Any], output_dir: Path) -> List[Path]:
