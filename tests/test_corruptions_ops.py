@@ -49,12 +49,12 @@ def test_random_corruptions_match_the_reference_statistically(name):
     assert result["change_ours"] == pytest.approx(result["change_ref"], rel=0.15, abs=1.0)
 
 
-def test_deterministic_corruptions_equal_the_reference_on_uint8(photos):
-    batch = as_batch(photos[:3])
-    for name in ("contrast", "pixelate"):
-        for severity in (2, 4):
-            ours = corrupt_batch(batch, name, severity).permute(0, 2, 3, 1).numpy()
-            for image, out in zip(photos[:3], ours):
+@pytest.mark.parametrize("name", ("contrast", "pixelate", "jpeg_compression"))
+def test_deterministic_corruptions_equal_the_reference_on_uint8(photos, name):
+    for images in (photos[:3], photos[3:]):
+        for severity in range(1, 6):
+            ours = corrupt_batch(as_batch(images), name, severity).permute(0, 2, 3, 1).numpy()
+            for image, out in zip(images, ours):
                 np.testing.assert_array_equal(out, corrupt_reference(image, name, severity))
 
 
@@ -102,7 +102,7 @@ def test_seeded_and_float_inputs(photos):
         c = corrupt_batch(batch, name, 2, torch.Generator().manual_seed(8))
         torch.testing.assert_close(a, b, atol=0, rtol=0)
         assert not torch.equal(a, c)
-    for name in ("contrast", "zoom_blur", "defocus_blur"):
+    for name in ("contrast", "zoom_blur", "defocus_blur", "pixelate", "jpeg_compression"):
         as_uint8 = corrupt_batch(batch, name, 4).float() / 255
         as_float = corrupt_batch(batch.float() / 255, name, 4)
         assert as_float.dtype == torch.float32

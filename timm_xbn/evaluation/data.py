@@ -135,7 +135,8 @@ def _model_data_configs(
     configs = {}
     for name, model in models.items():
         cfg = resolve_data_config(args=dict(args), model=model)
-        configs[name] = {k: cfg.get(k) for k in DATA_CONFIG_KEYS}
+        # tuples: a config read back from JSON holds lists, which must not count as a difference
+        configs[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in ((k, cfg.get(k)) for k in DATA_CONFIG_KEYS)}
     return configs
 
 

@@ -11,8 +11,17 @@ from .checkpoints import load_weights
 __all__ = ["check_model_name", "create_model"]
 
 
+LOCAL_DIR = "local-dir:"
+
+
 def check_model_name(name: str) -> None:
-    """Raise ``ValueError`` with close matches when ``name`` is not a timm model (or hf-hub id)."""
+    """Raise ``ValueError`` with close matches when ``name`` is not a timm model, an ``hf-hub:`` id
+    or a ``local-dir:FOLDER`` (a folder with config.json + weights, as ``xbn-convert`` writes)."""
+    if name.startswith(LOCAL_DIR):
+        folder = Path(name[len(LOCAL_DIR):])
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{name}: no config.json in {folder} (expected an xbn-convert / xbn-hub folder)")
+        return
     if name.startswith(("hf-hub:", "hf_hub:")) or timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -23,8 +32,10 @@ def check_model_name(name: str) -> None:
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union[str, Path]] = None,
                  **kwargs: Any) -> nn.Module:
     """``timm.create_model`` (``import timm_xbn`` has registered the xbn_* models) plus a checked
-    name and an optional local ``checkpoint`` (safetensors or weights-only torch file)."""
+    name and an optional local ``checkpoint`` (safetensors or weights-only torch file).
+    A ``local-dir:FOLDER`` model loads the folder's own weights unless a checkpoint is given."""
     check_model_name(name)
+    pretrained = pretrained or (name.startswith(LOCAL_DIR) and checkpoint is None)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:  # a kwarg the model's constructor does not take
