@@ -217,7 +217,8 @@ def test_adabn_matches_independent_recalibration(two_models, tmp_path):
     assert all(torch.equal(before[n], v) for n, v in bn_buffers(model).items())  # caller's model untouched
     assert json.loads((tmp_path / "adabn.json").read_text())["kind"] == "adabn"
 
-    # prediction-time BN: the same as a copy whose BNs run in train mode (batch statistics)
+    # prediction-time BN: the same as a copy whose BNs run in train mode (batch statistics),
+    # on batches drawn in a seeded random order (the folder is class-sorted)
     batch = evaluate_adabn({"bn": model}, data, mode="batch")
     reference = timm.create_model("resnet18", num_classes=CLASSES, zero_init_last=False)
     reference.load_state_dict(model.state_dict())
@@ -226,8 +227,19 @@ def test_adabn_matches_independent_recalibration(two_models, tmp_path):
         if isinstance(m, nn.BatchNorm2d):
             m.train()
     with torch.no_grad():
-        counts = sum(topk_correct(reference(b.images), b.targets) for b in data.loader())
+        counts = sum(topk_correct(reference(b.images), b.targets) for b in data.shuffled(seed=0).loader())
     assert batch["models"]["bn"]["after_top1"] == accuracy_from_counts(counts)["top1"]
+
+
+def test_shuffled_order_reads_every_image_once(image_folder):
+    root = image_folder(classes=CLASSES, per_class=5, size=40)
+    model = timm.create_model("resnet18", num_classes=CLASSES)
+    data = create_eval_data(root, resolve_eval_data_config(model, {"img_size": IMG}), batch_size=4, workers=0)
+    in_order = torch.cat([b.targets for b in data.loader()])
+    shuffled = torch.cat([b.targets for b in data.shuffled(seed=0).loader()])
+    assert in_order.tolist() == sorted(in_order.tolist())  # ImageFolder: class-sorted
+    assert sorted(shuffled.tolist()) == in_order.tolist() and shuffled.tolist() != in_order.tolist()
+    assert torch.equal(shuffled, torch.cat([b.targets for b in data.shuffled(seed=0).loader()]))
 
 
 def test_esm_one_pass_matches_stats_estimation_shift(two_models, tmp_path):

@@ -53,7 +53,8 @@ def evaluate_adabn(
         data: target data to evaluate on.
         mode: ``"full"`` (AdaBN), ``"prior"`` (Schneider et al., source strength ``prior``) or
             ``"batch"`` (prediction-time BN: each test batch normalized with its own statistics,
-            so results depend on the batch size).
+            so results depend on the batch size; ``data`` is then read in a seeded random order,
+            as class-sorted folders would otherwise give one-class batches).
         calib_data: data to recalibrate on (default: ``data``); ``calib_batches`` limits it.
         output_dir: write ``adabn.json`` and ``adabn.csv`` there.
 
@@ -61,6 +62,8 @@ def evaluate_adabn(
     before/after evaluation of all models is a single pass over ``data``.
     """
     calib = calib_data if calib_data is not None else data
+    if mode == "batch":
+        data = data.shuffled(seed=0)
     adapted = {}
     for label, model in models.items():
         try:

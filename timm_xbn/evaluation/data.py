@@ -6,6 +6,7 @@ config via ``timm.data.resolve_data_config`` + ``create_transform``, overridable
 cannot be decoded are dropped from their batch and reported, never crash a sweep: every batch
 carries the indices and file names it skipped.
 """
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,15 +194,27 @@ class EvalData:
     workers: int = 2
     source: str = ""
     info: Dict[str, Any] = field(default_factory=dict)
+    order: Optional[List[int]] = None
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def shuffled(self, seed: int = 0) -> "EvalData":
+        """The same data read in a seeded random order (identical on every rank).
+
+        Batch-dependent evaluation (prediction-time BN) needs it: a class-sorted folder read in
+        order gives batches of one or two classes, whose statistics are not the target domain's.
+        """
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(seed)).tolist()
+        return dataclasses.replace(self, order=order, info={**self.info, "order_seed": seed})
 
     def loader(self, start: int = 0, limit: Optional[int] = None, shard: bool = True, pin_memory: bool = False) -> DataLoader:
         """Batches of the images ``[start, limit)`` (this rank's share of them when ``shard``)."""
         rank, world = world_info() if shard else (0, 1)
         length = len(self.dataset) if limit is None else min(limit, len(self.dataset))
         sampler = ShardSampler(length, rank=rank, world=world, start=start, block=self.batch_size)
+        if self.order is not None:
+            sampler = [self.order[i] for i in sampler]
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
