@@ -470,7 +470,7 @@ def hub_push(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Weights of MODEL: .safetensors or weights-only torch checkpoint."),
     repo_id: str = typer.Option(..., "--repo-id", help="Hub repo ORG/NAME, e.g. timm-xbn/xbn_resnet50.in1k."),
     results: Optional[List[Path]] = typer.Option(None, "--results", help="Results JSON from xbn-train / xbn-eval (repeatable)."),
-    results_name: Optional[str] = typer.Option(None, "--results-name", help="Name the results files use for this model, if not MODEL / the repo name."),
+    results_name: Optional[List[str]] = typer.Option(None, "--results-name", help="Name the results files use for this model, if not MODEL / the repo name (repeatable)."),
     model_kwargs: Optional[str] = typer.Option(None, "--model-kwargs", help="JSON dict of create_model kwargs, e.g. '{\"num_classes\": 10}'."),
     private: bool = typer.Option(False, "--private", help="Create the repo as private."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch to commit to (created if missing); default main."),

@@ -136,7 +136,7 @@ def push(
     checkpoint: Optional[Union[str, Path]] = None,
     results: Sequence[Union[str, Path]] = (),
     model_kwargs: Optional[Dict[str, Any]] = None,
-    results_name: Optional[str] = None,
+    results_name: Union[str, Sequence[str], None] = None,
     private: bool = False,
     revision: Optional[str] = None,
     dry_run: Optional[Union[str, Path]] = None,
@@ -155,13 +155,15 @@ def push(
         model: a timm or ``xbn_*`` model name (then ``checkpoint`` is required), or a model object.
         repo_id: ``ORG/NAME``; the project's repos live under ``timm_xbn.models.HUB_ORG``.
         results: results JSON files from ``xbn-train`` / ``xbn-eval`` (train, robustness, adabn, esm, corruption).
-        results_name: the name the results files use for this model, when it is not the model or repo name.
+        results_name: the name(s) the results files use for this model, when not the model or repo name
+            (e.g. a training run's label and an evaluation's ``local-dir:`` name).
         api: an ``HfApi`` to upload with (default: one for the Hub endpoint and ``token``).
     """
     check_repo_id(repo_id)
     built = build_model(model, checkpoint, model_kwargs)
     architecture = built.pretrained_cfg.get("architecture", type(built).__name__)
-    names = [n for n in (results_name, model if isinstance(model, str) else None, architecture, repo_id.split("/")[1]) if n]
+    aliases = [results_name] if isinstance(results_name, str) else list(results_name or ())
+    names = [n for n in (*aliases, model if isinstance(model, str) else None, architecture, repo_id.split("/")[1]) if n]
     for loaded in load_results(results):
         select_entry(loaded, names)
     if dry_run is not None:
