@@ -46,30 +46,39 @@ def image_folder(tmp_path: Path) -> Callable[..., Path]:
 
 @pytest.fixture(scope="session")
 def timm_sdist() -> Path:
-    """timm's source distribution for the installed version (train.py, tests/test_models.py).
+    """timm's source distribution for the installed version (tests/test_models.py, and train.py if shipped).
 
-    Looked for in ``timm-sdist/`` at the repo root (``.ci/run`` fills it) and otherwise fetched
-    with ``pip download``. Skipped when it cannot be fetched, except in CI, where that fails.
+    Looked for in ``timm-sdist/`` at the repo root and otherwise fetched with ``pip download``
+    (one xdist worker downloads, the others wait on a lock). Skipped when it cannot be fetched,
+    except in CI, where that fails.
     """
+    import fcntl
     import importlib.metadata
-    import subprocess
-    import sys
-    import tarfile
 
     version = importlib.metadata.version("timm")
     root = Path(__file__).resolve().parent.parent / "timm-sdist"
     folder = root / f"timm-{version}"
-    if not folder.is_dir():
-        root.mkdir(exist_ok=True)
-        fetched = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
-             f"timm=={version}", "-d", str(root)], capture_output=True, text=True)
-        archive = root / f"timm-{version}.tar.gz"
-        if fetched.returncode != 0 or not archive.is_file():
-            message = f"cannot download timm {version} sdist: {fetched.stderr[-500:]}"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        with tarfile.open(archive) as tar:
-            tar.extractall(root, filter="data")
+    root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not folder.is_dir():
+            _fetch_timm_sdist(root, version)
     return folder
+
+
+def _fetch_timm_sdist(root: Path, version: str) -> None:
+    import subprocess
+    import sys
+    import tarfile
+
+    fetched = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
+         f"timm=={version}", "-d", str(root)], capture_output=True, text=True)
+    archive = root / f"timm-{version}.tar.gz"
+    if fetched.returncode != 0 or not archive.is_file():
+        message = f"cannot download timm {version} sdist: {fetched.stderr[-500:]}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with tarfile.open(archive) as tar:
+        tar.extractall(root, filter="data")

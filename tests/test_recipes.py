@@ -1,13 +1,12 @@
 """Recipes: only timm train.py keys, the paper's hyper-parameters, documented launch commands.
 
-The train.py key list of ``timm_xbn.training`` is checked against timm's sources when a timm sdist
-is unpacked at ``timm-sdist/`` in the repository (or ``$TIMM_SDIST``): against ``train.py``'s
-argparse parser when the sdist ships it, else against the train.py flags timm's own test suite
-passes (the 1.0.x sdists ship ``tests/`` but not ``train.py``).
+The train.py key list of ``timm_xbn.training`` is checked against timm's sources (the sdist of the
+installed timm, from the ``timm_sdist`` fixture): against ``train.py``'s argparse parser when the
+sdist ships it, else against the train.py flags timm's own test suite passes (the 1.0.x sdists
+ship ``tests/`` but not ``train.py``).
 """
 import ast
 import math
-import os
 import re
 from pathlib import Path
 
@@ -26,17 +25,14 @@ ARCHS = ("resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 EXPECTED = {f"{p}{a}_{v}.yaml" for p in ("", "xbn_") for a in ARCHS for v in ("standard", "advanced")} | {"finetune_converted.yaml"}
 
 
-SDIST = Path(os.environ.get("TIMM_SDIST", REPO / "timm-sdist"))
-
-
-def _sdist_tests():
+def _sdist_tests(sdist: Path):
     """timm's test folder in the unpacked sdist, or None."""
-    return next((p.parent for p in sorted(SDIST.glob("**/tests/test_train_resume.py"))), None) if SDIST.is_dir() else None
+    return next((p.parent for p in sorted(sdist.glob("**/tests/test_train_resume.py"))), None)
 
 
-def _train_py():
+def _train_py(sdist: Path):
     """A timm ``train.py`` placed anywhere under the sdist folder (not shipped in 1.0.x sdists), or None."""
-    found = [p for p in sorted(SDIST.rglob("train.py")) if "timm" not in p.relative_to(SDIST).parts[1:-1]] if SDIST.is_dir() else []
+    found = [p for p in sorted(sdist.rglob("train.py")) if "timm" not in p.relative_to(sdist).parts[:-1]]
     return found[0] if found else None
 
 
@@ -138,10 +134,9 @@ def test_finetune_recipe_builds_the_converted_model():
     assert name == "xbn_converted" and kwargs["base_model"] == "resnet26" and kwargs["every"] == 2 and kwargs["position"] == 2
 
 
-def test_key_list_against_timm_sources():
-    tests, train_py = _sdist_tests(), _train_py()
-    if tests is None and train_py is None:
-        pytest.skip("no timm sdist at timm-sdist/ (pip download --no-binary :all: --no-deps timm==VERSION and unpack it there)")
+def test_key_list_against_timm_sources(timm_sdist):
+    tests, train_py = _sdist_tests(timm_sdist), _train_py(timm_sdist)
+    assert tests is not None or train_py is not None, f"neither tests/ nor train.py in {timm_sdist}"
     if train_py is not None:
         real = _train_py_keys_from_parser(train_py)
         assert SUPPORTED_KEYS <= real, sorted(SUPPORTED_KEYS - real)
