@@ -18,7 +18,8 @@ from .results import ResultsFile, select_entry
 
 __all__ = ["CARD_TEMPLATE", "NO_RESULTS", "render_card", "card_results"]
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "hub_cards" / "model_card.md"
+# timm_xbn/hub/hub_cards links to the repository's hub_cards/, so wheels ship the templates too
+CARD_TEMPLATE = Path(__file__).parent / "hub_cards" / "model_card.md"
 NO_RESULTS = "No results measured yet"
 TASK = "image-classification"
 TAGS = [TASK, "timm", "timm-xbn", "batch-normalization"]
