@@ -142,6 +142,43 @@ def test_shared_pass_restores_buffers_on_error(two_models):
     assert all(torch.equal(before[n], v) for n, v in bn_buffers(model).items())
 
 
+class _EvalCached(nn.Module):
+    """Caches a weight-derived tensor in eval mode and drops it in ``train()``, as timm's LeViT /
+    EfficientFormer / TinyViT attention-bias caches do."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+        self.cache = None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.cache = None
+        return self
+
+    def forward(self, x):
+        if self.training:
+            return self.lin(x)
+        if self.cache is None:
+            self.cache = self.lin.weight.detach().clone()
+        return x @ self.cache.T + self.lin.bias
+
+
+def test_eval_mode_runs_train_hooks_and_restores_flags():
+    model = _EvalCached()
+    model.lin.training = False  # a mixed state, restored flag by flag
+    x = torch.randn(4, 3)
+    with sweep_module.eval_mode([model]), torch.no_grad():
+        model(x)
+    assert (model.training, model.lin.training) == (True, False)
+    with torch.no_grad():
+        model.lin.weight.add_(1.0)  # a training step between two evaluations
+        with sweep_module.eval_mode([model]):
+            assert not model.training
+            out = model(x)
+    assert torch.allclose(out, x @ model.lin.weight.T + model.lin.bias)  # not the stale cached weight
+
+
 def test_resume_skips_done_settings_and_continues_a_partial_pass(two_models, image_folder, tmp_path, monkeypatch):
     models, data, _ = two_models
     models = {"bn": models["bn"]}

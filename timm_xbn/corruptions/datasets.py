@@ -26,9 +26,6 @@ __all__ = [
     "discover_imagenet_c", "resolve_class_map",
 ]
 
-_IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
-
-
 def _natural_key(text: str):
     from timm.utils.misc import natural_key
 

@@ -20,8 +20,9 @@ from ..evaluation.distributed import is_main_process
 from ..evaluation.engine import run_pass
 from ..evaluation.metrics import accuracy_from_counts
 from ..evaluation.models import weights_sha1
-from ..evaluation.results import load_results, make_results, skipped_report, write_csv, write_json_atomic
-from ..evaluation.sweep import Setting, SharedPass, eval_mode, model_device
+from ..evaluation.results import jsonable_config, load_results, make_results, skipped_report, write_csv, write_json_atomic
+from ..evaluation.sweep import Setting, SharedPass
+from ..stats.moments import eval_mode, model_device
 from .datasets import CorruptionSource
 from .metrics import summarize
 from .names import ALL_CORRUPTIONS
@@ -107,10 +108,6 @@ def _record(counts: torch.Tensor) -> dict[str, Any]:
     return {"correct1": c1, "correct5": c5, "count": n, "top1_error": 100.0 - acc["top1"], "top5_error": 100.0 - acc["top5"]}
 
 
-def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-
 def _model_results(label: str, source: CorruptionSource, runs: Mapping[str, Any], meta: Mapping[str, Any],
                    clean_error: Optional[float], skipped: Mapping[str, Any]) -> dict[str, Any]:
     errors: dict[str, dict[str, float]] = {}
@@ -187,7 +184,7 @@ def evaluate_corruptions(
     metas, runs, skipped, clean = {}, {}, {}, {}
     for label, model in models.items():
         metas[label] = {"dataset": source.source, "source": source.kind, "adapt": adapt, "seed": seed,
-                        "data_config": _jsonable(source.data_config), "weights_sha1": weights_sha1(model),
+                        "data_config": jsonable_config(source.data_config), "weights_sha1": weights_sha1(model),
                         "spec": dict((model_specs or {}).get(label, {})) or None}
         previous = load_results(results_path(out, label), "corruption") if out else None
         if previous:

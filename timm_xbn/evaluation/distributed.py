@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from ..stats.moments import is_distributed
+
 __all__ = [
     "ShardSampler",
     "all_gather_objects",
@@ -21,11 +23,6 @@ __all__ = [
     "shutdown_distributed",
     "world_info",
 ]
-
-
-def is_distributed() -> bool:
-    """True when torch.distributed is initialized with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def world_info() -> Tuple[int, int]:

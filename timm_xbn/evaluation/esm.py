@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 from rich.progress import Progress
 
-from ..stats import capture_bn_inputs, esm_from_stats, esm_records_to_rows
+from ..stats import capture_bn_inputs, esm_from_stats, esm_records_to_rows, stats_from_moments
+from ..stats.moments import bn_modules, eval_mode, model_device
 from .data import EvalData
 from .distributed import all_gather_objects, is_main_process
 from .plots import plot_esm
 from .results import make_results, skipped_report, write_csv, write_json_atomic
-from .sweep import eval_mode, model_device
 
 __all__ = ["RESULTS_FILE", "evaluate_esm"]
 
@@ -39,7 +39,7 @@ def evaluate_esm(
     moments are merged over ranks.
     """
     for label, model in models.items():
-        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if not bn_modules(model):
             raise ValueError(f"{label} ({type(model).__name__}) has no BatchNorm layers: there is no estimation shift to measure")
     limit = None if max_batches is None else max_batches * data.batch_size
     loader = data.loader(limit=limit)
@@ -59,11 +59,7 @@ def evaluate_esm(
 
     entries = {}
     for label, model in models.items():
-        stats = {}
-        for name, acc in moments[label].items():
-            acc.all_reduce_()
-            if acc.count:
-                stats[name] = (acc.mean.cpu(), acc.var.cpu(), acc.count)
+        stats = stats_from_moments(moments[label])
         if not stats:
             raise ValueError(f"no images were evaluated from {data.source}: cannot compute expected BN statistics")
         rows = esm_records_to_rows(esm_from_stats(model, stats))

@@ -18,6 +18,7 @@ from .metrics import accuracy_from_counts
 from .sweep import Setting
 
 __all__ = [
+    "jsonable_config",
     "load_results",
     "run_record",
     "skipped_report",
@@ -34,6 +35,11 @@ def _version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def jsonable_config(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """A data config with tuples as lists, so it compares equal to the same config read back from JSON."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def write_json_atomic(path: Union[str, Path], obj: Any) -> None:

@@ -15,7 +15,7 @@ from .distributed import barrier, is_main_process
 from .engine import run_pass
 from .models import weights_sha1
 from .plots import plot_robustness
-from .results import load_results, make_results, run_record, skipped_report, summarize_robustness, write_csv, write_json_atomic
+from .results import jsonable_config, load_results, make_results, run_record, skipped_report, summarize_robustness, write_csv, write_json_atomic
 from .sweep import SharedPass, eval_mode, robustness_settings
 
 __all__ = ["RESULTS_FILE", "evaluate_robustness"]
@@ -80,7 +80,7 @@ def evaluate_robustness(
     model_info = {label: {"weights_sha1": weights_sha1(m), "targets": targets[label],
                           **({"spec": dict(model_specs[label])} if model_specs and label in model_specs else {})}
                   for label, m in models.items()}
-    meta = {"dataset": data.source, "num_images": len(data), "data_config": _jsonable(data.data_config),
+    meta = {"dataset": data.source, "num_images": len(data), "data_config": jsonable_config(data.data_config),
             "blocks": blocks if blocks is None or isinstance(blocks, int) else list(blocks), "scope": scope,
             "model_info": model_info}
     settings = robustness_settings(list(models), deltas, seed_list)
@@ -127,7 +127,3 @@ def evaluate_robustness(
         plot_robustness(results, out / "robustness.png")
     barrier()  # every rank returns only once the files are complete
     return results
-
-
-def _jsonable(config: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -7,14 +7,16 @@ the target buffers before that setting's forward, and the clean buffers are copi
 the model's last setting. ``naive_sweep`` is the straightforward reference (one pass per setting,
 ``timm_xbn.stats.perturb_bn_stats``) used by the tests and the benchmark.
 """
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from ..stats import perturb_bn_stats, perturbation_factors
+from ..stats.moments import eval_mode, model_device
+from ..stats.perturb import disturbed_values
 from .metrics import topk_correct
 
 __all__ = ["Setting", "SharedPass", "eval_mode", "model_device", "naive_sweep", "robustness_settings"]
@@ -46,34 +48,10 @@ def robustness_settings(models: Sequence[str], deltas: Sequence[float], seeds: S
     return [Setting(m) for m in models] + [Setting(m, float(d), int(s)) for m in models for d in deltas for s in seeds]
 
 
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
-
-
-@contextmanager
-def eval_mode(models: Iterable[nn.Module]) -> Iterator[None]:
-    """Put ``models`` in eval mode and restore every module's train/eval flag on exit."""
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model, _ in modes:
-            model.training = False
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _disturbed_values(model: nn.Module, targets: Sequence[str], delta: float, seed: int) -> BufferValues:
     """The running mean/var of each target after Eq. 5, computed exactly as ``perturb_bn_stats`` does."""
     bns = [model.get_submodule(t) for t in targets]
-    factors = perturbation_factors([bn.num_features for bn in bns], delta, seed)
-    values: BufferValues = []
-    for bn, (mu_factor, var_factor) in zip(bns, factors):
-        for buf, factor in ((bn.running_mean, mu_factor), (bn.running_var, var_factor)):
-            values.append((buf, (buf.double() * factor.to(buf.device)).to(buf.dtype)))
-    return values
+    return disturbed_values(bns, perturbation_factors([bn.num_features for bn in bns], delta, seed))
 
 
 class SharedPass:

@@ -7,14 +7,17 @@ the test set, computed with the trained model in eval mode. ESM compares them wi
     ESM_mu = ||mu_hat - mu_tilde||_2,   ESM_sigma = ||sqrt(var_hat) - sqrt(var_tilde)||_2
 """
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .moments import bn_modules, capture_bn_inputs, iterate_inputs, model_device
+from .moments import ChannelMoments, bn_modules, capture_bn_inputs, eval_mode, iterate_inputs, model_device
 
-__all__ = ["BNStats", "ESMRecord", "expected_bn_stats", "esm_from_stats", "estimation_shift", "esm_records_to_rows"]
+__all__ = [
+    "BNStats", "ESMRecord", "expected_bn_stats", "esm_from_stats", "estimation_shift", "esm_records_to_rows",
+    "stats_from_moments",
+]
 
 # (mean, population variance, number of values per channel); mean/var are float64 tensors.
 BNStats = Tuple[torch.Tensor, torch.Tensor, int]
@@ -70,22 +73,23 @@ def expected_bn_stats(
     if not bn_modules(model):
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers")
     device = torch.device(device) if device is not None else model_device(model)
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with capture_bn_inputs(model, device=device) as moments:
-            for x in iterate_inputs(batches, device, max_batches, progress, "expected BN stats"):
-                model(x)
-    finally:
-        for m, training in modes.items():
-            m.training = training
+    with eval_mode([model]), capture_bn_inputs(model, device=device) as moments:
+        for x in iterate_inputs(batches, device, max_batches, progress, "expected BN stats"):
+            model(x)
+    stats = stats_from_moments(moments)
+    if not stats:
+        raise ValueError("batches is empty (or never reached a BN): no data to compute the expected BN statistics from")
+    return stats
+
+
+def stats_from_moments(moments: Mapping[str, ChannelMoments]) -> Dict[str, BNStats]:
+    """``{bn_name: (mean, var, count)}`` (CPU) from ``capture_bn_inputs`` moments, merged over all
+    ranks under torch.distributed; BNs that never ran are left out."""
     stats: Dict[str, BNStats] = {}
     for name, acc in moments.items():
         acc.all_reduce_()
         if acc.count:
             stats[name] = (acc.mean.cpu(), acc.var.cpu(), acc.count)
-    if not stats:
-        raise ValueError("batches is empty (or never reached a BN): no data to compute the expected BN statistics from")
     return stats
 
 

@@ -16,7 +16,8 @@ import torch.nn as nn
 from ..surgery import is_bn
 
 __all__ = [
-    "ChannelMoments", "bn_modules", "capture_bn_inputs", "iterate_inputs", "is_distributed", "model_device",
+    "ChannelMoments", "bn_modules", "bns_with_running_stats", "capture_bn_inputs", "eval_mode", "iterate_inputs",
+    "is_distributed", "model_device",
 ]
 
 
@@ -91,6 +92,30 @@ class ChannelMoments:
 def bn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     """``(qualified name, module)`` of every BatchNorm of ``model``, in registration order."""
     return [(name, m) for name, m in model.named_modules() if is_bn(m)]
+
+
+def bns_with_running_stats(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``bn_modules`` restricted to BNs that hold running statistics (``track_running_stats=True``)."""
+    return [(n, m) for n, m in bn_modules(model) if m.running_mean is not None and m.running_var is not None]
+
+
+@contextmanager
+def eval_mode(models: Iterable[nn.Module]) -> Iterator[None]:
+    """Put ``models`` in eval mode and restore every module's train/eval flag on exit.
+
+    Entering calls ``model.eval()`` (not just the flags) so that modules overriding ``train()``
+    run their hooks, e.g. timm's LeViT / EfficientFormer drop attention-bias caches built from
+    older weights.
+    """
+    models = list(models)
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    try:
+        for model in models:
+            model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @contextmanager

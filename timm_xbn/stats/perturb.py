@@ -13,9 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..surgery import find_residual_blocks, is_bn, supported_families_text
-from .moments import bn_modules
+from .moments import bn_modules, bns_with_running_stats
 
-__all__ = ["Perturbation", "perturbation_factors", "perturb_bn_stats", "select_perturbation_targets"]
+__all__ = [
+    "Perturbation", "disturbed_values", "perturbation_factors", "perturb_bn_stats", "select_perturbation_targets",
+]
 
 Factors = Tuple[torch.Tensor, torch.Tensor]
 
@@ -48,6 +50,16 @@ def perturbation_factors(num_channels_per_target: Sequence[int], delta: float, s
         d_sigma = (torch.rand(int(channels), generator=generator, dtype=torch.float64) * 2 - 1) * delta
         factors.append((1 + d_mu, 1 + d_sigma))
     return factors
+
+
+def disturbed_values(modules: Sequence[nn.Module], factors: Sequence[Factors]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(buffer, Eq. 5 value)`` for the running mean and var of each BN: the buffer times its
+    factor, computed in float64 and cast back to the buffer's dtype and device."""
+    return [
+        (buf, (buf.double() * factor.to(buf.device)).to(buf.dtype))
+        for bn, (mu_factor, var_factor) in zip(modules, factors)
+        for buf, factor in ((bn.running_mean, mu_factor), (bn.running_var, var_factor))
+    ]
 
 
 @dataclass(frozen=True)
@@ -106,9 +118,8 @@ def perturb_bn_stats(model: nn.Module, delta: float, seed: int, targets: Sequenc
     ]
     try:
         with torch.no_grad():
-            for bn, (mu_factor, var_factor) in zip(modules, factors):
-                for buf, factor in ((bn.running_mean, mu_factor), (bn.running_var, var_factor)):
-                    buf.copy_(buf.double() * factor.to(buf.device))
+            for buf, value in disturbed_values(modules, factors):
+                buf.copy_(value)
         yield Perturbation(delta, int(seed), tuple(targets), tuple(factors))
     finally:
         with torch.no_grad():
@@ -151,7 +162,7 @@ def select_perturbation_targets(
     """
     if scope not in ("first", "all"):
         raise ValueError(f"scope must be 'first' or 'all', got {scope!r}")
-    every_bn = [name for name, m in bn_modules(model) if _has_running_stats(m)]
+    every_bn = [name for name, _ in bns_with_running_stats(model)]
     if not every_bn:
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to perturb")
     if scope == "all" or blocks is None:

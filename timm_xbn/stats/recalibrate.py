@@ -15,15 +15,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .moments import ChannelMoments, bn_modules, capture_bn_inputs, is_distributed, iterate_inputs, model_device
+from .moments import (
+    ChannelMoments, bns_with_running_stats, capture_bn_inputs, eval_mode, is_distributed, iterate_inputs, model_device,
+)
 
 __all__ = ["RECALIBRATION_MODES", "recalibrate"]
 
 RECALIBRATION_MODES = ("full", "prior", "batch")
-
-
-def _bns_with_stats(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    return [(n, m) for n, m in bn_modules(model) if m.running_mean is not None and m.running_var is not None]
 
 
 def _use_batch_stats(bns: List[Tuple[str, nn.Module]]) -> None:
@@ -46,23 +44,20 @@ def _target_moments(
 ) -> Tuple[Dict[str, ChannelMoments], int]:
     """One pass with the BNs in batch-statistics mode (buffers untouched); returns the input
     moments of each BN over all batches (all ranks) and the size of the first batch."""
-    modes = {m: m.training for m in model.modules()}
     tracking = {bn: bn.track_running_stats for _, bn in bns}
-    model.eval()
-    for bn in tracking:  # train mode + no tracking: batch statistics, running buffers left alone
-        bn.train()
-        bn.track_running_stats = False
     batch_size = 0
-    try:
-        with capture_bn_inputs(model, device=device, names=[n for n, _ in bns]) as moments:
-            for x in iterate_inputs(batches, device, max_batches, progress, "recalibrating BN"):
-                batch_size = batch_size or x.shape[0]
-                model(x)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-        for bn, track in tracking.items():
-            bn.track_running_stats = track
+    with eval_mode([model]):
+        try:
+            for bn in tracking:  # train mode + no tracking: batch statistics, running buffers left alone
+                bn.train()
+                bn.track_running_stats = False
+            with capture_bn_inputs(model, device=device, names=[n for n, _ in bns]) as moments:
+                for x in iterate_inputs(batches, device, max_batches, progress, "recalibrating BN"):
+                    batch_size = batch_size or x.shape[0]
+                    model(x)
+        finally:
+            for bn, track in tracking.items():
+                bn.track_running_stats = track
     for acc in moments.values():
         acc.all_reduce_()
     if is_distributed():
@@ -120,7 +115,7 @@ def recalibrate(
     """
     if mode not in RECALIBRATION_MODES:
         raise ValueError(f"mode must be one of {', '.join(RECALIBRATION_MODES)}, got {mode!r}")
-    if not _bns_with_stats(model):
+    if not bns_with_running_stats(model):
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to recalibrate")
     if mode != "batch" and batches is None:
         raise ValueError(f"mode={mode!r} needs target batches")
@@ -128,7 +123,7 @@ def recalibrate(
         raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
 
     target = model if inplace else copy.deepcopy(model)
-    bns = _bns_with_stats(target)
+    bns = bns_with_running_stats(target)
     if mode == "batch":
         _use_batch_stats(bns)
         return target
