@@ -218,6 +218,32 @@ def test_cli_reports_bad_keys_in_one_line_and_trains(data, tmp_path):
     assert results["val_top1"] == pytest.approx(float(_summary(tmp_path / "cli")[0]["eval_top1"]))
 
 
+def test_results_name_the_timm_model_so_a_card_takes_them(data, tmp_path):
+    from timm_xbn.hub import push
+
+    train(build_args(argv=["--data-dir", str(data), *TINY, "--epochs", "1", "--output", str(tmp_path), "--experiment", "x"]))
+    path = tmp_path / "x" / "results.json"
+    results = json.loads(path.read_text())
+    assert results["model"] == "xbn_converted"  # the name timm.create_model takes, not a display label
+    assert results["model_label"] == "xbn_converted(resnet26,P2,every=1,gn)"
+    model = timm.create_model("xbn_converted", base_model="resnet26", layers=[1, 1, 1, 1], channels=[8, 16, 32, 64],
+                              stem_width=8, num_classes=3)
+    model.load_state_dict(load_file(tmp_path / "x" / "model_best.safetensors"))
+    # xbn-hub matches the file to the trained model by its architecture, with no --results-name
+    push(model, "someone/tiny", results=[path], dry_run=tmp_path / "repo")
+    card = (tmp_path / "repo" / "README.md").read_text()
+    assert f"| {results['val_top1']:.2f} | {results['val_top5']:.2f} |" in card
+
+
+def test_model_kwargs_the_model_does_not_take_are_a_one_line_error(data, tmp_path):
+    argv = ["--model-kwargs", "layers=[1,1,1,1]", "no_such_arg=1", "--num-classes", "3"]
+    for model in (["--model", "resnet26"], ["--convert-from", "resnet26"]):
+        with pytest.raises(ValueError, match="cannot create resnet26 .*unexpected keyword argument 'no_such_arg'"):
+            create_train_model(build_args(argv=model + argv), in_chans=3)
+    result = CliRunner().invoke(train_app, ["--data-dir", str(data), "--model", "resnet26", *argv, "--output", str(tmp_path)])
+    assert result.exit_code == 2 and "no_such_arg" in result.output and "Traceback" not in result.output
+
+
 def test_convert_from_matches_surgery_and_loads_initial_checkpoint(tmp_path):
     argv = ["--convert-from", "resnet26", "--position", "P1", "--every", "2", "--groups", "4",
             "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]", "stem_width=8", "--num-classes", "3"]

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-import timm
 import torch.nn as nn
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.utils import validate_repo_id
@@ -73,12 +72,7 @@ def build_model(model: Union[str, nn.Module], checkpoint: Optional[Union[str, Pa
     if isinstance(model, str):
         if checkpoint is None:
             raise ValueError(f"a checkpoint is required to publish {model!r}: a freshly built model has random weights")
-        if model.startswith("local-dir:"):  # a folder written by xbn-convert: its config.json builds the model
-            return load_weights(timm.create_model(model, **(model_kwargs or {})), checkpoint)
-        try:
-            return create_model(model, checkpoint=checkpoint, **(model_kwargs or {}))
-        except TypeError as err:
-            raise ValueError(f"cannot create {model!r} with model kwargs {model_kwargs or {}}: {err}") from None
+        return create_model(model, checkpoint=checkpoint, **(model_kwargs or {}))  # local-dir: builds from config.json
     if model_kwargs:
         raise ValueError("model_kwargs only apply when the model is given by name")
     if not getattr(model, "pretrained_cfg", None):
@@ -156,7 +150,7 @@ def push(
         repo_id: ``ORG/NAME``; the project's repos live under ``timm_xbn.models.HUB_ORG``.
         results: results JSON files from ``xbn-train`` / ``xbn-eval`` (train, robustness, adabn, esm, corruption).
         results_name: the name(s) the results files use for this model, when not the model or repo name
-            (e.g. a training run's label and an evaluation's ``local-dir:`` name).
+            (e.g. an evaluation's ``local-dir:`` name or label).
         api: an ``HfApi`` to upload with (default: one for the Hub endpoint and ``token``).
     """
     check_repo_id(repo_id)

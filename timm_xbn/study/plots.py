@@ -24,7 +24,6 @@ PLOT_FILES = (
 MODEL_STYLE = {"BN": dict(color="tab:red", linestyle="-", marker="o"), "GNBN": dict(color="tab:blue", linestyle="--", marker="s")}
 
 
-
 def _esm_by_epoch(history: List[dict]) -> Dict[int, List[tuple]]:
     series: Dict[int, List[tuple]] = {}
     for record in history:

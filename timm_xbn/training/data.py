@@ -15,7 +15,7 @@ from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from torch.utils.data import DistributedSampler
 
 __all__ = [
-    "ResumableSampler", "create_datasets", "create_mixup", "create_train_loader", "create_eval_loader", "position_loader",
+    "ResumableSampler", "create_datasets", "mixup_active", "create_mixup", "create_train_loader", "create_eval_loader", "position_loader",
 ]
 
 
@@ -57,9 +57,14 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Optional[Any]]:
     return train, evaluation
 
 
+def mixup_active(args: argparse.Namespace) -> bool:
+    """Whether the options turn Mixup / CutMix on (then targets are soft), as in train.py."""
+    return args.mixup > 0 or args.cutmix > 0.0 or args.cutmix_minmax is not None
+
+
 def create_mixup(args: argparse.Namespace, num_classes: int, collate: bool) -> Optional[Any]:
     """timm's Mixup / CutMix (``FastCollateMixup`` when ``collate``, for the prefetcher), or None."""
-    if not (args.mixup > 0 or args.cutmix > 0.0 or args.cutmix_minmax is not None):
+    if not mixup_active(args):
         return None
     kwargs = dict(
         mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,

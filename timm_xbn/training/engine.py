@@ -10,8 +10,6 @@ import argparse
 import copy
 import csv
 import importlib
-import json
-import os
 from contextlib import nullcontext
 from datetime import datetime
 from functools import partial
@@ -37,8 +35,10 @@ from .checkpoint import (
     TrainCheckpointSaver, find_resume_checkpoint, gather_rng_states, load_training_checkpoint,
     restore_rng_state, save_safetensors_atomic, unwrapped_state_dict,
 )
-from .data import ResumableSampler, create_datasets, create_eval_loader, create_mixup, create_train_loader, position_loader
-from .model import create_train_model, model_label
+from .data import (
+    ResumableSampler, create_datasets, create_eval_loader, create_mixup, create_train_loader, mixup_active, position_loader,
+)
+from .model import create_train_model, model_label, surgery_settings
 
 __all__ = ["train", "Trainer"]
 
@@ -49,12 +49,6 @@ def train(args: argparse.Namespace) -> Dict[str, Any]:
     ``args`` is not modified. Under torchrun every rank calls this; rank 0 writes the outputs.
     """
     return Trainer(args).run()
-
-
-def _write_json_atomic(data: Dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _trim_summary(path: Path, next_epoch: int) -> None:
@@ -113,6 +107,8 @@ class Trainer:
         args = self.args
         in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
         model = create_train_model(args, in_chans)
+        self.model_name = surgery_settings(args)[0]  # what timm.create_model takes (with the run's model_kwargs)
+        self.label = model_label(args)  # for people: the name, or e.g. xbn_converted(resnet50,P2,every=1,gn)
         if args.num_classes is None:
             args.num_classes = model.num_classes
         self.data_config = resolve_data_config(vars(args), model=model, verbose=False)
@@ -129,8 +125,7 @@ class Trainer:
             self.console.print(f"lr {args.lr:g} from lr_base {args.lr_base:g} for a global batch of "
                                f"{args.batch_size * args.world_size * args.grad_accum_steps} (lr_base_size {args.lr_base_size})")
         self.optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
-        mixup_active = args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-        criterion = dict(smoothing=args.smoothing, soft_targets=mixup_active)
+        criterion = dict(smoothing=args.smoothing, soft_targets=mixup_active(args))
         if args.bce_loss:
             criterion.update(loss_type="bce", bce_target_thresh=args.bce_target_thresh)
         elif args.bce_target_thresh is not None:
@@ -225,7 +220,7 @@ class Trainer:
     def _setup_output(self) -> None:
         args = self.args
         name = args.experiment or "-".join([
-            datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(model_label(args)), str(self.data_config["input_size"][-1]),
+            datetime.now().strftime("%Y%m%d-%H%M%S"), safe_model_name(self.label), str(self.data_config["input_size"][-1]),
         ])
         self.output_dir = Path(args.output or "./output/train") / name
 
@@ -392,19 +387,18 @@ class Trainer:
             self.console.print(f"epoch {epoch}: train_loss {self.train_loss:.4f}  {shown}  lr {lr:.4g}")
 
     def _results(self) -> Dict[str, Any]:
-        from .. import __version__
+        from ..evaluation.results import make_results
 
         args = self.args
-        results = {
-            "kind": "train",
-            "timm_xbn_version": __version__,
-            "model": model_label(args),
+        results = make_results("train", {
+            "model": self.model_name,
+            "model_label": self.label,
             "val_top1": self.eval_metrics.get("top1"),
             "val_top5": self.eval_metrics.get("top5"),
             "epochs": self.num_epochs,
             "recipe": Path(args.config).stem if args.config else "",
             "dataset": args.dataset or str(args.data_dir),
-        }
+        })
         if self.saver is not None:
             results.update(best_metric=self.saver.best_metric, best_epoch=self.saver.best_epoch,
                            output_dir=str(self.output_dir))
@@ -433,7 +427,7 @@ class Trainer:
             self.task.prepare_distributed(device_ids=[self.device] if self.cuda else None, **ddp_kwargs)
         self._setup_saver()
         self.console.print(
-            f"training {model_label(args)} for {self.num_epochs} epochs on {args.world_size} process(es) x batch "
+            f"training {self.label} for {self.num_epochs} epochs on {args.world_size} process(es) x batch "
             f"{args.batch_size} ({self.device}), {self.updates_per_epoch} updates/epoch -> {self.output_dir}"
         )
         self._restore_rng(checkpoint)  # last: nothing below draws random numbers before the first batch
@@ -454,7 +448,9 @@ class Trainer:
         self._dump_rank_weights()
         results = self._results()
         if self.primary:
-            _write_json_atomic(results, self.output_dir / "results.json")
+            from ..evaluation.results import write_json_atomic
+
+            write_json_atomic(self.output_dir / "results.json", results)
         return results
 
     def _dump_rank_weights(self) -> None:

@@ -56,17 +56,18 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     if args.num_classes is not None:
         common["num_classes"] = args.num_classes
     common = {k: v for k, v in common.items() if v is not None}
-    if name == "xbn_converted":
-        surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
-        base = kwargs.pop("base_model", None)
-        if base is None:
+    surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs} if name == "xbn_converted" else None
+    if surgery is not None:
+        name = kwargs.pop("base_model", None)
+        if name is None:
             raise ValueError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
-        check_model_name(base)
-        model = timm.create_model(base, pretrained=args.pretrained, **common, **kwargs)
-        model = convert(model, inplace=True, **surgery).model
-    else:
-        check_model_name(name)
+    check_model_name(name)
+    try:
         model = timm.create_model(name, pretrained=args.pretrained, **common, **kwargs)
+    except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash
+        raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
+    if surgery is not None:
+        model = convert(model, inplace=True, **surgery).model
     if args.initial_checkpoint:
         load_weights(model, args.initial_checkpoint)
     if args.head_init_scale is not None or args.head_init_bias is not None:
@@ -82,7 +83,8 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
 
 
 def model_label(args: argparse.Namespace) -> str:
-    """The model's name in logs and results: the timm name, or e.g. ``xbn_converted(resnet50,P2,every=1,gn)``."""
+    """The model's name for people (logs, output folder, results' ``model_label``): the timm name, or e.g.
+    ``xbn_converted(resnet50,P2,every=1,gn)``. Results' ``model`` is the timm name alone, which other tools match."""
     name, kwargs = surgery_settings(args)
     if name != "xbn_converted":
         return name
