@@ -1,0 +1,43 @@
+"""How many timm models of each supported family the surgery converts (the README's table).
+
+Every model of the family's timm module is built on the meta device (no memory, no weights) and
+converted with P1 and one channel per group, so only block discovery and BN presence decide.
+
+    python benchmarks/surgery_coverage.py
+"""
+import warnings
+
+import timm
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import timm_xbn
+from timm_xbn.surgery import find_residual_blocks, is_bn
+
+MODULES = ("resnet", "regnet", "res2net", "resnest", "byobnet", "cspnet", "efficientnet", "mobilenetv3")
+
+
+def converts(name: str) -> bool:
+    with torch.device("meta"):
+        model = timm.create_model(name)
+        if not find_residual_blocks(model) or not any(is_bn(m) for m in model.modules()):
+            return False
+        timm_xbn.convert(model, position="P1", channels_per_group=1, inplace=True)
+    return True
+
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    table = Table(title=f"timm {timm.__version__}: models the surgery converts")
+    for column in ("timm module", "converted", "models", "not converted (first 6)"):
+        table.add_column(column)
+    for module in MODULES:
+        names = timm.list_models(module=module)
+        failed = [n for n in names if not converts(n)]
+        table.add_row(module, str(len(names) - len(failed)), str(len(names)), ", ".join(failed[:6]))
+    Console(width=160).print(table)
+
+
+if __name__ == "__main__":
+    main()
