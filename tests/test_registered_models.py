@@ -142,3 +142,16 @@ def test_xbn_convert_cli_errors(tmp_path, args, message):
     result = CliRunner().invoke(convert_app, args)
     assert result.exit_code == 2
     assert message in result.output.replace("\n", "")
+
+
+def test_local_dir_model_loads_its_own_weights(tmp_path):
+    from timm_xbn.models import create_model, export_model
+
+    torch.manual_seed(0)
+    converted, _ = timm_xbn.convert(timm.create_model("resnet18", num_classes=3), position="P1")
+    export_model(converted, tmp_path / "folder")
+    loaded = create_model(f"local-dir:{tmp_path / 'folder'}")
+    for key, value in converted.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        create_model(f"local-dir:{tmp_path / 'missing'}")
