@@ -42,8 +42,6 @@ _EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (defaul
 def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir, dataset, split, img_size,
                 crop_pct, interpolation, mean, std, batch_size, workers, device, output):
     """Join torchrun's process group, build the models and the shared eval data; returns (models, specs, data, out)."""
-    import re
-
     from .evaluation import (build_model_specs, create_eval_data, create_models, data_config_conflicts,
                              init_distributed, is_main_process, resolve_eval_data_config, validate_data_dir)
 
@@ -57,8 +55,14 @@ def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir
         typer.secho(f"note: all models use {specs[0].label}'s data config ({'; '.join(conflicts)})", fg="yellow", err=True)
     data = create_eval_data(data_dir, resolve_eval_data_config(built, overrides), dataset=dataset, split=split,
                             batch_size=batch_size, workers=workers)
-    out = output or Path("xbn_results") / re.sub(r"[^A-Za-z0-9._+-]", "_", f"{command}-{'+'.join(s.label for s in specs)}")
-    return built, specs, data, out
+    return built, specs, data, _eval_output(command, specs, output)
+
+
+def _eval_output(command: str, specs, output: Optional[Path]) -> Path:
+    """``output``, or the deterministic default ``xbn_results/COMMAND-MODELS`` (rerunning resumes there)."""
+    import re
+
+    return output or Path("xbn_results") / re.sub(r"[^A-Za-z0-9._+-]", "_", f"{command}-{'+'.join(s.label for s in specs)}")
 
 
 def _eval_report(tables, results, out: Path, files: List[str]) -> None:
@@ -257,8 +261,6 @@ def eval_corruption(
 
       xbn-eval corruption --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
     """
-    import re
-
     from rich.console import Console
 
     from .corruptions import CifarC, ImageNetCFolders, OnTheFly, corruption_table, evaluate_corruptions, parse_adapt
@@ -283,7 +285,7 @@ def eval_corruption(
         source = CifarC(cifar_c, config, **common)
     else:
         source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
-    out = output or Path("xbn_results") / re.sub(r"[^A-Za-z0-9._+-]", "_", f"corruption-{'+'.join(s.label for s in specs)}")
+    out = _eval_output("corruption", specs, output)
     results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
                                    model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():

@@ -61,10 +61,9 @@ def _trim_summary(path: Path, next_epoch: int) -> None:
     if not kept:
         path.unlink()
         return
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(kept[0].keys()))
-        writer.writeheader()
-        writer.writerows(kept)
+    from ..evaluation.results import write_csv
+
+    write_csv(path, kept)
 
 
 class Trainer:
