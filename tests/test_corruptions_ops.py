@@ -18,6 +18,7 @@ from timm_xbn.corruptions.torch_ops import Draws
 RANDOM = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost", "fog",
           "elastic_transform")
 DETERMINISTIC = tuple(c for c in CORRUPTIONS if c not in RANDOM)
+IDENTITY = torch.arange(256).to(torch.uint8)  # a lookup table that returns the Poisson counts themselves
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +62,87 @@ def test_deterministic_corruptions_equal_the_reference_on_uint8(photos, name):
 def test_poisson_levels_sample_the_poisson_distribution():
     draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
     rates = torch.arange(256, dtype=torch.float64) / 255 * 60
-    for level in (3, 128, 255):
-        counts = draws.poisson_levels(torch.full((100_000,), level), rates).numpy().astype(int)
+    for level in (0, 1, 3, 128, 255):  # rates 0, 0.24 (long right tail), 0.7, 30, 60
+        levels = torch.full((4, 3, 100, 100), level, dtype=torch.uint8)
+        counts = draws.image_poisson_levels(levels, rates, IDENTITY).numpy().astype(int).ravel()
         lam = float(rates[level])
+        if lam == 0:
+            assert not counts.any()
+            continue
         observed = np.bincount(counts)
         expected = stats.poisson.pmf(np.arange(len(observed)), lam) * len(counts)
         keep = expected > 5
         chi2 = (((observed[keep] - expected[keep]) ** 2) / expected[keep]).sum()
         assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3, (level, chi2)
+        # the far tail (the table's jump bins, resolved against the CDF) has the right mass too
+        tail = int(lam + 4 * lam ** 0.5 + 2)
+        mass = stats.poisson.sf(tail - 1, lam) * len(counts)
+        assert abs((counts >= tail).sum() - mass) < 5 * mass ** 0.5 + 3, (level, (counts >= tail).sum(), mass)
+
+
+def test_poisson_levels_follow_each_value_level():
+    draws = Draws(torch.Generator().manual_seed(1), torch.device("cpu"), torch.float32)
+    rates = torch.arange(256, dtype=torch.float64) / 255 * 25
+    levels = torch.randint(0, 256, (8, 3, 64, 64), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    counts = draws.image_poisson_levels(levels, rates, IDENTITY)
+    assert counts.shape == levels.shape and counts.dtype == torch.uint8
+    # E[count | level] = rate: the counts' mean per level, pooled over 16 level bands, tracks the rates
+    band = levels.long() // 16
+    for b in range(16):
+        mine = band == b
+        mean, expected = counts[mine].double().mean(), rates[levels[mine].long()].mean()
+        assert abs(float(mean - expected)) < 5 * (float(expected) / int(mine.sum())) ** 0.5, b
 
 
 def test_salt_and_pepper_rates():
     draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
-    salt, pepper = draws.salt_and_pepper((400_000,), 0.2)
+    salt, pepper = draws.image_salt_and_pepper((4, 1, 400, 250), 0.2)
     assert not bool((salt & pepper).any())
     sigma = (0.1 * 0.9 / 400_000) ** 0.5
     for mask in (salt, pepper):
         assert abs(float(mask.float().mean()) - 0.1) < 5 * sigma
+
+
+def test_bits31_are_uniform_31_bit_integers():
+    bits = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32).bits31((1001, 999))
+    assert bits.dtype == torch.int32 and bits.shape == (1001, 999)
+    assert int(bits.min()) >= 0 and int(bits.max()) < 2 ** 31
+    # every bit is a fair coin, and the two halves of each 64-bit draw are independent
+    values = bits.flatten().long()
+    for k in range(31):
+        ones = float(((values >> k) & 1).double().mean())
+        assert abs(ones - 0.5) < 5 * (0.25 / len(values)) ** 0.5, k
+    even, odd = values[0:-1:2].double(), values[1::2].double()
+    assert abs(float(torch.corrcoef(torch.stack((even, odd)))[0, 1])) < 5 / len(even) ** 0.5
+
+
+def test_zoom_blur_operator_equals_the_sum_of_resampled_zooms():
+    # independent computation: each clipped zoom with F.interpolate (scipy's order-1 zoom), summed
+    from timm_xbn.corruptions.torch_ops import _ZOOMS, _clipped_zoom, _zoom_blur_operator
+    x = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for severity in (1, 5):
+        zooms = _ZOOMS[severity - 1]
+        expected = x.clone()
+        for z in zooms:
+            expected += _clipped_zoom(x, float(z))[..., :40, :56] if z != 1 else x
+        expected /= len(zooms) + 1
+        operator = _zoom_blur_operator(40, 56, severity, torch.float64, torch.device("cpu"))
+        got = (operator @ x.reshape(6, -1).t()).t().reshape(x.shape)
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def test_fft_sizes_have_only_small_prime_factors():
+    from timm_xbn.corruptions.torch_ops import _fft_size
+
+    def smooth(m):
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        return m == 1
+
+    for n in range(1, 400):
+        size = _fft_size(n)
+        assert size >= n and smooth(size) and not any(smooth(m) for m in range(n, size))
 
 
 def test_batches_equal_single_images_and_any_size(photos):

@@ -68,16 +68,26 @@ class NumpyDraws(Draws):
     def poisson(self, rate):
         return self._t(self.source.poisson(rate.cpu().numpy()))
 
-    def poisson_levels(self, levels, rates):
-        return self._t(self.source.poisson(rates.cpu().numpy()[levels.cpu().numpy()]))
+    def field_uniform(self, batch, height, width, low, high):
+        return self.uniform((batch, height, width), low, high).permute(1, 2, 0)
+
+    def image_normal(self, shape, scale):
+        b, c, h, w = shape
+        return self.normal((b, h, w, c), scale=scale).permute(0, 3, 1, 2)
+
+    def image_poisson_levels(self, levels, rates, lut):
+        hwc = levels.permute(0, 2, 3, 1).long().cpu().numpy()
+        counts = torch.from_numpy(self.source.poisson(rates.cpu().numpy()[hwc])).clamp_max_(len(lut) - 1)
+        return lut[counts].permute(0, 3, 1, 2)
 
     def integers(self, high):
         return torch.tensor([self.source.randint(0, int(h)) for h in high.tolist()])
 
-    def salt_and_pepper(self, shape, amount):
-        flipped = self._random(shape) <= amount
-        salted = self._random(shape) <= 0.5
-        return torch.from_numpy(flipped & salted), torch.from_numpy(flipped & ~salted)
+    def image_salt_and_pepper(self, shape, amount):
+        b, c, h, w = shape
+        flipped = self._random((b, h, w, c)) <= amount
+        salted = self._random((b, h, w, c)) <= 0.5
+        return tuple(torch.from_numpy(m).permute(0, 3, 1, 2) for m in (flipped & salted, flipped & ~salted))
 
 
 def real_images(count: int = 8, size: int = 96) -> list[np.ndarray]:

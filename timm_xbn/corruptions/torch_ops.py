@@ -20,9 +20,10 @@ image compared in mean):
 corruption         agreement                   why not bit-exact
 =================  ==========================  ===================================================
 gaussian_noise     exact given the draws       -
-shot_noise         exact given the draws       (torch draws: inverse-CDF tables, same distribution)
-impulse_noise      exact given the draws       (torch draws: one uniform per pixel for salt and
-                                               pepper, same distribution)
+shot_noise         exact given the draws       (torch draws: inverse-CDF tables of 31-bit
+                                               uniforms, same distribution)
+impulse_noise      exact given the draws       (torch draws: one 31-bit uniform per value for
+                                               salt and pepper, same distribution)
 defocus_blur       near-exact                  FFT instead of cv2.filter2D's direct sum
 glass_blur         statistical only            the reference swaps pixels in a sequential scan,
                                                each swap depending on all earlier ones; here
@@ -32,8 +33,9 @@ glass_blur         statistical only            the reference swaps pixels in a s
                                                all pixels at once (pixels may repeat: a gather,
                                                not a permutation)
 motion_blur        near-exact given the angle  -
-zoom_blur          near-exact                  bilinear coordinates in float32 (F.interpolate)
-snow               near-exact given the draws  as zoom_blur
+zoom_blur          near-exact                  the zooms summed as one sparse operator (the
+                                               same bilinear weights, another summation order)
+snow               near-exact given the draws  flakes zoomed with float32 coordinates
 frost              near-exact given the draws  frost photos enlarged by torch bicubic, not cv2
 fog                near-exact given the draws  -
 brightness         near-exact                  HSV value shift as a per-pixel scaling v'/v (the
@@ -48,10 +50,17 @@ jpeg_compression   exact                       the same libjpeg round trip (torc
 "near-exact": at most one grey level apart, > 99 % of the pixels equal. Most of the +-1 cases are
 values that are integers in exact arithmetic, which the reference's truncation to uint8 puts on
 either side depending on float64 rounding; float32 compute (the default) adds a few more.
+
+Speed (``benchmarks/corruptions.py``): the linear, image-independent parts run as one operator
+each (zoom_blur's summed zooms as a sparse matrix, defocus_blur's disk through cached FFT
+spectra); Gaussian blurs are depthwise convolutions over all images and channels at once in an
+(H, W, N) channels-last layout; the noise draws use two 31-bit numbers per 64-bit draw of
+torch's generator; shot noise reads its result from one table lookup for ~98 % of the values.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 from importlib import resources
 from typing import Callable, Optional
@@ -70,7 +79,10 @@ class Draws:
     """The random numbers a corruption consumes, drawn with a torch ``Generator``.
 
     Shapes follow the reference's NumPy calls with a leading batch dimension, so a NumPy-backed
-    subclass can replay the reference's exact stream (see ``agreement.NumpyDraws``).
+    subclass can replay the reference's exact stream (see ``agreement.NumpyDraws``). The
+    ``image_*`` draws give one number per value of a (B, C, H, W) batch: the reference draws them
+    in (H, W, C) order, torch in the batch's own order (independent draws: the same distribution,
+    without a transposition).
     """
 
     def __init__(self, generator: Optional[torch.Generator], device: torch.device, dtype: torch.dtype) -> None:
@@ -83,58 +95,84 @@ class Draws:
         return torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Tensor:
-        return low + (high - low) * self.random(shape)
+        return self.random(shape).mul_(high - low).add_(low)
 
     def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
-        return loc + scale * torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype).mul_(scale).add_(loc)
 
     def poisson(self, rate: Tensor) -> Tensor:
         return torch.poisson(rate, generator=self.generator)
 
-    def poisson_levels(self, levels: Tensor, rates: Tensor) -> Tensor:
-        """Poisson counts with rate ``rates[levels]`` (``levels`` integer, ``rates`` a short table).
-
-        Inverse-CDF sampling: a uniform's bin in a per-level table gives the count directly,
-        except in the few bins where the CDF jumps, which are resolved against the CDF itself.
-        """
-        cdf, table, bins = _poisson_tables(tuple(rates.tolist()), self.device)
-        u = torch.rand(levels.shape, generator=self.generator, device=self.device).reshape(-1)
-        index = levels.reshape(-1).to(torch.int32) * bins + (u * bins).to(torch.int32)
-        entry = table.index_select(0, index).to(torch.int32)
-        count, todo = entry & 0x3FFF, torch.nonzero(entry >= 0x4000).squeeze(1)
-        rows = index.index_select(0, todo) // bins * cdf.shape[1]
-        cdf, u_todo, c_todo = cdf.flatten(), u.index_select(0, todo).double(), count.index_select(0, todo)
-        while True:
-            step = u_todo > cdf.index_select(0, rows + c_todo)
-            if not bool(step.any()):
-                break
-            c_todo += step
-        count.index_copy_(0, todo, c_todo)
-        return count.view(levels.shape).to(self.dtype)
-
-    def salt_and_pepper(self, shape: tuple[int, ...], amount: float) -> tuple[Tensor, Tensor]:
-        """Masks of pixels set to 1 (salt) and to 0 (pepper), each with probability amount / 2."""
-        u = torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
-        return u < amount / 2, (u >= amount / 2) & (u < amount)
+    def bits31(self, shape: tuple[int, ...]) -> Tensor:
+        """Uniform 31-bit integers (int32 in [0, 2^31)): two per 64-bit draw of the generator, about
+        half the cost of ``torch.rand`` per number on the CPU."""
+        n = math.prod(shape)
+        words = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device).random_(generator=self.generator)
+        return words.view(torch.int32)[:n].view(shape).bitwise_and_(0x7FFFFFFF)
 
     def integers(self, high: Tensor) -> Tensor:
         """One integer in ``[0, high[i])`` per element of the integer tensor ``high``."""
         u = torch.rand(high.shape, generator=self.generator, device=self.device, dtype=torch.float64)
         return (u * high.to(torch.float64)).long().clamp_max(high.long() - 1)
 
+    def field_uniform(self, batch: int, height: int, width: int, low: float, high: float) -> Tensor:
+        """Uniform(low, high) per pixel of each image, as (H, W, B) (the reference draws (H, W) per image)."""
+        return self.uniform((height, width, batch), low, high)
+
+    def image_normal(self, shape: tuple[int, int, int, int], scale: float) -> Tensor:
+        """Normal(0, scale) per value of a (B, C, H, W) batch."""
+        return self.normal(shape, scale=scale)
+
+    def image_poisson_levels(self, levels: Tensor, rates: Tensor, lut: Tensor) -> Tensor:
+        """``lut[count]`` (uint8; counts past its end read its last entry) of a Poisson count with
+        rate ``rates[levels]``, ``levels`` a (B, C, H, W) uint8 batch, ``rates`` 256 rates.
+
+        Inverse-CDF sampling of a 31-bit uniform: its top 12 bits pick a bin of a per-level table
+        that holds the result directly, except in the few bins where the CDF jumps, where the count
+        is resolved against the CDF itself (float64).
+        """
+        cdf, table, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
+        shift = 31 - int(math.log2(bins))
+        bits = self.bits31(tuple(levels.shape)).view(-1)
+        index = (levels.reshape(-1).to(torch.int32) << (31 - shift)).bitwise_or_(bits >> shift)
+        entry = table.index_select(0, index)
+        out, todo = entry.to(torch.uint8), torch.nonzero(entry >= 0x4000).squeeze(1)
+        if len(todo):
+            rows = index.index_select(0, todo) // bins * cdf.shape[1]
+            u = bits.index_select(0, todo).double() * 2.0 ** -31
+            count = entry.index_select(0, todo).long().bitwise_and_(0x3FFF)
+            cdf_flat = cdf.flatten()
+            while True:
+                step = u >= cdf_flat.index_select(0, rows + count)
+                if not bool(step.any()):
+                    break
+                count += step
+            out.index_copy_(0, todo, lut.to(self.device).index_select(0, count.clamp_max_(len(lut) - 1)))
+        return out.view(levels.shape)
+
+    def image_salt_and_pepper(self, shape: tuple[int, int, int, int], amount: float) -> tuple[Tensor, Tensor]:
+        """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2."""
+        bits = self.bits31(shape)
+        salt = bits < round(amount / 2 * 2 ** 31)
+        return salt, (bits < round(amount * 2 ** 31)).logical_xor_(salt)
+
 
 @lru_cache(maxsize=16)
-def _poisson_tables(rates: tuple[float, ...], device: torch.device, bins: int = 4096) -> tuple[Tensor, Tensor, int]:
-    """Per-rate CDFs (L, n) in float64 and an int16 guide table (L * bins): for each bin of u, the
-    smallest count whose CDF reaches the bin start, plus 0x4000 when the CDF jumps inside the bin."""
+def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
+                    bins: int = 4096) -> tuple[Tensor, Tensor, int]:
+    """Per-rate CDFs (L, n) in float64 and an int16 guide table (L * bins): for each bin of u,
+    ``lut`` of the count (the smallest whose CDF exceeds u) where that count is the same across the
+    bin; else 0x4000 + the count at the bin's start."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
     cdf = torch.exp(j * torch.log(lam.clamp_min(1e-300))[:, None] - lam[:, None] - torch.lgamma(j + 1)).cumsum(1)
     cdf[:, -1] = 1.0
     edges = (torch.arange(bins + 1, dtype=torch.float64) / bins).expand(len(rates), bins + 1).contiguous()
-    first = torch.searchsorted(cdf, edges)
-    table = first[:, :-1] + 0x4000 * (first[:, 1:] != first[:, :-1])
+    first = torch.searchsorted(cdf, edges, right=True).clamp_max(n_max)
+    start, jumps = first[:, :-1], first[:, 1:] != first[:, :-1]
+    mapped = torch.frombuffer(bytearray(lut), dtype=torch.uint8).long()[start.clamp_max(len(lut) - 1)]
+    table = torch.where(jumps, 0x4000 + start, mapped)
     return cdf.to(device), table.flatten().to(torch.int16).to(device), bins
 
 
@@ -169,8 +207,15 @@ def _pad_dim(x: Tensor, dim: int, before: int, after: int, mode: str) -> Tensor:
     return torch.cat(parts, dim)
 
 
+# scipy's border names -> F.pad's, where torch has the same border (its kernels are faster)
+_TORCH_PAD_MODES = {"nearest": "replicate", "mirror": "reflect"}
+
+
 def _pad(x: Tensor, ph: int, pw: int, mode: str) -> Tensor:
-    """Pad the last two dims of ``x`` by ``ph`` rows and ``pw`` columns on each side, scipy-style border."""
+    """Pad the last two dims of a 4-D ``x`` by ``ph`` rows and ``pw`` columns on each side,
+    scipy-style border."""
+    if mode in _TORCH_PAD_MODES and x.dim() == 4 and max(ph, pw) < min(x.shape[-2:]):
+        return F.pad(x, (pw, pw, ph, ph), mode=_TORCH_PAD_MODES[mode])
     return _pad_dim(_pad_dim(x, -2, ph, ph, mode), -1, pw, pw, mode)
 
 
@@ -181,40 +226,69 @@ def _gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device
     return (k / k.sum()).to(dtype)
 
 
-def _correlate1d(x: Tensor, kernel: Tensor, dim: int, mode: str) -> Tensor:
-    """Correlate the last-two dim ``dim`` (-2 or -1) of ``x`` with an odd 1-D kernel."""
-    r = kernel.numel() // 2
-    xp = _pad(x, r, 0, mode) if dim == -2 else _pad(x, 0, r, mode)
-    n = x.shape[dim]
-    weights = kernel.tolist()
-    out = xp.narrow(dim, 0, n) * weights[0]
-    for j in range(1, len(weights)):
-        out.add_(xp.narrow(dim, j, n), alpha=weights[j])
-    return out
+def _to_hwn(x: Tensor) -> Tensor:
+    """(..., H, W) -> contiguous (H, W, N), N the product of the leading dims. In this layout a
+    depthwise convolution vectorises over the N images x channels (oneDNN's channels-last kernels)."""
+    return x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()
 
 
-def _gaussian_blur(x: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
-    """scipy.ndimage.gaussian_filter over the last two dims (rows first, then columns)."""
-    for dim, s in ((-2, sigma[0]), (-1, sigma[1])):
-        x = _correlate1d(x, _gaussian_kernel1d(s, truncate, x.dtype, x.device), dim, mode)
-    return x
+def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
+    """Inverse of ``_to_hwn`` as a view (channels stay the fastest axis)."""
+    return t.permute(2, 0, 1).reshape(shape)
+
+
+def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str) -> Tensor:
+    """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows, then along the columns,
+    the borders following ``mode``: two depthwise convolutions over N channels-last planes. Both
+    borders are padded first (padding the columns commutes with filtering the rows)."""
+    n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
+    planes = t.unsqueeze(0).permute(0, 3, 1, 2)  # (1, N, H, W) with channels-last strides
+    if mode in _TORCH_PAD_MODES and max(ry, rx) < min(t.shape[:2]):
+        planes = F.pad(planes, (rx, rx, ry, ry), mode=_TORCH_PAD_MODES[mode])  # keeps the layout
+    else:
+        planes = _pad_dim(_pad_dim(t, 0, ry, ry, mode), 1, rx, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
+    for kernel, shape in ((row_kernel, (1, 1, -1, 1)), (col_kernel, (1, 1, 1, -1))):
+        planes = F.conv2d(planes, kernel.reshape(shape).expand(n, -1, -1, -1).contiguous(), groups=n)
+    return planes.permute(0, 2, 3, 1)[0]
+
+
+def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
+    """scipy.ndimage.gaussian_filter over the rows then the columns of a (H, W, N) tensor."""
+    rows, cols = (_gaussian_kernel1d(s, truncate, t.dtype, t.device) for s in sigma)
+    return _separable_hwn(t, rows, cols, mode)
 
 
 def _fft_size(n: int) -> int:
-    """The smallest length >= n of the form 2^k, 3 * 2^k or 5 * 2^k (fast FFT sizes)."""
-    return min(m << max(0, (-(-n // m) - 1).bit_length()) for m in (1, 3, 5))
+    """The smallest length >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    def smooth(m: int) -> bool:
+        for f in (2, 3, 5):
+            while m % f == 0:
+                m //= f
+        return m == 1
+
+    while not smooth(n):
+        n += 1
+    return n
 
 
-def _filter2d(x: Tensor, kernel: Tensor, mode: str) -> Tensor:
-    """Correlate each channel of ``x`` (B, C, H, W) with ``kernel`` (1 or B, kh, kw), odd sizes,
-    keeping the size; the border follows ``mode``. Done with real FFTs: cost independent of kernel size."""
-    kh, kw = kernel.shape[-2:]
+def _filter2d(x: Tensor, kernel: np.ndarray, mode: str) -> Tensor:
+    """Correlate each channel of ``x`` (B, C, H, W) with ``kernel`` (kh, kw), odd sizes, keeping
+    the size; the border follows ``mode``. Done with real FFTs: cost independent of kernel size."""
+    kh, kw = kernel.shape
     h, w = x.shape[-2:]
     xp = _pad(x, kh // 2, kw // 2, mode)
     size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
-    spec = torch.fft.rfft2(xp, s=size) * torch.fft.rfft2(kernel.flip(-2, -1), s=size).unsqueeze(1)
-    y = torch.fft.irfft2(spec, s=size)
+    spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, x.dtype, x.device)
+    y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size).mul_(spectrum), s=size)
     return y[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
+
+
+@lru_cache(maxsize=32)
+def _kernel_spectrum(kernel: bytes, shape: tuple[int, int], size: tuple[int, int], dtype: torch.dtype,
+                     device: torch.device) -> Tensor:
+    """rfft2 of a float32 kernel (given as bytes, so it can be a cache key), flipped for correlation."""
+    k = torch.frombuffer(bytearray(kernel), dtype=torch.float32).view(shape).to(device, dtype)
+    return torch.fft.rfft2(k.flip(-2, -1), s=size)
 
 
 def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
@@ -243,46 +317,53 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
     dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(int)
     taps = np.cumprod((np.abs(dy) < h) & (np.abs(dx) < w), axis=1).sum(1)
     xp = _pad(x, width, width, "nearest")
-    out = torch.zeros_like(x)
-    for b in range(x.shape[0]):
-        for t in range(taps[b]):  # output[y, x] += k_t * input[y - dy_t, x - dx_t]
-            top, left = width - dy[b, t], width - dx[b, t]
-            out[b].add_(xp[b, :, top:top + h, left:left + w], alpha=float(weights[t]))
+    out = x * float(weights[0])  # tap 0: no shift
+    for image, padded, shifts_y, shifts_x, count in zip(out, xp, dy, dx, taps):
+        for t in range(1, count):  # output[y, x] += k_t * input[y - dy_t, x - dx_t]
+            top, left = width - shifts_y[t], width - shifts_x[t]
+            image.add_(padded[:, top:top + h, left:left + w], alpha=float(weights[t]))
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# The corruptions. Each maps x in 0..255 (float, B x 3 x H x W) to 0..255 (float, clipped).
+# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _INTEGER_OPS) to
+# 0..255 (float, clipped, or uint8). A float x is a copy the corruption may change in place;
+# a uint8 x is the caller's batch, read only.
 # ---------------------------------------------------------------------------------------------
-
-def _nhwc(t: Tensor) -> Tensor:
-    """(B, H, W, C) draws -> (B, C, H, W)."""
-    return t.permute(0, 3, 1, 2)
-
 
 def gaussian_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.08, .12, 0.18, 0.26, 0.38][severity - 1]
-    b, ch, h, w = x.shape
-    noise = _nhwc(draws.normal((b, h, w, ch), scale=c))
-    return (x / 255.0 + noise).clamp(0, 1) * 255
+    noise = draws.image_normal(tuple(x.shape), scale=c)
+    return noise.add_(x.div_(255.0)).clamp_(0, 1).mul_(255)
+
+
+@lru_cache(maxsize=None)
+def _shot_noise_lut(c: int, device: torch.device) -> Tensor:
+    """uint8 result of each Poisson count 0..c, computed like the reference: clip(count / c, 0, 1)
+    * 255 in float64, truncated."""
+    return (torch.arange(c + 1, dtype=torch.float64) / float(c)).clamp(0, 1).mul(255).to(torch.uint8).to(device)
 
 
 def shot_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 in: Poisson counts per grey level, uint8 out; float in: Poisson of the float rates."""
     c = [60, 25, 12, 5, 3][severity - 1]
-    hwc = x.permute(0, 2, 3, 1)
-    if torch.equal(hwc, hwc.round()):  # 256 grey levels: sample from per-level tables
-        rates = torch.arange(256, device=x.device, dtype=torch.float64) / 255.0 * c
-        counts = draws.poisson_levels(hwc.long(), rates)
-    else:
-        counts = draws.poisson((hwc / 255.0 * c).contiguous())
-    return (_nhwc(counts).to(x.dtype) / float(c)).clamp(0, 1) * 255
+    if x.dtype != torch.uint8:
+        counts = draws.poisson(x.permute(0, 2, 3, 1) / 255.0 * c).permute(0, 3, 1, 2)
+        return (counts / float(c)).clamp(0, 1) * 255
+    rates = torch.arange(256, dtype=torch.float64) / 255.0 * c
+    return draws.image_poisson_levels(x, rates, _shot_noise_lut(c, x.device))  # counts >= c give 255
 
 
 def impulse_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """Any dtype in, same dtype out (0..255): salt and pepper set values to 255 and 0, the rest stay
+    as they are (the reference's x / 255 * 255 truncates back to x for every grey level)."""
     amount = [.03, .06, .09, 0.17, 0.27][severity - 1]
-    b, ch, h, w = x.shape
-    salt, pepper = (_nhwc(m) for m in draws.salt_and_pepper((b, h, w, ch), amount))
-    return (x / 255.0).masked_fill(salt, 1.0).masked_fill(pepper, 0.0).clamp(0, 1) * 255
+    salt, pepper = draws.image_salt_and_pepper(tuple(x.shape), amount)
+    if x.dtype != torch.uint8:
+        return x.masked_fill(salt, 255).masked_fill_(pepper, 0)
+    # uint8: bool masks as 0/255 bytes (negated 0/1), then x & keep | salt: byte-wide bit operations
+    keep = salt.logical_or(pepper).logical_not_().view(torch.uint8).neg_()
+    return x.bitwise_and(keep).bitwise_or_(salt.view(torch.uint8).neg())
 
 
 @lru_cache(maxsize=None)
@@ -295,17 +376,15 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
     disk /= disk.sum()
     ksize = 3 if radius <= 8 else 5
     g = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias_blur ** 2))
-    g = (g / g.sum()).astype(np.float32)
-    k = torch.from_numpy(disk)[None]
-    k = _correlate1d(k, torch.from_numpy(g), -1, "mirror")
-    k = _correlate1d(k, torch.from_numpy(g), -2, "mirror")
-    return k[0].numpy()
+    g = torch.from_numpy((g / g.sum()).astype(np.float32))
+    k = _separable_hwn(torch.from_numpy(disk)[..., None], g, g, "mirror")[..., 0].numpy()
+    r = half - int(np.abs(np.argwhere(k != 0) - half).max())  # zero border rows/columns: dropped
+    return np.ascontiguousarray(k[r:k.shape[0] - r, r:k.shape[1] - r])
 
 
 def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
-    kernel = torch.from_numpy(_disk_kernel(radius, alias)).to(x.device, x.dtype)[None]
-    return _filter2d(x / 255.0, kernel, "mirror").clamp(0, 1) * 255
+    return _filter2d(x.div_(255.0), _disk_kernel(radius, alias), "mirror").clamp_(0, 1).mul_(255)
 
 
 @lru_cache(maxsize=None)
@@ -328,19 +407,24 @@ def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 16) -> t
 def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     sigma, delta, _ = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     b, ch, h, w = x.shape
-    blurred = torch.floor(_gaussian_blur(x / 255.0, (sigma, sigma), "nearest") * 255)
+    # everything in (H, W, B, C) layout: blurs are depthwise convolutions, the pixel gather moves
+    # the C values of a pixel together
+    blurred = _gaussian_blur_hwn(_to_hwn(x.div_(255.0)), (sigma, sigma), "nearest").mul_(255).floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
-    u = draws.random((b, h - 2 * delta, w - 2 * delta)).reshape(-1)
-    pick = (u * len(dy_table)).to(torch.int32).clamp_max(len(dy_table) - 1)
+    pick_shape = (h - 2 * delta, w - 2 * delta, b)
+    pick = draws.bits31(pick_shape) >> (31 - int(math.log2(len(dy_table))))
     # only the interior is visited by the reference's scan; each pixel there reads its source
-    rows = torch.arange(h, device=x.device, dtype=torch.int32).view(1, h, 1).expand(b, h, w).clone()
-    cols = torch.arange(w, device=x.device, dtype=torch.int32).view(1, 1, w).expand(b, h, w).clone()
-    inner = (slice(None), slice(delta, h - delta), slice(delta, w - delta))
-    rows[inner] = (rows[inner] + dy_table.index_select(0, pick).view(b, h - 2 * delta, -1)).clamp_(0, h - 1)
-    cols[inner] = (cols[inner] + dx_table.index_select(0, pick).view(b, h - 2 * delta, -1)).clamp_(0, w - 1)
-    flat = (rows.long() * w + cols).view(b, 1, h * w).expand(b, ch, h * w)
-    shuffled = blurred.reshape(b, ch, h * w).gather(2, flat).view(b, ch, h, w)
-    return _gaussian_blur(shuffled / 255.0, (sigma, sigma), "nearest").clamp(0, 1) * 255
+    rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
+    cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
+    pick = pick.view(-1)
+    rows = (rows + dy_table.index_select(0, pick).view(pick_shape)).clamp_(0, h - 1)
+    cols = (cols + dx_table.index_select(0, pick).view(pick_shape)).clamp_(0, w - 1)
+    source = torch.arange(h * w * b, device=x.device).view(h, w, b)  # row (pixel, image) of (H W B, C)
+    images = torch.arange(b, device=x.device, dtype=torch.int32)
+    source[delta:h - delta, delta:w - delta] = rows.mul_(w).add_(cols).mul_(b).add_(images)
+    shuffled = blurred.view(h * w * b, ch).index_select(0, source.view(-1)).view(h, w, b * ch)
+    out = _gaussian_blur_hwn(shuffled.div_(255), (sigma, sigma), "nearest").clamp_(0, 1).mul_(255)
+    return _from_hwn(out, x.shape)
 
 
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -349,18 +433,59 @@ def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return _motion_blur(x, radius, sigma, angles).clamp(0, 255)
 
 
+_ZOOMS = [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+          np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03)]
+
+
+def _zoom_taps(n: int, zoom: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The first ``n`` outputs of ``_clipped_zoom`` along one axis of length ``n``: for each, its
+    two source indices and their bilinear weights (float64)."""
+    crop = int(math.ceil(n / zoom))
+    size = int(round(crop * zoom))
+    pos = torch.arange(n, dtype=torch.float64) * ((crop - 1) / (size - 1))
+    low = pos.floor()
+    frac = pos - low
+    start = (n - crop) // 2
+    low = low.long()
+    return start + low, start + (low + 1).clamp_max(crop - 1), 1 - frac, frac
+
+
+@lru_cache(maxsize=8)
+def _zoom_blur_operator(h: int, w: int, severity: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """zoom_blur as one sparse (H W, H W) matrix (CSR): the mean of the image and its clipped
+    zooms, each zoom a bilinear map with 4 taps per pixel. The zooms' taps overlap, and summed they
+    leave 22-35 non-zeros a row (224 px) instead of 44-64: one sparse-dense product replaces
+    10-15 resamplings and their sums."""
+    zooms = [float(z) for z in _ZOOMS[severity - 1]]
+    rows, cols, vals = [torch.arange(h * w)] * 2, [torch.arange(h * w)] * 2, [torch.ones(h * w, dtype=torch.float64)] * 2
+    pixel = torch.arange(h * w).view(h, w)
+    for z in zooms[1:]:  # zooms[0] = 1: the identity, counted twice above (x plus its zoom by 1)
+        y0, y1, wy0, wy1 = _zoom_taps(h, z)
+        x0, x1, wx0, wx1 = _zoom_taps(w, z)
+        for ys, wy in ((y0, wy0), (y1, wy1)):
+            for xs, wx in ((x0, wx0), (x1, wx1)):
+                rows.append(pixel.flatten())
+                cols.append((ys[:, None] * w + xs[None, :]).flatten())
+                vals.append((wy[:, None] * wx[None, :]).flatten())
+    indices = torch.stack((torch.cat(rows), torch.cat(cols)))
+    matrix = torch.sparse_coo_tensor(indices, torch.cat(vals) / (len(zooms) + 1), (h * w, h * w),
+                                     check_invariants=False).coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the product used here is stable
+        warnings.simplefilter("ignore", UserWarning)
+        csr = matrix.to_sparse_csr()
+        # int32 indices: the CPU product takes MKL's fast path with them
+        return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape,
+                                       check_invariants=False).to(device=device, dtype=dtype)
+
+
 def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
-    zooms = [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
-             np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03)][severity - 1]
     b, ch, h, w = x.shape
-    # the batch folded into the channels, channels last: bilinear interpolation then runs on
-    # vectors of 3 B channels per pixel (several times faster on the CPU than 3 channels)
-    x = x.reshape(1, b * ch, h, w).contiguous(memory_format=torch.channels_last).div_(255.0)
-    out = x + _clipped_zoom(x, float(zooms[1]))[..., :h, :w]  # zooms[0] = 1: the identity
-    for z in zooms[2:]:
-        out += _clipped_zoom(x, float(z))[..., :h, :w]
-    out = x.add_(out).div_(len(zooms) + 1).clamp_(0, 1).mul_(255)
-    return out.view(b, ch, h, w)  # channels stay the fastest axis: corrupt_batch makes it contiguous
+    # every image and channel is a column of one (H W, B C) matrix, column-major: no copy
+    columns = x.div_(255.0).reshape(b * ch, h * w).t()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, x.dtype, x.device), columns)
+    return out.t().reshape(x.shape).clamp_(0, 1).mul_(255)
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -368,15 +493,15 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
-    x = x / 255.0
+    x = x.div_(255.0)
     flakes = draws.normal((b, h, w), loc=loc, scale=scale).unsqueeze(1)
     flakes = _clipped_zoom(flakes, zoom)
-    flakes = torch.where(flakes < threshold, torch.zeros_like(flakes), flakes).clamp(0, 1)
+    flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
-    flakes = torch.round(flakes * 255)[..., :h, :w] / 255.0
+    flakes = flakes[..., :h, :w].mul(255).round_().div_(255.0)
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    x = blend * x + (1 - blend) * torch.maximum(x, gray * 1.5 + 0.5)
-    return (x + flakes + flakes.flip(-2, -1)).clamp(0, 1) * 255
+    lifted = torch.maximum(x, gray.mul_(1.5).add_(0.5)).mul_(1 - blend)
+    return x.mul_(blend).add_(lifted).add_(flakes).add_(flakes.flip(-2, -1)).clamp_(0, 1).mul_(255)
 
 
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
@@ -418,61 +543,62 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     left = draws.integers(sizes[index, 1] - w)
     crops = torch.stack([textures[int(i)][:, int(t):int(t) + h, int(l):int(l) + w]
                          for i, t, l in zip(index.tolist(), top.tolist(), left.tolist())])
-    return (keep * x + amount * crops.to(x.dtype)).clamp(0, 255)
+    return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
 def plasma_fractal(batch: int, size: int, decay: float, draws: Draws) -> Tensor:
-    """Diamond-square height maps (batch, size, size) in [0, 1]; ``size`` a power of two."""
-    grid = torch.zeros((batch, size, size), device=draws.device, dtype=torch.float32)
+    """Diamond-square height maps (batch, size, size) in [0, 1], float64 like the reference;
+    ``size`` a power of two."""
+    grid = torch.zeros((batch, size, size), device=draws.device, dtype=torch.float64)
     step, wibble = size, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
         noise = draws.uniform(tuple(total.shape), -wibble, wibble).to(torch.float64)
-        return (total / 4).to(torch.float64) + wibble * noise
+        return total.div_(4).add_(noise.mul_(wibble))
 
     while step >= 2:
         half = step // 2
         corners = grid[:, 0:size:step, 0:size:step]
         square = corners + corners.roll(-1, 1)
-        square = square + square.roll(-1, 2)
-        grid[:, half:size:step, half:size:step] = wibbled_mean(square).float()
+        square += square.roll(-1, 2)
+        grid[:, half:size:step, half:size:step] = wibbled_mean(square)
         centres = grid[:, half:size:step, half:size:step]
-        corners = grid[:, 0:size:step, 0:size:step]
-        left_sum = (centres + centres.roll(1, 1)) + (corners + corners.roll(-1, 2))
-        grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum).float()
-        top_sum = (centres + centres.roll(1, 2)) + (corners + corners.roll(-1, 1))
-        grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum).float()
+        left_sum = (centres + centres.roll(1, 1)).add_(corners + corners.roll(-1, 2))
+        top_sum = (centres + centres.roll(1, 2)).add_(corners + corners.roll(-1, 1))
+        grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum)
+        grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum)
         step //= 2
         wibble /= decay
-    grid = grid - grid.amin(dim=(1, 2), keepdim=True)
-    return grid / grid.amax(dim=(1, 2), keepdim=True)
+    grid -= grid.amin(dim=(1, 2), keepdim=True)
+    return grid.div_(grid.amax(dim=(1, 2), keepdim=True))
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
-    x = x / 255.0
+    x = x.div_(255.0)
     peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    x = x + strength * plasma_fractal(b, size, decay, draws)[:, None, :h, :w].to(x.dtype)
-    return (x * peak / (peak + strength)).clamp(0, 1) * 255
+    haze = plasma_fractal(b, size, decay, draws)[:, None, :h, :w].to(x.dtype).mul_(strength)
+    return x.add_(haze).mul_(peak).div_(peak + strength).clamp_(0, 1).mul_(255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # Raising HSV value v -> v' at fixed hue and saturation scales every channel by v'/v.
     c = [.1, .2, .3, .4, .5][severity - 1]
-    x = x / 255.0
+    x = x.div_(255.0)
     v = x.amax(dim=1, keepdim=True)
-    v_new = (v + c).clamp(0, 1)
-    scaled = x * (v_new / v.clamp_min(torch.finfo(x.dtype).tiny))
-    return torch.where(x == v, v_new, scaled).clamp(0, 1) * 255
+    v_new = (v + c).clamp_(0, 1)
+    is_max = x == v  # the value channel itself takes v' exactly
+    x.mul_(v_new / v.clamp_min(torch.finfo(x.dtype).tiny))
+    return torch.where(is_max, v_new, x).clamp_(0, 1).mul_(255)
 
 
 def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [0.4, .3, .2, .1, .05][severity - 1]
-    x = x / 255.0
+    x = x.div_(255.0)
     means = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - means) * c + means).clamp(0, 1) * 255
+    return x.sub_(means).mul_(c).add_(means).clamp_(0, 1).mul_(255)
 
 
 def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -480,47 +606,51 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     b, ch, h, w = x.shape
     sigma = (h * 0.01, w * 0.01)
     max_d = h * 0.005
-    dx = _gaussian_blur(draws.uniform((b, h, w), -max_d, max_d), sigma, "reflect", truncate=3) * alpha
-    dy = _gaussian_blur(draws.uniform((b, h, w), -max_d, max_d), sigma, "reflect", truncate=3) * alpha
-    rows = torch.arange(h, device=x.device, dtype=x.dtype).view(1, h, 1) + dy.float().to(x.dtype)
-    cols = torch.arange(w, device=x.device, dtype=x.dtype).view(1, 1, w) + dx.float().to(x.dtype)
-    # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: edges at -0.5 and n - 0.5);
+    # displacement fields (H, W, 2 B), the B x-fields then the B y-fields (the reference's order
+    # for one image): blurred together as depthwise convolutions
+    fields = _gaussian_blur_hwn(draws.field_uniform(2 * b, h, w, -max_d, max_d), sigma, "reflect", truncate=3)
+    # the reference rounds the displacements to float32
+    dx, dy = fields.mul_(alpha).float().to(x.dtype).permute(2, 0, 1).split(b)
+    # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: edges at -0.5 and n - 0.5),
+    # (2 (i + d) + 1) / n - 1 = (2 i + 1) / n - 1 + d * 2 / n, written straight into the grid;
     # its "reflection" padding then mirrors about the edges, like scipy's mode="reflect"
-    grid = torch.stack(((2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1), dim=-1)
-    out = F.grid_sample(x / 255.0, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return out.clamp(0, 1) * 255
+    grid = torch.empty((b, h, w, 2), dtype=x.dtype, device=x.device)
+    for axis, (d, n, shape) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
+        base = torch.arange(n, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(n).sub_(1).view(shape)
+        torch.add(base, d, alpha=2 / n, out=grid[..., axis])
+    out = F.grid_sample(x.div_(255.0), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp_(0, 1).mul_(255)
 
 
 _PIL_BITS = 22  # fixed-point precision of PIL's 8-bit resampling
 
 
 @lru_cache(maxsize=64)
-def _box_weights(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """PIL's BOX downscaling n_in -> n_out: a 0/1 (n_out, n_in) float32 window matrix and, per
-    output, the int32 fixed-point weight of each tap (all taps of a box window weigh the same)."""
+def _box_windows(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """PIL's BOX downscaling n_in -> n_out: per output, the first and one-past-last input tap
+    (int64) and the int32 fixed-point weight of each tap (all taps of a box window weigh the same)."""
     scale = n_in / n_out
     support = 0.5 * max(scale, 1.0)
-    window, weight = np.zeros((n_out, n_in), dtype=np.float32), np.zeros(n_out, dtype=np.int32)
+    first, last, weight = (np.zeros(n_out, dtype=np.int64) for _ in range(3))
     for o in range(n_out):
         centre = (o + 0.5) * scale
         lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
         t = (np.arange(lo, hi) - centre + 0.5) / max(scale, 1.0)
-        inside = (t > -0.5) & (t <= 0.5)
-        window[o, lo:hi] = inside
-        weight[o] = np.floor(0.5 + (1 << _PIL_BITS) / max(inside.sum(), 1))
-    return torch.from_numpy(window).to(device), torch.from_numpy(weight).to(device)
+        taps = np.arange(lo, hi)[(t > -0.5) & (t <= 0.5)]  # a contiguous run
+        first[o], last[o] = taps[0], taps[-1] + 1
+        weight[o] = np.floor(0.5 + (1 << _PIL_BITS) / len(taps))
+    return tuple(torch.from_numpy(a).to(device) for a in (first, last, weight.astype(np.int32)))
 
 
 def _box_resize(x: Tensor, dim: int, n_out: int) -> Tensor:
-    """One PIL 8-bit box-resampling pass along ``dim`` (-2 or -1) of an integer-valued float32
-    tensor: exact window sums (float32 holds them), then PIL's fixed-point rounding (int32 holds
-    sum x weight < 255 * 2^22 + 2^21)."""
-    window, weight = _box_weights(x.shape[dim], n_out, x.device)
-    if dim == -2:
-        sums, weight = torch.matmul(window, x), weight[:, None]
-    else:
-        sums = torch.matmul(x, window.T)
-    return ((sums.to(torch.int32) * weight + (1 << (_PIL_BITS - 1))) >> _PIL_BITS).clamp_(0, 255)
+    """One PIL 8-bit box-resampling pass along ``dim`` (-2 or -1) of an int32 tensor in 0..255:
+    exact window sums as differences of a running sum, then PIL's fixed-point rounding (int32
+    holds sum x weight < 255 * 2^22 + 2^21)."""
+    first, last, weight = _box_windows(x.shape[dim], n_out, x.device)
+    running = F.pad(x.cumsum(dim, dtype=torch.int32), (0, 0, 1, 0) if dim == -2 else (1, 0))
+    sums = running.index_select(dim, last).sub_(running.index_select(dim, first))
+    weight = weight[:, None] if dim == -2 else weight
+    return sums.mul_(weight).add_(1 << (_PIL_BITS - 1)).bitwise_right_shift_(_PIL_BITS).clamp_(0, 255)
 
 
 @lru_cache(maxsize=64)
@@ -539,7 +669,7 @@ def pixelate(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Integer op: uint8 (or float 0..255) in, uint8 out."""
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
-    small = _box_resize(_box_resize(_as_uint8(x).float(), -1, int(w * c)).float(), -2, int(h * c)).to(torch.uint8)
+    small = _box_resize(_box_resize(_as_uint8(x).int(), -1, int(w * c)), -2, int(h * c)).to(torch.uint8)
     # nearest enlargement, columns first (on the small image: fewer rows to gather from)
     out = small.index_select(-1, _nearest_index(small.shape[-1], w, x.device))
     return out.index_select(-2, _nearest_index(small.shape[-2], h, x.device))
@@ -571,7 +701,7 @@ TORCH_CORRUPTIONS: dict[str, Callable[[Tensor, int, Draws], Tensor]] = {
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64}
 # corruptions that take and return uint8 (integer arithmetic, like the reference's PIL)
-_INTEGER_OPS = ("pixelate", "jpeg_compression")
+_INTEGER_OPS = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
