@@ -39,8 +39,13 @@ def reference_seconds(images, name: str) -> float:
     return time.perf_counter() - start
 
 
+def synchronizer(t: torch.Tensor):
+    """A call that waits for ``t``'s device to finish its queued work (a no-op on the CPU)."""
+    return torch.cuda.synchronize if t.is_cuda else (lambda: None)
+
+
 def torch_seconds(batch: torch.Tensor, name: str, batch_size: int, generator: torch.Generator) -> float:
-    sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
+    sync = synchronizer(batch)
     sync()
     start = time.perf_counter()
     for severity in range(1, 6):
@@ -54,7 +59,7 @@ def floors_ms(batch: torch.Tensor, generator: torch.Generator, repeats: int = 5)
     """Per-image cost (ms) of torch primitives no corruption can avoid, best of ``repeats``."""
     draws = Draws(generator, batch.device, torch.float32)
     x = batch.float()
-    sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
+    sync = synchronizer(batch)
     work = {
         "one 32-bit random number per value (Draws.bits31)": lambda: draws.bits31(tuple(batch.shape)),
         "one normal per value (torch.randn)": lambda: draws.normal(tuple(batch.shape)),
