@@ -14,13 +14,13 @@ Notebook use::
 from .data import DATASET_NAMES, StudyData, load_dataset
 from .mlp import MLPConfig, StudyMLP, train_full_batch
 from .report import Claim, evaluate_claims, summary_lines
-from .resnet import RESNET_VARIANTS, ResNetConfig, build_variants
-from .run import RESULTS_FILE, SUMMARY_FILE, StudyConfig, run_study
+from .resnet import VARIANTS, ResNetConfig, build_variant
+from .run import PRESETS, RESULTS_FILE, SUMMARY_FILE, StudyConfig, run_study
 
 __all__ = [
     "DATASET_NAMES", "StudyData", "load_dataset",
     "MLPConfig", "StudyMLP", "train_full_batch",
     "Claim", "evaluate_claims", "summary_lines",
-    "RESNET_VARIANTS", "ResNetConfig", "build_variants",
-    "RESULTS_FILE", "SUMMARY_FILE", "StudyConfig", "run_study",
+    "VARIANTS", "ResNetConfig", "build_variant",
+    "RESULTS_FILE", "SUMMARY_FILE", "PRESETS", "StudyConfig", "run_study",
 ]

@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..evaluation.plots import plot_robustness, save_figure  # noqa: E402
+from ..evaluation.plots import save_figure  # noqa: E402
 from .report import esm_profiles  # noqa: E402
 
 __all__ = ["plot_study", "PLOT_FILES"]
@@ -17,9 +17,11 @@ PLOT_FILES = (
     "mlp_setup_one.png",
     "mlp_esm_vs_depth.png",
     "mlp_setup_two_errors.png",
+    "resnet_top1.png",
     "resnet_robustness.png",
     "resnet_esm_vs_depth.png",
     "resnet_adabn.png",
+    "resnet_small_batch.png",
 )
 MODEL_STYLE = {"BN": dict(color="tab:red", linestyle="-", marker="o"), "GNBN": dict(color="tab:blue", linestyle="--", marker="s")}
 
@@ -64,13 +66,13 @@ def plot_mlp_setup_one(mlp: Mapping, path: Path) -> Path:
         ax.grid(alpha=0.3)
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, depth))
     fig.colorbar(sm, ax=axes[1:].tolist(), label="layer (depth)")
-    fig.suptitle("Section 4, setup one: training set = test set S' (paper Figs. 2 and 4)", fontsize=11)
+    fig.suptitle(f"Section 4, setup one: training set = test set S' (paper Figs. 2 and 4), seed {mlp['by_seed'][0]['seed']}", fontsize=11)
     return save_figure(fig, path, dpi=110, tight=False)
 
 
 def plot_mlp_esm_vs_depth(mlp: Mapping, path: Path) -> Path:
     """ESM_sigma vs layer for BN and GNBN: setup one early epochs, and setup two at the end per |S|."""
-    profiles = esm_profiles(mlp)
+    profiles = esm_profiles(mlp, mlp["config"]["epochs"])
     first_case = next(iter(profiles))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     ax = axes[0]
@@ -122,46 +124,125 @@ def plot_mlp_setup_two_errors(mlp: Mapping, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
-    """Per-channel ESM_sigma of each BN vs its depth in the BN network, per variant."""
+def _seed_values(per_seed: Mapping[str, Any], get) -> np.ndarray:
+    return np.array([get(v) for v in per_seed.values()], dtype=np.float64)
+
+
+def _mean_sd(values: np.ndarray) -> tuple:
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def plot_resnet_top1(resnet: Mapping, path: Path) -> Path:
+    """Table 1 style: test top-1 per variant, mean over training seeds with each seed as a dot."""
+    nets = resnet["networks"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, entry in resnet["esm"].items():
-        layers = entry["layers"]
-        ax.plot([r["depth"] for r in layers], [r["esm_sigma_per_channel"] for r in layers], marker=".", label=label)
-    ax.set_xlabel("norm layer depth (position among the BN network's norms)")
-    ax.set_ylabel("ESM$_\\sigma$ per channel (RMS)")
-    ax.set_title("Section 5: ESM$_\\sigma$ on the test split, BN vs XBNBlock-P2 (GN / IN)", fontsize=10)
+    colors = plt.get_cmap("tab10")
+    for i, (label, seeds) in enumerate(nets.items()):
+        values = _seed_values(seeds, lambda r: r["top1"])
+        mean, sd = _mean_sd(values)
+        ax.bar(i, mean, 0.6, yerr=sd, color=colors(i), alpha=0.5, capsize=4)
+        ax.plot(np.full(len(values), i), values, "k.", markersize=6)
+    ax.set_xticks(range(len(nets)))
+    ax.set_xticklabels(list(nets), fontsize=9)
+    low = min(r["top1"] for seeds in nets.values() for r in seeds.values())
+    ax.set_ylim(max(0.0, low - 3), None)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"Section 5 (Table 1): top-1 per variant, mean ± sd over {len(resnet['seeds'])} training seeds "
+                 "(dots: seeds)", fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_resnet_robustness(resnet: Mapping, path: Path) -> Path:
+    """Figure 8 style: top-1 drop vs Delta per variant, mean ± sd over training seeds."""
+    rob = resnet["robustness"]
+    fig, ax = plt.subplots(figsize=(6.6, 4.2))
+    deltas = [0.0] + [float(d) for d in rob["deltas"]]
+    for label, seeds in rob["models"].items():
+        drops = np.array([[0.0] + [e["clean_top1"] - e["deltas"][str(d)]["mean"] for d in rob["deltas"]]
+                          for e in seeds.values()])
+        mean, sd = drops.mean(0), drops.std(0, ddof=1) if len(drops) > 1 else np.zeros(len(deltas))
+        ax.errorbar(deltas, mean, yerr=sd, marker="o", capsize=3, label=label)
+    ax.set_xlabel("noise magnitude Delta (Eq. 5)")
+    ax.set_ylabel("top-1 drop (points)")
+    ax.set_title(f"Section 5 (Fig. 8): first BN of the first {rob['blocks']} bottlenecks disturbed\n"
+                 f"mean ± sd over {len(resnet['seeds'])} training seeds, each the mean of "
+                 f"{len(rob['perturb_seeds'])} perturbation seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path, dpi=110)
 
 
+def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
+    """Per-channel ESM_sigma of each BN vs its depth in the BN network, clean and shifted test data."""
+    esm = resnet["esm"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
+    for ax, which in zip(axes, ("clean", "shifted")):
+        for label, seeds in esm["models"].items():
+            per_seed = [sorted((r["depth"], r["esm_sigma_per_channel"]) for r in e[which]) for e in seeds.values()]
+            depth = [d for d, _ in per_seed[0]]
+            values = np.array([[v for _, v in rows] for rows in per_seed])
+            ax.plot(depth, values.mean(0), marker=".", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("norm layer depth (position among the BN network's norms)")
+        data = "clean test split" if which == "clean" else f"test split under {esm['corruption']} (severity {esm['severity']})"
+        ax.set_title(f"{data}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("ESM$_\\sigma$ per channel (RMS), mean over seeds (log)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Section 5: estimation shift of every BN, BN vs XBNBlock-P2 (GN / IN)", fontsize=11)
+    return save_figure(fig, path, dpi=110)
+
+
 def plot_resnet_adabn(resnet: Mapping, path: Path) -> Path:
-    """Top-1 on corrupted test images before and after AdaBN, per corruption and model."""
+    """Top-1 on corrupted test images before and after AdaBN, per corruption and model (mean over seeds)."""
     adabn = resnet["adabn"]
     models = list(adabn["models"])
-    corruptions = list(adabn["models"][models[0]])
+    corruptions = adabn["corruptions"]
     fig, ax = plt.subplots(figsize=(8, 4.4))
     width = 0.8 / len(models)
     colors = plt.get_cmap("tab10")
     x = np.arange(len(corruptions))
     for i, label in enumerate(models):
-        before = [adabn["models"][label][c]["before_top1"] for c in corruptions]
-        after = [adabn["models"][label][c]["after_top1"] for c in corruptions]
+        seeds = adabn["models"][label]
+        before = [_seed_values(seeds, lambda r: r[c]["before_top1"]).mean() for c in corruptions]
+        after = [_seed_values(seeds, lambda r: r[c]["after_top1"]).mean() for c in corruptions]
+        clean = _seed_values(seeds, lambda r: r["clean_top1"]).mean()
         pos = x - 0.4 + width * (i + 0.5)
         ax.bar(pos, before, width, color=colors(i), alpha=0.35, edgecolor=colors(i))
         ax.bar(pos, np.array(after) - np.array(before), width, bottom=before, color=colors(i), label=label)
-        ax.hlines([adabn["clean_top1"][label]] * len(pos), pos - width / 2, pos + width / 2, colors="k", linewidth=1)
+        ax.hlines([clean] * len(pos), pos - width / 2, pos + width / 2, colors="k", linewidth=1)
     ax.set_xticks(x)
     ax.set_xticklabels(corruptions, fontsize=9)
-    ax.set_ylabel("top-1 on corrupted test images (%)")
+    ax.set_ylabel("top-1 on the corrupted test split (%)")
     ax.set_title(
-        f"Section 5: AdaBN under ImageNet-C corruptions (severity {adabn['severity']})\n"
-        "pale = before, solid = gain after recalibration, black line = clean top-1", fontsize=10,
+        f"Section 5: AdaBN under ImageNet-C corruptions (severity {adabn['severity']}), mean over seeds\n"
+        "pale = before, solid = change after recalibration, black line = clean top-1", fontsize=10,
     )
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=len(models), loc="upper right")
+    return save_figure(fig, path, dpi=110)
+
+
+def plot_resnet_small_batch(resnet: Mapping, path: Path) -> Path:
+    """Table 6 style: test top-1 vs training batch size per variant, mean ± sd over seeds."""
+    sb = resnet["small_batch"]
+    sizes = sorted(sb["batch_sizes"])
+    fig, ax = plt.subplots(figsize=(6.6, 4.2))
+    for label, per_size in sb["models"].items():
+        values = np.array([[per_size[str(b)][str(s)] for s in resnet["seeds"]] for b in sizes])
+        sd = values.std(1, ddof=1) if values.shape[1] > 1 else np.zeros(len(sizes))
+        ax.errorbar(sizes, values.mean(1), yerr=sd, marker="o", capsize=3, label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes)
+    ax.set_xticklabels([str(b) for b in sizes])
+    ax.set_xlabel("images per training step")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"Section 5 (Table 6): small-batch training, {sb['iterations']} iterations each\n"
+                 f"mean ± sd over {len(resnet['seeds'])} training seeds", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, path, dpi=110)
 
 
@@ -170,12 +251,7 @@ def plot_study(results: Mapping[str, Any], output_dir: Path) -> List[Path]:
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     mlp, resnet = results["mlp"], results["resnet"]
-    rob = resnet["robustness"]
-    return [
-        plot_mlp_setup_one(mlp, output_dir / PLOT_FILES[0]),
-        plot_mlp_esm_vs_depth(mlp, output_dir / PLOT_FILES[1]),
-        plot_mlp_setup_two_errors(mlp, output_dir / PLOT_FILES[2]),
-        plot_robustness({"models": rob["models"], "seeds": rob["seeds"], "blocks": rob["blocks"]}, output_dir / PLOT_FILES[3]),
-        plot_resnet_esm(resnet, output_dir / PLOT_FILES[4]),
-        plot_resnet_adabn(resnet, output_dir / PLOT_FILES[5]),
-    ]
+    writers = (plot_mlp_setup_one, plot_mlp_esm_vs_depth, plot_mlp_setup_two_errors)
+    paths = [w(mlp, output_dir / name) for w, name in zip(writers, PLOT_FILES)]
+    writers = (plot_resnet_top1, plot_resnet_robustness, plot_resnet_esm, plot_resnet_adabn, plot_resnet_small_batch)
+    return paths + [w(resnet, output_dir / name) for w, name in zip(writers, PLOT_FILES[3:])]

@@ -1,32 +1,42 @@
-"""The paper's claims, checked against the study's numbers with explicit criteria.
+"""The paper's claims, checked against the study's numbers with confidence intervals over training seeds.
 
-Every check returns a ``Claim``: what the paper says, the criterion used, the numbers per case
-and whether the criterion was met. Nothing here is forced: a claim that the data do not
-support is reported as not holding.
+Every check returns a ``Claim``: what the paper says, the criterion, and its effects (``evidence.Effect``:
+per-seed values, mean, sd over seeds, 95 % CI, verdict). The effects marked ``counts`` decide the
+claim's verdict (``evidence.combine_verdicts``); the others are reported beside them. Nothing is
+forced: a claim whose interval contains zero is INCONCLUSIVE, one whose interval excludes zero on
+the other side is CONTRADICTED.
 """
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines"]
+from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, paired_effect
 
-SPEARMAN_MIN = 0.5
+__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines"]
 
 
 @dataclass
 class Claim:
-    """One paper claim: the verdict and the per-case evidence behind it."""
+    """One paper claim: the criterion, the effects measured for it and the verdict."""
 
     id: str
     claim: str
     source: str
     criterion: str
-    cases: List[dict] = field(default_factory=list)
-    holds: bool = False
+    effects: List[Tuple[Effect, bool]] = field(default_factory=list)  # (effect, counts toward the verdict)
+
+    def add(self, effect: Effect, counts: bool = True) -> None:
+        self.effects.append((effect, counts))
+
+    @property
+    def verdict(self) -> str:
+        return combine_verdicts([e.verdict for e, counts in self.effects if counts])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"id": self.id, "claim": self.claim, "source": self.source, "criterion": self.criterion,
+                "verdict": self.verdict, "effects": [{**e.to_dict(), "counts": counts} for e, counts in self.effects]}
 
 
 def _ranks(values: Sequence[float]) -> np.ndarray:
@@ -60,31 +70,51 @@ def growth(values: Sequence[float]) -> Tuple[float, float, float]:
     return first, last, (last / first if first > 0 else float("inf"))
 
 
-def _majority(cases: List[dict]) -> bool:
-    return sum(c["passed"] for c in cases) * 2 > len(cases)
+def _log_growth(values: Sequence[float]) -> float:
+    first, last, _ = growth(values)
+    return math.log(last / first) if first > 0 and last > 0 else math.nan
 
 
-def esm_profiles(mlp: Mapping) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
-    """Per case (setup one early epochs, setup two per training size): model -> [(layer, ESM_sigma)]."""
-    one = mlp["setup_one"]
-    early = max(1, round(mlp["config"]["epochs"] * 3 / 8))
+def _zeros(n: int) -> List[float]:
+    return [0.0] * n
+
+
+# ---- Section 4 (MLP) ------------------------------------------------------------------------------
+
+
+def _early_epochs(epochs: int) -> int:
+    return max(1, round(epochs * 3 / 8))
+
+
+def esm_profiles(seed_runs: Mapping, epochs: int) -> Dict[str, Dict[str, List[Tuple[int, float]]]]:
+    """For one seed's MLP runs, per case (setup one early epochs, setup two per training size):
+    model -> [(layer, ESM_sigma)] in depth order."""
+    early = _early_epochs(epochs)
     cases: Dict[str, Dict[str, List[Tuple[int, float]]]] = {}
     label = f"setup one (S = S'), mean over epochs 1-{early}"
     cases[label] = {}
-    for model, run in one.items():
+    for model, run in seed_runs["setup_one"].items():
         per_layer: Dict[int, List[float]] = {}
         for record in run["history"]:
             if record["epoch"] <= early and "esm" in record:
                 for row in record["esm"]:
                     per_layer.setdefault(row["layer"], []).append(row["esm_sigma"])
         cases[label][model] = sorted((layer, float(np.mean(v))) for layer, v in per_layer.items())
-    for size in mlp["setup_two"]["train_sizes"]:
-        label = f"setup two, |S| = {size}, end of training"
-        cases[label] = {
+    for size in seed_runs["setup_two"]["train_sizes"]:
+        cases[f"setup two, |S| = {size}, end of training"] = {
             model: sorted((row["layer"], row["esm_sigma"]) for row in runs[str(size)]["final_esm"])
-            for model, runs in mlp["setup_two"]["runs"].items()
+            for model, runs in seed_runs["setup_two"]["runs"].items()
         }
     return cases
+
+
+def _mlp_cases(mlp: Mapping) -> Dict[str, List[Dict[str, List[Tuple[int, float]]]]]:
+    """case -> one ESM profile dict per training seed."""
+    out: Dict[str, list] = {}
+    for seed_runs in mlp["by_seed"]:
+        for case, models in esm_profiles(seed_runs, mlp["config"]["epochs"]).items():
+            out.setdefault(case, []).append(models)
+    return out
 
 
 def claim_esm_grows(mlp: Mapping) -> Claim:
@@ -92,19 +122,12 @@ def claim_esm_grows(mlp: Mapping) -> Claim:
         "bn_esm_grows_with_depth",
         "ESM_sigma of BN grows with depth (estimation shift accumulates)",
         "Sec. 4.2.1, Figs. 2-3 (MLP with BN in every layer)",
-        f"BN MLP: Spearman(layer, ESM_sigma) > {SPEARMAN_MIN} and mean ESM_sigma of the last third of the "
-        f"layers > the first third; holds if met in a majority of cases",
+        "BN MLP, setup one: Spearman(layer, ESM_sigma) per training seed; its 95% CI over seeds > 0. "
+        "Setup two sizes are reported beside it",
     )
-    for case, models in esm_profiles(mlp).items():
-        layers, esm = zip(*models["BN"])
-        rho = spearman(layers, esm)
-        first, last, ratio = growth(esm)
-        claim.cases.append({
-            "case": case, "passed": rho > SPEARMAN_MIN and last > first,
-            "numbers": f"Spearman {rho:+.2f}, first third {first:.3f}, last third {last:.3f} (x{ratio:.2f})",
-            "spearman": rho, "first_third": first, "last_third": last,
-        })
-    claim.holds = _majority(claim.cases)
+    for i, (case, per_seed) in enumerate(_mlp_cases(mlp).items()):
+        rho = [spearman(*zip(*models["BN"])) for models in per_seed]
+        claim.add(paired_effect(f"Spearman(layer, ESM_sigma), {case}", rho, _zeros(len(rho)), +1, "rho"), counts=i == 0)
     return claim
 
 
@@ -113,45 +136,33 @@ def claim_gn_flattens(mlp: Mapping) -> Claim:
         "gn_odd_layers_flatten_esm",
         "GN in the odd layers (GNBN) flattens the growth of ESM_sigma with depth",
         "Sec. 4.2.2, Figs. 4-5",
-        "growth = mean ESM_sigma of the last third of a model's BN layers / the first third; compared on the "
-        "same layers (GNBN's BNs sit in the even layers, so BN is restricted to the even layers too): "
-        "growth(GNBN) < growth(BN); holds if met in a majority of cases",
+        "growth = ln(mean ESM_sigma of the last third of the BN layers / the first third), on the same (even) layers "
+        "for both models; effect = growth(GNBN) - growth(BN) per seed, setup one; CI < 0. Setup two reported beside it",
     )
-    for case, models in esm_profiles(mlp).items():
-        gnbn = models["GNBN"]
-        even = {layer for layer, _ in gnbn}
-        bn = [(layer, v) for layer, v in models["BN"] if layer in even]
-        _, _, g_bn = growth([v for _, v in bn])
-        _, _, g_gnbn = growth([v for _, v in gnbn])
-        mean_bn, mean_gnbn = float(np.mean([v for _, v in bn])), float(np.mean([v for _, v in gnbn]))
-        claim.cases.append({
-            "case": case, "passed": g_gnbn < g_bn,
-            "numbers": f"growth BN x{g_bn:.2f} vs GNBN x{g_gnbn:.2f}; mean ESM_sigma BN {mean_bn:.3f} vs GNBN {mean_gnbn:.3f}",
-            "growth_bn": g_bn, "growth_gnbn": g_gnbn, "mean_bn": mean_bn, "mean_gnbn": mean_gnbn,
-        })
-    claim.holds = _majority(claim.cases)
+    for i, (case, per_seed) in enumerate(_mlp_cases(mlp).items()):
+        bn, gnbn = [], []
+        for models in per_seed:
+            even = {layer for layer, _ in models["GNBN"]}
+            bn.append(_log_growth([v for layer, v in models["BN"] if layer in even]))
+            gnbn.append(_log_growth([v for _, v in models["GNBN"]]))
+        claim.add(paired_effect(f"ln growth GNBN - BN, {case}", gnbn, bn, -1, "ln-ratio"), counts=i == 0)
     return claim
 
 
 def claim_gnbn_gap(mlp: Mapping) -> Claim:
-    early = max(1, round(mlp["config"]["epochs"] * 3 / 8))
+    early = _early_epochs(mlp["config"]["epochs"])
     claim = Claim(
         "gnbn_smaller_train_test_gap",
         "GNBN has a smaller gap between training and test error early in training",
         "Sec. 4.2.2, Fig. 4(a) (S = S')",
-        f"setup one: mean |test error - train error| over epochs 1-{early}: GNBN < BN",
+        f"setup one: mean |test error - train error| over epochs 1-{early}; effect = GNBN - BN per seed; CI < 0",
     )
-    gaps = {}
-    for model, run in mlp["setup_one"].items():
-        gaps[model] = float(np.mean([
-            abs(r["test_error"] - r["train_error"]) for r in run["history"] if r["epoch"] <= early and "test_error" in r
-        ]))
-    claim.cases.append({
-        "case": f"setup one, epochs 1-{early}", "passed": gaps["GNBN"] < gaps["BN"],
-        "numbers": f"mean gap BN {gaps['BN']:.2f} vs GNBN {gaps['GNBN']:.2f} points",
-        "gap_bn": gaps["BN"], "gap_gnbn": gaps["GNBN"],
-    })
-    claim.holds = claim.cases[0]["passed"]
+    gaps: Dict[str, List[float]] = {"BN": [], "GNBN": []}
+    for seed_runs in mlp["by_seed"]:
+        for model, run in seed_runs["setup_one"].items():
+            gaps[model].append(float(np.mean([abs(r["test_error"] - r["train_error"]) for r in run["history"]
+                                              if r["epoch"] <= early and "test_error" in r])))
+    claim.add(paired_effect("early train/test gap GNBN - BN", gaps["GNBN"], gaps["BN"], -1))
     return claim
 
 
@@ -160,119 +171,219 @@ def claim_gnbn_test_error(mlp: Mapping) -> Claim:
         "gnbn_lower_test_error_small_s",
         "GNBN has a lower test error than BN when trained on few samples (distribution shift)",
         "Sec. 4.2.2, Fig. 5(b)",
-        "setup two: final test error GNBN < BN; holds if met for a majority of training-set sizes",
+        "setup two: final test error GNBN - BN per seed, averaged over the training-set sizes; CI < 0. "
+        "Each size is reported beside it",
     )
-    runs = mlp["setup_two"]["runs"]
-    for size in mlp["setup_two"]["train_sizes"]:
-        bn, gnbn = runs["BN"][str(size)]["test_error"], runs["GNBN"][str(size)]["test_error"]
-        claim.cases.append({
-            "case": f"|S| = {size}", "passed": gnbn < bn,
-            "numbers": f"test error BN {bn:.2f}% vs GNBN {gnbn:.2f}%", "bn": bn, "gnbn": gnbn,
-        })
-    claim.holds = _majority(claim.cases)
+    sizes = mlp["by_seed"][0]["setup_two"]["train_sizes"]
+    per_size = {s: ([], []) for s in sizes}
+    for seed_runs in mlp["by_seed"]:
+        runs = seed_runs["setup_two"]["runs"]
+        for s in sizes:
+            per_size[s][0].append(runs["GNBN"][str(s)]["test_error"])
+            per_size[s][1].append(runs["BN"][str(s)]["test_error"])
+    gnbn_mean = np.mean([per_size[s][0] for s in sizes], axis=0)
+    bn_mean = np.mean([per_size[s][1] for s in sizes], axis=0)
+    claim.add(paired_effect("test error GNBN - BN, mean over |S|", gnbn_mean.tolist(), bn_mean.tolist(), -1))
+    for s in sizes:
+        claim.add(paired_effect(f"test error GNBN - BN, |S| = {s}", *per_size[s], -1), counts=False)
+    return claim
+
+
+# ---- Section 5 (ResNets) --------------------------------------------------------------------------
+
+
+def _seeds(rn: Mapping) -> List[str]:
+    return [str(s) for s in rn["seeds"]]
+
+
+def _top1(rn: Mapping, variant: str) -> List[float]:
+    return [rn["networks"][variant][s]["top1"] for s in _seeds(rn)]
+
+
+def claim_table1_p2(rn: Mapping) -> Claim:
+    claim = Claim(
+        "xbn_p2_beats_bn",
+        "XBNBlock-P2 (GN) reaches a higher top-1 than the BN network",
+        "Sec. 5.2.1, Table 1",
+        "top-1 XBN-GN (P2) - BN per training seed (same initial weights); CI > 0. P1 / P3 / IN reported beside it",
+    )
+    claim.add(paired_effect("top-1 XBN-GN (P2) - BN", _top1(rn, "XBN-GN"), _top1(rn, "BN"), +1))
+    for variant in ("XBN-P1", "XBN-P3", "XBN-IN"):
+        if variant in rn["networks"]:
+            claim.add(paired_effect(f"top-1 {variant} - BN", _top1(rn, variant), _top1(rn, "BN"), +1), counts=False)
+    return claim
+
+
+def claim_table1_full_gn(rn: Mapping) -> Claim:
+    claim = Claim(
+        "all_gn_worse_than_bn",
+        "A network with every BN replaced by GN ('Full') is worse than the BN network",
+        "Sec. 5.2.1, Table 1 (75.63 vs 76.29 on ImageNet)",
+        "top-1 GN - BN per training seed; CI < 0",
+    )
+    claim.add(paired_effect("top-1 GN (all norms) - BN", _top1(rn, "GN"), _top1(rn, "BN"), -1))
     return claim
 
 
 def _drops(entry: Mapping) -> Dict[float, float]:
+    """Noise magnitude -> clean top-1 minus the mean top-1 over perturbation seeds."""
     return {float(d): entry["clean_top1"] - v["mean"] for d, v in entry["deltas"].items()}
 
 
-def claim_xbn_robust(robustness: Mapping) -> Claim:
+def claim_xbn_robust(rn: Mapping) -> Claim:
+    rob = rn["robustness"]
+    top = max(rob["deltas"])
     claim = Claim(
         "xbn_more_robust_to_delta",
         "XBNBlock networks lose less accuracy than BN as the noise magnitude Delta grows",
-        "Sec. 5.2.1, Fig. 8 (Eq. 5 on the first BN of the first disturbed blocks)",
-        "for each XBN variant: accuracy drop (clean - mean over seeds) at the largest Delta < BN's, and mean "
-        "drop over all Deltas < BN's; holds if met by every XBN variant",
+        f"Sec. 5.2.1, Fig. 8 (Eq. 5 on the first BN of the first {rob['blocks']} bottlenecks)",
+        f"drop = clean top-1 - mean top-1 over {len(rob['perturb_seeds'])} perturbation seeds; effect = drop(XBN) - "
+        f"drop(BN) at Delta = {top:g} per training seed; CI < 0 for every XBN variant. Mean over all Deltas beside it",
     )
-    models = robustness["models"]
-    bn = _drops(models["BN"])
-    top = max(bn)
-    for label, entry in models.items():
-        if label == "BN":
+    models = rob["models"]
+    bn = [_drops(models["BN"][s]) for s in _seeds(rn)]
+    for variant in models:
+        if variant == "BN":
             continue
-        xbn = _drops(entry)
-        mean_bn, mean_xbn = float(np.mean(list(bn.values()))), float(np.mean(list(xbn.values())))
-        std_top = entry["deltas"][str(top)]["std"]
-        claim.cases.append({
-            "case": f"{label} vs BN", "passed": xbn[top] < bn[top] and mean_xbn < mean_bn,
-            "numbers": (
-                f"drop at Delta={top:g}: BN {bn[top]:.2f} vs {label} {xbn[top]:.2f} points "
-                f"(seed std {models['BN']['deltas'][str(top)]['std']:.2f} / {std_top:.2f}); "
-                f"mean drop BN {mean_bn:.2f} vs {mean_xbn:.2f}"
-            ),
-            "drop_top_bn": bn[top], "drop_top_xbn": xbn[top], "mean_drop_bn": mean_bn, "mean_drop_xbn": mean_xbn,
-        })
-    claim.holds = bool(claim.cases) and all(c["passed"] for c in claim.cases)
+        xbn = [_drops(models[variant][s]) for s in _seeds(rn)]
+        claim.add(paired_effect(f"drop at Delta={top:g}, {variant} - BN", [d[top] for d in xbn], [d[top] for d in bn], -1))
+        claim.add(paired_effect(f"mean drop over Delta, {variant} - BN", [float(np.mean(list(d.values()))) for d in xbn],
+                                [float(np.mean(list(d.values()))) for d in bn], -1), counts=False)
     return claim
 
 
-def claim_adabn(adabn: Mapping) -> Claim:
+def _small_batch(rn: Mapping, variant: str, batch: int) -> List[float]:
+    return [rn["small_batch"]["models"][variant][str(batch)][s] for s in _seeds(rn)]
+
+
+def claim_small_batch(rn: Mapping, baseline: str) -> Claim:
+    sb = rn["small_batch"]
+    sizes = sorted(sb["batch_sizes"])
+    small, moderate = sizes[:-1], sizes[-1]
+    # the paper: XBN beats BN at every small batch size, and beats GN at all but the smallest (Table 6)
+    decisive = small if baseline == "BN" or len(small) < 2 else small[1:]
+    claim = Claim(
+        f"xbn_beats_{baseline.lower()}_small_batch",
+        f"With small training batches XBNBlock-GN reaches a higher accuracy than {baseline}",
+        "Sec. 5.3.2, Table 6 (detection from scratch, batch 2/4/8 per GPU)",
+        f"top-1 XBN-GN - {baseline} per training seed after {sb['iterations']} iterations at batch "
+        f"{', '.join(map(str, decisive))} (lr scaled by sqrt(batch)); CI > 0 at each. Other sizes beside it",
+    )
+    for b in sizes:
+        claim.add(paired_effect(f"batch {b}: top-1 XBN-GN - {baseline}", _small_batch(rn, "XBN-GN", b),
+                                _small_batch(rn, baseline, b), +1), counts=b in decisive)
+    return claim
+
+
+def _esm_level_and_growth(bn_rows: List[dict], xbn_rows: List[dict]) -> Tuple[float, float, float, float]:
+    """ln mean ESM_sigma (per channel) of the deepest third and ln growth, for BN and XBN, on the
+    BN layers both networks share (XBN's remaining BNs)."""
+    shared = {r["name"] for r in xbn_rows}
+    bn = sorted((r["depth"], r["esm_sigma_per_channel"]) for r in bn_rows if r["name"] in shared)
+    xbn = sorted((r["depth"], r["esm_sigma_per_channel"]) for r in xbn_rows)
+    k = max(1, len(bn) // 3)
+    level = lambda rows: math.log(float(np.mean([v for _, v in rows[-k:]])))
+    return level(bn), level(xbn), _log_growth([v for _, v in bn]), _log_growth([v for _, v in xbn])
+
+
+def claim_esm_lower(rn: Mapping) -> Claim:
+    esm = rn["esm"]
+    claim = Claim(
+        "xbn_lower_esm_deep_layers",
+        "XBNBlock keeps the estimation shift of the deep BNs lower than in the BN network",
+        "Sec. 4.2-5 (BFN blocks the accumulation); Definition 2 on the test split",
+        "ln of the mean ESM_sigma per channel over the deepest third of the BN layers both networks have, "
+        f"XBN - BN per training seed, on the clean test split and under {esm['corruption']} (severity "
+        f"{esm['severity']}); CI < 0 for XBN-GN on both. XBN-IN and the ln growth (last / first third) beside it",
+    )
+    models = esm["models"]
+    for variant in [v for v in models if v != "BN"]:
+        for which in ("clean", "shifted"):
+            numbers = [_esm_level_and_growth(models["BN"][s][which], models[variant][s][which]) for s in _seeds(rn)]
+            data = "clean test" if which == "clean" else f"{esm['corruption']} test"
+            counts = variant == "XBN-GN"
+            claim.add(paired_effect(f"ln ESM_sigma deepest third {variant} - BN, {data}",
+                                    [n[1] for n in numbers], [n[0] for n in numbers], -1, "ln-ratio"), counts=counts)
+            claim.add(paired_effect(f"ln growth {variant} - BN, {data}", [n[3] for n in numbers],
+                                    [n[2] for n in numbers], -1, "ln-ratio"), counts=False)
+    return claim
+
+
+def claim_adabn(rn: Mapping) -> Claim:
+    adabn = rn["adabn"]
     claim = Claim(
         "adabn_recovers_shifted_accuracy",
         "AdaBN (recalibrating BN statistics on the shifted data) recovers part of the accuracy lost to the shift",
         "Sec. 1 / 4.2 (estimation shift under distribution shift); AdaBN, Li et al. 2016",
-        "BN network, each corruption: gain = top-1 after - before recalibration; holds if the mean gain over the "
-        "corruptions > 0 and the gain > 0 for a majority of them; recovered = gain / (clean - before)",
+        f"BN network: gain = top-1 after - before recalibration on {adabn['calibration_samples']} corrupted training "
+        f"images, evaluated on the corrupted test split (severity {adabn['severity']}); mean gain over the "
+        "corruptions per training seed, CI > 0. Each corruption beside it",
     )
-    entries = adabn["models"]["BN"]
-    clean = adabn["clean_top1"]["BN"]
-    gains = []
-    for corruption, r in entries.items():
-        gain = r["after_top1"] - r["before_top1"]
-        lost = clean - r["before_top1"]
-        gains.append(gain)
-        claim.cases.append({
-            "case": f"{corruption} (severity {adabn['severity']})", "passed": gain > 0,
-            "numbers": (
-                f"clean {clean:.2f}, shifted {r['before_top1']:.2f}, after AdaBN {r['after_top1']:.2f} "
-                f"(gain {gain:+.2f}, recovered {100 * gain / lost:.0f}% of the loss)" if lost > 0 else
-                f"clean {clean:.2f}, shifted {r['before_top1']:.2f}, after AdaBN {r['after_top1']:.2f} "
-                f"(gain {gain:+.2f}; the shift cost no accuracy)"
-            ),
-            "gain": gain,
-        })
-    claim.holds = float(np.mean(gains)) > 0 and _majority(claim.cases)
+    per_seed = [adabn["models"]["BN"][s] for s in _seeds(rn)]
+    corruptions = adabn["corruptions"]
+    after = [float(np.mean([r[c]["after_top1"] for c in corruptions])) for r in per_seed]
+    before = [float(np.mean([r[c]["before_top1"] for c in corruptions])) for r in per_seed]
+    claim.add(paired_effect("BN top-1 after - before AdaBN, mean over corruptions", after, before, +1))
+    for c in corruptions:
+        claim.add(paired_effect(f"BN top-1 after - before AdaBN, {c}", [r[c]["after_top1"] for r in per_seed],
+                                [r[c]["before_top1"] for r in per_seed], +1), counts=False)
     return claim
 
 
 def evaluate_claims(results: Mapping) -> List[Claim]:
     """All claims the study's results can speak to, in the order of the paper."""
-    mlp, resnet = results["mlp"], results["resnet"]
-    return [
-        claim_esm_grows(mlp),
-        claim_gn_flattens(mlp),
-        claim_gnbn_gap(mlp),
-        claim_gnbn_test_error(mlp),
-        claim_xbn_robust(resnet["robustness"]),
-        claim_adabn(resnet["adabn"]),
-    ]
+    mlp, rn = results["mlp"], results["resnet"]
+    claims = [claim_esm_grows(mlp), claim_gn_flattens(mlp), claim_gnbn_gap(mlp), claim_gnbn_test_error(mlp),
+              claim_table1_p2(rn)]
+    if "GN" in rn["networks"]:
+        claims.append(claim_table1_full_gn(rn))
+    claims.append(claim_xbn_robust(rn))
+    claims += [claim_small_batch(rn, "BN"), claim_small_batch(rn, "GN")]
+    claims += [claim_esm_lower(rn), claim_adabn(rn)]
+    return claims
+
+
+def _mean_sd(values: Sequence[float]) -> str:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    return f"{np.mean(values):.2f} ± {sd:.2f}"
 
 
 def summary_lines(results: Mapping) -> List[str]:
-    """The plain-text summary: data, models, then each claim with its verdict, criterion and numbers."""
+    """The plain-text summary: data, models and accuracies, then each claim with its verdict, criterion and effects."""
     ds = results["dataset"]
     mlp_cfg, rn = results["mlp"]["config"], results["resnet"]
     lines = [
         f"Data: {ds['description']}",
-        f"Seeds: {results['seeds']}; torch threads: {results['threads']}",
+        f"Seeds: {results['seeds']}; torch threads per job: {results['threads']}",
         (
             f"Section 4 MLP: {mlp_cfg['depth']} layers x {mlp_cfg['width']} units, full-batch GD, {mlp_cfg['epochs']} epochs, "
             f"lr {mlp_cfg['lr']}, BN momentum {mlp_cfg['bn_momentum']} (= paper's alpha), GN groups {mlp_cfg['gn_groups']}; "
-            f"S' = {results['mlp']['test_samples']} test images"
+            f"S' = {results['mlp']['test_samples']} test images; {len(results['mlp']['by_seed'])} seeds"
         ),
-        "Section 5 ResNet (" + rn["description"] + "):",
+        "Section 5 ResNets (" + rn["description"] + "):",
+        "  test top-1 (%), mean ± sd over training seeds, then per seed:",
     ]
-    for label, m in rn["models"].items():
-        lines.append(f"  {label:7s} clean top-1 {m['clean_top1']:.2f}%  (train top-1 last epoch {m['history'][-1]['train_top1']:.2f}%)")
+    for label, seeds in rn["networks"].items():
+        values = [seeds[s]["top1"] for s in _seeds(rn)]
+        lines.append(f"  {label:7s} {_mean_sd(values)}  ({', '.join(f'{v:.2f}' for v in values)})")
+    sb = rn["small_batch"]
+    lines.append(f"  small-batch training ({sb['iterations']} iterations each), test top-1 mean ± sd:")
+    for label, sizes in sb["models"].items():
+        cells = [f"b{b} {_mean_sd([sizes[str(b)][s] for s in _seeds(rn)])}" for b in sorted(sb["batch_sizes"])]
+        lines.append(f"  {label:7s} " + " | ".join(cells))
     lines.append("")
     for i, c in enumerate(results["claims"], start=1):
-        verdict = "HOLDS" if c["holds"] else "DOES NOT HOLD"
-        lines.append(f"[{verdict}] {i}. {c['claim']}  ({c['source']})")
+        lines.append(f"[{c['verdict']}] {i}. {c['claim']}  ({c['source']})")
         lines.append(f"    criterion: {c['criterion']}")
-        for case in c["cases"]:
-            lines.append(f"    {'+' if case['passed'] else '-'} {case['case']}: {case['numbers']}")
-    held = sum(c["holds"] for c in results["claims"])
+        for e in c["effects"]:
+            mark = "*" if e["counts"] else " "
+            sign = ">" if e["direction"] > 0 else "<"
+            lines.append(
+                f"    {mark} {e['name']}: {e['mean']:+.3f} {e['unit']}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
+                f"sd over {e['n']} seeds {e['sd']:.3f} (paper {sign} 0) -> {e['verdict']}"
+            )
+    counts = {v: sum(c["verdict"] == v for c in results["claims"]) for v in (HOLDS, CONTRADICTED, INCONCLUSIVE)}
     lines.append("")
-    lines.append(f"{held} of {len(results['claims'])} paper claims held on {ds['name']}.")
+    lines.append("(* = effect that decides the verdict; the others are reported beside it)")
+    lines.append(f"{len(results['claims'])} paper claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
     return lines

@@ -1,14 +1,17 @@
-"""Section 5 at small scale: a narrow timm ResNet with BN vs its XBNBlock conversions.
+"""Section 5 at small scale: a narrow, ResNet-50-deep timm network with BN vs its XBNBlock variants.
 
-The BN network is a timm ``resnet26`` (8 bottlenecks) with narrow channels. Its XBN variants are
-made by ``timm_xbn.convert`` of the *untrained* BN model (P2 with GroupNorm, P2 with
-InstanceNorm), so all three start from the same weights and are then trained the same way.
-GroupNorm's group count is scaled with the width (64 groups at ResNet-50's width 64 -> 16 groups
-at width 16), so each stage has the paper's channels per group (1, 2, 4, 8).
+The BN network is timm's ``resnet50`` layout (3-4-6-3 = 16 bottlenecks, like the paper's
+ResNet-50, so the estimation shift of stacked BNs has the paper's depth to accumulate over) with
+narrow channels for the CPU. Every variant of one training seed starts from the same initial
+weights: the BN model is built under that seed and the variants are made from it by surgery
+(``timm_xbn.convert``, or every norm swapped for "GN"). GroupNorm's group count is scaled with the
+width (64 groups at ResNet-50's width 64 -> 8 groups at width 8), so each stage keeps the paper's
+channels per group.
 
-Evaluations (all on the test split): top-1 vs the Eq. 5 perturbation of the first BN of the
-first ``blocks`` bottlenecks (several seeds), ESM per BN layer (Definition 2), and AdaBN
-recalibration under ImageNet-C corruptions applied with ``timm_xbn.corruptions``.
+Evaluations (all on the full test split): top-1; top-1 vs the Eq. 5 perturbation of the first BN
+of the first ``blocks`` bottlenecks (several perturbation seeds); ESM per BN layer (Definition 2)
+on the clean and on a corrupted test split; AdaBN under ImageNet-C corruptions (statistics
+re-estimated on corrupted training images, evaluated on the corrupted test split).
 """
 import math
 from dataclasses import asdict, dataclass
@@ -26,13 +29,15 @@ from ..evaluation.metrics import accuracy_from_counts, topk_correct
 from ..evaluation.results import summarize_robustness
 from ..evaluation.sweep import SharedPass, eval_mode, robustness_settings
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
-from ..surgery import convert
+from ..surgery import XBNConfig, build_bfn_for, convert, is_bn, replace_module
 
 __all__ = [
-    "RESNET_VARIANTS",
+    "VARIANTS",
     "ResNetConfig",
     "ImageSplit",
-    "build_variants",
+    "build_bn_network",
+    "build_variant",
+    "bn_depths",
     "prepare_images",
     "train_classifier",
     "evaluate_top1",
@@ -41,33 +46,70 @@ __all__ = [
     "adabn_under_corruption",
 ]
 
-RESNET_VARIANTS = ("BN", "XBN-GN", "XBN-IN")
+# label -> how the variant is made from the BN network of the same seed
+VARIANTS: Dict[str, Optional[dict]] = {
+    "BN": None,
+    "XBN-P1": dict(position="P1", bfn="gn"),
+    "XBN-GN": dict(position="P2", bfn="gn"),  # XBNBlock-P2, the paper's default XBNBlock
+    "XBN-P3": dict(position="P3", bfn="gn"),
+    "XBN-IN": dict(position="P2", bfn="in"),
+    "GN": dict(all_norms=True),  # every BN (stem, blocks, shortcuts) replaced: Table 1's "Full"
+}
 
 
 @dataclass
 class ResNetConfig:
-    """Settings of the Section 5 experiments (defaults fit the CPU budget of the default study)."""
+    """Settings of the Section 5 experiments (the default study's; ``StudyConfig.preset`` changes them)."""
 
-    arch: str = "resnet26"
+    arch: str = "resnet50"
     channels: Tuple[int, ...] = (8, 16, 32, 64)
-    stem_width: int = 8
+    stem_width: int = 16
     gn_groups: int = 8
     stem_pool: bool = False
-    image_size: int = 32
-    train_samples: Optional[int] = 20000
-    epochs: int = 1
+    # main training (every variant, every seed)
+    variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN", "GN")
+    train_samples: Optional[int] = None
+    epochs: float = 1.0
+    min_steps: int = 400  # small data sets (the MNIST-5k fallback) train for this many updates at least
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.1
     weight_decay: float = 1e-4
-    warmup_steps: int = 50
-    eval_samples: int = 1000
-    eval_batch_size: int = 250
-    deltas: Tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-    perturb_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
-    blocks: int = 3
+    warmup_steps: int = 100
+    eval_samples: Optional[int] = None
+    eval_batch_size: int = 500
+    # Figure 8
+    robustness_variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN")
+    deltas: Tuple[float, ...] = (0.3, 0.6, 0.9)
+    perturb_seeds: Tuple[int, ...] = (0, 1, 2)
+    blocks: int = 6
+    # ESM per layer (clean test split and the test split under one corruption)
+    esm_variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN")
+    esm_corruption: str = "gaussian_noise"
+    # AdaBN under corruptions
+    adabn_variants: Tuple[str, ...] = ("BN", "XBN-GN")
     corruptions: Tuple[str, ...] = ("gaussian_noise", "defocus_blur", "fog", "contrast")
     severity: int = 3
-    calib_samples: int = 1000
+    calib_samples: int = 2000
+    # small-batch training (Table 6): same iterations for every batch size, lr = lr * sqrt(b / batch_size)
+    small_batch_variants: Tuple[str, ...] = ("BN", "GN", "XBN-GN")
+    small_batch_sizes: Tuple[int, ...] = (2, 4, 8, 32)
+    small_batch_iterations: int = 300
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,
+                               *self.adabn_variants, *self.small_batch_variants) if v not in VARIANTS]
+        if unknown:
+            raise ValueError(f"unknown Section 5 variant(s) {unknown}; choose from {list(VARIANTS)}")
+        if "BN" not in self.variants:
+            raise ValueError("the Section 5 variants must include the BN baseline")
+
+    def train_steps(self, train_images: int) -> int:
+        """SGD updates of the main training: ``epochs`` passes over the data, at least ``min_steps``."""
+        return max(self.min_steps, int(self.epochs * train_images) // self.batch_size)
+
+    def small_batch_lr(self, batch_size: int) -> float:
+        """Square-root scaling of the main recipe's lr (keeps SGD's noise scale comparable)."""
+        return self.lr * math.sqrt(batch_size / self.batch_size)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -100,44 +142,73 @@ def prepare_images(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
-def build_variants(cfg: ResNetConfig, num_classes: int, seed: int) -> Dict[str, nn.Module]:
-    """The BN network and its P2 XBNBlock conversions (GN, IN), all from the same initial weights."""
-    torch.manual_seed(seed)
-    bn = timm.create_model(
-        cfg.arch, num_classes=num_classes, in_chans=3, channels=tuple(cfg.channels), stem_width=cfg.stem_width,
-    )
+def build_bn_network(cfg: ResNetConfig, num_classes: int, seed: int) -> nn.Module:
+    """The BN network, initialised under ``seed`` (the global RNG is saved and restored)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = timm.create_model(
+            cfg.arch, num_classes=num_classes, in_chans=3, channels=tuple(cfg.channels), stem_width=cfg.stem_width,
+        )
     if not cfg.stem_pool:
-        bn.maxpool = nn.Identity()
-    return {
-        "BN": bn,
-        "XBN-GN": convert(bn, position="P2", bfn="gn", groups=cfg.gn_groups).model,
-        "XBN-IN": convert(bn, position="P2", bfn="in").model,
-    }
+        model.maxpool = nn.Identity()
+    return model
+
+
+def _all_norms_batch_free(model: nn.Module, groups: int) -> nn.Module:
+    """Every BN of ``model`` (stem, blocks, shortcuts) replaced by GroupNorm, in place."""
+    gn = XBNConfig(bfn="gn", groups=groups)
+    for name in [n for n, m in model.named_modules() if is_bn(m)]:
+        replace_module(model, name, build_bfn_for(model.get_submodule(name), gn))
+    return model
+
+
+def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) -> nn.Module:
+    """Variant ``label`` of ``VARIANTS``, made from the BN network of ``seed`` (same initial weights)."""
+    if label not in VARIANTS:
+        raise ValueError(f"unknown Section 5 variant {label!r}; choose from {list(VARIANTS)}")
+    bn = build_bn_network(cfg, num_classes, seed)
+    recipe = VARIANTS[label]
+    if recipe is None:
+        return bn
+    if recipe.get("all_norms"):
+        return _all_norms_batch_free(bn, cfg.gn_groups)
+    return convert(bn, groups=cfg.gn_groups, inplace=True, **recipe).model
+
+
+def bn_depths(cfg: ResNetConfig) -> Dict[str, int]:
+    """Name -> 1-based position of every BN in the BN network, so variants' BNs line up by depth."""
+    model = build_bn_network(cfg, num_classes=10, seed=0)
+    return {name: i for i, name in enumerate((n for n, m in model.named_modules() if is_bn(m)), start=1)}
 
 
 def train_classifier(
     model: nn.Module,
     split: ImageSplit,
-    cfg: ResNetConfig,
     seed: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    steps: int,
     on_step: Optional[Callable[[], None]] = None,
 ) -> List[dict]:
-    """SGD (momentum 0.9, the paper's weight decay) with a warmup + cosine schedule (timm's
-    optimizer and scheduler factories), seeded shuffling; returns per-epoch loss and train top-1 (%)."""
-    steps_per_epoch = math.ceil(len(split.y) / cfg.batch_size)
-    optimizer = create_optimizer_v2(model, "sgd", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.9)
+    """SGD (momentum 0.9) with a warmup + cosine schedule (timm's optimizer and scheduler factories)
+    for ``steps`` updates over seeded reshuffles of ``split``; returns per-epoch loss and train top-1 (%)."""
+    optimizer = create_optimizer_v2(model, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=cfg.epochs * steps_per_epoch, warmup_t=cfg.warmup_steps,
-        warmup_lr_init=cfg.lr / 10, lr_min=0.0, t_in_epochs=False,
+        optimizer, t_initial=steps, warmup_t=min(warmup_steps, steps // 2),
+        warmup_lr_init=lr / 10, lr_min=0.0, t_in_epochs=False,
     )
     generator = torch.Generator().manual_seed(seed)
-    history, update = [], 0
+    history: List[dict] = []
+    update, epoch = 0, 0
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
+    while update < steps:
+        epoch += 1
         order = torch.randperm(len(split.y), generator=generator)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i:i + cfg.batch_size]
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(0, len(order) - batch_size + 1, batch_size):  # full batches only (BN needs > 1 sample)
+            idx = order[i:i + batch_size]
             x, y = split.normalize(split.x[idx]), split.y[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y)
@@ -148,9 +219,12 @@ def train_classifier(
             scheduler.step_update(update)
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
             if on_step is not None:
                 on_step()
-        history.append({"epoch": epoch, "loss": loss_sum / len(order), "train_top1": 100.0 * correct / len(order)})
+            if update == steps:
+                break
+        history.append({"epoch": epoch, "images": seen, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen})
     model.eval()
     return history
 
@@ -189,11 +263,11 @@ def robustness_sweep(
     return summarize_robustness(runs, settings), targets
 
 
-def esm_per_layer(model: nn.Module, split: ImageSplit, batch_size: int, depth_of: Mapping[str, int]) -> List[dict]:
-    """ESM rows of every BN of ``model`` on the split; ``depth`` is the norm's position among the
+def esm_per_layer(model: nn.Module, batches, depth_of: Mapping[str, int]) -> List[dict]:
+    """ESM rows of every BN of ``model`` over ``batches``; ``depth`` is the norm's position among the
     BN network's norms (``depth_of``), so converted models line up with the BN model."""
     rows = []
-    for r in estimation_shift(model, split.batches(batch_size)):
+    for r in estimation_shift(model, batches):
         row = asdict(r)
         row["depth"] = depth_of[r.name]
         rows.append(row)
@@ -201,23 +275,21 @@ def esm_per_layer(model: nn.Module, split: ImageSplit, batch_size: int, depth_of
 
 
 def adabn_under_corruption(
-    models: Mapping[str, nn.Module],
-    eval_split: ImageSplit,
-    calib_split: ImageSplit,
-    corruption: str,
-    severity: int,
+    model: nn.Module,
+    test: ImageSplit,
+    shifted_test: torch.Tensor,
+    calib: ImageSplit,
+    shifted_calib: torch.Tensor,
     batch_size: int,
-    seed: int,
-) -> Dict[str, dict]:
-    """Top-1 on the corrupted eval split before and after AdaBN (``recalibrate(mode="full")`` on the
-    corrupted, unlabelled calibration split, disjoint from the eval split)."""
-    generator = torch.Generator().manual_seed(seed)
-    shifted_eval = corrupt_batch(eval_split.x, corruption, severity, generator)
-    shifted_calib = corrupt_batch(calib_split.x, corruption, severity, generator)
-    out = {}
-    for label, model in models.items():
-        before = evaluate_top1(model, eval_split.batches(batch_size, shifted_eval))
-        adapted = recalibrate(model, [x for x, _ in calib_split.batches(batch_size, shifted_calib)], mode="full")
-        after = evaluate_top1(adapted, eval_split.batches(batch_size, shifted_eval))
-        out[label] = {"before_top1": before, "after_top1": after}
-    return out
+) -> dict:
+    """Top-1 on the corrupted test images before and after AdaBN (``recalibrate(mode="full")`` on
+    corrupted, unlabelled images of the training split, disjoint from the test split)."""
+    before = evaluate_top1(model, test.batches(batch_size, shifted_test))
+    adapted = recalibrate(model, [x for x, _ in calib.batches(batch_size, shifted_calib)], mode="full")
+    after = evaluate_top1(adapted, test.batches(batch_size, shifted_test))
+    return {"before_top1": before, "after_top1": after}
+
+
+def corrupted(x: torch.Tensor, corruption: str, severity: int, seed: int) -> torch.Tensor:
+    """``x`` (in [0, 1]) under an ImageNet-C corruption, drawn from its own seeded generator."""
+    return corrupt_batch(x, corruption, severity, torch.Generator().manual_seed(seed))

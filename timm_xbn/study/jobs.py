@@ -1,0 +1,276 @@
+"""The study's units of work, run in parallel worker processes with results that do not depend on how many.
+
+A job is one independently seeded unit: the Section 4 MLP runs of one seed, one Section 5
+network trained and evaluated, or one small-batch training run. Each job seeds everything it
+uses (model init, data order, perturbation and corruption draws) from its own settings, runs with
+the configured number of torch threads, and stores its result as ``<key>.json`` (plus the trained
+weights as ``<key>.safetensors`` for the main networks) in the parts folder, so
+
+* an interrupted study resumes with the jobs that have no result yet, and
+* the numbers are the same whether the jobs run one after another or in several processes.
+
+Workers are spawned processes (``--workers``); each loads the data set once.
+"""
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
+
+import torch
+
+from ..evaluation.results import write_json_atomic
+from .data import StudyData, load_dataset, subset
+from .mlp import build_mlp, input_shift, train_full_batch
+from .resnet import (
+    ImageSplit, adabn_under_corruption, bn_depths, build_variant, corrupted, esm_per_layer, evaluate_top1,
+    prepare_images, robustness_sweep, train_classifier,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .run import StudyConfig
+
+__all__ = ["Job", "plan_jobs", "run_jobs", "default_workers"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: ``kind`` is ``mlp``, ``network`` (main training + evaluations) or ``small_batch``."""
+
+    kind: str
+    seed: int
+    variant: str = ""
+    batch_size: int = 0
+
+    @property
+    def key(self) -> str:
+        name = self.variant.lower().replace("-", "_")
+        if self.kind == "mlp":
+            return f"mlp_seed{self.seed}"
+        if self.kind == "network":
+            return f"net_{name}_seed{self.seed}"
+        return f"smallbatch_{name}_b{self.batch_size}_seed{self.seed}"
+
+    def describe(self) -> str:
+        if self.kind == "mlp":
+            return f"MLP runs, seed {self.seed}"
+        if self.kind == "network":
+            return f"{self.variant} seed {self.seed}"
+        return f"{self.variant} batch {self.batch_size} seed {self.seed}"
+
+
+def plan_jobs(cfg: "StudyConfig") -> List[Job]:
+    """Every job of the study, longest first (so parallel workers finish close together)."""
+    rc = cfg.resnet
+    networks = [Job("network", s, v) for v in rc.variants for s in cfg.train_seeds]
+    networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
+    mlp = [Job("mlp", s) for s in cfg.train_seeds]
+    small = [Job("small_batch", s, v, b) for b in sorted(rc.small_batch_sizes, reverse=True)
+             for v in rc.small_batch_variants for s in cfg.train_seeds]
+    return networks + mlp + small
+
+
+def default_workers() -> int:
+    """One worker per available CPU core."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+# ---- per-process context -----------------------------------------------------------------------
+
+
+class _Context:
+    """The data of one study configuration, prepared once per process."""
+
+    def __init__(self, cfg: "StudyConfig"):
+        self.cfg = cfg
+        self.data: StudyData = load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
+        self._splits: Optional[tuple] = None
+        self._corrupted: Dict[tuple, torch.Tensor] = {}
+
+    def splits(self):
+        """(train, test, calib) image splits for the ResNets, normalized with the training statistics."""
+        if self._splits is None:
+            rc, size = self.cfg.resnet, self.cfg.image_size
+            train_x, train_y = subset(self.data.train_x, self.data.train_y, rc.train_samples, self.cfg.seed)
+            train_x = prepare_images(train_x, size)
+            mean, std = train_x.mean(dim=(0, 2, 3)), train_x.std(dim=(0, 2, 3))
+            test_x, test_y = subset(self.data.test_x, self.data.test_y, rc.eval_samples, self.cfg.seed)
+            calib_idx = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.cfg.seed + 1))
+            calib_idx = calib_idx[: min(rc.calib_samples, len(train_y))]
+            self._splits = (
+                ImageSplit(train_x, train_y, mean, std),
+                ImageSplit(prepare_images(test_x, size), test_y, mean, std),
+                ImageSplit(train_x[calib_idx], train_y[calib_idx], mean, std),
+            )
+        return self._splits
+
+    def corrupted(self, split: str, corruption: str) -> torch.Tensor:
+        """The ``test`` or ``calib`` images under ``corruption`` (same draws for every network)."""
+        key = (split, corruption)
+        if key not in self._corrupted:
+            _, test, calib = self.splits()
+            images = test.x if split == "test" else calib.x
+            index = sorted({*self.cfg.resnet.corruptions, self.cfg.resnet.esm_corruption}).index(corruption)
+            seed = self.cfg.seed + 1000 * (split == "calib") + index
+            self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed)
+        return self._corrupted[key]
+
+
+_CONTEXTS: Dict[str, _Context] = {}
+
+
+def _context(cfg: "StudyConfig") -> _Context:
+    """This process's context for ``cfg`` (one at a time: a new configuration replaces the old one)."""
+    key = repr(cfg.to_dict())
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = _Context(cfg)
+    return _CONTEXTS[key]
+
+
+# ---- the jobs -----------------------------------------------------------------------------------
+
+
+def _mlp_inputs(data: StudyData, x: torch.Tensor) -> torch.Tensor:
+    """Flattened images standardized with the training split's per-channel mean/std."""
+    mean = data.train_x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    std = data.train_x.std(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    return ((x - mean) / std).flatten(1)
+
+
+def _mlp_job(ctx: _Context, seed: int) -> dict:
+    """Section 4 for one seed: setup one (train on S' itself) and setup two (S sampled from S')."""
+    cfg, mc, data = ctx.cfg, ctx.cfg.mlp, ctx.data
+    test_x, test_y = subset(data.test_x, data.test_y, mc.test_samples, cfg.seed)  # S' is fixed across seeds
+    test_x = _mlp_inputs(data, test_x)
+
+    def run(layout: str, x: torch.Tensor, y: torch.Tensor, eval_every: int, esm_every: int) -> dict:
+        model = build_mlp(layout, test_x.shape[1], data.num_classes, mc, seed)
+        return asdict(train_full_batch(model, x, y, test_x, test_y, mc.epochs, mc.lr, eval_every, esm_every))
+
+    setup_one = {label: run(layout, test_x, test_y, mc.eval_every, mc.esm_every)
+                 for label, layout in (("BN", "bn"), ("GNBN", "gnbn"))}
+    sizes = [s for s in mc.train_sizes if s < len(test_y)]  # S must be a proper subset of S'
+    if not sizes:
+        raise ValueError(f"every training-set size {list(mc.train_sizes)} is >= the {len(test_y)} test samples S' it is drawn from")
+    runs: Dict[str, Dict[str, dict]] = {"BN": {}, "GNBN": {}}
+    shift = {}
+    for size in sizes:
+        x, y = subset(test_x, test_y, size, seed * 100_003 + size)
+        shift[str(size)] = input_shift(x, test_x)
+        for label, layout in (("BN", "bn"), ("GNBN", "gnbn")):
+            # setup two: test error every 4 epochs, ESM at the end only (the paper's Fig. 3(c)/5(a))
+            runs[label][str(size)] = run(layout, x, y, max(mc.eval_every, 4), mc.epochs)
+    return {"seed": seed, "test_samples": len(test_y), "setup_one": setup_one,
+            "setup_two": {"train_sizes": sizes, "input_esm_sigma": shift, "runs": runs}}
+
+
+def _network_job(ctx: _Context, job: Job, weights: Path) -> dict:
+    """Train one Section 5 network on the training split, then run the evaluations its variant takes part in."""
+    rc = ctx.cfg.resnet
+    train, test, calib = ctx.splits()
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    steps = rc.train_steps(len(train.y))
+    history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps)
+    _save_weights(model, weights)
+    bs = rc.eval_batch_size
+    out = {"variant": job.variant, "seed": job.seed, "steps": steps, "history": history,
+           "top1": evaluate_top1(model, test.batches(bs))}
+    if job.variant in rc.robustness_variants:
+        summary, targets = robustness_sweep({job.variant: model}, test, rc.deltas, rc.perturb_seeds, rc.blocks, bs)
+        out["robustness"] = {**summary[job.variant], "targets": targets[job.variant]}
+    if job.variant in rc.esm_variants:
+        depth_of = bn_depths(rc)
+        out["esm"] = {
+            "clean": esm_per_layer(model, test.batches(bs), depth_of),
+            "shifted": esm_per_layer(model, test.batches(bs, ctx.corrupted("test", rc.esm_corruption)), depth_of),
+        }
+    if job.variant in rc.adabn_variants:
+        out["adabn"] = {c: adabn_under_corruption(model, test, ctx.corrupted("test", c), calib,
+                                                  ctx.corrupted("calib", c), bs) for c in rc.corruptions}
+    return out
+
+
+def _small_batch_job(ctx: _Context, job: Job) -> dict:
+    """Train with ``job.batch_size`` images per step for the fixed number of iterations; test top-1."""
+    rc = ctx.cfg.resnet
+    train, test, _ = ctx.splits()
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    lr = rc.small_batch_lr(job.batch_size)
+    history = train_classifier(model, train, job.seed, job.batch_size, lr, rc.weight_decay,
+                               rc.warmup_steps, rc.small_batch_iterations)
+    return {"variant": job.variant, "seed": job.seed, "batch_size": job.batch_size, "lr": lr,
+            "iterations": rc.small_batch_iterations, "train_loss": history[-1]["loss"],
+            "top1": evaluate_top1(model, test.batches(rc.eval_batch_size))}
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
+    """Run ``job`` with the study's thread count and the global RNG state left as it was; store its result."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            ctx = _context(cfg)
+            if job.kind == "mlp":
+                result = _mlp_job(ctx, job.seed)
+            elif job.kind == "network":
+                result = _network_job(ctx, job, parts / f"{job.key}.safetensors")
+            else:
+                result = _small_batch_job(ctx, job)
+    finally:
+        torch.set_num_threads(previous)
+    write_json_atomic(parts / f"{job.key}.json", result)
+    return result
+
+
+def run_jobs(
+    cfg: "StudyConfig",
+    jobs: Iterable[Job],
+    parts: Path,
+    workers: int = 1,
+    on_done: Optional[Callable[[Job], None]] = None,
+) -> Dict[str, dict]:
+    """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
+    here) and return every job's result by key."""
+    import json
+
+    jobs = list(jobs)
+    results: Dict[str, dict] = {}
+    pending = []
+    for job in jobs:
+        stored = parts / f"{job.key}.json"
+        if stored.is_file():
+            results[job.key] = json.loads(stored.read_text())
+            if on_done is not None:
+                on_done(job)
+        else:
+            pending.append(job)
+    if workers <= 1 or len(pending) <= 1:
+        for job in pending:
+            results[job.key] = _run_job(cfg, job, parts)
+            if on_done is not None:
+                on_done(job)
+        _CONTEXTS.clear()  # free the data this process loaded
+        return results
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+        futures = {pool.submit(_run_job, cfg, job, parts): job for job in pending}
+        remaining = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for future in done:
+                job = futures[future]
+                results[job.key] = future.result()
+                if on_done is not None:
+                    on_done(job)
+    return results
