@@ -400,3 +400,24 @@ def test_cli_study_help_and_errors(tmp_path):
     for args in (["--dataset", str(tmp_path / "nowhere")], ["--quick", "--full"], ["--seeds", "1"], ["--threads", "0"]):
         result = runner.invoke(eval_app, ["study", *args, "-o", str(tmp_path / "o")])
         assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, args
+
+
+def test_study_compare_reports_verdict_changes(quick_run, tmp_path):
+    from timm_xbn.cli import eval_app
+
+    out, results = quick_run
+    changed = json.loads(json.dumps(results))
+    claim = changed["claims"][4]
+    flipped = HOLDS if claim["verdict"] != HOLDS else CONTRADICTED
+    claim["verdict"], changed["threads"] = flipped, 2
+    claim["effects"][0]["mean"] += 1.5
+    (tmp_path / "study.json").write_text(json.dumps(changed))
+    result = CliRunner().invoke(eval_app, ["study-compare", str(out), str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"{len(results['claims']) - 1} of {len(results['claims'])} claims have the same verdict" in lines[-1]
+    assert sum(line.startswith("[DIFFERENT]") for line in lines) == 1 and "A - B -1.500" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "study.json").write_text('{"kind": "robustness"}')
+    result = CliRunner().invoke(eval_app, ["study-compare", str(out), str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "not a study results file" in result.output

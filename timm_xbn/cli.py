@@ -353,6 +353,38 @@ def eval_study(
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     run_study(cfg, output, resume=not fresh, workers=workers)
 
+@eval_app.command("study-compare")
+@handle_errors
+def eval_study_compare(
+    first: Path = typer.Argument(..., help="Results folder (or study.json) of one study run."),
+    second: Path = typer.Argument(..., help="Results folder (or study.json) of another run."),
+) -> None:
+    """Compare two study runs claim by claim: verdicts, effects and their intervals (e.g. two thread counts or two machines).
+
+    [bold]Examples[/bold]
+
+      xbn-eval study-compare xbn_results/study xbn_results/study_2threads
+    """
+    import json
+
+    from .study import RESULTS_FILE, compare_lines
+
+    loaded = []
+    for path in (first, second):
+        path = path / RESULTS_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no study results at {path} (run `xbn-eval study -o FOLDER` first)")
+        try:
+            results = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if results.get("kind") != "study" or "claims" not in results:
+            raise ValueError(f"{path} is not a study results file (kind {results.get('kind')!r})")
+        loaded.append(results)
+    for line in compare_lines(*loaded):
+        typer.echo(line)
+
+
 # ---- xbn-train --------------------------------------------------------------------------------
 
 

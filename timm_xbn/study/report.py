@@ -14,7 +14,7 @@ import numpy as np
 
 from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, paired_effect
 
-__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines"]
+__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines"]
 
 
 @dataclass
@@ -386,4 +386,30 @@ def summary_lines(results: Mapping) -> List[str]:
     lines.append("")
     lines.append("(* = effect that decides the verdict; the others are reported beside it)")
     lines.append(f"{len(results['claims'])} paper claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    return lines
+
+
+def compare_lines(first: Mapping, second: Mapping) -> List[str]:
+    """Two study results side by side: each claim's verdicts and each effect's means and intervals,
+    e.g. to check that a run with another thread count or on another machine reaches the same verdicts."""
+    other = {c["id"]: c for c in second["claims"]}
+    lines = [f"A: threads {first['threads']}, {first['dataset']['name']}; B: threads {second['threads']}, "
+             f"{second['dataset']['name']}"]
+    same = 0
+    for claim in first["claims"]:
+        match = other.get(claim["id"])
+        if match is None:
+            lines.append(f"[only in A] {claim['claim']}")
+            continue
+        agree = claim["verdict"] == match["verdict"]
+        same += agree
+        lines.append(f"[{'same' if agree else 'DIFFERENT'}] {claim['claim']}: A {claim['verdict']}, B {match['verdict']}")
+        effects_b = {e["name"]: e for e in match["effects"]}
+        for e in claim["effects"]:
+            b = effects_b.get(e["name"])
+            if b is not None:
+                lines.append(f"    {e['name']}: A {e['mean']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] {e['verdict']}; "
+                             f"B {b['mean']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}] {b['verdict']}; "
+                             f"A - B {e['mean'] - b['mean']:+.3f}")
+    lines.append(f"{same} of {len(first['claims'])} claims have the same verdict in both runs.")
     return lines

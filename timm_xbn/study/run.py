@@ -65,7 +65,7 @@ class StudyConfig:
             cfg.train_seeds = (0, 1, 2, 3, 4)
             cfg.resnet = dataclasses.replace(
                 cfg.resnet, variants=tuple(VARIANTS), epochs=3, deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
-                perturb_seeds=(0, 1, 2, 3, 4), small_batch_iterations=1000,
+                perturb_seeds=(0, 1, 2, 3, 4), adabn_variants=("BN", "XBN-GN"), small_batch_iterations=1000,
             )
         return cfg
 
