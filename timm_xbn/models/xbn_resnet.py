@@ -17,10 +17,11 @@ from typing import Any, Callable, Dict
 
 import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..surgery import convert
+from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
 
 __all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
 
@@ -107,7 +108,14 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
     variant = dict(XBN_VARIANTS[name])
     base = variant.pop("base")
     model_args = dict(_BASE_ARCHS[base], zero_init_last=False, **variant)
-    return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    if not pretrained:
+        return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
+    check_hub_weights(cfg)  # fails in one line, without a minute of retries, when the tag has no weights
+    try:
+        return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    except HUB_ERRORS as err:  # the repo exists but holds no weights file timm can load
+        raise unavailable(f"{name}.{cfg.get('tag')}", cfg["hf_hub_id"], f"has no loadable weights ({type(err).__name__})") from None
 
 
 def _entrypoint(name: str) -> Callable[..., XBNResNet]:
