@@ -11,16 +11,17 @@ applied at construction, so ``convert(timm.create_model("resnet50"))`` and
 ``timm.create_model("xbn_resnet50")`` have identical state-dict keys and shapes. The surgery
 settings can be overridden per call (``timm.create_model("xbn_resnet50", position="P1")``).
 Unlike timm's ResNets, the last BN of each block is not zero-initialised by default
-(``zero_init_last=False``), following the authors' code.
+(``zero_init_last=False``), following the authors' code; ``xbn_converted`` built from scratch does
+the same for every base model that has the option.
 """
 from typing import Any, Callable, Dict
 
-import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..surgery import convert
+from .factory import create_base_model
 from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
 
 __all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
@@ -138,8 +139,7 @@ for _name in XBN_VARIANTS:
 
 def _build_converted(base_model: str = "resnet26", **kwargs: Any):
     surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
-    model = timm.create_model(base_model, **kwargs)
-    return convert(model, inplace=True, **surgery).model
+    return convert(create_base_model(base_model, **kwargs), inplace=True, **surgery).model
 
 
 @register_model
