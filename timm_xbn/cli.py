@@ -365,7 +365,9 @@ def xbn_train(
     (weights-only .pth.tar + model_best.safetensors), summary.csv and results.json to OUTPUT/EXPERIMENT.
     [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training.
     Unknown keys and train.py keys xbn-train does not implement are errors naming the key;
-    [bold]python -m timm_xbn.training --help[/bold] lists every flag.
+    [bold]python -m timm_xbn.training --help[/bold] lists every flag. A fresh run into an experiment folder
+    that holds checkpoints is refused; [bold]--resume auto[/bold] continues its newest state.
+    timm's own validate.py / benchmark.py see the xbn_* models through [bold]python -m timm_xbn.launch SCRIPT ARGS[/bold].
 
     [bold]Examples[/bold]
 
