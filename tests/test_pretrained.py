@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 import timm_xbn  # noqa: F401  (registers the xbn_* models)
 from timm_xbn.models import export_model
-from timm_xbn.models.pretrained import PretrainedWeightsUnavailable
+from timm_xbn.models import PretrainedWeightsUnavailable
 
 TINY = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
 
