@@ -147,3 +147,21 @@ def test_key_list_against_timm_sources(timm_sdist):
     used = _train_py_keys_from_tests(tests)
     assert len(used) > 20  # the extraction found timm's train.py tests
     assert used <= TRAIN_PY_KEYS, f"train.py keys used by timm's tests but unknown here: {sorted(used - TRAIN_PY_KEYS)}"
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_recipe_gives_the_cpu_override_for_train_py(path):
+    """``amp: true`` makes timm's train.py autocast to float16 on a CPU (slow); train.py has no --no-amp,
+    so the recipe names --amp-dtype bfloat16 next to the key, with flags both trainers parse."""
+    text = path.read_text()
+    note = text[text.index("\namp: true"):text.index("\nchannels_last:")]
+    assert "--device cpu --amp-dtype bfloat16" in note and "float16" in note and "no --no-amp" in note
+    assert "no_amp" not in TRAIN_PY_KEYS and "amp_dtype" in SUPPORTED_KEYS
+    args = build_args(path, argv=["--device", "cpu", "--amp-dtype", "bfloat16"])
+    assert args.amp and (args.device, args.amp_dtype) == ("cpu", "bfloat16")
+
+
+def test_finetune_recipe_says_how_to_change_the_class_count():
+    header = (REPO / "recipes" / "finetune_converted.yaml").read_text()
+    assert "xbn-convert resnet50 --pretrained --position P2 --every 1 --num-classes K" in header
+    assert re.search(r"--initial-checkpoint converted/resnet50_p2_K/model.safetensors --num-classes K", header)

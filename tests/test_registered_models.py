@@ -155,3 +155,66 @@ def test_local_dir_model_loads_its_own_weights(tmp_path):
         assert torch.equal(loaded.state_dict()[key], value), key
     with pytest.raises(FileNotFoundError, match="no config.json"):
         create_model(f"local-dir:{tmp_path / 'missing'}")
+
+
+def _norm_weights(model: nn.Module):
+    """Affine weights of every BN and batch-free norm, by module name."""
+    from timm_xbn.layers import is_batch_free
+
+    return {n: m.weight.detach() for n, m in model.named_modules()
+            if (isinstance(m, nn.BatchNorm2d) or is_batch_free(m)) and getattr(m, "weight", None) is not None}
+
+
+@pytest.mark.parametrize("position", [2, 3])
+def test_converted_from_scratch_initialises_norms_like_the_xbn_models(position):
+    """timm zero-initialises the last BN of each ResNet block (bn3 weight 0); the xbn_* models and the
+    authors' code start it at 1. xbn_converted and xbn-train --convert-from must start like xbn_resnet26
+    (for P3 the BFN replacing bn3 inherits that weight)."""
+    from timm_xbn.training import build_args
+    from timm_xbn.training.model import create_train_model
+
+    narrow = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+    registered = _norm_weights(timm.create_model("xbn_resnet26", position=position, **narrow))
+    assert all(torch.equal(w, torch.ones_like(w)) for w in registered.values())
+    converted = _norm_weights(timm.create_model("xbn_converted", base_model="resnet26", position=position, **narrow))
+    argv = ["--convert-from", "resnet26", "--position", f"P{position}", "--model-kwargs", "layers=[1,1,1,1]",
+            "channels=[8,16,32,64]", "stem_width=8"]
+    trained = _norm_weights(create_train_model(build_args(argv=argv), in_chans=3))
+    for weights in (converted, trained):
+        assert weights.keys() == registered.keys()
+        for name, weight in registered.items():
+            assert torch.equal(weights[name], weight), name
+    assert not torch.any(timm.create_model("resnet26", **narrow).layer1[0].bn3.weight)  # what timm alone does
+    # an explicit choice is kept, and bases without the option (EfficientNet) still build
+    zeroed = timm.create_model("xbn_converted", base_model="resnet26", position=position, zero_init_last=True, **narrow)
+    assert not torch.any(zeroed.layer1[0].bn3.weight)
+    assert type(timm.create_model("xbn_converted", base_model="efficientnet_b0", groups=8)).__name__ == "EfficientNet"
+
+
+def test_convert_num_classes_gives_a_fresh_head_that_train_py_initial_checkpoint_takes(tmp_path):
+    """finetune_converted.yaml on another dataset: a 1000-class checkpoint converted with --num-classes K
+    loads as --initial-checkpoint into the recipe's xbn_converted model with --num-classes K."""
+    from timm_xbn.models import load_weights
+    from timm_xbn.training import build_args
+    from timm_xbn.training.model import create_train_model
+
+    narrow = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+    torch.manual_seed(0)
+    bn = timm.create_model("resnet26", **narrow)  # 1000 classes, like timm's ImageNet weights
+    save_file(bn.state_dict(), str(tmp_path / "bn.safetensors"))
+    kwargs = '{"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}'
+    result = CliRunner().invoke(convert_app, ["resnet26", "--checkpoint", str(tmp_path / "bn.safetensors"), "--model-kwargs", kwargs,
+                                              "--num-classes", "5", "--out", str(tmp_path / "conv")])
+    assert result.exit_code == 0, result.output
+    exported = load_exported(tmp_path / "conv")
+    assert exported.get_classifier().out_features == 5 and exported.num_classes == 5
+    reference = timm_xbn.convert(bn).model.state_dict()
+    for key, value in exported.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, reference[key]), key  # everything but the head kept bit-exact
+    argv = ["--model", "xbn_converted", "--model-kwargs", "base_model=resnet26", "layers=[1,1,1,1]", "channels=[8,16,32,64]",
+            "stem_width=8", "--num-classes", "5", "--initial-checkpoint", str(tmp_path / "conv" / "model.safetensors")]
+    model = create_train_model(build_args(argv=argv), in_chans=3)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in exported.state_dict().items())
+    with pytest.raises(ValueError, match=r"fc.weight: checkpoint \(1000, 256\) vs model \(5, 256\)"):  # what the recipe hit before
+        load_weights(timm.create_model("xbn_converted", base_model="resnet26", num_classes=5, **narrow), tmp_path / "bn.safetensors")

@@ -430,3 +430,26 @@ def test_distributed_stats_equal_single_process_on_all_data(tmp_path):
         mean, var = population_stats([net[0](data).detach()])
         torch.testing.assert_close(got["running"]["1.running_mean"].double(), mean, rtol=0, atol=1e-5)
         torch.testing.assert_close(got["running"]["1.running_var"].double(), var, rtol=0, atol=1e-5)
+
+
+def test_perturbation_and_shared_pass_sweep_leave_the_global_rng_untouched():
+    """The factors come from a generator of their own: a version that seeded or drew from the global
+    torch RNG gives the same factors (so no other test notices), but changes every random number the
+    caller draws afterwards (its data order, augmentations, dropout). The global state must not move."""
+    from timm_xbn.evaluation.sweep import SharedPass, robustness_settings
+
+    net = tiny_net()
+    x, y = tiny_batches(sizes=(6,))[0], torch.tensor([0, 1, 2, 0, 1, 2])
+    targets = ["1", "5"]
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    factors = perturbation_factors([4, 5], delta=0.5, seed=3)
+    with perturb_bn_stats(net, delta=0.5, seed=3, targets=targets):
+        net(x)
+    sweep = SharedPass({"net": net}, robustness_settings(["net"], [0.3, 0.9], [0, 1]), {"net": targets})
+    sweep.update(x, y)
+    assert torch.equal(torch.get_rng_state(), state)
+    # and the same factors whatever the global state (independent of it, not merely restored)
+    torch.manual_seed(99)
+    again = perturbation_factors([4, 5], delta=0.5, seed=3)
+    assert all(torch.equal(a, b) for pair_a, pair_b in zip(factors, again) for a, b in zip(pair_a, pair_b))

@@ -272,3 +272,134 @@ def test_sync_bn_conversion_keeps_batch_free_norms():
     kinds = {n: type(m) for n, m in synced.named_modules()}
     assert all(kinds[n] is type(m) for n, m in model.named_modules() if is_batch_free(m))
     assert all(kinds[n] is nn.SyncBatchNorm for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def _error_line(result) -> str:
+    """The single red error line of a failed CLI call (exit 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+@pytest.fixture
+def no_model_building(monkeypatch):
+    """Fail the test if xbn-train gets as far as building a model."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was built before the output location was checked")
+
+    monkeypatch.setattr("timm_xbn.training.engine.create_train_model", refuse)
+
+
+def test_unusable_output_fails_before_any_model_or_data_work(data, tmp_path, no_model_building):
+    runner = CliRunner()
+    out_file = tmp_path / "out_file"
+    out_file.write_text("keep me")
+    base = ["--data-dir", str(data), *TINY, "--epochs", "1"]
+    line = _error_line(runner.invoke(train_app, base + ["--output", str(out_file)]))
+    assert f"output folder {out_file} is an existing file" in line
+    line = _error_line(runner.invoke(train_app, base + ["--output", str(tmp_path), "--experiment", "out_file"]))
+    assert "is an existing file" in line
+    line = _error_line(runner.invoke(train_app, base + ["--output", str(out_file), "--experiment", "e"]))
+    assert f"cannot write to output folder {out_file / 'e'}: Not a directory" in line
+    assert out_file.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_fails_before_any_model_work(data, tmp_path, no_model_building):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = CliRunner().invoke(train_app, ["--data-dir", str(data), *TINY, "--output", str(locked), "--experiment", "e"])
+        assert "cannot write to output folder" in _error_line(result)
+    finally:
+        locked.chmod(0o700)
+
+
+def _tree(folder: Path):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_fresh_run_never_mixes_with_an_earlier_runs_checkpoints(data, tmp_path):
+    """The issue's case: an interrupted run leaves recovery files; a fresh run into the same
+    experiment folder is refused (nothing changed), and --resume auto continues the earlier run."""
+    common = ["--data-dir", str(data), *TINY, "--epochs", "2", "--recovery-interval", "2", "--output", str(tmp_path)]
+    train(build_args(argv=common + ["--experiment", "e", "--stop-after-steps", "9"]))
+    folder = tmp_path / "e"
+    assert {"last.pth.tar", "recovery-1-2.pth.tar"} <= set(_tree(folder))
+    before = _tree(folder)
+    for extra in ([], ["--lr", "0.5"], ["--resume", str(tmp_path / "elsewhere" / "last.pth.tar")]):
+        with pytest.raises(ValueError, match=r"e holds checkpoints of an earlier run \(checkpoint-0.pth.tar, last.pth.tar, "
+                                             r"model_best.pth.tar, recovery-0-4.pth.tar \+1 more\): continue it with --resume auto"):
+            train(build_args(argv=common + ["--experiment", "e"] + extra))
+    assert _tree(folder) == before
+    result = train(build_args(argv=common + ["--experiment", "e", "--resume", "auto"]))
+    assert result["epochs"] == 2
+    last = torch.load(folder / "last.pth.tar", map_location="cpu", weights_only=True)
+    assert last["progress"]["num_updates"] == 12  # 2 epochs x 6 updates: continued, not restarted
+    # a folder whose checkpoints are all damaged is an error for --resume auto, not a silent fresh start
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "last.pth.tar").write_bytes((folder / "last.pth.tar").read_bytes()[:5000])
+    with pytest.raises(ValueError, match="no readable checkpoint in .*damaged: last.pth.tar"):
+        train(build_args(argv=common + ["--experiment", "damaged", "--resume", "auto"]))
+
+
+def test_resume_auto_takes_the_newest_state_and_old_recovery_files_go(data, tmp_path):
+    """Run 1 stops at update 11 (recovery-1-2 = update 8, recovery-1-4 = update 10, last = update 6).
+    Run 2 resumes from last.pth.tar and stops at update 9: it rewrote recovery-1-2 (update 8), and the
+    older recovery-1-4 (update 10, more updates but an abandoned state) must be gone, so --resume auto
+    takes run 2's state. After the final resume only that process's recovery files remain."""
+    from timm_xbn.training import find_resume_checkpoint
+
+    common = ["--data-dir", str(data), *TINY, "--epochs", "3", "--recovery-interval", "2", "--output", str(tmp_path),
+              "--experiment", "e"]
+    folder = tmp_path / "e"
+    train(build_args(argv=common + ["--stop-after-steps", "11"]))
+    assert sorted(p.name for p in folder.glob("recovery-*")) == ["recovery-1-2.pth.tar", "recovery-1-4.pth.tar"]
+    train(build_args(argv=common + ["--resume", str(folder / "last.pth.tar"), "--stop-after-steps", "9"]))
+    assert sorted(p.name for p in folder.glob("recovery-*")) == ["recovery-1-2.pth.tar"]
+    newest = find_resume_checkpoint(folder)
+    assert Path(newest).name == "recovery-1-2.pth.tar"
+    assert torch.load(newest, map_location="cpu", weights_only=True)["progress"]["num_updates"] == 8
+    train(build_args(argv=common + ["--resume", "auto"]))
+    # the final process saved recovery-1-4, -2-2 and -2-4 (timm keeps its last two); recovery-1-2 of run 2 is gone
+    assert sorted(p.name for p in folder.glob("recovery-*")) == ["recovery-2-2.pth.tar", "recovery-2-4.pth.tar"]
+    assert torch.load(folder / "last.pth.tar", map_location="cpu", weights_only=True)["progress"]["num_updates"] == 18
+
+
+def test_bad_training_inputs_are_one_line_errors(data, tmp_path):
+    """Each case: exit 2 and one red line naming the problem, never a traceback."""
+    import argparse
+
+    runner = CliRunner()
+    base = ["--data-dir", str(data), *TINY, "--epochs", "2", "--output", str(tmp_path)]
+    train(build_args(argv=base + ["--epochs", "1", "--experiment", "src"]))
+    good = tmp_path / "src" / "last.pth.tar"
+    (tmp_path / "truncated.pth.tar").write_bytes(good.read_bytes()[:20000])
+    (tmp_path / "text.pth.tar").write_text("hello\n")
+    state = torch.load(good, map_location="cpu", weights_only=True)
+    state["args"] = argparse.Namespace(model="resnet26")  # as timm's train.py saves its args: a pickled object
+    torch.save(state, tmp_path / "pickled.pth.tar")
+    (tmp_path / "bad.yaml").write_text("model: [resnet50\nepochs: 3\n")
+    other_model = ["--data-dir", str(data), "--model", "resnet18", "--model-kwargs", "channels=[8,16,32,64]", "stem_width=8",
+                   "--num-classes", "3", "--img-size", "32", "-b", "4", "--workers", "0", "--device", "cpu",
+                   "--output", str(tmp_path)]
+    cases = [
+        (base + ["-c", str(tmp_path / "bad.yaml")], "bad.yaml: not valid YAML at line 2, column 7"),
+        (base + ["--resume", str(tmp_path / "truncated.pth.tar")], "not a torch checkpoint, or truncated"),
+        (base + ["--resume", str(tmp_path / "text.pth.tar")], "text.pth.tar: not a torch checkpoint, or truncated"),
+        (base + ["--resume", str(tmp_path / "pickled.pth.tar")], "holds pickled Python objects, which are never loaded"),
+        (other_model + ["--resume", str(good)], "its model (xbn_converted(resnet26,P2,every=1,gn)) does not fit this run's resnet18"),
+        (base + ["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (base + ["-j", "-1"], "-j/--workers must be at least 0, got -1"),
+        (base + ["--recovery-interval", "-5"], "--recovery-interval must be at least 0"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((base + ["--device", "cuda"], "device 'cuda' requested but CUDA is not available"))
+    for argv, expected in cases:
+        line = _error_line(runner.invoke(train_app, argv))
+        assert expected in line, (argv, line)
+    assert not (tmp_path / "pickled.pth.tar.tmp").exists() and good.read_bytes()  # inputs untouched

@@ -406,7 +406,9 @@ def xbn_train(
     (weights-only .pth.tar + model_best.safetensors), summary.csv and results.json to OUTPUT/EXPERIMENT.
     [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training.
     Unknown keys and train.py keys xbn-train does not implement are errors naming the key;
-    [bold]python -m timm_xbn.training --help[/bold] lists every flag.
+    [bold]python -m timm_xbn.training --help[/bold] lists every flag. A fresh run into an experiment folder
+    that holds checkpoints is refused; [bold]--resume auto[/bold] continues its newest state.
+    timm's own validate.py / benchmark.py see the xbn_* models through [bold]python -m timm_xbn.launch SCRIPT ARGS[/bold].
 
     [bold]Examples[/bold]
 
@@ -457,6 +459,7 @@ def convert(
     checkpoint: Optional[Path] = typer.Option(None, help="BN checkpoint of MODEL to convert (.safetensors or weights-only .pth)."),
     authors: Optional[Path] = typer.Option(None, help="Import a checkpoint in the authors' released layout (GN stem + P2) for arch MODEL."),
     model_kwargs: Optional[str] = typer.Option(None, help="JSON dict of timm kwargs, e.g. '{\"num_classes\": 10}'."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="After loading the weights, replace the classifier with a fresh one for K classes (fine-tuning on another dataset)."),
 ) -> None:
     """Convert a timm BN model into an XBNBlock model and save it in timm's Hub format.
 
@@ -466,6 +469,7 @@ def convert(
       xbn-convert resnet50 --checkpoint my_resnet50.safetensors --out my_xbn_resnet50
       xbn-convert regnety_016 --groups 8 --model-kwargs '{"num_classes": 10}' --out xbn_regnety
       xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
+      xbn-convert resnet50 --pretrained --num-classes 10 --out resnet50_p2_10cls  [dim](ImageNet weights, fresh 10-class head)[/dim]
     """
     from .models.checkpoints import convert_pretrained, export_model, import_authors_checkpoint
 
@@ -477,6 +481,8 @@ def convert(
             model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=kwargs, position=position,
             every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group, stem=stem,
         )
+    if num_classes is not None:
+        converted.reset_classifier(num_classes)  # timm's fresh head; the checkpoint's classifier is dropped
     replaced = sum(is_batch_free(m) for m in converted.modules())
     folder = export_model(converted, out)
     architecture = converted.pretrained_cfg["architecture"]

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .checkpoints import load_weights
 
-__all__ = ["check_model_name", "create_model"]
+__all__ = ["check_model_name", "create_model", "create_base_model"]
 
 
 LOCAL_DIR = "local-dir:"
@@ -43,3 +43,18 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model
+
+
+def create_base_model(name: str, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` for a BN model about to be converted: the last BN of each residual block
+    is not zero-initialised (``zero_init_last=False`` where the model takes it, e.g. ResNets, RegNets),
+    so a from-scratch ``xbn_converted`` starts like the registered ``xbn_*`` models and the authors'
+    code. Models without that option (EfficientNets, ...) are built as they are."""
+    if "zero_init_last" in kwargs:
+        return timm.create_model(name, **kwargs)
+    try:
+        return timm.create_model(name, zero_init_last=False, **kwargs)
+    except TypeError as err:
+        if "zero_init_last" not in str(err):
+            raise
+        return timm.create_model(name, **kwargs)

@@ -11,16 +11,18 @@ applied at construction, so ``convert(timm.create_model("resnet50"))`` and
 ``timm.create_model("xbn_resnet50")`` have identical state-dict keys and shapes. The surgery
 settings can be overridden per call (``timm.create_model("xbn_resnet50", position="P1")``).
 Unlike timm's ResNets, the last BN of each block is not zero-initialised by default
-(``zero_init_last=False``), following the authors' code.
+(``zero_init_last=False``), following the authors' code; ``xbn_converted`` built from scratch does
+the same for every base model that has the option.
 """
 from typing import Any, Callable, Dict
 
-import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..surgery import convert
+from .factory import create_base_model
+from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
 
 __all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
 
@@ -107,7 +109,14 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
     variant = dict(XBN_VARIANTS[name])
     base = variant.pop("base")
     model_args = dict(_BASE_ARCHS[base], zero_init_last=False, **variant)
-    return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    if not pretrained:
+        return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
+    check_hub_weights(cfg)  # fails in one line, without a minute of retries, when the tag has no weights
+    try:
+        return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
+    except HUB_ERRORS as err:  # the repo exists but holds no weights file timm can load
+        raise unavailable(f"{name}.{cfg.get('tag')}", cfg["hf_hub_id"], f"has no loadable weights ({type(err).__name__})") from None
 
 
 def _entrypoint(name: str) -> Callable[..., XBNResNet]:
@@ -130,8 +139,7 @@ for _name in XBN_VARIANTS:
 
 def _build_converted(base_model: str = "resnet26", **kwargs: Any):
     surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
-    model = timm.create_model(base_model, **kwargs)
-    return convert(model, inplace=True, **surgery).model
+    return convert(create_base_model(base_model, **kwargs), inplace=True, **surgery).model
 
 
 @register_model

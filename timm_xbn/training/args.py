@@ -15,7 +15,7 @@ import yaml
 
 __all__ = [
     "SUPPORTED_KEYS", "UNSUPPORTED_KEYS", "TRAIN_PY_KEYS", "XBN_KEYS",
-    "create_parser", "load_recipe", "build_args", "config_dict", "resolve_lr",
+    "create_parser", "load_recipe", "build_args", "check_values", "config_dict", "resolve_lr",
 ]
 
 
@@ -59,7 +59,7 @@ def _add_train_py_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="resnet50", metavar="MODEL", help="name of the timm model to train")
     group.add_argument("--pretrained", action="store_true", default=False, help="start from pretrained weights (the base model's with --convert-from)")
     group.add_argument("--initial-checkpoint", default="", metavar="PATH", help="load these weights (safetensors / weights-only) after creating the model")
-    group.add_argument("--resume", default="", metavar="PATH", help="resume model, optimizer, scheduler, EMA and RNG state from a checkpoint; 'auto' = newest in the experiment dir")
+    group.add_argument("--resume", default="", metavar="PATH", help="resume model, optimizer, scheduler, EMA and RNG state from a checkpoint; 'auto' = the newest state in the experiment folder")
     group.add_argument("--no-resume-opt", action="store_true", default=False, help="do not resume optimizer, AMP scaler and scheduler state")
     group.add_argument("--num-classes", type=int, default=None, metavar="N", help="number of label classes (model default if None)")
     group.add_argument("--gp", default=None, metavar="POOL", help="global pool type (model default if None)")
@@ -295,7 +295,12 @@ def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
-    cfg = yaml.safe_load(path.read_text()) or {}
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:  # e.g. an unclosed bracket: name the file and the place, in one line
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping of train.py keys, found {type(cfg).__name__}")
     for key in cfg:
@@ -336,7 +341,25 @@ def build_args(config: Optional[Union[str, Path]] = None, argv: Sequence[str] = 
     args.config = str(config) if config else ""
     if args.data and not args.data_dir:
         args.data_dir = args.data
+    check_values(args)
     return args
+
+
+# Smallest value of the integer options whose out-of-range values would crash deep inside timm / torch
+# (None = unset, allowed).
+_MINIMUM = {
+    "epochs": 1, "batch_size": 1, "validation_batch_size": 1, "grad_accum_steps": 1, "img_size": 1,
+    "checkpoint_hist": 1, "log_interval": 1, "workers": 0, "recovery_interval": 0,
+}
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` naming the flag when an option is out of range (``--epochs 0``, ``-j -1``),
+    before any model or data is built."""
+    for key, minimum in _MINIMUM.items():
+        value = getattr(args, key)
+        if value is not None and value < minimum:
+            raise ValueError(f"{'/'.join(_ACTIONS[key].option_strings)} must be at least {minimum}, got {value}")
 
 
 def config_dict(args: argparse.Namespace) -> Dict[str, Any]:

@@ -8,6 +8,7 @@ rank's RNG states. The best weights are also exported as ``model_best.safetensor
 """
 import glob
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -21,8 +22,12 @@ from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
 __all__ = [
     "capture_rng_state", "restore_rng_state", "gather_rng_states", "TrainCheckpointSaver",
-    "load_training_checkpoint", "find_resume_checkpoint", "save_safetensors_atomic", "unwrapped_state_dict",
+    "load_training_checkpoint", "find_resume_checkpoint", "checkpoint_files", "save_safetensors_atomic",
+    "unwrapped_state_dict",
 ]
+
+#: The files a run leaves in its experiment folder that ``--resume`` reads (timm's CheckpointSaver names).
+CHECKPOINT_PATTERNS = ("last.pth.tar", "model_best.pth.tar", "checkpoint-*.pth.tar", "recovery-*.pth.tar")
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -79,13 +84,14 @@ class TrainCheckpointSaver(CheckpointSaver):
         task: the timm ``TrainingTask`` owning the model (and EMA).
         optimizer / amp_scaler: saved with the model.
         config: the resolved options (plain types), stored as ``args``.
+        arch: the model's name stored as ``arch`` (default: ``config["model"]``).
         training_state: returns the progress / scheduler / RNG entries to add at each save.
         export_best: also write the evaluated weights as ``model_best.safetensors``.
         Other arguments as ``timm.utils.CheckpointSaver``.
     """
 
     def __init__(self, task, optimizer, config: Dict[str, Any], training_state: Callable[[], Dict[str, Any]],
-                 amp_scaler=None, checkpoint_dir: str = "", recovery_dir: str = "", decreasing: bool = False,
+                 arch: str = "", amp_scaler=None, checkpoint_dir: str = "", recovery_dir: str = "", decreasing: bool = False,
                  max_history: int = 10, export_best: Callable[[], Dict[str, torch.Tensor]] = None):
         super().__init__(
             model=task.get_trainable_module(), optimizer=optimizer, args=None, amp_scaler=amp_scaler,
@@ -93,13 +99,35 @@ class TrainCheckpointSaver(CheckpointSaver):
             max_history=max_history, task=task,
         )
         self.config = config
+        self.arch = arch or config.get("model", "")
         self.training_state = training_state
         self.export_best = export_best
+        self.superseded: List[str] = []
+
+    def supersede(self, paths: List[str]) -> None:
+        """Delete ``paths`` (recovery files of the run before a resume) once this run has saved a newer state,
+        so that they neither pile up nor win a later ``--resume auto``."""
+        self.superseded = list(paths)
+
+    def _drop_superseded(self) -> None:
+        for path in self.superseded:
+            if os.path.exists(path) and path != self.curr_recovery_file:
+                os.remove(path)
+        self.superseded = []
+
+    def save_checkpoint(self, epoch, metric=None):
+        result = super().save_checkpoint(epoch, metric)
+        self._drop_superseded()
+        return result
+
+    def save_recovery(self, epoch, batch_idx=0):
+        super().save_recovery(epoch, batch_idx)
+        self._drop_superseded()
 
     def _save(self, save_path, epoch, metric=None):
         state = {
             "epoch": epoch,
-            "arch": self.config.get("model", ""),
+            "arch": self.arch,
             "version": 2,
             "args": self.config,
             "optimizer": self.optimizer.state_dict(),
@@ -137,27 +165,45 @@ class TrainCheckpointSaver(CheckpointSaver):
 
 
 def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Load an xbn-train checkpoint with ``weights_only=True`` (CPU tensors)."""
+    """Load an xbn-train checkpoint with ``weights_only=True`` (CPU tensors); a file that is missing,
+    damaged, pickled (needs ``weights_only=False``) or not a training checkpoint is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint to resume not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ValueError(f"cannot resume from {path}: not a torch checkpoint, or damaged ({err})") from None
+        raise ValueError(f"cannot resume from {path}: it holds pickled Python objects, which are never loaded "
+                         "(weights_only); resume from a checkpoint written by xbn-train, or start from its "
+                         "weights with --initial-checkpoint") from None
+    except Exception as err:  # truncated zip, a text file, ...: torch raises many types
+        raise ValueError(f"cannot resume from {path}: not a torch checkpoint, or truncated "
+                         f"({type(err).__name__}: {err})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "progress" not in checkpoint:
         raise ValueError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
     return checkpoint
 
 
+def checkpoint_files(folder: Union[str, Path]) -> List[str]:
+    """The checkpoint files of ``folder`` (``CHECKPOINT_PATTERNS``), sorted."""
+    return sorted(path for pattern in CHECKPOINT_PATTERNS for path in glob.glob(os.path.join(str(folder), pattern)))
+
+
 def find_resume_checkpoint(folder: Union[str, Path]) -> Optional[str]:
-    """The most advanced checkpoint in ``folder`` (``last.pth.tar`` or a newer recovery file), or None."""
+    """The newest state in ``folder``: the ``last.pth.tar`` or ``recovery-*.pth.tar`` with the most
+    updates (the more recently written one on a tie), or None when none can be read."""
     candidates = glob.glob(os.path.join(str(folder), "last.pth.tar")) + glob.glob(os.path.join(str(folder), "recovery-*.pth.tar"))
-    best, best_updates = None, -1
+    best, best_key = None, None
     for path in candidates:
         try:
             progress = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("progress", {})
         except Exception:  # a truncated file from a kill mid-write is skipped, the previous one still exists
             continue
-        if progress.get("num_updates", -1) > best_updates:
-            best, best_updates = path, progress["num_updates"]
+        key = (progress.get("num_updates", -1), os.path.getmtime(path))
+        if best_key is None or key > best_key:
+            best, best_key = path, key
     return best
 
 

@@ -9,6 +9,7 @@ saves checkpoints (see ``checkpoint.py``) and writes ``results.json`` at the end
 import argparse
 import copy
 import csv
+import glob
 import importlib
 from contextlib import nullcontext
 from datetime import datetime
@@ -30,15 +31,17 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
 
+from ..models import state_dict_mismatch
 from .args import config_dict, resolve_lr
 from .checkpoint import (
-    TrainCheckpointSaver, find_resume_checkpoint, gather_rng_states, load_training_checkpoint,
-    restore_rng_state, save_safetensors_atomic, unwrapped_state_dict,
+    TrainCheckpointSaver, gather_rng_states, load_training_checkpoint, restore_rng_state, save_safetensors_atomic,
+    unwrapped_state_dict,
 )
 from .data import (
     ResumableSampler, create_datasets, create_eval_loader, create_mixup, create_train_loader, mixup_active, position_loader,
 )
 from .model import create_train_model, model_label, surgery_settings
+from .output import check_writable, resume_path
 
 __all__ = ["train", "Trainer"]
 
@@ -131,24 +134,36 @@ class Trainer:
             raise ValueError("bce_target_thresh needs bce_loss")
         self.task = ClassificationTask(model, criterion_kwargs=criterion, device=self.device, verbose=False)
 
-    def _load_resume(self) -> Optional[Dict[str, Any]]:
+    def _check_output(self) -> None:
+        """Before any model or data work: the output folder is writable, and the experiment folder
+        holds no other run's checkpoints (sets ``resume_path``, the checkpoint to resume from)."""
         args = self.args
-        path = args.resume
-        if path == "auto":
-            if not args.experiment:
+        root = Path(args.output or "./output/train")
+        if not args.experiment:
+            if args.resume == "auto":
                 raise ValueError("--resume auto needs --experiment NAME (the folder to continue in)")
-            path = find_resume_checkpoint(self.output_dir)
-            if path is None:
-                self.console.print(f"no checkpoint in {self.output_dir}: starting a fresh run")
+            check_writable(root)
+            self.resume_path = args.resume
+            return
+        check_writable(root / args.experiment)
+        self.resume_path = resume_path(root / args.experiment, args.resume)
+        if args.resume == "auto" and not self.resume_path:
+            self.console.print(f"no checkpoint in {root / args.experiment}: starting a fresh run")
+
+    def _load_resume(self) -> Optional[Dict[str, Any]]:
+        args, path = self.args, self.resume_path
         if not path:
             return None
         checkpoint = load_training_checkpoint(path)
+        problems = state_dict_mismatch(self.task.get_trainable_module(), checkpoint["state_dict"], limit=3)
+        if problems:
+            raise ValueError(f"cannot resume from {path}: its model ({checkpoint.get('arch') or 'unknown'}) does not fit "
+                             f"this run's {self.label}: {'; '.join(problems)}")
         self.task.load_checkpoint_state(checkpoint["state_dict"], checkpoint.get("task_state"))
         if not args.no_resume_opt:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
             if self.loss_scaler is not None and NativeScaler.state_dict_key in checkpoint:
                 self.loss_scaler.load_state_dict(checkpoint[NativeScaler.state_dict_key])
-        self.resume_path = str(path)
         self.console.print(f"resuming from {path} at epoch {checkpoint['progress']['epoch']}, batch {checkpoint['progress']['batch']}")
         return checkpoint
 
@@ -231,7 +246,7 @@ class Trainer:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "args.yaml").write_text(yaml.safe_dump(self.config, sort_keys=True))
         self.saver = TrainCheckpointSaver(
-            self.task, self.optimizer, self.config, self._training_state, amp_scaler=self.loss_scaler,
+            self.task, self.optimizer, self.config, self._training_state, arch=self.label, amp_scaler=self.loss_scaler,
             checkpoint_dir=str(self.output_dir), recovery_dir=str(self.output_dir),
             decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist, export_best=self._evaluated_weights,
         )
@@ -239,6 +254,7 @@ class Trainer:
         resumed_here = self.resume_path and Path(self.resume_path).resolve().parent == self.output_dir.resolve()
         if resumed_here:
             self.saver.load_state_dict(self.resume_checkpoint["saver"])
+            self.saver.supersede(glob.glob(str(self.output_dir / "recovery-*.pth.tar")))
             _trim_summary(summary, self.progress["epoch"])
         elif summary.exists():
             summary.unlink()  # a fresh run into an existing folder starts a fresh summary, like train.py
@@ -414,6 +430,7 @@ class Trainer:
 
     def _run(self) -> Dict[str, Any]:
         args = self.args
+        self._check_output()
         self._build_model()
         self._setup_output()
         self._build_data()

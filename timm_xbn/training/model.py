@@ -5,7 +5,7 @@ from typing import Any, Dict, Tuple
 import timm
 import torch.nn as nn
 
-from ..models import SURGERY_KWARGS, check_model_name, load_weights
+from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
 from ..surgery import convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
@@ -62,8 +62,9 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
         if name is None:
             raise ValueError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
     check_model_name(name)
+    create = create_base_model if surgery is not None else timm.create_model
     try:
-        model = timm.create_model(name, pretrained=args.pretrained, **common, **kwargs)
+        model = create(name, pretrained=args.pretrained, **common, **kwargs)
     except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash
         raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if surgery is not None:

@@ -1,0 +1,66 @@
+"""Pretrained weights of the ``xbn_*`` tags: a fast, one-line error when their Hub repo has none.
+
+Every registered model advertises ``<name>.in1k`` (and ``.authors_in1k``) tags whose weights live
+in ``timm-xbn/<name>.<tag>`` repos that may not be published. timm's own loader would then spend
+about a minute in huggingface_hub's retries (offline) and end in a generic "cannot find the
+requested files". Before timm loads, ``check_hub_weights`` asks once, without retries: is the
+weights file in the local Hub cache, or on the Hub? When it is, timm's normal path runs unchanged.
+"""
+from typing import Any, Dict, Optional
+
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
+
+__all__ = ["PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "unavailable"]
+
+#: huggingface_hub errors of a download that timm's loader lets through.
+HUB_ERRORS = (EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError)
+
+_WEIGHTS_FILE = "model.safetensors"  # what xbn-hub push uploads
+
+
+class PretrainedWeightsUnavailable(FileNotFoundError):
+    """A pretrained tag's Hub repo holds no weights, or cannot be reached and is not in the local cache."""
+
+
+def unavailable(tag: str, repo_id: str, why: str) -> PretrainedWeightsUnavailable:
+    """The one-line error for ``tag``: the repo tried, why it failed, and how to get a model instead."""
+    return PretrainedWeightsUnavailable(
+        f"no pretrained weights for {tag}: Hub repo {repo_id} {why}. Get a model by training one "
+        f"(xbn-train -c recipes/xbn_resnet50_standard.yaml --model {tag.split('.')[0]}), by importing the "
+        "authors' weights (xbn-convert ARCH --authors CHECKPOINT --out DIR), or publish yours "
+        f"(xbn-hub push --repo-id {repo_id} ...); then load it with pretrained_cfg_overlay=dict(file=...) or local-dir:DIR"
+    )
+
+
+def check_hub_weights(pretrained_cfg: Dict[str, Any]) -> None:
+    """Raise ``PretrainedWeightsUnavailable`` unless timm can load ``pretrained_cfg``'s weights from
+    the Hub or its local cache. Configs that load from a file, a state dict or ``local-dir:`` pass."""
+    repo_id = pretrained_cfg.get("hf_hub_id")
+    if not repo_id or pretrained_cfg.get("file") or pretrained_cfg.get("state_dict") is not None:
+        return
+    if pretrained_cfg.get("source") == "local-dir":
+        return
+    why = _hub_problem(repo_id)
+    if why:
+        tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
+        raise unavailable(tag, repo_id, why)
+
+
+def _hub_problem(repo_id: str) -> Optional[str]:
+    """Why the weights of ``repo_id`` cannot be had, or None: one HEAD request without retries."""
+    if isinstance(try_to_load_from_cache(repo_id, _WEIGHTS_FILE), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "is not in the local Hub cache and HF_HUB_OFFLINE is set"
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, _WEIGHTS_FILE), timeout=10)
+    except EntryNotFoundError:
+        return None  # the repo exists without a safetensors file: timm looks for its other weight files
+    except RepositoryNotFoundError:
+        return "is not published (no such repo, or it is private)"
+    except HfHubHTTPError as err:
+        return f"could not be reached (HTTP {err.response.status_code if err.response is not None else 'error'})"
+    except Exception as err:  # network errors of the HTTP client: no connection, DNS, timeout
+        return f"could not be reached and is not in the local Hub cache ({type(err).__name__}: offline or no network?)"
+    return None
