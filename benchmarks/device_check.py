@@ -78,7 +78,7 @@ def machine_info(device: torch.device) -> Dict[str, Any]:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                    cudnn=torch.backends.cudnn.version(), nccl=".".join(map(str, torch.cuda.nccl.version())))
+                    cudnn=torch.backends.cudnn.version(), nccl=str(torch.cuda.nccl.version()))
     return info
 
 
@@ -100,7 +100,7 @@ def step_args(args: argparse.Namespace, amp: str, compile_: bool, batch_size: in
 
 
 def section_throughput(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
-    rows, skipped = record.setdefault("rows", []), record.setdefault("skipped", [])
+    rows, skipped, failed = (record.setdefault(key, []) for key in ("rows", "skipped", "failed"))
     batch_size, last = args.batch_size, 0.0
     for config in throughput_configs(args):
         if budget.left() < last:  # the previous configuration would not fit again
@@ -108,22 +108,30 @@ def section_throughput(args: argparse.Namespace, budget: Budget, record: Dict[st
             continue
         start = time.monotonic()
         base = baseline_of(config["model"])
-        while True:
-            try:
-                result = measure_pair(config["model"], base, step_args(args, config["amp"], config["compile"], batch_size),
-                                      config["channels_last"])
-                break
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                if batch_size == 1:
-                    raise
-                batch_size //= 2
+        try:
+            result, batch_size = measure_fitting(config, base, args, batch_size)
+        except Exception as error:  # e.g. torch.compile failing: the other settings still run
+            failed.append({**config, "error": f"{type(error).__name__}: {error}"[:500]})
+            continue
         xbn, bn = result[config["model"]], result[base]
         rows.append({**config, "baseline": base, "batch_size": batch_size,
                      **{f"{mode}_{side}": r[mode] for side, r in (("xbn", xbn), ("bn", bn)) for mode in ("infer", "train")},
                      "infer_ratio": xbn["infer"] / bn["infer"], "train_ratio": xbn["train"] / bn["train"]})
         last = time.monotonic() - start
     record["summary"] = f"{len(rows)} settings measured"
+
+
+def measure_fitting(config: Dict[str, Any], base: str, args: argparse.Namespace, batch_size: int) -> tuple:
+    """``measure_pair`` at the largest batch <= ``batch_size`` that fits (halved on out-of-memory)."""
+    while True:
+        try:
+            step = step_args(args, config["amp"], config["compile"], batch_size)
+            return measure_pair(config["model"], base, step, config["channels_last"]), batch_size
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise
+            batch_size //= 2
 
 
 def section_profile(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
@@ -151,19 +159,23 @@ def section_corruptions(args: argparse.Namespace, budget: Budget, record: Dict[s
     images = real_images(args.corruption_images, args.corruption_size)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
     reference = images[:args.ref_images]
-    rows, skipped = record.setdefault("rows", []), record.setdefault("skipped", [])
+    rows, skipped, failed = (record.setdefault(key, []) for key in ("rows", "skipped", "failed"))
     for name in CORRUPTIONS:
         if budget.left() <= 0:
             skipped.append(name)
             continue
         generator = torch.Generator(device=device).manual_seed(0)
-        reference_seconds(reference[:1], name), torch_seconds(batch, name, len(batch), generator)  # warm-up (setup)
-        ref = reference_seconds(reference, name)
-        ours = torch_seconds(batch, name, len(batch), generator)
+        try:
+            reference_seconds(reference[:1], name), torch_seconds(batch, name, len(batch), generator)  # warm-up (setup)
+            ref = reference_seconds(reference, name)
+            ours = torch_seconds(batch, name, len(batch), generator)
+        except Exception as error:  # one corruption failing on the device: the others still run
+            failed.append({"corruption": name, "error": f"{type(error).__name__}: {error}"[:500]})
+            continue
         rows.append({"corruption": name, "reference_img_s": 5 * len(reference) / ref, "device_img_s": 5 * len(batch) / ours,
                      "reference_s": ref, "device_s": ours})
         rows[-1]["speedup"] = rows[-1]["device_img_s"] / rows[-1]["reference_img_s"]
-    if rows and not skipped:  # one image through all 15 corruptions: harmonic sums of the per-image times
+    if rows and not skipped and not failed:  # one image through all 15 corruptions: harmonic sums of the per-image times
         ref_s = sum(r["reference_s"] / (5 * len(reference)) for r in rows)
         dev_s = sum(r["device_s"] / (5 * len(batch)) for r in rows)
         record["all"] = {"reference_img_s": 1 / ref_s, "device_img_s": 1 / dev_s, "speedup": ref_s / dev_s}
@@ -271,7 +283,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         start = time.monotonic()
         try:
             SECTIONS[name](args, Budget(budget_s, deadline), record)
-            if record.get("skipped"):
+            if record.get("skipped") or record.get("failed"):
                 record["status"] = "partial"
         except Exception as error:  # recorded, not fatal: the next section still runs
             record.update(status="error", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc()[-2000:])
@@ -305,7 +317,8 @@ def print_report(report: Dict[str, Any]) -> None:
     for column in ("section", "status", "seconds", "detail"):
         table.add_column(column)
     for name, r in sections.items():
-        detail = r.get("error") or r.get("summary", "") + (f" (skipped: {len(r['skipped'])})" if r.get("skipped") else "")
+        detail = r.get("error") or r.get("summary", "") + "".join(
+            f" ({key}: {len(r[key])})" for key in ("skipped", "failed") if r.get(key))
         table.add_row(name, r["status"], f"{r['seconds']:.1f}", detail[:100])
     console.print(table)
     p = sections["profile"]

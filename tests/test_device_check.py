@@ -24,6 +24,7 @@ def device_check():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_cpu_mode_measures_every_section(tmp_path):
     out = tmp_path / "check.json"
@@ -37,6 +38,7 @@ def test_cpu_mode_measures_every_section(tmp_path):
     assert {name: r["status"] for name, r in sections.items()} == dict.fromkeys(sections, "ok"), sections
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["device"] == "cpu"
 
+    assert not any(r.get("failed") or r.get("skipped") for r in sections.values())
     rows = sections["throughput"]["rows"]
     # AMP + channels_last first, then the other layout, then float32
     assert [(r["amp"], r["channels_last"]) for r in rows] == [("bf16", True), ("bf16", False), ("off", True), ("off", False)]
@@ -127,3 +129,45 @@ def test_throughput_halves_the_batch_on_out_of_memory_and_skips_past_its_budget(
     device_check.section_throughput(_throughput_args(["xbn_resnet50"]), device_check.Budget(0.02, math.inf), record)
     assert len(record["rows"]) == 1 and record["skipped"] == [
         {"model": "xbn_resnet50", "amp": "off", "channels_last": False, "compile": False}]
+
+
+def test_a_failing_setting_is_recorded_and_the_others_measured(device_check, monkeypatch):
+    def measure(xbn, bn, args, channels_last):
+        if xbn == "xbn_resnet50_d2" and channels_last:
+            raise RuntimeError("compile failed")
+        return {xbn: {"infer": 2.0, "train": 1.0}, bn: {"infer": 4.0, "train": 1.0}}
+
+    monkeypatch.setattr(device_check, "measure_pair", measure)
+    record = {}
+    device_check.section_throughput(_throughput_args(["xbn_resnet50", "xbn_resnet50_d2"]),
+                                    device_check.Budget(60, math.inf), record)
+    assert record["failed"] == [{"model": "xbn_resnet50_d2", "amp": "off", "channels_last": True, "compile": False,
+                                 "error": "RuntimeError: compile failed"}]
+    assert [(r["model"], r["channels_last"]) for r in record["rows"]] == [
+        ("xbn_resnet50", True), ("xbn_resnet50", False), ("xbn_resnet50_d2", False)]
+    assert all(r["infer_ratio"] == 0.5 and r["train_ratio"] == 1.0 for r in record["rows"])
+
+
+def test_corruptions_section_totals_and_a_failing_corruption(device_check, monkeypatch):
+    args = argparse.Namespace(device="cpu", corruption_images=4, corruption_size=32, ref_images=2)
+    monkeypatch.setattr(device_check, "reference_seconds", lambda images, name: 0.1 * len(images))
+    monkeypatch.setattr(device_check, "torch_seconds", lambda batch, name, size, gen: 0.01 * (1 + CORRUPTIONS.index(name)))
+    record = {}
+    device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
+    rows = record["rows"]
+    assert [r["reference_img_s"] for r in rows] == pytest.approx([50.0] * 15)  # 5 severities x 2 images / 0.2 s
+    assert rows[1]["device_img_s"] == pytest.approx(20 / 0.02) and rows[1]["speedup"] == pytest.approx(20.0)
+    # one image through all 15: 15 x 0.02 s (reference) against sum_k 0.01 k / 20 s (device)
+    assert record["all"]["reference_img_s"] == pytest.approx(1 / (15 * 0.02))
+    assert record["all"]["device_img_s"] == pytest.approx(20 / (0.01 * 120))
+
+    def failing(batch, name, size, gen):
+        if name == "glass_blur":
+            raise RuntimeError("no CUDA kernel")
+        return 0.01
+
+    monkeypatch.setattr(device_check, "torch_seconds", failing)
+    record = {}
+    device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
+    assert record["failed"] == [{"corruption": "glass_blur", "error": "RuntimeError: no CUDA kernel"}]
+    assert len(record["rows"]) == 14 and "all" not in record  # no total over a partial set
