@@ -57,7 +57,8 @@ spectra); Gaussian blurs are depthwise convolutions over all images and channels
 (H, W, N) channels-last layout; the noise draws use two 31-bit numbers per 64-bit draw of
 torch's generator; shot noise reads its result from one table lookup for ~98 % of the values;
 pixelate sums its box windows as runs of k and k + 1 values (contiguous adds, one gather per
-pass, int16); JPEG converts planes to and from libjpeg's interleaved pixels with OpenCV.
+pass, int16; integer ratios slice and repeat instead of gathering); JPEG converts planes to and
+from libjpeg's interleaved pixels with OpenCV.
 """
 from __future__ import annotations
 
@@ -627,9 +628,10 @@ _PIL_BITS = 22  # fixed-point precision of PIL's 8-bit resampling
 
 
 @lru_cache(maxsize=64)
-def _box_windows(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _box_windows(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, int]:
     """PIL's BOX downscaling n_in -> n_out: per output, the first input tap and the number of taps
-    (int64), and the int32 fixed-point weight of each tap (all taps of a box window weigh the same)."""
+    (int64), the int32 fixed-point weight of each tap (all taps of a box window weigh the same),
+    and k when every window is the k taps from o * k (an integer ratio), else 0."""
     scale = n_in / n_out
     support = 0.5 * max(scale, 1.0)
     first, count, weight = (np.zeros(n_out, dtype=np.int64) for _ in range(3))
@@ -640,12 +642,22 @@ def _box_windows(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, T
         taps = np.arange(lo, hi)[(t > -0.5) & (t <= 0.5)]  # a contiguous run
         first[o], count[o] = taps[0], len(taps)
         weight[o] = np.floor(0.5 + (1 << _PIL_BITS) / len(taps))
-    return tuple(torch.from_numpy(a).to(device) for a in (first, count, weight.astype(np.int32)))
+    k = int(count[0])
+    stride = k if (count == k).all() and (first == k * np.arange(n_out)).all() else 0
+    return (*(torch.from_numpy(a).to(device) for a in (first, count, weight.astype(np.int32))), stride)
 
 
-def _select(x: Tensor, dim: int, index: Tensor) -> Tensor:
-    """``x.index_select(dim, index)`` for dim -2 or -1; along the last dim as a ``gather`` (on the
-    CPU ``index_select`` there copies element by element, ~3x slower)."""
+def _select(x: Tensor, dim: int, index: Tensor, stride: int = 0, repeat: int = 0) -> Tensor:
+    """``x.index_select(dim, index)`` for dim -2 or -1. Shortcuts: ``stride`` k when index is
+    0, k, 2k, ... (a strided view), ``repeat`` r when it is 0 (r times), 1 (r times), ... (a
+    broadcast copy); otherwise along the last dim a ``gather`` (on the CPU ``index_select`` there
+    copies element by element, ~3x slower)."""
+    if stride:
+        return x[..., ::stride, :] if dim == -2 else x[..., ::stride]
+    if repeat:
+        shape = list(x.unsqueeze(dim).shape)
+        shape[dim] = repeat
+        return x.unsqueeze(dim).expand(shape).flatten(dim - 1, dim)
     if dim == -2:
         return x.index_select(-2, index)
     return torch.gather(x, -1, index.expand(*x.shape[:-1], len(index)))
@@ -654,9 +666,10 @@ def _select(x: Tensor, dim: int, index: Tensor) -> Tensor:
 def _box_resize(x: Tensor, dim: int, n_out: int) -> Tensor:
     """One PIL 8-bit box-resampling pass along ``dim`` (-2 or -1) of an int16 tensor in 0..255,
     returned as int16. The windows hold k or k + 1 taps: the sums of every run of k and of k + 1
-    values are k contiguous adds, and each output gathers its window's sum once. Then PIL's
-    fixed-point rounding in int32 (sum x weight + 2^21 < 256 * 2^22: no clipping needed)."""
-    first, count, weight = _box_windows(x.shape[dim], n_out, x.device)
+    values are k contiguous adds, and each output gathers its window's sum once (an integer ratio
+    takes every k-th run). Then PIL's fixed-point rounding in int32 (sum x weight + 2^21 < 256 *
+    2^22: no clipping needed)."""
+    first, count, weight, stride = _box_windows(x.shape[dim], n_out, x.device)
     n, k = x.shape[dim], int(count.min())
     shape = list(x.shape)
     shape[dim] = 2 * (n - k) + 1
@@ -664,19 +677,24 @@ def _box_resize(x: Tensor, dim: int, n_out: int) -> Tensor:
     runs = both.narrow(dim, 0, n - k + 1).copy_(x.narrow(dim, 0, n - k + 1))
     for j in range(1, k):
         runs += x.narrow(dim, j, n - k + 1)
-    torch.add(runs.narrow(dim, 0, n - k), x.narrow(dim, k, n - k), out=both.narrow(dim, n - k + 1, n - k))
+    if not stride:
+        torch.add(runs.narrow(dim, 0, n - k), x.narrow(dim, k, n - k), out=both.narrow(dim, n - k + 1, n - k))
     index = torch.where(count == k, first, first + (n - k + 1))
-    sums = _select(both, dim, index).int()
+    sums = _select(runs if stride else both, dim, index, stride=stride).int()
     weight = weight[:, None] if dim == -2 else weight
     return sums.mul_(weight).add_(1 << (_PIL_BITS - 1)).bitwise_right_shift_(_PIL_BITS).to(torch.int16)
 
 
 @lru_cache(maxsize=64)
-def _nearest_index(n_in: int, n_out: int, device: torch.device) -> Tensor:
-    """PIL's nearest-neighbour source index: centres accumulated in float64 steps of n_in / n_out."""
+def _nearest_index(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, int]:
+    """PIL's nearest-neighbour source index (centres accumulated in float64 steps of n_in / n_out),
+    and r when it repeats every input r times (an integer ratio), else 0."""
     step = n_in / n_out
     centres = np.cumsum(np.r_[step * 0.5, np.full(n_out - 1, step)])
-    return torch.from_numpy(np.minimum(centres.astype(np.int64), n_in - 1)).to(device)
+    index = np.minimum(centres.astype(np.int64), n_in - 1)
+    r = n_out // n_in
+    repeat = r if n_out == r * n_in and (index == np.arange(n_out) // r).all() else 0
+    return torch.from_numpy(index).to(device), repeat
 
 
 def _as_uint8(x: Tensor) -> Tensor:
@@ -690,8 +708,10 @@ def pixelate(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # horizontal pass first, like PIL (each pass rounds to 8 bits)
     small = _box_resize(_box_resize(_as_uint8(x).to(torch.int16), -1, int(w * c)), -2, int(h * c)).to(torch.uint8)
     # nearest enlargement, columns first (on the small image: fewer rows to gather from)
-    out = _select(small, -1, _nearest_index(small.shape[-1], w, x.device))
-    return _select(out, -2, _nearest_index(small.shape[-2], h, x.device))
+    index, repeat = _nearest_index(small.shape[-1], w, x.device)
+    out = _select(small, -1, index, repeat=repeat)
+    index, repeat = _nearest_index(small.shape[-2], h, x.device)
+    return _select(out, -2, index, repeat=repeat)
 
 
 def jpeg_compression(x: Tensor, severity: int, draws: Draws) -> Tensor:
