@@ -1,8 +1,10 @@
 """One unattended device check: XBN vs BN speed, fast corruptions, torchrun smokes, in one JSON.
 
 Sections, each under its own time budget (what does not fit is listed as skipped) and each
-guarded (an exception is recorded in the JSON with the section's status "error"; the run goes
-on). The JSON is rewritten after every section, so a killed run keeps what it measured.
+guarded: an exception is recorded in the JSON (status "error", with its traceback) and the next
+section runs; within throughput and corruptions one failing setting or corruption is listed as
+failed (status "partial") and the others are measured. The JSON is rewritten after every
+section, so a killed run keeps what it measured.
 
 - machine: GPU name, capability and memory, torch / CUDA / cuDNN / timm versions.
 - throughput: XBN vs its BN base (``throughput.measure_pair``: alternating rounds, medians),
@@ -13,12 +15,15 @@ on). The JSON is rewritten after every section, so a killed run keeps what it me
 - corruptions: the 15 torch corruptions x 5 severities on a batch on the device against the
   reference (``imagecorruptions``, one core, ``--ref-images`` images), both timed in this run
   (``corruptions.torch_seconds`` / ``reference_seconds``, after an untimed warm-up pass).
-- nccl: a one-rank torchrun worker joins a process group (NCCL on CUDA, gloo on the CPU) and
-  checks an all-reduce.
-- train_smoke: ``torchrun --nproc_per_node=1 -m timm_xbn.training`` for one short epoch on a
-  generated ImageFolder, with AMP and channels_last; reports its results.json and checkpoint.
-- robustness_smoke: ``torchrun --nproc_per_node=1 -m timm_xbn.evaluation robustness`` (the
-  sharded evaluation path) on the same images; reports its robustness.json.
+- nccl: torchrun workers join a process group (NCCL on CUDA, gloo on the CPU) and check an
+  all-reduce. With one process the package's own entry points create no process group, so
+  this is what checks NCCL on a one-GPU machine.
+- train_smoke: ``torchrun --nproc_per_node=N -m timm_xbn.training`` for one short epoch on a
+  generated ImageFolder, with AMP (fp16, loss scaling) and channels_last; reports its
+  results.json and checkpoint.
+- robustness_smoke: ``torchrun --nproc_per_node=N -m timm_xbn.evaluation robustness`` on the
+  same images; reports its robustness.json. N (``--nproc``) is the number of GPUs (1 on the
+  CPU): on one GPU this runs the torchrun launch, not a split across ranks.
 
 The smokes' generated data and outputs stay in ``<out>_files/`` beside the JSON.
 
@@ -36,7 +41,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import timm
@@ -121,7 +126,8 @@ def section_throughput(args: argparse.Namespace, budget: Budget, record: Dict[st
     record["summary"] = f"{len(rows)} settings measured"
 
 
-def measure_fitting(config: Dict[str, Any], base: str, args: argparse.Namespace, batch_size: int) -> tuple:
+def measure_fitting(config: Dict[str, Any], base: str, args: argparse.Namespace,
+                    batch_size: int) -> Tuple[Dict[str, Dict[str, float]], int]:
     """``measure_pair`` at the largest batch <= ``batch_size`` that fits (halved on out-of-memory)."""
     while True:
         try:
@@ -175,7 +181,7 @@ def section_corruptions(args: argparse.Namespace, budget: Budget, record: Dict[s
         rows.append({"corruption": name, "reference_img_s": 5 * len(reference) / ref, "device_img_s": 5 * len(batch) / ours,
                      "reference_s": ref, "device_s": ours})
         rows[-1]["speedup"] = rows[-1]["device_img_s"] / rows[-1]["reference_img_s"]
-    if rows and not skipped and not failed:  # one image through all 15 corruptions: harmonic sums of the per-image times
+    if rows and not skipped and not failed:  # one image through all 15 corruptions: the per-image times add up
         ref_s = sum(r["reference_s"] / (5 * len(reference)) for r in rows)
         dev_s = sum(r["device_s"] / (5 * len(batch)) for r in rows)
         record["all"] = {"reference_img_s": 1 / ref_s, "device_img_s": 1 / dev_s, "speedup": ref_s / dev_s}
@@ -195,9 +201,9 @@ def write_image_folder(root: Path, size: int, classes: int = 3, per_class: int =
     return root
 
 
-def torchrun(module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
-    """``torchrun --standalone --nproc_per_node=1`` a module or script; its exit code and output tail."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", *module_args]
+def torchrun(nproc: int, module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
+    """``torchrun --standalone --nproc_per_node=N`` a module or script; its exit code and output tail."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     record["command"] = " ".join(cmd[1:])
     # its own session: on timeout the launcher and its workers are killed together
@@ -215,14 +221,14 @@ def torchrun(module_args: List[str], budget: Budget, record: Dict[str, Any]) -> 
 
 
 def section_nccl(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
-    torchrun([__file__, "--collective-worker", "--device", args.device], budget, record)
+    torchrun(args.nproc, [__file__, "--collective-worker", "--device", args.device], budget, record)
     record["backend"] = "nccl" if args.device.startswith("cuda") else "gloo"
     record["summary"] = f"all_reduce over {record['backend']}: ok"
 
 
 def section_train_smoke(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
     out = args.work / "train"
-    torchrun(["-m", "timm_xbn.training", "--data-dir", str(args.data), *SMOKE_MODEL, "--img-size", str(args.smoke_size),
+    torchrun(args.nproc, ["-m", "timm_xbn.training", "--data-dir", str(args.data), *SMOKE_MODEL, "--img-size", str(args.smoke_size),
               "--batch-size", "4", "--workers", "0", "--device", args.device, "--amp", "--amp-dtype", "float16",
               "--channels-last", "--epochs", "1", "--warmup-epochs", "0", "--lr", "0.02",
               "--output", str(out), "--experiment", "smoke"], budget, record)
@@ -234,7 +240,7 @@ def section_train_smoke(args: argparse.Namespace, budget: Budget, record: Dict[s
 
 def section_robustness_smoke(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
     out = args.work / "robustness"
-    torchrun(["-m", "timm_xbn.evaluation", "robustness", "--model", "resnet18", "--model", "xbn_resnet50",
+    torchrun(args.nproc, ["-m", "timm_xbn.evaluation", "robustness", "--model", "resnet18", "--model", "xbn_resnet50",
               "--model-kwargs", '{"num_classes": 3}', "--data-dir", str(args.data / "validation"), "--delta", "0.5",
               "--seeds", "1", "--blocks", "2", "--img-size", str(args.smoke_size), "--batch-size", "4", "--workers", "0",
               "--device", args.device, "--output", str(out)], budget, record)
@@ -348,6 +354,7 @@ def main() -> None:
     parser.add_argument("--corruption-size", type=int, default=224)
     parser.add_argument("--ref-images", type=int, default=4, help="reference images (one core)")
     parser.add_argument("--smoke-size", type=int, default=64)
+    parser.add_argument("--nproc", type=int, default=None, help="torchrun processes for the smokes (default: the GPUs, 1 on CPU)")
     parser.add_argument("--budget-s", type=float, default=450, help="the whole run's deadline")
     parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60],
                         help=f"seconds per section: {' '.join(SECTIONS)}")
@@ -364,6 +371,7 @@ def main() -> None:
         args.models, args.batch_size, args.img_size, args.warmup, args.steps, args.rounds = args.models[:1], 2, 32, 1, 1, 2
         args.corruption_images, args.corruption_size, args.ref_images, args.smoke_size = 2, 64, 1, 32
     args.amp = args.amp or (["off", "bf16"] if args.tiny else ["off", "bf16", "fp16"])
+    args.nproc = args.nproc or (torch.cuda.device_count() if args.device.startswith("cuda") else 1)
     torch.backends.cudnn.benchmark = True
     print_report(run(args))
     print(f"wrote {args.out}")
