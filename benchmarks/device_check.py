@@ -356,7 +356,7 @@ def main() -> None:
     parser.add_argument("--smoke-size", type=int, default=64)
     parser.add_argument("--nproc", type=int, default=None, help="torchrun processes for the smokes (default: the GPUs, 1 on CPU)")
     parser.add_argument("--budget-s", type=float, default=450, help="the whole run's deadline")
-    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60],
+    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60], metavar="S",
                         help=f"seconds per section: {' '.join(SECTIONS)}")
     parser.add_argument("--collective-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
