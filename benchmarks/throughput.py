@@ -20,6 +20,8 @@ from rich.table import Table
 import timm_xbn  # noqa: F401  (registers xbn_* models)
 from timm_xbn.models import XBN_VARIANTS
 
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 def images_per_second(step: Callable[[], None], batch_size: int, steps: int, device: torch.device) -> float:
     if device.type == "cuda":
@@ -39,7 +41,9 @@ def make_steps(name: str, args: argparse.Namespace, channels_last: bool) -> Dict
     model = timm.create_model(name, num_classes=1000).to(device=device, memory_format=memory_format)
     x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device=device).to(memory_format=memory_format)
     y = torch.randint(0, 1000, (args.batch_size,), device=device)
-    amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    if args.compile:
+        model = torch.compile(model)
+    amp_dtype = AMP_DTYPES[args.amp_dtype] if args.amp_dtype else torch.bfloat16 if device.type == "cpu" else torch.float16
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 
     def infer() -> None:
@@ -88,7 +92,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating XBN/BN rounds; the median is reported")
-    parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU)")
+    parser.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on CPU unless --amp-dtype)")
+    parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default=None, help="autocast dtype")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--no-channels-last", action="store_true", help="only measure the contiguous layout")
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True

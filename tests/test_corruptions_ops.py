@@ -59,6 +59,17 @@ def test_deterministic_corruptions_equal_the_reference_on_uint8(photos, name):
                 np.testing.assert_array_equal(out, corrupt_reference(image, name, severity))
 
 
+@pytest.mark.parametrize("size", ((224, 224), (37, 50), (96, 250)))
+def test_pixelate_equals_pil_for_every_window_split(size):
+    """Sizes where the box windows hold k or k + 1 taps for k = 1..4 (224 px: 1-2 at severity 1,
+    exactly 2 and 4 at severities 2 and 5), on noise so every rounding case occurs."""
+    images = list(np.random.default_rng(sum(size)).integers(0, 256, (2, *size, 3), dtype=np.uint8))
+    for severity in range(1, 6):
+        ours = corrupt_batch(as_batch(images), "pixelate", severity).permute(0, 2, 3, 1).numpy()
+        for image, out in zip(images, ours):
+            np.testing.assert_array_equal(out, corrupt_reference(image, "pixelate", severity))
+
+
 def test_poisson_levels_sample_the_poisson_distribution():
     draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
     rates = torch.arange(256, dtype=torch.float64) / 255 * 60

@@ -1,0 +1,173 @@
+"""benchmarks/device_check.py: the CPU mode end to end, and its guards (errors, budgets, out-of-memory)."""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from timm_xbn.corruptions import CORRUPTIONS
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "device_check.py"
+
+
+@pytest.fixture(scope="module")
+def device_check():
+    spec = importlib.util.spec_from_file_location("device_check", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_cpu_mode_measures_every_section(tmp_path):
+    out = tmp_path / "check.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    sections = report["sections"]
+    assert list(sections) == ["throughput", "profile", "corruptions", "nccl", "train_smoke", "robustness_smoke"]
+    assert {name: r["status"] for name, r in sections.items()} == dict.fromkeys(sections, "ok"), sections
+    assert report["machine"]["torch"] == torch.__version__ and report["machine"]["device"] == "cpu"
+
+    assert not any(r.get("failed") or r.get("skipped") for r in sections.values())
+    rows = sections["throughput"]["rows"]
+    # AMP + channels_last first, then the other layout, then float32
+    assert [(r["amp"], r["channels_last"]) for r in rows] == [("bf16", True), ("bf16", False), ("off", True), ("off", False)]
+    for r in rows:
+        assert r["model"] == "xbn_resnet50" and r["baseline"] == "resnet50" and r["batch_size"] == 2
+        for mode in ("infer", "train"):
+            assert 0 < r[f"{mode}_xbn"] < math.inf and 0 < r[f"{mode}_bn"] < math.inf
+            assert r[f"{mode}_ratio"] == pytest.approx(r[f"{mode}_xbn"] / r[f"{mode}_bn"], rel=1e-12)
+    assert rows[0]["infer_xbn"] != rows[1]["infer_xbn"]  # each setting measured, not copied
+
+    profile = sections["profile"]["rows"]
+    assert [p["self_ms"] for p in profile] == sorted((p["self_ms"] for p in profile), reverse=True)
+    assert any("convolution" in p["kernel"] for p in profile) and all(p["calls"] >= 1 for p in profile)
+
+    corruptions = sections["corruptions"]
+    assert [r["corruption"] for r in corruptions["rows"]] == list(CORRUPTIONS)
+    for r in corruptions["rows"]:
+        assert r["device_img_s"] == pytest.approx(5 * corruptions["batch"] / r["device_s"])
+        assert r["reference_img_s"] == pytest.approx(5 * corruptions["reference_images"] / r["reference_s"])
+        assert r["speedup"] == pytest.approx(r["device_img_s"] / r["reference_img_s"])
+    total = corruptions["all"]  # one image through all 15: the per-image times add up
+    assert 1 / total["device_img_s"] == pytest.approx(sum(1 / r["device_img_s"] for r in corruptions["rows"]))
+    assert 1 / total["reference_img_s"] == pytest.approx(sum(1 / r["reference_img_s"] for r in corruptions["rows"]))
+
+    assert sections["nccl"]["backend"] == "gloo" and "all_reduce ok" in sections["nccl"]["output_tail"]
+
+    train = sections["train_smoke"]
+    checkpoint = torch.load(train["checkpoint"], map_location="cpu", weights_only=True)
+    assert checkpoint["progress"]["num_updates"] == 24 // 4  # one epoch over 3 classes x 8 images, batch 4
+    assert train["results"]["epochs"] == 1
+
+    robustness = sections["robustness_smoke"]
+    results = json.loads(Path(robustness["results_file"]).read_text())
+    assert results["num_images"] == robustness["num_images"] == 12
+    assert robustness["runs"] == 4  # 2 models x (clean + 1 delta x 1 seed)
+    assert all(run["count"] == 12 for run in results["runs"].values())
+
+
+def _args(tmp_path, budgets):
+    return argparse.Namespace(device="cpu", budget_s=60, section_budgets=budgets, out=tmp_path / "c.json", smoke_size=32)
+
+
+def test_a_failing_section_is_recorded_and_the_next_still_runs(device_check, tmp_path, monkeypatch):
+    def boom(args, budget, record):
+        raise RuntimeError("no such kernel")
+
+    def fine(args, budget, record):
+        record["rows"] = [1]
+
+    monkeypatch.setattr(device_check, "SECTIONS", {"boom": boom, "fine": fine})
+    device_check.run(_args(tmp_path, [5, 5]))
+    report = json.loads((tmp_path / "c.json").read_text())["sections"]
+    assert report["boom"]["status"] == "error" and report["boom"]["error"] == "RuntimeError: no such kernel"
+    assert "no such kernel" in report["boom"]["traceback"]
+    assert report["fine"] == {"status": "ok", "budget_s": 5, "rows": [1], "seconds": report["fine"]["seconds"]}
+
+
+def _throughput_args(models):
+    return argparse.Namespace(device="cpu", models=models, amp=["off"], compile=False, batch_size=128, img_size=32,
+                              warmup=0, steps=1, rounds=1)
+
+
+def test_throughput_halves_the_batch_on_out_of_memory_and_skips_past_its_budget(device_check, monkeypatch):
+    calls = []
+
+    def fake_measure(xbn, bn, args, channels_last):
+        calls.append(args.batch_size)
+        if args.batch_size > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return {xbn: {"infer": 30.0, "train": 9.0}, bn: {"infer": 40.0, "train": 10.0}}
+
+    monkeypatch.setattr(device_check, "measure_pair", fake_measure)
+    record = {}
+    device_check.section_throughput(_throughput_args(["xbn_resnet50", "xbn_resnet50_d2"]),
+                                    device_check.Budget(60, math.inf), record)
+    assert calls == [128, 64, 32, 32, 32, 32]  # the smaller batch is kept for the later settings
+    assert [r["batch_size"] for r in record["rows"]] == [32] * 4 and not record["skipped"]
+    assert record["rows"][0]["infer_ratio"] == 0.75 and record["rows"][0]["train_ratio"] == 0.9
+
+    # a budget that one setting overruns: it is measured, the others are listed as skipped
+    def slow_measure(xbn, bn, args, channels_last):
+        import time
+        time.sleep(0.05)
+        return fake_measure(xbn, bn, args, channels_last)
+
+    monkeypatch.setattr(device_check, "measure_pair", slow_measure)
+    record = {}
+    device_check.section_throughput(_throughput_args(["xbn_resnet50"]), device_check.Budget(0.02, math.inf), record)
+    assert len(record["rows"]) == 1 and record["skipped"] == [
+        {"model": "xbn_resnet50", "amp": "off", "channels_last": False, "compile": False}]
+
+
+def test_a_failing_setting_is_recorded_and_the_others_measured(device_check, monkeypatch):
+    def measure(xbn, bn, args, channels_last):
+        if xbn == "xbn_resnet50_d2" and channels_last:
+            raise RuntimeError("compile failed")
+        return {xbn: {"infer": 2.0, "train": 1.0}, bn: {"infer": 4.0, "train": 1.0}}
+
+    monkeypatch.setattr(device_check, "measure_pair", measure)
+    record = {}
+    device_check.section_throughput(_throughput_args(["xbn_resnet50", "xbn_resnet50_d2"]),
+                                    device_check.Budget(60, math.inf), record)
+    assert record["failed"] == [{"model": "xbn_resnet50_d2", "amp": "off", "channels_last": True, "compile": False,
+                                 "error": "RuntimeError: compile failed"}]
+    assert [(r["model"], r["channels_last"]) for r in record["rows"]] == [
+        ("xbn_resnet50", True), ("xbn_resnet50", False), ("xbn_resnet50_d2", False)]
+    assert all(r["infer_ratio"] == 0.5 and r["train_ratio"] == 1.0 for r in record["rows"])
+
+
+def test_corruptions_section_totals_and_a_failing_corruption(device_check, monkeypatch):
+    args = argparse.Namespace(device="cpu", corruption_images=4, corruption_size=32, ref_images=2)
+    monkeypatch.setattr(device_check, "reference_seconds", lambda images, name: 0.1 * len(images))
+    monkeypatch.setattr(device_check, "torch_seconds", lambda batch, name, size, gen: 0.01 * (1 + CORRUPTIONS.index(name)))
+    record = {}
+    device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
+    rows = record["rows"]
+    assert [r["reference_img_s"] for r in rows] == pytest.approx([50.0] * 15)  # 5 severities x 2 images / 0.2 s
+    assert rows[1]["device_img_s"] == pytest.approx(20 / 0.02) and rows[1]["speedup"] == pytest.approx(20.0)
+    # one image through all 15: 15 x 0.02 s (reference) against sum_k 0.01 k / 20 s (device)
+    assert record["all"]["reference_img_s"] == pytest.approx(1 / (15 * 0.02))
+    assert record["all"]["device_img_s"] == pytest.approx(20 / (0.01 * 120))
+
+    def failing(batch, name, size, gen):
+        if name == "glass_blur":
+            raise RuntimeError("no CUDA kernel")
+        return 0.01
+
+    monkeypatch.setattr(device_check, "torch_seconds", failing)
+    record = {}
+    device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
+    assert record["failed"] == [{"corruption": "glass_blur", "error": "RuntimeError: no CUDA kernel"}]
+    assert len(record["rows"]) == 14 and "all" not in record  # no total over a partial set
