@@ -72,7 +72,7 @@ def test_adabn_and_esm_commands(checkpoint_and_data, tmp_path):
 @pytest.mark.parametrize("change,message", [
     ({"--data-dir": "missing"}, "error: data folder not found"),
     ({"--model": "resnet1_8"}, "error: unknown model 'resnet1_8'; did you mean: resnet18"),
-    ({"--blocks": "12"}, "error: resnet18: blocks=12 is out of range: ResNet has 8 residual blocks"),
+    ({"--blocks": "12"}, "error: resnet18: --blocks 12 is out of range: ResNet has 8 residual blocks"),
     ({"--delta": "1.5"}, "error: noise magnitude delta must be in [0, 1)"),
 ])
 def test_clear_one_line_errors(checkpoint_and_data, tmp_path, change, message):
