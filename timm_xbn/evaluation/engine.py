@@ -35,7 +35,7 @@ def _warn(message: str) -> None:
     if is_main_process():
         from rich.console import Console
 
-        Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
 
 
 def _load_state(state_file: Optional[Path], keys: Sequence[str], meta: Mapping[str, Any],
