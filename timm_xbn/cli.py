@@ -170,7 +170,7 @@ def eval_robustness(
 
       xbn-eval robustness --model resnet26 --pretrained --data-dir val --delta 0.1
 
-      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
+      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --class-map fmnist_classes.txt --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
     """
     from .evaluation import evaluate_robustness, robustness_table
 
