@@ -96,7 +96,7 @@ def test_blocks_messages_name_the_flag(setup):
 
 
 @pytest.mark.parametrize("content, message", [
-    ([1, 2], "cannot resume from out/robustness.json: it holds 'list' results, expected 'robustness'"),
+    ([1, 2], "cannot resume from out/robustness.json: it holds a JSON list, not 'robustness' results"),
     ({"kind": "robustness", "model_info": {}, "runs": {"resnet18|clean": 5}, "skipped_images": {"count": 0, "files": []}},
      "cannot resume from out/robustness.json: runs['resnet18|clean']: expected an object, got int"),
     ({"kind": "robustness", "model_info": {"resnet18": {"weights_sha1": "x"}}},

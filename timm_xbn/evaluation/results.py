@@ -148,9 +148,11 @@ def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str,
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot resume from {path}: not valid JSON ({err}); delete it or use another --output") from None
-    found = results.get("kind") if isinstance(results, dict) else type(results).__name__
-    if found != kind:
-        raise ValueError(f"cannot resume from {path}: it holds {found!r} results, expected {kind!r}")
+    if not isinstance(results, dict):
+        raise ValueError(f"cannot resume from {path}: it holds a JSON {type(results).__name__}, not {kind!r} results; "
+                         "delete it or use another --output")
+    if results.get("kind") != kind:
+        raise ValueError(f"cannot resume from {path}: it holds {results.get('kind')!r} results, expected {kind!r}")
     error = shape_error(results, dict(shape or {}))
     if error:
         raise ValueError(f"cannot resume from {path}: {error}; delete it or use another --output")
