@@ -93,6 +93,9 @@ def test_blocks_messages_name_the_flag(setup):
     result = run(eval_app, args)
     assert result.exit_code == 2 and "use --blocks all to disturb every BN" in result.stderr
     assert "blocks=None" not in result.stderr and "scope=" not in result.stderr
+    assert run(eval_app, eval_args("robustness", "--blocks", "all")).exit_code == 0
+    assert_one_line_error(run(eval_app, eval_args("robustness", "--blocks", 2)),
+                          "out/robustness.json holds results for --blocks all, this run has --blocks 2; use another output folder")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -39,7 +39,7 @@ _EVAL_WORKERS = typer.Option(2, "--workers", "-j", help="Data loading processes.
 _EVAL_DEVICE = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")
 _EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes; one run at a time.")
 _EVAL_CLASS_MAP = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map); integer folder names are used as indices without it.")
-BLOCKS_FLAGS = {"use blocks=None or scope='all'": "use --blocks all", "blocks=": "--blocks "}
+BLOCKS_FLAGS = {"use blocks=None or scope='all'": "use --blocks all", "blocks=None": "--blocks all", "blocks=": "--blocks "}
 
 
 def _check_eval_options(img_size: Optional[int], crop_pct: Optional[float], batch_size: int, workers: int) -> None:
