@@ -75,8 +75,9 @@ def match_classes(class_names: Sequence[str], num_classes: Optional[int], class_
     else:
         mapping, rule = {n: i for i, n in enumerate(names)}, "sorted folder names"
         if num_classes is not None and len(names) < num_classes:
+            indices = "class 0" if len(names) == 1 else f"classes 0-{len(names) - 1}"
             warning = (f"{where} has {len(names)} class folders for a model with {num_classes} classes; they are "
-                       f"taken as its classes 0-{len(names) - 1} in sorted order ({', '.join(names[:3])}"
+                       f"taken as its {indices} in sorted order ({', '.join(names[:3])}"
                        f"{', ...' if len(names) > 3 else ''}). If they are other classes, pass --class-map "
                        "(one folder name per line, in model index order) or name the folders by class index")
     if num_classes is not None and max(mapping.values(), default=-1) >= num_classes:
