@@ -70,6 +70,20 @@ def test_pixelate_equals_pil_for_every_window_split(size):
             np.testing.assert_array_equal(out, corrupt_reference(image, "pixelate", severity))
 
 
+@pytest.mark.parametrize("name", sorted(set(DETERMINISTIC) - {"contrast", "pixelate", "jpeg_compression"}))
+def test_deterministic_corruptions_match_the_reference_at_every_severity(photos, name):
+    """Every severity's constants, not only the 1, 3 and 5 of the replay test: the torch program in float64
+    against the reference, within the replay tolerance (rounding moves a few pixels by one grey level)."""
+    min_identical, max_abs, max_mean = REPLAY_TOLERANCE[name]
+    for severity in range(1, 6):
+        ours = corrupt_batch(as_batch(photos[:3]), name, severity, compute_dtype=torch.float64)
+        ours = ours.permute(0, 2, 3, 1).numpy().astype(np.int64)
+        ref = np.stack([corrupt_reference(image, name, severity) for image in photos[:3]]).astype(np.int64)
+        diff = np.abs(ours - ref)
+        assert (diff == 0).mean() >= min_identical and diff.max() <= max_abs and diff.mean() <= max_mean, \
+            (severity, (diff == 0).mean(), diff.max(), diff.mean())
+
+
 def test_poisson_levels_sample_the_poisson_distribution():
     draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
     rates = torch.arange(256, dtype=torch.float64) / 255 * 60

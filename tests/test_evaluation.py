@@ -179,6 +179,39 @@ def test_eval_mode_runs_train_hooks_and_restores_flags():
     assert torch.allclose(out, x @ model.lin.weight.T + model.lin.bias)  # not the stale cached weight
 
 
+@pytest.mark.parametrize("damage", [
+    lambda state: state.update(counts=state["counts"][:-1]),  # one setting's counts lost
+    lambda state: state.update(next_index=10 ** 6),  # beyond the data
+    lambda state: state.update(skipped=[[0, "a.jpg"]]),  # a skipped image without its error
+])
+def test_a_partial_pass_of_the_wrong_shape_is_discarded_with_a_warning(two_models, tmp_path, monkeypatch, capsys, damage):
+    models, data, _ = two_models
+    models = {"bn": models["bn"]}
+    full = evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2)
+    out, calls = tmp_path / "out", []
+    real_update = SharedPass.update
+
+    def interrupted_update(self, images, labels):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_update(self, images, labels)
+
+    monkeypatch.setattr(sweep_module.SharedPass, "update", interrupted_update)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
+    monkeypatch.undo()
+    state_file = out / "robustness.partial.json"
+    state = json.loads(state_file.read_text())
+    assert state["next_index"] == 2 * data.batch_size  # a real mid-pass checkpoint, with this run's meta
+    damage(state)
+    state_file.write_text(json.dumps(state))
+    capsys.readouterr()
+    resumed = evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
+    assert f"warning: discarded the damaged partial pass {state_file}" in capsys.readouterr().err
+    assert resumed["runs"] == full["runs"]
+
+
 def test_resume_skips_done_settings_and_continues_a_partial_pass(two_models, image_folder, tmp_path, monkeypatch):
     models, data, _ = two_models
     models = {"bn": models["bn"]}

@@ -1,8 +1,9 @@
 """Two gloo processes under torchrun give exactly the single-process numbers.
 
 The test runs this file as the torchrun worker (``__main__`` below): robustness sweep (with
-checkpoints after every batch), AdaBN (full and prediction-time BN) and ESM, on 41 files (one
-unreadable) in batches of 6, so the two ranks get different numbers of batches.
+checkpoints after every batch), the same sweep interrupted on both ranks and resumed from its
+partial file, AdaBN (full and prediction-time BN) and ESM, on 41 files (one unreadable) in
+batches of 6, so the two ranks get different numbers of batches.
 """
 import json
 import os
@@ -17,10 +18,10 @@ from safetensors.torch import load_file, save_file
 
 import timm_xbn
 from timm_xbn.evaluation import (
-    create_eval_data, evaluate_adabn, evaluate_esm, evaluate_robustness, init_distributed, is_main_process,
+    SharedPass, create_eval_data, evaluate_adabn, evaluate_esm, evaluate_robustness, init_distributed, is_main_process,
     resolve_eval_data_config,
 )
-from timm_xbn.evaluation.distributed import shutdown_distributed
+from timm_xbn.evaluation.distributed import barrier, shutdown_distributed
 
 CLASSES, IMG, BATCH = 8, 32, 6
 
@@ -33,11 +34,36 @@ def build_models(bn_file: Path, xbn_file: Path):
     return {"bn": bn.eval(), "xbn": xbn.eval()}
 
 
+def interrupted_then_resumed(models, data, out: Path, interrupt_at: int = 3):
+    """The robustness sweep stopped on every rank at its ``interrupt_at``-th batch (after the checkpoint
+    of the batch before), then run again: the next index of the partial file and the resumed runs."""
+    real_update, calls = SharedPass.update, []
+
+    def update(self, images, targets):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real_update(self, images, targets)
+
+    SharedPass.update = update
+    try:
+        evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        SharedPass.update = real_update
+    barrier()
+    next_index = json.loads((out / "robustness.partial.json").read_text())["next_index"]
+    resumed = evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
+    return {"next_index": next_index, "runs": resumed["runs"]}
+
+
 def run_all(models, data_root: Path, out: Path):
     data = create_eval_data(data_root, resolve_eval_data_config(models, {"img_size": IMG}), batch_size=BATCH, workers=0)
     return {
         "robustness": evaluate_robustness(models, data, deltas=[0.5, 0.9], seeds=2, blocks=2, output_dir=out,
                                           checkpoint_every=1),
+        "resumed": interrupted_then_resumed(models, data, out / "resumed"),
         "adabn_full": evaluate_adabn(models, data, mode="full"),
         "adabn_batch": evaluate_adabn(models, data, mode="batch"),
         "esm": evaluate_esm(models, data),
@@ -56,7 +82,8 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
     (root / "class_3" / "broken.jpg").write_bytes(b"\xff\xd8 broken")
 
     single = run_all(build_models(tmp_path / "bn.safetensors", tmp_path / "xbn.safetensors"), root, tmp_path / "single")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parent))
+    here = Path(__file__).resolve().parent  # the workers import this checkout's timm_xbn and this file's helpers
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(here), str(here.parent)]))
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
          str(root), str(tmp_path / "bn.safetensors"), str(tmp_path / "xbn.safetensors"), str(tmp_path / "ddp")],
@@ -72,6 +99,11 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
     assert ddp["adabn_batch"]["models"] == single["adabn_batch"]["models"]
     assert ddp["adabn_full"]["models"] == single["adabn_full"]["models"]
     assert not (tmp_path / "ddp" / "robustness.partial.json").exists()
+    # interrupted at each rank's 3rd batch: 2 batches of 6 on each of the 2 ranks were done
+    assert single["resumed"]["next_index"] == 2 * BATCH and ddp["resumed"]["next_index"] == 2 * 2 * BATCH
+    assert ddp["resumed"]["runs"] == single["resumed"]["runs"]
+    assert ddp["resumed"]["runs"] == {k: v for k, v in single["robustness"]["runs"].items() if v["delta"] in (None, 0.5)}
+    assert not (tmp_path / "ddp" / "resumed" / "robustness.partial.json").exists()
     for label in ("bn", "xbn"):
         got, ref = ddp["esm"]["models"][label]["layers"], single["esm"]["models"][label]["layers"]
         assert [r["name"] for r in got] == [r["name"] for r in ref]

@@ -393,3 +393,19 @@ def test_card_without_results_says_so_and_partial_corruption_has_no_mce(tmp_path
     [index] = front_matter(tmp_path / "partial" / "README.md")["model-index"]
     assert [m["name"] for r in index["results"] for m in r["metrics"]] == ["Top 1 Error (clean)"]
     assert "**partial run**: missing contrast/5" in (tmp_path / "partial" / "README.md").read_text()
+
+
+def test_card_esm_row_shows_the_largest_sigma_and_its_layer(tmp_path: Path) -> None:
+    model = randomized(timm.create_model("resnet10t", num_classes=3))
+    checkpoint = write_checkpoint(model, tmp_path / "ckpt.safetensors")
+    esm = json.loads(results_files(tmp_path, model="resnet10t")["esm"].read_text())
+    layer = esm["models"]["resnet10t"]["layers"][0]
+    # the largest in the middle: neither the first, the last nor the smallest layer gives this row
+    esm["models"]["resnet10t"]["layers"] = [dict(layer, name=name, esm_sigma=sigma) for name, sigma in
+                                             (("bn1", 0.25), ("layer1.0.bn1", 0.75), ("layer1.0.bn2", 0.125))]
+    (tmp_path / "esm3.json").write_text(json.dumps(esm))
+    push("resnet10t", "someone/esm", checkpoint=checkpoint, model_kwargs=dict(num_classes=3),
+         results=[tmp_path / "esm3.json"], dry_run=tmp_path / "repo")
+    readme = (tmp_path / "repo" / "README.md").read_text()
+    assert "| Model | Mean ESM σ | BN layers | Largest ESM σ (layer) |" in readme
+    assert "| **resnet10t** | 0.3125 | 3 | 0.7500 (`layer1.0.bn1`) |" in readme

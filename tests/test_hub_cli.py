@@ -67,7 +67,8 @@ def test_cli_push_errors_are_one_line(args, message, tmp_path: Path, converted_c
 
 
 def test_cli_pull_and_info_reject_bad_repo_ids(tmp_path: Path) -> None:
-    for argv in (["pull", "a/b/c", "--out", str(tmp_path / "x")], ["info", "not a repo"]):
-        result = runner.invoke(hub_app, argv)
-        assert result.exit_code == 2 and "invalid repo id" in result.stderr
+    result = runner.invoke(hub_app, ["pull", "a/b/c", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "invalid repo id" in result.stderr
     assert not (tmp_path / "x").exists()
+    result = runner.invoke(hub_app, ["info", "not a repo"])  # neither a folder nor an id
+    assert result.exit_code == 2 and "no local folder not a repo, and it is not a Hub repo id" in result.stderr

@@ -1,7 +1,9 @@
 """Small helpers shared by the CLI commands."""
 import functools
 import json
-from typing import Any, Callable, Dict, Optional, TypeVar
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 import typer
 
@@ -36,3 +38,31 @@ def parse_json_kwargs(text: Optional[str], option: str = "--model-kwargs") -> Di
     if not isinstance(value, dict):
         raise ValueError(f"{option} must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def check_checkpoint_file(path: Path, option: str = "--checkpoint") -> None:
+    """Fail early, naming the file, unless ``path`` looks like a safetensors file or a torch checkpoint
+    (zip archive or pickle), so that e.g. a text file is not reported by torch's loader as "101"."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with path.open("rb") as f:
+        head = f.read(16)
+    safetensors = len(head) > 8 and head[8:9] == b"{"  # little-endian header size, then the JSON header
+    torch_file = head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")  # torch.save zip / legacy pickle
+    if not (safetensors or torch_file):
+        raise ValueError(f"{option} {path} is neither a .safetensors file nor a torch checkpoint "
+                         f"(it starts with {head[:12]!r})")
+
+
+@contextmanager
+def reword(replacements: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a ``ValueError`` from the Python API with its argument names replaced by the CLI's flags,
+    e.g. ``{"blocks=": "--blocks "}``."""
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        for old, new in replacements.items():
+            message = message.replace(old, new)
+        raise ValueError(message) from None

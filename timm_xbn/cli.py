@@ -2,12 +2,13 @@
 
 Console scripts: ``xbn-eval``, ``xbn-train``, ``xbn-convert``, ``xbn-hub``.
 """
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import typer
 
-from ._cli_utils import handle_errors, parse_json_kwargs
+from ._cli_utils import check_checkpoint_file, handle_errors, parse_json_kwargs, reword
 from .layers import is_batch_free
 
 eval_app = typer.Typer(
@@ -36,26 +37,76 @@ _EVAL_STD = typer.Option(None, "--std", help="Override the normalization std (3 
 _EVAL_BATCH = typer.Option(64, "--batch-size", "-b", help="Images per batch.")
 _EVAL_WORKERS = typer.Option(2, "--workers", "-j", help="Data loading processes.")
 _EVAL_DEVICE = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")
-_EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes.")
+_EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes; one run at a time.")
+_EVAL_CLASS_MAP = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map); integer folder names are used as indices without it.")
+BLOCKS_FLAGS = {"use blocks=None or scope='all'": "use --blocks all", "blocks=None": "--blocks all", "blocks=": "--blocks "}
 
 
+def _check_eval_options(img_size: Optional[int], crop_pct: Optional[float], batch_size: int, workers: int) -> None:
+    """Reject option values that would otherwise fail (or evaluate nothing) only after the models and data are built."""
+    for bad, message in (
+        (img_size is not None and img_size < 1, f"--img-size must be a positive number of pixels, got {img_size}"),
+        (crop_pct is not None and crop_pct <= 0, f"--crop-pct must be a fraction > 0 (e.g. 0.875), got {crop_pct}"),
+        (batch_size < 1, f"--batch-size must be >= 1, got {batch_size}"),
+        (workers < 0, f"--workers (-j) must be >= 0 (0 loads in the main process), got {workers}"),
+    ):
+        if bad:
+            raise ValueError(message)
+
+
+@contextmanager
+def _claimed_output(command: str, specs, output: Optional[Path]) -> Iterator[Path]:
+    """The output folder, checked writable and locked against a second run (on rank 0) for the block."""
+    from .evaluation import is_main_process
+    from .evaluation.results import claim_output_dir
+
+    out = _eval_output(command, specs, output)
+    if not is_main_process():
+        yield out
+        return
+    with claim_output_dir(out, "--output" if output else "the default output folder") as folder:
+        yield folder
+
+
+def _warn(message: Optional[str]) -> None:
+    """Print a yellow warning line on rank 0 (nothing for ``None``)."""
+    from .evaluation import is_main_process
+
+    if message and is_main_process():
+        typer.secho(f"warning: {message}", fg="yellow", err=True)
+
+
+@contextmanager
 def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir, dataset, split, img_size,
-                crop_pct, interpolation, mean, std, batch_size, workers, device, output):
-    """Join torchrun's process group, build the models and the shared eval data; returns (models, specs, data, out)."""
+                crop_pct, interpolation, mean, std, batch_size, workers, device, output,
+                class_map: Optional[Path] = None) -> Iterator[tuple]:
+    """Check the options and the output folder, join torchrun's process group, build the models and
+    the shared eval data; yields (models, specs, data, out) with the output folder locked."""
     from .evaluation import (build_model_specs, create_eval_data, create_models, data_config_conflicts,
                              init_distributed, is_main_process, resolve_eval_data_config, validate_data_dir)
 
+    _check_eval_options(img_size, crop_pct, batch_size, workers)
+    for path in checkpoints or []:
+        check_checkpoint_file(path)
     dev = init_distributed(device)
     specs = build_model_specs(models, checkpoints or [], pretrained, parse_json_kwargs(model_kwargs))
     validate_data_dir(data_dir, dataset)
-    built = create_models(specs, dev)
-    overrides = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
-    conflicts = data_config_conflicts(built, overrides)
-    if conflicts and is_main_process():
-        typer.secho(f"note: all models use {specs[0].label}'s data config ({'; '.join(conflicts)})", fg="yellow", err=True)
-    data = create_eval_data(data_dir, resolve_eval_data_config(built, overrides), dataset=dataset, split=split,
-                            batch_size=batch_size, workers=workers)
-    return built, specs, data, _eval_output(command, specs, output)
+    with _claimed_output(command, specs, output) as out:
+        built = create_models(specs, dev)
+        overrides = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+        conflicts = data_config_conflicts(built, overrides)
+        if conflicts and is_main_process():
+            typer.secho(f"note: all models use {specs[0].label}'s data config ({'; '.join(conflicts)})", fg="yellow", err=True)
+        data = create_eval_data(data_dir, resolve_eval_data_config(built, overrides), dataset=dataset, split=split,
+                                batch_size=batch_size, workers=workers, class_map=class_map,
+                                num_classes=_num_classes(built))
+        _warn(data.info.get("class_warning"))
+        yield built, specs, data, out
+
+
+def _num_classes(built) -> Optional[int]:
+    """The number of outputs of the first model (all models are scored against the same labels)."""
+    return getattr(next(iter(built.values())), "num_classes", None)
 
 
 def _eval_output(command: str, specs, output: Optional[Path]) -> Path:
@@ -107,6 +158,7 @@ def eval_robustness(
     device: str = _EVAL_DEVICE,
     output: Optional[Path] = _EVAL_OUTPUT,
     checkpoint_every: int = typer.Option(20, "--checkpoint-every", help="Save partial counts every N batches (resume point)."),
+    class_map: Optional[Path] = _EVAL_CLASS_MAP,
 ) -> None:
     """Top-1 with disturbed BN statistics (the paper's Figure 8): clean and mean ± std over seeds per Δ.
 
@@ -118,16 +170,17 @@ def eval_robustness(
 
       xbn-eval robustness --model resnet26 --pretrained --data-dir val --delta 0.1
 
-      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
+      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --class-map fmnist_classes.txt --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
     """
     from .evaluation import evaluate_robustness, robustness_table
 
-    built, specs, data, out = _eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
-                                          img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
     chosen = None if blocks.strip().lower() == "all" else int(blocks) if blocks.strip().isdigit() else [b.strip() for b in blocks.split(",") if b.strip()]
-    results = evaluate_robustness(built, data, delta, seeds=seeds, blocks=chosen, output_dir=out, progress=True,
-                                  checkpoint_every=checkpoint_every, model_specs={s.label: s.fingerprint() for s in specs})
-    _eval_report([robustness_table(results)], results, out, ["robustness.json", "robustness.csv", "robustness.png"])
+    with _eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, specs, data, out):
+        with reword(BLOCKS_FLAGS):
+            results = evaluate_robustness(built, data, delta, seeds=seeds, blocks=chosen, output_dir=out, progress=True,
+                                          checkpoint_every=checkpoint_every, model_specs={s.label: s.fingerprint() for s in specs})
+        _eval_report([robustness_table(results)], results, out, ["robustness.json", "robustness.csv", "robustness.png"])
 
 
 @eval_app.command("adabn")
@@ -153,6 +206,7 @@ def eval_adabn(
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
     output: Optional[Path] = _EVAL_OUTPUT,
+    class_map: Optional[Path] = _EVAL_CLASS_MAP,
 ) -> None:
     """Top-1/top-5 on target data before and after re-estimating the BN statistics on it.
 
@@ -166,15 +220,16 @@ def eval_adabn(
     """
     from .evaluation import adabn_table, create_eval_data, evaluate_adabn, validate_data_dir
 
-    built, _, data, out = _eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
-                                      img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
-    calib = None
     if calib_dir is not None:
         validate_data_dir(calib_dir, dataset)
-        calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
-    results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
-                             output_dir=out, progress=True)
-    _eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
+    with _eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+        calib = None
+        if calib_dir is not None:  # labels are not used for adaptation: no class mapping needed
+            calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
+        results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
+                                 output_dir=out, progress=True)
+        _eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
 
 
 @eval_app.command("esm")
@@ -197,6 +252,7 @@ def eval_esm(
     workers: int = _EVAL_WORKERS,
     device: str = _EVAL_DEVICE,
     output: Optional[Path] = _EVAL_OUTPUT,
+    class_map: Optional[Path] = _EVAL_CLASS_MAP,
 ) -> None:
     """Estimation shift magnitude (ESM_μ, ESM_σ) of every BN on the test data, and a plot of ESM_σ vs depth.
 
@@ -210,10 +266,10 @@ def eval_esm(
     """
     from .evaluation import esm_tables, evaluate_esm
 
-    built, _, data, out = _eval_setup("esm", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split,
-                                      img_size, crop_pct, interpolation, mean, std, batch_size, workers, device, output)
-    results = evaluate_esm(built, data, max_batches=max_batches, output_dir=out, progress=True)
-    _eval_report(esm_tables(results), results, out, ["esm.json", "esm.csv", "esm_sigma.png"])
+    with _eval_setup("esm", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+        results = evaluate_esm(built, data, max_batches=max_batches, output_dir=out, progress=True)
+        _eval_report(esm_tables(results), results, out, ["esm.json", "esm.csv", "esm_sigma.png"])
 
 
 # ---- xbn-eval: corruption ---------------------------------------------------------------------
@@ -234,7 +290,7 @@ def eval_corruption(
     severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
     clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map)."),
+    class_map: Optional[Path] = _EVAL_CLASS_MAP,
     adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions."),
     img_size: Optional[int] = _EVAL_IMG_SIZE,
@@ -272,22 +328,25 @@ def eval_corruption(
     if len(chosen) != 1:
         raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
     parse_adapt(adapt)
+    _check_eval_options(img_size, crop_pct, batch_size, workers)
+    for path in checkpoint or []:
+        check_checkpoint_file(path)
     wanted, sevs = parse_corruptions(corruptions), parse_severities(severities)
     dev = init_distributed(device)
     specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
-    built = create_models(specs, dev)
-    config = resolve_eval_data_config(built, dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std))
-    num_classes = getattr(next(iter(built.values())), "num_classes", None)
-    common = dict(num_classes=num_classes, corruptions=wanted, severities=sevs, batch_size=batch_size, workers=workers)
-    if imagenet_c:
-        source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
-    elif cifar_c:
-        source = CifarC(cifar_c, config, **common)
-    else:
-        source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
-    out = _eval_output("corruption", specs, output)
-    results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
-                                   model_specs={s.label: s.fingerprint() for s in specs})
+    with _claimed_output("corruption", specs, output) as out:
+        built = create_models(specs, dev)
+        config = resolve_eval_data_config(built, dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std))
+        common = dict(num_classes=_num_classes(built), corruptions=wanted, severities=sevs, batch_size=batch_size, workers=workers)
+        if imagenet_c:
+            source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+        elif cifar_c:
+            source = CifarC(cifar_c, config, **common)
+        else:
+            source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+        _warn(source.class_warning)
+        results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
+                                       model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
         console = Console()
         if source.missing and (wanted or sevs):  # asked for explicitly but absent
@@ -471,20 +530,25 @@ def convert(
       xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
       xbn-convert resnet50 --pretrained --num-classes 10 --out resnet50_p2_10cls  [dim](ImageNet weights, fresh 10-class head)[/dim]
     """
+    from .evaluation.results import claim_output_dir
     from .models.checkpoints import convert_pretrained, export_model, import_authors_checkpoint
 
     kwargs = parse_json_kwargs(model_kwargs)
-    if authors is not None:
-        converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
-    else:
-        converted = convert_pretrained(
-            model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=kwargs, position=position,
-            every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group, stem=stem,
-        )
-    if num_classes is not None:
-        converted.reset_classifier(num_classes)  # timm's fresh head; the checkpoint's classifier is dropped
-    replaced = sum(is_batch_free(m) for m in converted.modules())
-    folder = export_model(converted, out)
+    for option, path in (("--checkpoint", checkpoint), ("--authors", authors)):
+        if path is not None:
+            check_checkpoint_file(path, option)
+    with claim_output_dir(out, "--out"):
+        if authors is not None:
+            converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
+        else:
+            converted = convert_pretrained(
+                model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=kwargs, position=position,
+                every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group, stem=stem,
+            )
+        if num_classes is not None:
+            converted.reset_classifier(num_classes)  # timm's fresh head; the checkpoint's classifier is dropped
+        replaced = sum(is_batch_free(m) for m in converted.modules())
+        folder = export_model(converted, out)
     architecture = converted.pretrained_cfg["architecture"]
     typer.echo(f"{architecture}: {replaced} batch-free norms; wrote {folder / 'model.safetensors'} and {folder / 'config.json'}")
 
@@ -541,6 +605,7 @@ def hub_push(
     """
     from .hub import push
 
+    check_checkpoint_file(checkpoint)
     result = push(
         model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
         results_name=results_name, private=private, revision=revision, dry_run=dry_run,
@@ -567,9 +632,12 @@ def hub_pull(
 
       xbn-hub pull me/xbn_resnet34_p1_d2 --revision v1 --out r34
     """
-    from .hub import info, pull
+    from .evaluation.results import claim_output_dir
+    from .hub import check_repo_id, info, pull
 
-    folder = pull(repo_id, out, revision=revision)
+    check_repo_id(repo_id)
+    with claim_output_dir(out, "--out"):
+        folder = pull(repo_id, out, revision=revision)
     typer.echo(f"downloaded {repo_id} to {folder}")
     _hub_print_info(info(folder))
 

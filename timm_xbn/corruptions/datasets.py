@@ -3,9 +3,9 @@ image folder corrupted on the fly (reference package in the loader workers, or t
 implementation on the evaluation device).
 
 Every source yields uint8 images (B, 3, H, W); normalisation happens on the device (see
-``evaluate.py``). Class folders map to class indices like timm's ImageNet loader: a ``class_map``
-file when given; ImageNet-1k synset order when the folders are ImageNet wnids and the model has
-1000 classes (so a subset of the classes still maps correctly); otherwise the sorted folder names.
+``evaluate.py``). Class folders map to the model's class indices by the rules of
+``timm_xbn.evaluation.classes``: a ``class_map`` file; integer folder names; ImageNet-1k synset order
+for wnids and a 1000-class model (so a subset of the classes still maps correctly); else sorted names.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..evaluation.classes import class_folders, match_classes, resolve_class_map
 from ..evaluation.data import EvalData, SkippedSample, SkipUnreadable
 from .names import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
 from .reference import corrupt_reference, image_seed
@@ -25,12 +26,6 @@ __all__ = [
     "CifarC", "CifarCArray", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "ReferenceCorrupted",
     "discover_imagenet_c", "resolve_class_map",
 ]
-
-def _natural_key(text: str):
-    from timm.utils.misc import natural_key
-
-    return natural_key(text)
-
 
 def _listing(path: Path, limit: int = 8) -> str:
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
@@ -76,43 +71,6 @@ def discover_imagenet_c(root: Union[str, Path]) -> dict[tuple[str, int], Path]:
     return pairs
 
 
-def _imagenet_synsets() -> list[str]:
-    from timm.data import ImageNetInfo
-
-    return list(ImageNetInfo("imagenet-1k").label_names())
-
-
-def resolve_class_map(class_names: Sequence[str], num_classes: Optional[int],
-                      class_map: Optional[Union[str, Path, Mapping[str, int]]] = None) -> dict[str, int]:
-    """Class folder name -> model class index (see the module docstring for the rules)."""
-    names = sorted(set(class_names), key=_natural_key)
-    if class_map is not None:
-        if isinstance(class_map, Mapping):
-            mapping = dict(class_map)
-        else:
-            from timm.data.readers.class_map import load_class_map
-
-            path = Path(class_map).expanduser()
-            if not path.is_file():
-                raise FileNotFoundError(f"class map file not found: {path}")
-            if path.suffix.lower() != ".txt":
-                raise ValueError(f"class map must be a .txt file with one class name per line, got {path.name}")
-            mapping = load_class_map(str(path))
-        unmapped = [n for n in names if n not in mapping]
-        if unmapped:
-            raise ValueError(f"{len(unmapped)} class folders are not in the class map, e.g. {unmapped[:5]}")
-        mapping = {n: int(mapping[n]) for n in names}
-    elif num_classes == 1000 and set(names) <= set(synsets := _imagenet_synsets()):
-        order = {w: i for i, w in enumerate(synsets)}
-        mapping = {n: order[n] for n in names}
-    else:
-        mapping = {n: i for i, n in enumerate(names)}
-    if num_classes is not None and max(mapping.values(), default=-1) >= num_classes:
-        raise ValueError(f"the data has {len(names)} classes mapped up to index {max(mapping.values())}, "
-                         f"but the model has only {num_classes} outputs (pass --class-map, or set num_classes)")
-    return mapping
-
-
 class ReferenceCorrupted(Dataset):
     """Clean uint8 images (3, H, W) of an inner data set, corrupted per image by the reference
     package with a seed derived from (seed, corruption, severity, index): reproducible in workers."""
@@ -154,6 +112,7 @@ class CorruptionSource:
     ``pairs`` are the requested pairs that exist (in benchmark order), ``missing`` the requested
     ones that do not (``"fog"`` or ``"fog/3"``). ``on_device`` names the corruption the evaluator
     applies to each batch on the device (torch mode); ``None`` when the loader delivers corrupted images.
+    ``class_warning`` says when the class folders may not be the model's classes (``match_classes``).
     """
 
     kind: str
@@ -165,6 +124,7 @@ class CorruptionSource:
     workers: int = 2
     on_device: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    class_warning: Optional[str] = None
 
     def pair_data(self, corruption: str, severity: int) -> EvalData:
         raise NotImplementedError
@@ -204,10 +164,6 @@ def _folder_dataset(root: Path, class_map: Mapping[str, int], transform) -> Skip
     return SkipUnreadable(ds, transform)
 
 
-def _class_folders(root: Path) -> list[str]:
-    return [p.name for p in root.iterdir() if p.is_dir()]
-
-
 class ImageNetCFolders(CorruptionSource):
     """The released ImageNet-C tree; images are centre-cropped to the input size, never resized."""
 
@@ -227,10 +183,10 @@ class ImageNetCFolders(CorruptionSource):
         self.clean_dir = Path(clean_dir).expanduser() if clean_dir is not None else None
         if self.clean_dir is not None and not self.clean_dir.is_dir():
             raise FileNotFoundError(f"clean data folder not found: {self.clean_dir}")
-        names = {n for p in pairs for n in _class_folders(self.folders[p])}
+        names = {n for p in pairs for n in class_folders(self.folders[p])}
         if self.clean_dir is not None:
-            names |= set(_class_folders(self.clean_dir))
-        self.class_map = resolve_class_map(sorted(names), num_classes, class_map)
+            names |= set(class_folders(self.clean_dir))
+        self.class_map, _, self.class_warning = match_classes(sorted(names), num_classes, class_map, str(root))
 
     def pair_data(self, corruption: str, severity: int) -> EvalData:
         from timm.data.transforms import MaybePILToTensor
@@ -317,10 +273,10 @@ class OnTheFly(CorruptionSource):
         super().__init__(f"on-the-fly-{mode}", str(root), [(c, s) for c in wanted for s in sevs], [],
                          dict(data_config), batch_size, workers, on_device=(mode == "torch"), info={"seed": seed})
         self.root, self.mode, self.seed = root, mode, seed
-        names = _class_folders(root)
+        names = class_folders(root)
         if not names:
             raise ValueError(f"{root} should hold one folder per class (<root>/<class>/<image>), found {_listing(root)}")
-        self.class_map = resolve_class_map(names, num_classes, class_map)
+        self.class_map, _, self.class_warning = match_classes(names, num_classes, class_map, str(root))
 
     def clean_data(self) -> EvalData:
         return self._eval_data(_folder_dataset(self.root, self.class_map, _clean_transform(self.data_config)), str(self.root))

@@ -20,7 +20,9 @@ from ..evaluation.distributed import is_main_process
 from ..evaluation.engine import run_pass
 from ..evaluation.metrics import accuracy_from_counts
 from ..evaluation.models import weights_sha1
-from ..evaluation.results import jsonable_config, load_results, make_results, skipped_report, write_csv, write_json_atomic
+from ..evaluation.results import (
+    NUMBER, jsonable_config, load_results, make_results, skipped_report, write_csv, write_json_atomic,
+)
 from ..evaluation.sweep import Setting, SharedPass
 from ..stats.moments import eval_mode, model_device
 from .datasets import CorruptionSource
@@ -31,6 +33,11 @@ from .torch_ops import corrupt_batch
 __all__ = ["BatchPrep", "CorruptionPass", "evaluate_corruptions", "parse_adapt", "results_path"]
 
 CLEAN = "clean"
+# the fields of a previous corruption-<label>.json that a resumed run reads back
+RESUME_SHAPE = {
+    "runs": {"*": {"correct1": int, "correct5": int, "count": int, "top1_error": NUMBER, "top5_error": NUMBER}},
+    "skipped_images": {"*": dict},
+}
 
 
 def parse_adapt(spec: Optional[str]) -> Optional[tuple[str, float]]:
@@ -186,7 +193,7 @@ def evaluate_corruptions(
         metas[label] = {"dataset": source.source, "source": source.kind, "adapt": adapt, "seed": seed,
                         "data_config": jsonable_config(source.data_config), "weights_sha1": weights_sha1(model),
                         "spec": dict((model_specs or {}).get(label, {})) or None}
-        previous = load_results(results_path(out, label), "corruption") if out else None
+        previous = load_results(results_path(out, label), "corruption", RESUME_SHAPE) if out else None
         if previous:
             _check_same_run(previous, metas[label], results_path(out, label))
         runs[label] = dict(previous.get("runs", {})) if previous else {}

@@ -8,6 +8,7 @@ carries the indices and file names it skipped.
 """
 import dataclasses
 import os
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
@@ -21,6 +22,7 @@ from timm.data.readers.img_extensions import get_img_extensions
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
+from .classes import ClassMapping, ClassMapSource, class_folders, match_classes
 from .distributed import ShardSampler, world_info
 
 __all__ = [
@@ -226,6 +228,18 @@ class EvalData:
         )
 
 
+def _folder_class_mapping(root: Path, split: str, num_classes: Optional[int],
+                          class_map: ClassMapSource) -> Optional[ClassMapping]:
+    """The class mapping of an ImageFolder source (its ``split`` child when present, as timm picks it)."""
+    from timm.data.dataset_factory import _search_split
+
+    folder = Path(_search_split(str(root), split))
+    names = class_folders(folder) if folder.is_dir() else []
+    if not names:
+        return None
+    return match_classes(names, num_classes, class_map, where=str(folder))
+
+
 def create_eval_data(
     data_dir: Union[str, Path],
     data_config: Mapping[str, Any],
@@ -233,21 +247,32 @@ def create_eval_data(
     split: str = "validation",
     batch_size: int = 64,
     workers: int = 2,
-    class_map: Optional[str] = None,
+    class_map: ClassMapSource = None,
     input_img_mode: str = "RGB",
+    num_classes: Optional[int] = None,
 ) -> EvalData:
     """Build the eval data set with timm's ``create_dataset`` and an eval transform from ``data_config``.
 
     ``data_dir`` is an ImageFolder tree (``class/image.jpg``, or a ``val``/``validation`` child of it),
     a tar file, or the root for ``dataset="hfds/..."`` / ``"torch/..."``. A missing folder raises
     ``FileNotFoundError``; a folder without images raises ``ValueError`` naming the extensions looked for.
+    The class folders of an ImageFolder map to the indices of a model with ``num_classes`` outputs by
+    the rules of ``timm_xbn.evaluation.classes`` (``class_map``, integer names, ...); ``info["class_warning"]``
+    says when that mapping is a guess.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 (0 loads in the main process), got {workers}")
     root = validate_data_dir(data_dir, dataset)
+    matched = _folder_class_mapping(root, split, num_classes, class_map) \
+        if _is_folder_reader(dataset) and root.is_dir() else None
+    timm_class_map = matched.mapping if matched is not None else class_map or ""
     try:
-        ds = create_dataset(dataset, root=str(root), split=split, class_map=class_map or "",
+        ds = create_dataset(dataset, root=str(root), split=split, class_map=timm_class_map,
                             is_training=False, input_img_mode=input_img_mode)
+    except tarfile.TarError as err:
+        raise ValueError(f"cannot read {root} as a tar file of images: {err}") from None
     except RuntimeError as err:
         if "Found 0 images" not in str(err):
             raise
@@ -261,12 +286,13 @@ def create_eval_data(
     if len(ds) == 0:
         raise ValueError(f"data set {dataset or 'folder'} at {root} (split {split!r}) holds no images")
     transform = create_transform(**{k: v for k, v in data_config.items() if v is not None}, is_training=False)
-    num_classes = len(getattr(getattr(ds, "reader", None), "class_to_idx", {}) or {}) or None
+    num_found = len(getattr(getattr(ds, "reader", None), "class_to_idx", {}) or {}) or None
     return EvalData(
         SkipUnreadable(ds, transform),
         dict(data_config),
         batch_size=batch_size,
-        workers=max(0, min(workers, os.cpu_count() or 1)),
+        workers=min(workers, os.cpu_count() or 1),
         source=f"{dataset + ':' if dataset else ''}{root}",
-        info={"num_images": len(ds), "num_classes": num_classes, "split": split},
+        info={"num_images": len(ds), "num_classes": num_found, "split": split,
+              **({"class_map": matched.rule, "class_warning": matched.warning} if matched is not None else {})},
     )

@@ -36,6 +36,23 @@ def is_main_process() -> bool:
     return world_info()[0] == 0
 
 
+def _check_device(device: str) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` for a malformed name or a GPU this machine lacks."""
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device name: use auto, cpu, cuda or cuda:K") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:K")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu (or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ValueError(f"device {device!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+    return resolved
+
+
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1) and pick this rank's device.
 
@@ -46,7 +63,7 @@ def init_distributed(device: str = "auto") -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    resolved = torch.device(device)
+    resolved = _check_device(device)
     if resolved.type == "cuda" and resolved.index is None:
         resolved = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     if world > 1 and not dist.is_initialized():

@@ -14,10 +14,12 @@ import torch
 
 from .data import EvalData, SkippedSample
 from .distributed import all_gather_objects, all_reduce_sum, is_main_process, world_info
-from .results import write_json_atomic
+from .results import shape_error, write_json_atomic
 from .sweep import SharedPass
 
 __all__ = ["PassResult", "run_pass"]
+
+STATE_SHAPE = {"next_index": int, "counts": [[int]], "skipped": [list]}
 
 
 @dataclass
@@ -29,12 +31,34 @@ class PassResult:
     resumed_from: int = 0
 
 
-def _load_state(state_file: Optional[Path], keys: Sequence[str], meta: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+def _warn(message: str) -> None:
+    if is_main_process():
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] {message}", highlight=False, soft_wrap=True)
+
+
+def _load_state(state_file: Optional[Path], keys: Sequence[str], meta: Mapping[str, Any],
+                length: int) -> Optional[Dict[str, Any]]:
+    """The partial pass saved in ``state_file`` for these settings and ``meta``; ``None`` (start over)
+    when there is none, when it belongs to another run, or when it is damaged (with a warning)."""
     if state_file is None or not state_file.is_file():
         return None
-    state = json.loads(state_file.read_text())
-    if state.get("meta") != meta or state.get("keys") != list(keys):
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        _warn(f"discarded the damaged partial pass {state_file} (not valid JSON: {err}); starting the pass over")
+        return None
+    if not isinstance(state, dict) or state.get("meta") != meta or state.get("keys") != list(keys):
         return None  # another run's partial pass: start over
+    error = shape_error(state, STATE_SHAPE)
+    fits = error is None and 0 <= state["next_index"] <= length and all(len(s) == 3 for s in state["skipped"]) \
+        and [len(c) for c in state["counts"]] == [3] * len(keys)
+    if error is None and not fits:
+        error = f"its next_index, counts or skipped images do not fit {length} images and {len(keys)} settings"
+    if error:
+        _warn(f"discarded the damaged partial pass {state_file} ({error}); starting the pass over")
+        return None
     return state
 
 
@@ -61,7 +85,7 @@ def run_pass(
     keys = [s.key for s in evaluator.settings]
     meta = dict(meta or {})
     path = Path(state_file) if state_file is not None else None
-    state = _load_state(path, keys, meta)
+    state = _load_state(path, keys, meta, len(data))
     start = int(state["next_index"]) if state else 0
     base = torch.tensor(state["counts"], dtype=torch.int64) if state else torch.zeros(len(keys), 3, dtype=torch.int64)
     base_skipped = [SkippedSample(*s) for s in state["skipped"]] if state else []

@@ -8,8 +8,10 @@ import csv
 import json
 import os
 import statistics
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -18,8 +20,13 @@ from .metrics import accuracy_from_counts
 from .sweep import Setting
 
 __all__ = [
+    "NUMBER",
+    "OPTIONAL_NUMBER",
+    "check_output_dir",
+    "claim_output_dir",
     "jsonable_config",
     "load_results",
+    "shape_error",
     "run_record",
     "skipped_report",
     "summarize_robustness",
@@ -29,6 +36,8 @@ __all__ = [
 ]
 
 MAX_LISTED_SKIPPED = 50
+NUMBER = (int, float)
+OPTIONAL_NUMBER = (int, float, type(None))
 
 
 def _version() -> str:
@@ -51,17 +60,102 @@ def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def load_results(path: Union[str, Path], kind: str) -> Optional[Dict[str, Any]]:
-    """The results JSON at ``path`` if it exists (``None`` otherwise); ``ValueError`` if it is another kind."""
+def check_output_dir(path: Union[str, Path], option: str = "--output") -> Path:
+    """Create the output folder and write a probe file in it, so that an unusable location (a file,
+    a read-only place) is reported before any long work; ``ValueError`` naming ``option`` otherwise."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file; give a folder (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {path} is not writable: {err.strerror or err}") from None
+    return path
+
+
+@contextmanager
+def claim_output_dir(path: Union[str, Path], option: str = "--output") -> Iterator[Path]:
+    """``check_output_dir``, then hold an exclusive lock on the folder for the block, so that a second
+    run on the same folder fails at once instead of overwriting the first one's results.
+
+    The lock (``flock`` on the folder itself) ends with the block or the process, so a killed run
+    never leaves a stale lock. A folder this call created is removed again if the block fails
+    before writing anything into it.
+    """
+    import fcntl
+
+    created = not Path(path).expanduser().exists()
+    folder = check_output_dir(path, option)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{option} {folder} is in use by another run; wait for it to finish or give "
+                             "another folder") from None
+        try:
+            yield folder
+        except BaseException:
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
+    finally:
+        os.close(fd)
+
+
+def shape_error(value: Any, shape: Any, where: str = "") -> Optional[str]:
+    """Where ``value`` departs from ``shape`` (e.g. ``"models['bn'].layers[0].esm_sigma: expected a number,
+    got str"``), or ``None``.
+
+    ``shape`` is a type or tuple of types; a dict of required keys to shapes (key ``"*"``: every value);
+    or a one-item list (every item).
+    """
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            return f"{where or 'the file'}: expected an object, got {type(value).__name__}"
+        for key, sub in shape.items():
+            if key != "*" and key not in value:
+                return f"{where + '.' if where else ''}{key}: missing"
+            items = value.items() if key == "*" else [(key, value[key])]
+            for k, v in items:
+                error = shape_error(v, sub, f"{where}[{k!r}]" if key == "*" else f"{where + '.' if where else ''}{k}")
+                if error:
+                    return error
+        return None
+    if isinstance(shape, list):
+        if not isinstance(value, list):
+            return f"{where}: expected a list, got {type(value).__name__}"
+        return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]"))), None)
+    if not isinstance(value, shape):
+        expected = "a number" if shape in (NUMBER, OPTIONAL_NUMBER) else " or ".join(
+            t.__name__ for t in (shape if isinstance(shape, tuple) else (shape,)))
+        return f"{where}: expected {expected}, got {type(value).__name__}"
+    return None
+
+
+def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The results JSON at ``path`` if it exists (``None`` otherwise).
+
+    ``ValueError`` naming the file if it is not JSON, holds another kind, or departs from ``shape``
+    (see ``shape_error``; the fields a resumed run reads back).
+    """
     path = Path(path)
     if not path.is_file():
         return None
     try:
         results = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"cannot resume from {path}: not valid JSON ({err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot resume from {path}: not valid JSON ({err}); delete it or use another --output") from None
+    if not isinstance(results, dict):
+        raise ValueError(f"cannot resume from {path}: it holds a JSON {type(results).__name__}, not {kind!r} results; "
+                         "delete it or use another --output")
     if results.get("kind") != kind:
         raise ValueError(f"cannot resume from {path}: it holds {results.get('kind')!r} results, expected {kind!r}")
+    error = shape_error(results, dict(shape or {}))
+    if error:
+        raise ValueError(f"cannot resume from {path}: {error}; delete it or use another --output")
     return results
 
 

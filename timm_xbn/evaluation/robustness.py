@@ -15,12 +15,22 @@ from .distributed import barrier, is_main_process
 from .engine import run_pass
 from .models import weights_sha1
 from .plots import plot_robustness
-from .results import jsonable_config, load_results, make_results, run_record, skipped_report, summarize_robustness, write_csv, write_json_atomic
+from .results import (
+    NUMBER, OPTIONAL_NUMBER, jsonable_config, load_results, make_results, run_record, skipped_report, summarize_robustness,
+    write_csv, write_json_atomic,
+)
 from .sweep import SharedPass, eval_mode, robustness_settings
 
 __all__ = ["RESULTS_FILE", "evaluate_robustness"]
 
 RESULTS_FILE = "robustness.json"
+# the fields of a previous robustness.json that a resumed sweep reads back
+RESUME_SHAPE = {
+    "model_info": {"*": {"weights_sha1": str, "targets": [str]}},
+    "runs": {"*": {"model": str, "delta": OPTIONAL_NUMBER, "seed": (int, type(None)), "correct1": int,
+                   "correct5": int, "count": int, "top1": NUMBER, "top5": NUMBER}},
+    "skipped_images": {"count": int, "files": [dict]},
+}
 
 
 def _check_same_run(previous: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
@@ -86,7 +96,7 @@ def evaluate_robustness(
     settings = robustness_settings(list(models), deltas, seed_list)
 
     out = Path(output_dir) if output_dir is not None else None
-    previous = load_results(out / RESULTS_FILE, "robustness") if out else None
+    previous = load_results(out / RESULTS_FILE, "robustness", RESUME_SHAPE) if out else None
     runs: Dict[str, Dict[str, Any]] = {}
     skipped: Dict[str, Any] = skipped_report([])
     if previous:

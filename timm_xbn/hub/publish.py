@@ -7,6 +7,7 @@ it, converted models included (``import timm_xbn`` first).
 """
 import copy
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,10 +104,16 @@ def write_repo_folder(
     """Write the files of the Hub repo (``REPO_FILES``) to ``folder``; returns their names."""
     loaded = load_results(results)
     folder = Path(folder)
-    export_model(model, folder)
-    config = json.loads((folder / "config.json").read_text())
-    card = render_card(model, repo_id, config, loaded, names=names, license=license, template=template)
-    (folder / "README.md").write_text(card, encoding="utf-8")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:  # folder is untouched unless all succeed
+        staging = Path(tmp)
+        export_model(model, staging)
+        config = json.loads((staging / "config.json").read_text())
+        card = render_card(model, repo_id, config, loaded, names=names, license=license, template=template)
+        (staging / "README.md").write_text(card, encoding="utf-8")
+        folder.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, folder / path.name)
     return sorted(p.name for p in folder.iterdir())
 
 
@@ -154,6 +161,8 @@ def push(
         api: an ``HfApi`` to upload with (default: one for the Hub endpoint and ``token``).
     """
     check_repo_id(repo_id)
+    if dry_run is not None:
+        _check_folder(Path(dry_run))
     built = build_model(model, checkpoint, model_kwargs)
     architecture = built.pretrained_cfg.get("architecture", type(built).__name__)
     aliases = [results_name] if isinstance(results_name, str) else list(results_name or ())
@@ -162,7 +171,6 @@ def push(
         select_entry(loaded, names)
     if dry_run is not None:
         folder = Path(dry_run)
-        _check_folder(folder)
         files = write_repo_folder(built, folder, repo_id, results, names=names, license=license)
         return PushResult(repo_id=repo_id, files=files, folder=folder, commit_url=None)
     token = resolve_token(token)
@@ -183,14 +191,18 @@ def pull(repo_id: str, out: Union[str, Path], revision: Optional[str] = None, to
 
 def info(source: Union[str, Path], revision: Optional[str] = None) -> HubInfo:
     """``config.json`` and model-card results of a local repo folder, or of a Hub repo ``ORG/NAME``."""
-    folder = Path(source)
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        try:
+            check_repo_id(str(source))
+        except ValueError:
+            raise FileNotFoundError(f"no local folder {source}, and it is not a Hub repo id ORG/NAME either") from None
     if folder.is_dir():
         files = {name: folder / name for name in ("config.json", "README.md")}
         missing = [str(p) for p in files.values() if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"{folder} is not a Hub model folder: {', '.join(missing)} not found")
     else:
-        check_repo_id(str(source))
         files = {name: Path(hf_hub_download(str(source), name, revision=revision)) for name in ("config.json", "README.md")}
     config = json.loads(files["config.json"].read_text())
     return HubInfo(source=str(source), config=config, results=card_results(files["README.md"]))

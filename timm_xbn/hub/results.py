@@ -8,16 +8,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
+from ..evaluation.results import NUMBER, OPTIONAL_NUMBER, shape_error
+
 __all__ = ["CARD_KINDS", "ResultsFile", "load_results", "base_name", "select_entry"]
 
-# Required top-level fields of each results kind a model card can show.
-_REQUIRED: Dict[str, Tuple[str, ...]] = {
-    "train": ("model", "val_top1", "val_top5", "epochs", "recipe", "dataset"),
-    "robustness": ("dataset", "blocks", "seeds", "models"),
-    "adabn": ("dataset", "models"),
-    "esm": ("dataset", "models"),
-    "corruption": ("model", "dataset", "clean_error", "errors", "ce", "mce", "relative_mce", "complete", "missing"),
+_OPTIONAL_STR = (str, type(None))
+# The fields of each results kind that a model card reads, with their types (see ``shape_error``).
+_SHAPES: Dict[str, Dict[str, Any]] = {
+    "train": {"model": str, "val_top1": OPTIONAL_NUMBER, "val_top5": OPTIONAL_NUMBER, "epochs": int,
+              "recipe": _OPTIONAL_STR, "dataset": str},
+    "robustness": {"dataset": str, "blocks": (int, list, type(None)), "seeds": [int], "models": {"*": {
+        "clean_top1": OPTIONAL_NUMBER, "deltas": {"*": {"mean": NUMBER, "std": NUMBER}}}}},
+    "adabn": {"dataset": str, "models": {"*": {"mode": str, "before_top1": NUMBER, "after_top1": NUMBER}}},
+    "esm": {"dataset": str, "models": {"*": {"mean_esm_sigma": NUMBER, "layers": [{"name": str, "esm_sigma": NUMBER}]}}},
+    "corruption": {"model": str, "dataset": str, "clean_error": OPTIONAL_NUMBER, "errors": {"*": {"*": NUMBER}},
+                   "ce": {"*": OPTIONAL_NUMBER}, "mce": OPTIONAL_NUMBER, "relative_mce": OPTIONAL_NUMBER,
+                   "complete": bool, "missing": [str]},
 }
+_REQUIRED: Dict[str, Tuple[str, ...]] = {kind: tuple(shape) for kind, shape in _SHAPES.items()}
 CARD_KINDS = tuple(_REQUIRED)
 
 
@@ -54,6 +62,9 @@ def _load_one(path: Path) -> ResultsFile:
         raise ValueError(f"{path} ({kind} results) lacks the field(s) {', '.join(missing)}")
     if "models" in data and (not isinstance(data["models"], dict) or not data["models"]):
         raise ValueError(f"{path} ({kind} results) has no per-model results in 'models'")
+    error = shape_error(data, _SHAPES[kind])
+    if error:
+        raise ValueError(f"{path} ({kind} results) does not have the shape xbn-train / xbn-eval write: {error}")
     return ResultsFile(path=path, kind=kind, data=data)
 
 
