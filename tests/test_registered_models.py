@@ -218,3 +218,14 @@ def test_convert_num_classes_gives_a_fresh_head_that_train_py_initial_checkpoint
     assert all(torch.equal(model.state_dict()[k], v) for k, v in exported.state_dict().items())
     with pytest.raises(ValueError, match=r"fc.weight: checkpoint \(1000, 256\) vs model \(5, 256\)"):  # what the recipe hit before
         load_weights(timm.create_model("xbn_converted", base_model="resnet26", num_classes=5, **narrow), tmp_path / "bn.safetensors")
+
+
+def test_load_weights_names_what_is_wrong_with_a_text_file(tmp_path):
+    from timm_xbn.models.checkpoints import load_weights
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello\n")
+    with pytest.raises(ValueError) as err:
+        load_weights(timm.create_model("resnet18", num_classes=3), text)
+    message = str(err.value)
+    assert str(text) in message and "not a .safetensors file or a weights-only torch checkpoint" in message

@@ -44,7 +44,10 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     try:
         state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as err:  # corrupt file, or a pickle with non-tensor objects
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+        raise ValueError(
+            f"cannot read checkpoint {path}: not a .safetensors file or a weights-only torch checkpoint, "
+            f"or damaged ({type(err).__name__}: {err})"
+        ) from None
     problems = state_dict_mismatch(model, state_dict)
     if problems:
         raise ValueError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
