@@ -13,6 +13,8 @@ Workers are spawned processes (``--workers``); each loads the data set once.
 """
 import multiprocessing
 import os
+import resource
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from .resnet import (
 if TYPE_CHECKING:  # pragma: no cover
     from .run import StudyConfig
 
-__all__ = ["Job", "plan_jobs", "run_jobs", "default_workers"]
+__all__ = ["Job", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
 
 
 @dataclass(frozen=True)
@@ -214,8 +216,15 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
-    """Run ``job`` with the study's thread count and the global RNG state left as it was; store its result."""
+    """Run ``job`` with the study's thread count and the global RNG state left as it was; store its
+    result, and its wall and CPU seconds beside it (``<key>.time.json``, not part of the results)."""
+    started_wall, started_cpu = time.perf_counter(), _cpu_seconds()
     previous = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
@@ -229,8 +238,23 @@ def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
                 result = _small_batch_job(ctx, job)
     finally:
         torch.set_num_threads(previous)
+    write_json_atomic(parts / f"{job.key}.time.json",
+                      {"wall_s": time.perf_counter() - started_wall, "cpu_s": _cpu_seconds() - started_cpu})
     write_json_atomic(parts / f"{job.key}.json", result)
     return result
+
+
+def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
+    """Total wall and CPU seconds the jobs took when they ran (also in earlier, resumed runs)."""
+    import json
+
+    total = {"wall_s": 0.0, "cpu_s": 0.0}
+    for job in jobs:
+        path = parts / f"{job.key}.time.json"
+        if path.is_file():
+            for key, value in json.loads(path.read_text()).items():
+                total[key] += value
+    return total
 
 
 def run_jobs(

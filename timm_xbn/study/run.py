@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..evaluation.results import make_results, write_csv, write_json_atomic
 from .data import StudyData, load_dataset
-from .jobs import Job, default_workers, plan_jobs, run_jobs
+from .jobs import Job, default_workers, job_seconds, plan_jobs, run_jobs
 from .mlp import MLPConfig
 from .plots import plot_study
 from .report import evaluate_claims, summary_lines
@@ -247,8 +247,10 @@ def run_study(
     plots = plot_study(results, output_dir)
     wall = time.perf_counter() - started
     lines = summary_lines(results)
+    spent = job_seconds(jobs, parts)
     lines.append(f"Wall time: {wall:.0f} s with {workers} worker(s) x {cfg.threads} thread(s) "
-                 f"({reused} of {len(jobs)} jobs reused from an earlier run); results in {output_dir}/")
+                 f"({reused} of {len(jobs)} jobs reused from an earlier run); the jobs took {spent['cpu_s']:.0f} "
+                 f"CPU-seconds ({spent['wall_s']:.0f} s of job wall time); results in {output_dir}/")
     lines.append("Figures: " + ", ".join(str(p) for p in plots))
     (output_dir / SUMMARY_FILE).write_text("\n".join(lines) + "\n")
     styles = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
