@@ -1,0 +1,69 @@
+"""The interface of a test-time adaptation method: a module that adapts as it predicts.
+
+An ``Adapter`` owns a deep copy of the user's model (which is never changed). Calling it on a test
+batch returns that batch's logits, after whatever adaptation the method does on it. ``reset()``
+returns it to its state at creation (episodic protocol). It counts the samples that went through
+forward and backward passes, as EATA reports them.
+"""
+import copy
+from typing import Any, Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Adapter", "PassCounts"]
+
+
+class PassCounts:
+    """Samples through forward and backward passes (a batch of 64 forwarded twice counts 128)."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
+
+
+class Adapter(nn.Module):
+    """Base class: ``forward(x)`` -> logits of ``x`` (adapting on it first where the method does).
+
+    Subclasses set ``stateful`` when updates carry over from batch to batch (their results then
+    depend on the batch order), and ``needs_data`` when ``prepare(batches)`` must see the whole
+    test stream before predicting it.
+    """
+
+    stateful: bool = False
+    needs_data: bool = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        self.passes = PassCounts()
+        self._initial: Optional[Dict[str, Any]] = None
+
+    def snapshot(self) -> None:
+        """Remember the current state as the one ``reset()`` returns to (stateful subclasses call it
+        at the end of their ``__init__``; for the others ``reset()`` has nothing to undo)."""
+        self._initial = copy.deepcopy(self.state())
+
+    def state(self) -> Dict[str, Any]:
+        """Everything that adaptation changes (tensors and numbers only, so ``weights_only`` loads it)."""
+        return {"model": self.model.state_dict()}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def reset(self) -> None:
+        """Back to the state at creation (the pass counts keep running)."""
+        if self._initial is not None:
+            self.load_state(copy.deepcopy(self._initial))
+
+    def prepare(self, batches: Iterable[torch.Tensor]) -> None:
+        """See the test inputs before predicting them (only methods with ``needs_data``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` from the (adapted) copy; adapting methods override this."""
+        self.passes.forward += x.shape[0]
+        with torch.no_grad():
+            return self.model(x)
