@@ -302,6 +302,105 @@ def eval_corruption(
     shutdown_distributed()
 
 
+# ---- xbn-eval: adapt --------------------------------------------------------------------------
+
+
+def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+                       seed, batch_size, workers, overrides):
+    """The ``CorruptionSource`` of exactly one of --imagenet-c / --cifar-c / --data-dir, with the models' data config."""
+    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, parse_corruptions, parse_severities
+    from .evaluation import resolve_eval_data_config
+
+    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    config = resolve_eval_data_config(built, overrides)
+    num_classes = getattr(next(iter(built.values())), "num_classes", None)
+    common = dict(num_classes=num_classes, corruptions=parse_corruptions(corruptions), severities=parse_severities(severities),
+                  batch_size=batch_size, workers=workers)
+    if imagenet_c:
+        return ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+    if cifar_c:
+        return CifarC(cifar_c, config, **common)
+    return OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+
+
+@eval_app.command("adapt")
+@handle_errors
+def eval_adapt(
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
+    protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
+    imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG."),
+    cifar_c: Optional[Path] = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error."),
+    corrupt: str = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch or reference (imagecorruptions)."),
+    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones)."),
+    severities: Optional[str] = typer.Option("5", "--severities", help="Comma-separated severities 1-5 (default 5, as the TTA benchmarks report; 'all' or 1,2,3,4,5 for mCE)."),
+    clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
+    clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
+    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions and of the order in which each corruption's images are read."),
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+) -> None:
+    """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
+
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+
+    [bold]Examples[/bold]
+
+      xbn-eval adapt -m resnet50 -m xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --imagenet-c /data/imagenet-c --method source --method norm --method prior:16 --method tent
+
+      xbn-eval adapt -m resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --severities 1,2,3,4,5 --clean-error 23.9 --method source --method prior:16
+
+      xbn-eval adapt -m resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --method tent:optimizer=adam,lr=0.001 --method sar --protocol continual -b 200
+
+      xbn-eval adapt -m resnet26 --data-dir /data/imagenet/val --corruptions fog,snow --method norm --method tent
+    """
+    from rich.console import Console
+
+    from .adapt import PROTOCOLS, parse_method
+    from .adapt.evaluate import evaluate_adaptation
+    from .adapt.report import adaptation_table
+    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
+    from .evaluation.distributed import shutdown_distributed
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    for spec in method:
+        parse_method(spec)
+    dev = init_distributed(device)
+    specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
+    built = create_models(specs, dev)
+    source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions,
+                                None if severities == "all" else severities, clean_dir, class_map, seed,
+                                batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                          interpolation=interpolation, mean=mean, std=std))
+    if not source.pairs:
+        raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
+    out = _eval_output("adapt", specs, output)
+    results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
+                                  progress=True, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
+    if is_main_process():
+        console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
+        if source.missing and corruptions:  # asked for explicitly but absent
+            console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
+        console.print(adaptation_table(results))
+        console.print(f"wrote {out / 'adapt.json'}, {out / 'adapt.csv'}, {out / 'adapt.png'}")
+    shutdown_distributed()
+
+
 # ---- xbn-eval: study --------------------------------------------------------------------------
 
 
