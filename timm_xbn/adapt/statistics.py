@@ -1,10 +1,15 @@
-"""Adapters that only change BN statistics: source, norm (AdaBN), prior (Schneider et al.), batch."""
+"""Adapters that only change BN statistics: source, norm (AdaBN), prior (Schneider et al.), batch.
+
+A model without BatchNorm running statistics (an all-GN network) has nothing for them to adapt:
+they then predict exactly as the source model (and ``norm`` skips its calibration pass).
+"""
 from typing import Iterable
 
 import torch
 import torch.nn as nn
 
 from ..stats import recalibrate
+from ..stats.moments import bns_with_running_stats
 from .base import Adapter
 
 __all__ = ["Source", "Norm", "Prior", "Batch"]
@@ -21,6 +26,9 @@ class Norm(Adapter):
     needs_data = True
 
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
+        if not bns_with_running_stats(self.model):
+            return
+
         def counted() -> Iterable[torch.Tensor]:
             for x in batches:
                 self.passes.forward += x.shape[0]
@@ -35,8 +43,8 @@ class Prior(Adapter):
 
     def __init__(self, model: nn.Module, prior: float = 16.0):
         super().__init__(model)
-        recalibrate(self.model, mode="prior", prior=prior, inplace=True)
-        self.prior = prior
+        if bns_with_running_stats(self.model):
+            recalibrate(self.model, mode="prior", prior=prior, inplace=True)
 
 
 class Batch(Adapter):
@@ -44,4 +52,5 @@ class Batch(Adapter):
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
-        recalibrate(self.model, mode="batch", inplace=True)
+        if bns_with_running_stats(self.model):
+            recalibrate(self.model, mode="batch", inplace=True)
