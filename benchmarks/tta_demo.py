@@ -22,6 +22,7 @@ from statistics import fmean
 import torch
 import torch.nn as nn
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from timm_xbn.adapt import create_adapter, run_protocol
@@ -87,10 +88,13 @@ def main() -> None:
                                  for i in range(0, len(order), args.batch_size)]))
             streams[f"{corruption}/{severity}"] = (lambda b=batches: zip(*b))
     errors = {}
-    for label, model in models.items():
-        for method in METHODS:
-            runs = run_protocol(create_adapter(model, method), streams, "episodic")
-            errors[(label, method)] = {key: r["top1_error"] for key, r in runs.items()}
+    with Progress(transient=True) as bar:
+        task = bar.add_task("adapting", total=len(models) * len(METHODS))
+        for label, model in models.items():
+            for method in METHODS:
+                runs = run_protocol(create_adapter(model, method), streams, "episodic")
+                errors[(label, method)] = {key: r["top1_error"] for key, r in runs.items()}
+                bar.advance(task)
     elapsed = time.perf_counter() - start
 
     args.output.mkdir(parents=True, exist_ok=True)

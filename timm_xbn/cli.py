@@ -219,6 +219,42 @@ def eval_esm(
 # ---- xbn-eval: corruption ---------------------------------------------------------------------
 
 
+_CORR_IMAGENET_C = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize).")
+_CORR_CIFAR_C = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy.")
+_CORR_DATA_DIR = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error.")
+_CORR_CORRUPT = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers).")
+_CORR_CORRUPTIONS = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones).")
+_CORR_CLEAN_DIR = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")
+_CORR_CLASS_MAP = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map).")
+
+
+def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities) -> tuple:
+    """Exactly one data source, valid corruption and severity lists (checked before any model is built); returns the lists."""
+    from .corruptions import parse_corruptions, parse_severities
+
+    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    return parse_corruptions(corruptions), parse_severities(severities)
+
+
+def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+                       seed, batch_size, workers, overrides):
+    """The ``CorruptionSource`` of --imagenet-c / --cifar-c / --data-dir (``_check_corruption_inputs`` first), with the models' data config."""
+    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, parse_corruptions, parse_severities
+    from .evaluation import resolve_eval_data_config
+
+    config = resolve_eval_data_config(built, overrides)
+    num_classes = getattr(next(iter(built.values())), "num_classes", None)
+    common = dict(num_classes=num_classes, corruptions=parse_corruptions(corruptions), severities=parse_severities(severities),
+                  batch_size=batch_size, workers=workers)
+    if imagenet_c:
+        return ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+    if cifar_c:
+        return CifarC(cifar_c, config, **common)
+    return OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+
+
 @eval_app.command("corruption")
 @handle_errors
 def eval_corruption(
@@ -226,15 +262,15 @@ def eval_corruption(
     checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
-    imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize)."),
-    cifar_c: Optional[Path] = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error."),
-    corrupt: str = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers)."),
-    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones)."),
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
     severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
-    clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map)."),
+    class_map: Optional[Path] = _CORR_CLASS_MAP,
     adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
     seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions."),
     img_size: Optional[int] = _EVAL_IMG_SIZE,
@@ -263,28 +299,18 @@ def eval_corruption(
     """
     from rich.console import Console
 
-    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, corruption_table, evaluate_corruptions, parse_adapt
-    from .corruptions import parse_corruptions, parse_severities, results_path
-    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process, resolve_eval_data_config
+    from .corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
+    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
     from .evaluation.distributed import shutdown_distributed
 
-    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
-    if len(chosen) != 1:
-        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
     parse_adapt(adapt)
-    wanted, sevs = parse_corruptions(corruptions), parse_severities(severities)
     dev = init_distributed(device)
     specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
     built = create_models(specs, dev)
-    config = resolve_eval_data_config(built, dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std))
-    num_classes = getattr(next(iter(built.values())), "num_classes", None)
-    common = dict(num_classes=num_classes, corruptions=wanted, severities=sevs, batch_size=batch_size, workers=workers)
-    if imagenet_c:
-        source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
-    elif cifar_c:
-        source = CifarC(cifar_c, config, **common)
-    else:
-        source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+    source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+                                seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                interpolation=interpolation, mean=mean, std=std))
     out = _eval_output("corruption", specs, output)
     results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
                                    model_specs={s.label: s.fingerprint() for s in specs})
@@ -305,26 +331,6 @@ def eval_corruption(
 # ---- xbn-eval: adapt --------------------------------------------------------------------------
 
 
-def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
-                       seed, batch_size, workers, overrides):
-    """The ``CorruptionSource`` of exactly one of --imagenet-c / --cifar-c / --data-dir, with the models' data config."""
-    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, parse_corruptions, parse_severities
-    from .evaluation import resolve_eval_data_config
-
-    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
-    if len(chosen) != 1:
-        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
-    config = resolve_eval_data_config(built, overrides)
-    num_classes = getattr(next(iter(built.values())), "num_classes", None)
-    common = dict(num_classes=num_classes, corruptions=parse_corruptions(corruptions), severities=parse_severities(severities),
-                  batch_size=batch_size, workers=workers)
-    if imagenet_c:
-        return ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
-    if cifar_c:
-        return CifarC(cifar_c, config, **common)
-    return OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
-
-
 @eval_app.command("adapt")
 @handle_errors
 def eval_adapt(
@@ -334,15 +340,15 @@ def eval_adapt(
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
     protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
-    imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG."),
-    cifar_c: Optional[Path] = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error."),
-    corrupt: str = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch or reference (imagecorruptions)."),
-    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones)."),
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
     severities: Optional[str] = typer.Option("5", "--severities", help="Comma-separated severities 1-5 (default 5, as the TTA benchmarks report; 'all' or 1,2,3,4,5 for mCE)."),
-    clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
-    class_map: Optional[Path] = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order."),
+    class_map: Optional[Path] = _CORR_CLASS_MAP,
     seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions and of the order in which each corruption's images are read."),
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
@@ -380,13 +386,14 @@ def eval_adapt(
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for spec in method:
         parse_method(spec)
+    severities = None if severities == "all" else severities
+    _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
     dev = init_distributed(device)
     specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
     built = create_models(specs, dev)
-    source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions,
-                                None if severities == "all" else severities, clean_dir, class_map, seed,
-                                batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
-                                                          interpolation=interpolation, mean=mean, std=std))
+    source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+                                seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                interpolation=interpolation, mean=mean, std=std))
     if not source.pairs:
         raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
     out = _eval_output("adapt", specs, output)
