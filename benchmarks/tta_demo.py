@@ -51,9 +51,9 @@ def networks(cfg: ResNetConfig, seed: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-samples", type=int, default=8000)
+    parser.add_argument("--train-samples", type=int, default=6000)
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--test-samples", type=int, default=512)
+    parser.add_argument("--test-samples", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

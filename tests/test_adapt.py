@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from timm_xbn.adapt import (
-    SAR, Tent, create_adapter, norm_affine_parameters, parse_method, run_protocol,
+    EATA, SAR, Tent, create_adapter, norm_affine_parameters, parse_method, run_protocol,
 )
 from timm_xbn.stats import recalibrate
 
@@ -135,7 +135,7 @@ def test_methods_never_change_the_callers_model():
     state, flags = state_copy(net), [m.training for m in net.modules()]
     grads = [p.requires_grad for p in net.parameters()]
     x, y = batch()
-    for spec in ("source", "norm", "prior:4", "batch", "tent:lr=0.1", "sar:lr=0.1,margin=10"):
+    for spec in ("source", "norm", "prior:4", "batch", "tent:lr=0.1", "eata:lr=0.1,margin=10", "sar:lr=0.1,margin=10"):
         adapter = create_adapter(net, spec)
         run_protocol(adapter, {"a": lambda: [(x, y)], "b": lambda: [(x, y)]}, "continual")
     assert_same_state(net, state)
@@ -227,6 +227,45 @@ def test_sar_without_reliable_samples_does_not_move_and_recovers_when_the_loss_e
     kept(x)
     assert kept.resets == 0 and kept.ema is not None
     assert any(not torch.equal(a, b) for a, b in zip(affine_of(kept.model).values(), affine_of(net).values()))
+
+
+# ---------------------------------------------------------------- EATA
+
+
+def test_eata_step_is_sgd_on_reweighted_reliable_entropies_and_tracks_their_mean_softmax():
+    net = tiny_net()
+    x, _ = batch(n=12)
+    w = {k: v.clone().requires_grad_(True) for k, v in affine_of(net).items()}
+    logits = manual_logits(net, w, x)
+    ent = entropies(logits)
+    margin = float(ent.detach().median()) / math.log(3)
+    e0 = margin * math.log(3)
+    keep = ent < e0
+    assert 0 < int(keep.sum()) < len(x)
+    loss = (ent[keep] * torch.exp(e0 - ent[keep].detach())).mean()
+    grads = dict(zip(w, torch.autograd.grad(loss, list(w.values()))))
+    eata = EATA(net, lr=0.1, margin=margin, d_margin=0.05)
+    eata(x)
+    after = dict(eata.model.named_parameters())
+    for name in AFFINE:
+        torch.testing.assert_close(after[name].detach(), w[name].detach() - 0.1 * grads[name], rtol=0, atol=1e-10)
+    torch.testing.assert_close(eata.model_probs, logits.detach().softmax(1)[keep].mean(0))
+    assert eata.passes.as_dict() == {"forward": 12, "backward": int(keep.sum())}
+    # second batch: samples whose softmax is too close in direction to the running mean are redundant
+    x2, _ = batch(n=12, seed=5)
+    with torch.no_grad():
+        probs2 = manual_logits(net, affine_of(eata.model), x2).softmax(1)
+        ent2 = entropies(manual_logits(net, affine_of(eata.model), x2))
+    cos = F.cosine_similarity(eata.model_probs.unsqueeze(0), probs2, dim=1).abs()
+    eata.d_margin = float(cos[ent2 < e0].median())
+    keep2 = (ent2 < e0) & (cos < eata.d_margin)
+    assert 0 < int(keep2.sum()) < int((ent2 < e0).sum())
+    old = eata.model_probs.clone()
+    eata(x2)
+    assert eata.passes.backward == int(keep.sum()) + int(keep2.sum())
+    torch.testing.assert_close(eata.model_probs, 0.9 * old + 0.1 * probs2[keep2].mean(0))
+    eata.reset()
+    assert eata.model_probs is None and not eata.optimizer.state
 
 
 # ---------------------------------------------------------------- statistics methods, parameters, specs

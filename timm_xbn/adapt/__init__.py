@@ -1,5 +1,5 @@
 """Test-time adaptation of BN, GN and XBN networks: source, norm (AdaBN), prior (Schneider et al.),
-batch (prediction-time BN), TENT and SAR, in episodic or continual protocols.
+batch (prediction-time BN), TENT, EATA and SAR, in episodic or continual protocols.
 
 Notebook use::
 
@@ -10,6 +10,7 @@ Notebook use::
     errors = run_protocol(tent, {"fog/5": lambda: fog_batches, "snow/5": lambda: snow_batches}, "continual")
 """
 from .base import Adapter, PassCounts
+from .eata import EATA
 from .methods import METHODS, STATEFUL_METHODS, create_adapter, parse_method
 from .norms import NORM_TYPES, norm_affine_parameters, prepare_norm_adaptation
 from .protocol import PROTOCOLS, counts_record, run_protocol
@@ -18,7 +19,7 @@ from .statistics import Batch, Norm, Prior, Source
 from .tent import Tent, softmax_entropy
 
 __all__ = [
-    "Adapter", "PassCounts", "METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method",
+    "Adapter", "PassCounts", "EATA", "METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method",
     "NORM_TYPES", "norm_affine_parameters", "prepare_norm_adaptation", "PROTOCOLS", "counts_record", "run_protocol",
     "SAR", "Batch", "Norm", "Prior", "Source", "Tent", "softmax_entropy",
 ]

@@ -9,13 +9,15 @@ from typing import Any, Dict, Tuple, Type
 import torch.nn as nn
 
 from .base import Adapter
+from .eata import EATA
 from .sar import SAR
 from .statistics import Batch, Norm, Prior, Source
 from .tent import Tent
 
 __all__ = ["METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method"]
 
-METHODS: Dict[str, Type[Adapter]] = {"source": Source, "norm": Norm, "prior": Prior, "batch": Batch, "tent": Tent, "sar": SAR}
+METHODS: Dict[str, Type[Adapter]] = {"source": Source, "norm": Norm, "prior": Prior, "batch": Batch, "tent": Tent, "eata": EATA,
+                                     "sar": SAR}
 STATEFUL_METHODS = tuple(name for name, cls in METHODS.items() if cls.stateful)
 
 

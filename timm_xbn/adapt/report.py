@@ -29,13 +29,13 @@ def _mean(entry: Mapping[str, Any], severity: Optional[int]) -> Optional[float]:
 
 
 def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) -> list[dict[str, Any]]:
-    """One row per model x method: error (%) per corruption at ``severity``, its mean, the mean over
-    all pairs, mCE / relative mCE (complete ImageNet-C only) and passes per image."""
+    """One row per model x method: the source model's clean error, error (%) per corruption at
+    ``severity``, its mean, the mean over all pairs, mCE / relative mCE (complete ImageNet-C only) and passes per image."""
     severity = severity or table_severity(results)
     corruptions = [c for c in ALL_CORRUPTIONS if any(p.startswith(c + "/") for p in results["pairs"])]
     rows = []
     for entry in results["entries"].values():
-        row = {"model": entry["model"], "method": entry["method"]}
+        row = {"model": entry["model"], "method": entry["method"], "clean (source)": entry["clean_error"]}
         row.update({c: entry["errors"].get(c, {}).get(str(severity)) for c in corruptions})
         row.update({f"mean@{severity}": _mean(entry, severity), "mean": _mean(entry, None),
                     "mCE": entry["mce"], "rel. mCE": entry["relative_mce"],
