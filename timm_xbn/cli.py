@@ -338,7 +338,7 @@ def eval_adapt(
     checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
-    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
+    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
     protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
     imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
     cifar_c: Optional[Path] = _CORR_CIFAR_C,
@@ -362,7 +362,7 @@ def eval_adapt(
 ) -> None:
     """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
 
-    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
 
     [bold]Examples[/bold]
 

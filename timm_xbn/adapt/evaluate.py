@@ -3,12 +3,12 @@
 All adapters share each decoded batch (``CorruptionPass`` / ``run_pass`` of ``timm_xbn.corruptions``).
 Each pair is read in a seeded random order (class-sorted folders would otherwise give one-class
 batches). Results are written after every pair and a rerun with the same output folder skips the
-pairs done (resume at pair granularity); in the continual protocol the state of the TENT / SAR
-adapters is saved after every pair too (``adapt-state/``, loaded with ``weights_only=True``).
+pairs done (resume at pair granularity); in the continual protocol the state of the TENT / EATA /
+SAR adapters is saved after every pair too (``adapt-state/``, loaded with ``weights_only=True``).
 
 Sharding under torchrun: the statistics methods (source, norm, prior, batch) give the same numbers
-as one process, since each batch holds the same images and norm's statistics are all-reduced. TENT
-and SAR update the model after every batch, in stream order; under torchrun each rank would adapt
+as one process, since each batch holds the same images and norm's statistics are all-reduced. TENT,
+EATA and SAR update the model after every batch, in stream order; under torchrun each rank would adapt
 its own copy on every world-th batch, i.e. ``world`` independent, shorter streams: a different
 method whose numbers depend on the world size. They are therefore refused when ``world > 1``.
 """

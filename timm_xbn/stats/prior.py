@@ -5,6 +5,11 @@ For a test batch of n samples every BN normalizes with
 and the batch's (biased) variance, where N (``prior``) is the strength of the source statistics.
 All BNs are mixed, so downstream BNs see inputs produced by mixed upstream BNs. N=0 is
 prediction-time BN (Nado et al. 2020); N=inf is the source model.
+
+The batch variance is the biased one (what BN normalizes with in training mode), so N=0 is exactly
+prediction-time BN. bethgelab/robustness (robusta) reads the batch statistics off a momentum-1 BN
+and so mixes the unbiased variance, m/(m-1) times larger for m = n*H*W values per channel: a
+difference that matters only for small batches at small feature maps.
 """
 import math
 from typing import Tuple
