@@ -283,6 +283,17 @@ def test_norm_prior_batch_adapters_match_recalibrate_and_count_passes():
     torch.testing.assert_close(create_adapter(net, "source")(x), net(x))
 
 
+def test_statistics_methods_leave_a_bn_free_network_as_the_source():
+    torch.manual_seed(0)
+    gn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double()
+    x, y = batch()
+    for spec in ("norm", "prior:4", "batch"):
+        adapter = create_adapter(gn, spec)
+        runs = run_protocol(adapter, {"a": lambda: [(x, y)]})
+        assert runs["a"]["forward"] == 6, spec  # norm skips its calibration pass: nothing to calibrate
+        assert torch.equal(adapter(x), gn(x)), spec
+
+
 def test_norm_affine_parameters_cover_bn_gn_ln_affine_in_and_xbn_networks():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.GroupNorm(2, 4), nn.InstanceNorm2d(4, affine=True),
                         nn.InstanceNorm2d(4), nn.LayerNorm(4))
