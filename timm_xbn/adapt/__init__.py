@@ -9,7 +9,7 @@ Notebook use::
     logits = tent(x)                                        # adapts on x, returns its logits
     errors = run_protocol(tent, {"fog/5": lambda: fog_batches, "snow/5": lambda: snow_batches}, "continual")
 """
-from .base import Adapter, PassCounts
+from .base import Adapter, AffineAdapter, PassCounts
 from .eata import EATA
 from .methods import METHODS, STATEFUL_METHODS, create_adapter, parse_method
 from .norms import NORM_TYPES, norm_affine_parameters, prepare_norm_adaptation
@@ -19,7 +19,7 @@ from .statistics import Batch, Norm, Prior, Source
 from .tent import Tent, softmax_entropy
 
 __all__ = [
-    "Adapter", "PassCounts", "EATA", "METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method",
+    "Adapter", "AffineAdapter", "PassCounts", "EATA", "METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method",
     "NORM_TYPES", "norm_affine_parameters", "prepare_norm_adaptation", "PROTOCOLS", "counts_record", "run_protocol",
     "SAR", "Batch", "Norm", "Prior", "Source", "Tent", "softmax_entropy",
 ]

@@ -6,12 +6,14 @@ returns it to its state at creation (episodic protocol). It counts the samples t
 forward and backward passes, as EATA reports them.
 """
 import copy
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Adapter", "PassCounts"]
+from .norms import prepare_norm_adaptation
+
+__all__ = ["AffineAdapter", "Adapter", "PassCounts", "make_optimizer"]
 
 
 class PassCounts:
@@ -67,3 +69,39 @@ class Adapter(nn.Module):
         self.passes.forward += x.shape[0]
         with torch.no_grad():
             return self.model(x)
+
+
+def make_optimizer(params: List[nn.Parameter], optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """TENT's optimizers: SGD with momentum (its ImageNet-C setting) or Adam (betas 0.9, 0.999; its CIFAR setting)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+
+
+class AffineAdapter(Adapter):
+    """Base of the methods that train the norm layers' affine parameters (TENT, EATA, SAR): the copy
+    set up by ``prepare_norm_adaptation``, an optimizer over ``params``, and a state made of the
+    model, the optimizer and the attributes named in ``extra_state``. Subclasses call ``snapshot()``
+    at the end of their ``__init__``."""
+
+    stateful = True
+    extra_state: Tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, lr: float, optimizer: str = "sgd", momentum: float = 0.9):
+        super().__init__(model)
+        self.params = prepare_norm_adaptation(self.model)
+        self.optimizer = make_optimizer(self.params, optimizer, lr, momentum)
+
+    def state(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **{name: getattr(self, name) for name in self.extra_state}}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name in self.extra_state:
+            setattr(self, name, state[name])

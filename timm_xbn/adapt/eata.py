@@ -9,40 +9,30 @@ Per test batch (mr-eyes/EATA's ``forward_and_adapt_eata``):
 Reset (episodic) clears m too.
 """
 import math
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Adapter
-from .norms import prepare_norm_adaptation
-from .tent import make_optimizer, softmax_entropy
+from .base import AffineAdapter
+from .tent import softmax_entropy
 
 __all__ = ["EATA"]
 
 
-class EATA(Adapter):
+class EATA(AffineAdapter):
     """EATA on the affine parameters of every BN / GN / LN / IN. Defaults: EATA's ImageNet-C setting
     (SGD lr 0.00025, momentum 0.9, E0 = 0.4 ln C, ``d_margin`` 0.05)."""
 
-    stateful = True
+    extra_state = ("model_probs",)
 
     def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, margin: float = 0.4,
                  d_margin: float = 0.05):
-        super().__init__(model)
-        self.optimizer = make_optimizer(prepare_norm_adaptation(self.model), "sgd", lr, momentum)
+        super().__init__(model, lr, "sgd", momentum)
         self.margin, self.d_margin = margin, d_margin
         self.model_probs: Optional[torch.Tensor] = None
         self.snapshot()
-
-    def state(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "model_probs": self.model_probs}
-
-    def load_state(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.model_probs = state["model_probs"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():

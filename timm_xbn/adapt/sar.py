@@ -10,43 +10,32 @@ Per test batch (mr-eyes/SAR's ``forward_and_adapt_sar``):
 Unlike SAR's ResNet-50 setting, all norm layers are adapted (SAR leaves out layer4).
 """
 import math
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 
-from .base import Adapter
-from .norms import prepare_norm_adaptation
-from .tent import make_optimizer, softmax_entropy
+from .base import AffineAdapter
+from .tent import softmax_entropy
 
 __all__ = ["SAR"]
 
 
-class SAR(Adapter):
+class SAR(AffineAdapter):
     """SAR on the affine parameters of every BN / GN / LN / IN. Defaults: SAR's (SGD lr 0.00025,
     momentum 0.9, rho 0.05, E0 = 0.4 ln C, reset when the loss EMA < 0.2)."""
 
-    stateful = True
+    extra_state = ("ema",)
 
     def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, rho: float = 0.05,
                  margin: float = 0.4, reset_constant: float = 0.2):
-        super().__init__(model)
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
-        self.params: List[nn.Parameter] = prepare_norm_adaptation(self.model)
-        self.optimizer = make_optimizer(self.params, "sgd", lr, momentum)
+        super().__init__(model, lr, "sgd", momentum)
         self.rho, self.margin, self.reset_constant = rho, margin, reset_constant
         self.ema: Optional[float] = None
         self.resets = 0
         self.snapshot()
-
-    def state(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema}
-
-    def load_state(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.ema = state["ema"]
 
     def _reliable_entropy_backward(self, x: torch.Tensor, keep: Optional[torch.Tensor]) -> tuple:
         """Forward ``x``; backpropagate the mean entropy of the samples (among ``keep``) below E0.
