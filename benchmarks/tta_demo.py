@@ -11,7 +11,7 @@ once per (corruption, severity) with ``corrupt_batch`` (seeded), read in a seede
 batches of 64; each method runs episodically (reset per corruption x severity) and TENT, EATA and
 SAR also continually (one stream: the 15 corruptions at severity 5, then at severity 3, never reset).
 
-    python benchmarks/tta_demo.py                       # ~5 CPU-minutes at 1 thread; writes docs/tta/
+    python benchmarks/tta_demo.py                       # ~4 CPU-minutes at 1 thread; writes docs/tta/
     python benchmarks/tta_demo.py --quick -o /tmp/tta   # a smoke run (numbers meaningless)
 """
 import argparse
@@ -89,7 +89,7 @@ def main() -> None:
             batches = list(zip(*[(test.normalize(shifted[i:i + args.batch_size]), test.y[order][i:i + args.batch_size])
                                  for i in range(0, len(order), args.batch_size)]))
             streams[f"{corruption}/{severity}"] = (lambda b=batches: zip(*b))
-    errors = {}
+    errors, passes = {}, {}
     plan = [(m, "episodic") for m in METHODS] + [(m, "continual") for m in CONTINUAL]
     with Progress(transient=True) as bar:
         task = bar.add_task("adapting", total=len(models) * len(plan))
@@ -97,6 +97,8 @@ def main() -> None:
             for method, protocol in plan:
                 runs = run_protocol(create_adapter(model, method), streams, protocol)
                 errors[(label, method, protocol)] = {key: r["top1_error"] for key, r in runs.items()}
+                passes[(label, method, protocol)] = {k: sum(r[k] for r in runs.values()) / sum(r["count"] for r in runs.values())
+                                                     for k in ("forward", "backward")}
                 bar.advance(task)
     elapsed = time.perf_counter() - start
 
@@ -108,6 +110,7 @@ def main() -> None:
         for severity in SEVERITIES:
             row[f"mean sev {severity}"] = fmean(errs[f"{c}/{severity}"] for c in CORRUPTIONS)
         row.update({c: errs[f"{c}/5"] for c in CORRUPTIONS})
+        row.update({"fwd/img": passes[(label, method, protocol)]["forward"], "bwd/img": passes[(label, method, protocol)]["backward"]})
         rows.append(row)
     settings = {**{k: v for k, v in vars(args).items() if k != "output"}, "methods": METHODS, "continual": CONTINUAL,
                 "severities": SEVERITIES,
@@ -118,7 +121,7 @@ def main() -> None:
     for column in rows[0]:
         table.add_column(column[:9], justify="left" if column in ("model", "method") else "right")
     for row in rows:
-        table.add_row(*[v if isinstance(v, str) else f"{v:.1f}" for v in row.values()])
+        table.add_row(*[v if isinstance(v, str) else f"{v:.2f}" if k.endswith("/img") else f"{v:.1f}" for k, v in row.items()])
     Console(width=260).print(table)
     plot(rows, args.output / "tta_demo.png")
     print(f"wrote {args.output / 'tta_demo.json'} and {args.output / 'tta_demo.png'}")
