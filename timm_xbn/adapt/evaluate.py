@@ -6,9 +6,8 @@ batches). Results are written after every pair and a rerun with the same output 
 pairs done (resume at pair granularity); in the continual protocol the state of the TENT / EATA /
 SAR adapters is saved after every pair too (``adapt-state/``, loaded with ``weights_only=True``).
 
-Sharding under torchrun: the statistics methods (source, norm, prior, batch) should give the same
-numbers as one process, since each batch holds the same images and norm's statistics are
-all-reduced (not yet checked by a multi-process test). TENT,
+Sharding under torchrun: the statistics methods (source, norm, prior, batch) give the same numbers
+as one process, since each batch holds the same images and norm's statistics are all-reduced. TENT,
 EATA and SAR update the model after every batch, in stream order; under torchrun each rank would adapt
 its own copy on every world-th batch, i.e. ``world`` independent, shorter streams: a different
 method whose numbers depend on the world size. They are therefore refused when ``world > 1``.
