@@ -254,11 +254,11 @@ def test_full_recalibration_inplace_and_max_batches():
     torch.testing.assert_close(net[1].running_var.double(), var, rtol=0, atol=1e-5)
 
 
-def test_prior_recalibration_is_the_closed_form_mix():
+def test_mix_recalibration_is_the_closed_form_mix():
     net = tiny_net()
     batches = tiny_batches()
     n, prior = batches[0].shape[0], 16.0
-    mixed = recalibrate(net, batches, mode="prior", prior=prior)
+    mixed = recalibrate(net, batches, mode="mix", prior=prior)
     with torch.no_grad():
         captured = [manual_batch_stat_forward(net, x)[1] for x in batches]
     for i, idx in enumerate((1, 5)):
@@ -268,9 +268,50 @@ def test_prior_recalibration_is_the_closed_form_mix():
         expect_var = prior / (prior + n) * src_var + n / (prior + n) * var
         torch.testing.assert_close(mixed[idx].running_mean.double(), expect_mean, rtol=0, atol=1e-5)
         torch.testing.assert_close(mixed[idx].running_var.double(), expect_var, rtol=0, atol=1e-5)
-    no_prior = recalibrate(net, batches, mode="prior", prior=0.0)
+    no_prior = recalibrate(net, batches, mode="mix", prior=0.0)
     full = recalibrate(net, batches, mode="full")
     assert torch.equal(no_prior[5].running_var, full[5].running_var)
+
+
+def prior_bn_out(h: torch.Tensor, bn: nn.BatchNorm2d, prior: float) -> torch.Tensor:
+    """Schneider et al.'s BN written out in float64: statistics N/(N+n) * source + n/(N+n) * batch."""
+    h = h.double()
+    n = h.shape[0]
+    w = 1.0 if prior == float("inf") else prior / (prior + n)
+    mean = w * bn.running_mean.double() + (1 - w) * h.mean(dim=(0, 2, 3))
+    var = w * bn.running_var.double() + (1 - w) * h.var(dim=(0, 2, 3), unbiased=False)
+    out = (h - mean.view(1, -1, 1, 1)) / torch.sqrt(var.view(1, -1, 1, 1) + bn.eps)
+    return out * bn.weight.double().view(1, -1, 1, 1) + bn.bias.double().view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("prior", [0.0, 3.0, 16.0, float("inf")])
+def test_prior_mode_is_schneiders_per_batch_mix_in_every_bn(prior):
+    net = tiny_net()
+    before = bn_state(net)
+    adapted = recalibrate(net, mode="prior", prior=prior)
+    for x in tiny_batches(sizes=(5, 2, 9)):  # n changes per batch: so does the weight N/(N+n)
+        with torch.no_grad():
+            h2 = net[4](F.relu(prior_bn_out(net[0](x), net[1], prior)).float())  # upstream BN mixed too
+            expect = net[8](prior_bn_out(h2, net[5], prior).float().mean(dim=(2, 3)))
+            got = adapted(x)
+        torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
+        if prior == 0.0:  # N = 0 is prediction-time BN
+            torch.testing.assert_close(got, recalibrate(net, mode="batch")(x), rtol=1e-5, atol=1e-6)
+        if prior == float("inf"):  # N -> inf is the source model
+            torch.testing.assert_close(got, net(x), rtol=1e-5, atol=1e-6)
+    assert_state_equal(net, before)
+    assert_state_equal(adapted, before)  # the adapted copy's state keeps the source statistics
+
+
+def test_prior_mode_large_n_tends_to_source_and_rejects_negative_n():
+    net = tiny_net()
+    x = tiny_batches()[0]
+    far, near = (recalibrate(net, mode="prior", prior=n)(x) for n in (1e3, 1e7))
+    source = net(x)
+    assert (near - source).abs().max() < (far - source).abs().max() < 1.0
+    torch.testing.assert_close(near, source, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="source strength"):
+        recalibrate(net, mode="prior", prior=-1.0)
 
 
 def test_batch_mode_uses_test_batch_statistics_with_dropout_off():

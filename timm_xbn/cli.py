@@ -191,8 +191,8 @@ def eval_adabn(
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
     data_dir: Path = _EVAL_DATA_DIR,
-    mode: str = typer.Option("full", "--mode", help="full (AdaBN), prior (Schneider et al., see --prior) or batch (prediction-time BN)."),
-    prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior."),
+    mode: str = typer.Option("full", "--mode", help="full (AdaBN), prior (Schneider et al.: source mixed with each test batch, see --prior), mix (full mixed once with the source) or batch (prediction-time BN)."),
+    prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior / mix."),
     calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Adapt on this folder instead of --data-dir."),
     calib_batches: Optional[int] = typer.Option(None, "--calib-batches", help="Adapt on at most N batches."),
     dataset: str = _EVAL_DATASET,
@@ -275,6 +275,43 @@ def eval_esm(
 # ---- xbn-eval: corruption ---------------------------------------------------------------------
 
 
+_CORR_IMAGENET_C = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize).")
+_CORR_CIFAR_C = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy.")
+_CORR_DATA_DIR = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error.")
+_CORR_CORRUPT = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers).")
+_CORR_CORRUPTIONS = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones).")
+_CORR_CLEAN_DIR = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")
+
+
+def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities) -> tuple:
+    """Exactly one data source, valid corruption and severity lists (checked before any model is built); returns the lists."""
+    from .corruptions import parse_corruptions, parse_severities
+
+    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    return parse_corruptions(corruptions), parse_severities(severities)
+
+
+def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+                       seed, batch_size, workers, overrides):
+    """The ``CorruptionSource`` of --imagenet-c / --cifar-c / --data-dir (``_check_corruption_inputs`` first), with the models' data config."""
+    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, parse_corruptions, parse_severities
+    from .evaluation import resolve_eval_data_config
+
+    config = resolve_eval_data_config(built, overrides)
+    common = dict(num_classes=_num_classes(built), corruptions=parse_corruptions(corruptions),
+                  severities=parse_severities(severities), batch_size=batch_size, workers=workers)
+    if imagenet_c:
+        source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+    elif cifar_c:
+        source = CifarC(cifar_c, config, **common)
+    else:
+        source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+    _warn(source.class_warning)
+    return source
+
+
 @eval_app.command("corruption")
 @handle_errors
 def eval_corruption(
@@ -282,13 +319,13 @@ def eval_corruption(
     checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
     pretrained: bool = _EVAL_PRETRAINED,
     model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
-    imagenet_c: Optional[Path] = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize)."),
-    cifar_c: Optional[Path] = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error."),
-    corrupt: str = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers)."),
-    corruptions: Optional[str] = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones)."),
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
     severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
-    clean_dir: Optional[Path] = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
     class_map: Optional[Path] = _EVAL_CLASS_MAP,
     adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
@@ -319,32 +356,22 @@ def eval_corruption(
     """
     from rich.console import Console
 
-    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, corruption_table, evaluate_corruptions, parse_adapt
-    from .corruptions import parse_corruptions, parse_severities, results_path
-    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process, resolve_eval_data_config
+    from .corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
+    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
     from .evaluation.distributed import shutdown_distributed
 
-    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
-    if len(chosen) != 1:
-        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
     parse_adapt(adapt)
     _check_eval_options(img_size, crop_pct, batch_size, workers)
     for path in checkpoint or []:
         check_checkpoint_file(path)
-    wanted, sevs = parse_corruptions(corruptions), parse_severities(severities)
     dev = init_distributed(device)
     specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
     with _claimed_output("corruption", specs, output) as out:
         built = create_models(specs, dev)
-        config = resolve_eval_data_config(built, dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std))
-        common = dict(num_classes=_num_classes(built), corruptions=wanted, severities=sevs, batch_size=batch_size, workers=workers)
-        if imagenet_c:
-            source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
-        elif cifar_c:
-            source = CifarC(cifar_c, config, **common)
-        else:
-            source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
-        _warn(source.class_warning)
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,
+                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                               interpolation=interpolation, mean=mean, std=std))
         results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
                                        model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
@@ -358,6 +385,89 @@ def eval_corruption(
                 console.print(f"[yellow]{label}: skipped {skipped} unreadable images[/yellow] (listed in the JSON)")
         files = [results_path(out, label, suffix) for label in results for suffix in (".json", ".csv", ".png")]
         console.print(f"wrote {', '.join(str(f) for f in files)}")
+    shutdown_distributed()
+
+
+# ---- xbn-eval: adapt --------------------------------------------------------------------------
+
+
+@eval_app.command("adapt")
+@handle_errors
+def eval_adapt(
+    model: List[str] = _EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = _EVAL_CHECKPOINT,
+    pretrained: bool = _EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = _EVAL_MODEL_KWARGS,
+    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
+    protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
+    severities: Optional[str] = typer.Option("5", "--severities", help="Comma-separated severities 1-5 (default 5, as the TTA benchmarks report; 'all' or 1,2,3,4,5 for mCE)."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
+    clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
+    class_map: Optional[Path] = _EVAL_CLASS_MAP,
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions and of the order in which each corruption's images are read."),
+    img_size: Optional[int] = _EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = _EVAL_CROP_PCT,
+    interpolation: Optional[str] = _EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = _EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = _EVAL_STD,
+    batch_size: int = _EVAL_BATCH,
+    workers: int = _EVAL_WORKERS,
+    device: str = _EVAL_DEVICE,
+    output: Optional[Path] = _EVAL_OUTPUT,
+) -> None:
+    """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
+
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+
+    [bold]Examples[/bold]
+
+      xbn-eval adapt -m resnet50 -m xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --imagenet-c /data/imagenet-c --method source --method norm --method prior:16 --method tent
+
+      xbn-eval adapt -m resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --severities 1,2,3,4,5 --clean-error 23.9 --method source --method prior:16
+
+      xbn-eval adapt -m resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --method tent:optimizer=adam,lr=0.001 --method sar --protocol continual -b 200
+
+      xbn-eval adapt -m resnet26 --data-dir /data/imagenet/val --corruptions fog,snow --method norm --method tent
+    """
+    from rich.console import Console
+
+    from .adapt import PROTOCOLS, parse_method
+    from .adapt.evaluate import evaluate_adaptation
+    from .adapt.report import adaptation_table
+    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
+    from .evaluation.distributed import shutdown_distributed
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    for spec in method:
+        parse_method(spec)
+    severities = None if severities == "all" else severities
+    _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
+    _check_eval_options(img_size, crop_pct, batch_size, workers)
+    for path in checkpoint or []:
+        check_checkpoint_file(path)
+    dev = init_distributed(device)
+    specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
+    with _claimed_output("adapt", specs, output) as out:
+        built = create_models(specs, dev)
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,
+                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                               interpolation=interpolation, mean=mean, std=std))
+        if not source.pairs:
+            raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
+        results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
+                                      progress=True, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
+    if is_main_process():
+        console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
+        if source.missing and corruptions:  # asked for explicitly but absent
+            console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
+        console.print(adaptation_table(results))
+        console.print(f"wrote {out / 'adapt.json'}, {out / 'adapt.csv'}, {out / 'adapt.png'}")
     shutdown_distributed()
 
 

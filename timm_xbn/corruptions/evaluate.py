@@ -242,13 +242,13 @@ def evaluate_corruptions(
         prep = BatchPrep(source.data_config, device, (corruption, severity) if source.on_device else None, seed)
         evaluated = pending
         if parsed is not None:
-            from ..stats import recalibrate
+            from ..stats.recalibrate import DATA_FREE_MODES, recalibrate
 
             mode, prior = parsed
             evaluated = {}
             for label, model in pending.items():
                 try:
-                    evaluated[label] = recalibrate(model, None if mode == "batch" else _calibration_batches(data, prep),
+                    evaluated[label] = recalibrate(model, None if mode in DATA_FREE_MODES else _calibration_batches(data, prep),
                                                    mode=mode, prior=prior)
                 except ValueError as err:
                     raise ValueError(f"{label}: {err}") from None

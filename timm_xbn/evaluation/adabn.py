@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
-from ..stats import recalibrate
+from ..stats.recalibrate import DATA_FREE_MODES, recalibrate
 from .data import EvalData
 from .distributed import is_main_process
 from .engine import run_pass
@@ -51,24 +51,26 @@ def evaluate_adabn(
     Args:
         models: label -> model (on its device); they are not modified (adapted copies are made).
         data: target data to evaluate on.
-        mode: ``"full"`` (AdaBN), ``"prior"`` (Schneider et al., source strength ``prior``) or
-            ``"batch"`` (prediction-time BN: each test batch normalized with its own statistics,
-            so results depend on the batch size; ``data`` is then read in a seeded random order,
-            as class-sorted folders would otherwise give one-class batches).
+        mode: ``"full"`` (AdaBN), ``"prior"`` (Schneider et al.: source statistics mixed with each
+            test batch's, source strength ``prior``), ``"mix"`` (full statistics mixed once with
+            the source ones) or ``"batch"`` (prediction-time BN: each test batch normalized with
+            its own statistics). ``prior`` and ``batch`` depend on the batch size and need no
+            calibration data; ``data`` is then read in a seeded random order, as class-sorted
+            folders would otherwise give one-class batches.
         calib_data: data to recalibrate on (default: ``data``); ``calib_batches`` limits it.
         output_dir: write ``adabn.json`` and ``adabn.csv`` there.
 
-    The adaptation costs one pass over the calibration data per model (none for ``batch``); the
+    The adaptation costs one pass over the calibration data per model (none for ``prior`` and ``batch``); the
     before/after evaluation of all models is a single pass over ``data``.
     """
     calib = calib_data if calib_data is not None else data
-    if mode == "batch":
+    if mode in DATA_FREE_MODES:
         data = data.shuffled(seed=0)
     adapted = {}
     for label, model in models.items():
         try:
             adapted[label + ADAPTED_SUFFIX] = recalibrate(
-                model, None if mode == "batch" else calibration_inputs(calib, calib_batches),
+                model, None if mode in DATA_FREE_MODES else calibration_inputs(calib, calib_batches),
                 mode=mode, prior=prior, progress=progress)
         except ValueError as err:
             raise ValueError(f"{label}: {err}") from None
@@ -83,7 +85,7 @@ def evaluate_adabn(
         after = accuracy_from_counts(result.counts[Setting(label + ADAPTED_SUFFIX).key])
         entries[label] = {"mode": mode, "before_top1": before["top1"], "after_top1": after["top1"],
                           "before_top5": before["top5"], "after_top5": after["top5"], "count": before["count"],
-                          **({"prior": prior} if mode == "prior" else {})}
+                          **({"prior": prior} if mode in ("prior", "mix") else {})}
     results = make_results("adabn", {
         "dataset": data.source,
         "calibration": {"dataset": calib.source, "max_batches": calib_batches, "batch_size": calib.batch_size},

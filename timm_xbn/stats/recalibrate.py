@@ -2,9 +2,13 @@
 
 Modes:
   * ``full`` (AdaBN, Li et al. 2016): every BN's statistics become the mean and variance of its
-    input over all the target batches.
-  * ``prior`` (Schneider et al. 2020): the target statistics mixed with the source ones,
-    ``mu = N/(N+n) * mu_source + n/(N+n) * mu_target`` (same for the variance), N = ``prior``.
+    input over all the target batches (one pass, see ``recalibrate``).
+  * ``prior`` (Schneider et al. 2020, ``timm_xbn.stats.prior``): at prediction time every BN mixes
+    the source statistics with each test batch's, ``N/(N+n) * source + n/(N+n) * batch`` for a
+    batch of n samples, N = ``prior``; no target data is needed beforehand.
+  * ``mix``: the ``full`` target statistics mixed once with the source ones,
+    ``N/(N+n) * source + n/(N+n) * target`` with n the loader's batch size (fixed statistics;
+    this is *not* Schneider et al.'s per-batch method, and ``prior=0`` equals ``full``).
   * ``batch`` (prediction-time BN, Nado et al. 2020): every BN normalizes each test batch with
     that batch's own statistics, also in eval mode.
 """
@@ -18,13 +22,15 @@ import torch.nn as nn
 from .moments import (
     ChannelMoments, bns_with_running_stats, capture_bn_inputs, eval_mode, is_distributed, iterate_inputs, model_device,
 )
+from .prior import prior_weight, use_prior_statistics
 
-__all__ = ["RECALIBRATION_MODES", "recalibrate"]
+__all__ = ["RECALIBRATION_MODES", "recalibrate", "use_batch_stats"]
 
-RECALIBRATION_MODES = ("full", "prior", "batch")
+RECALIBRATION_MODES = ("full", "prior", "mix", "batch")
+DATA_FREE_MODES = ("prior", "batch")
 
 
-def _use_batch_stats(bns: List[Tuple[str, nn.Module]]) -> None:
+def use_batch_stats(bns: List[Tuple[str, nn.Module]]) -> None:
     """Make BNs normalize with each batch's statistics in eval mode, with no running stats at all."""
     for _, bn in bns:
         bn.track_running_stats = False
@@ -81,30 +87,36 @@ def recalibrate(
 ) -> nn.Module:
     """Adapt the BN statistics of ``model`` to the target data in ``batches``.
 
-    ``full`` and ``prior`` make one pass over ``batches`` (no gradients; dropout etc. stay in eval
+    ``full`` and ``mix`` make one pass over ``batches`` (no gradients; dropout etc. stay in eval
     mode). During the pass every BN normalizes with the current batch's statistics, as
-    ``torch.optim.swa_utils.update_bn`` and AdaBN implementations do, so each BN sees its input
-    as produced by upstream BNs already adapted to the target data. The BN input is accumulated
+    ``torch.optim.swa_utils.update_bn`` and AdaBN implementations do: each BN sees its input as
+    produced by upstream BNs in prediction-time (per-batch) mode, not by upstream BNs with the
+    final adapted statistics. The two agree for large batches; for small ones deeper BNs' statistics
+    are somewhat off (issue 12 reports a ResNet-50's layer4 sigma 5.5 % off at batch 16). The BN
+    input is accumulated
     over ALL samples (not an EMA) in float64, and ``running_mean`` / ``running_var`` become its
     exact mean and *population* variance (divided by the count, not count - 1: the count is
     N*H*W values per channel, and this is the variance BN's eval-mode normalization should use;
-    PyTorch's EMA would store unbiased per-batch variances instead). ``prior`` mixes these with
-    the source statistics, ``N/(N+n) * source + n/(N+n) * target``, with N = ``prior`` and n = the
-    number of samples in the first target batch (the loader's batch size), as in Schneider et
-    al.; ``prior=0`` equals ``full``. ``num_batches_tracked`` and ``momentum`` are left unchanged.
+    PyTorch's EMA would store unbiased per-batch variances instead). ``mix`` mixes these with
+    the source statistics once, ``N/(N+n) * source + n/(N+n) * target``, with N = ``prior`` and n
+    the number of samples in the first target batch (the loader's batch size); ``prior=0`` equals
+    ``full``. ``num_batches_tracked`` and ``momentum`` are left unchanged.
     A BN that never runs keeps its statistics. Under torch.distributed every rank passes its
     shard and all ranks get the statistics of the whole data set.
 
-    ``batch`` needs no data (``batches`` is ignored): the returned model's BNs drop their running
-    statistics (``track_running_stats=False``), so in eval mode they normalize each batch with its
-    own statistics while the rest of the model (dropout, ...) stays in eval mode.
+    ``prior`` and ``batch`` need no data (``batches`` is ignored) and act per test batch in eval
+    mode, so predictions depend on the batch size and composition. ``prior`` (Schneider et al.)
+    keeps the source statistics and mixes them with each batch's in every BN
+    (``timm_xbn.stats.prior``). ``batch``: the BNs drop their running statistics
+    (``track_running_stats=False``), so in eval mode they normalize each batch with its own
+    statistics while the rest of the model (dropout, ...) stays in eval mode.
 
     Args:
         model: a model with BatchNorm layers; the caller's model is never changed unless
             ``inplace=True``. Per-module train/eval modes are restored.
         batches: Tensors, or tuples/lists whose first element is the input (a DataLoader).
-        mode: ``"full"``, ``"prior"`` or ``"batch"``.
-        prior: N, the strength of the source statistics (``prior`` mode only).
+        mode: ``"full"``, ``"prior"``, ``"mix"`` or ``"batch"``.
+        prior: N >= 0, the strength of the source statistics (``prior`` and ``mix`` modes; may be inf).
         inplace: adapt ``model`` itself instead of a deep copy.
         device: where to run the batches; defaults to the model's device (the model is not moved).
         max_batches: use at most this many batches.
@@ -117,20 +129,23 @@ def recalibrate(
         raise ValueError(f"mode must be one of {', '.join(RECALIBRATION_MODES)}, got {mode!r}")
     if not bns_with_running_stats(model):
         raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to recalibrate")
-    if mode != "batch" and batches is None:
+    if mode not in DATA_FREE_MODES and batches is None:
         raise ValueError(f"mode={mode!r} needs target batches")
-    if mode == "prior" and not prior >= 0:
+    if mode in ("prior", "mix") and not prior >= 0:
         raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
 
     target = model if inplace else copy.deepcopy(model)
     bns = bns_with_running_stats(target)
     if mode == "batch":
-        _use_batch_stats(bns)
+        use_batch_stats(bns)
+        return target
+    if mode == "prior":
+        use_prior_statistics(bns, prior)
         return target
 
     device = torch.device(device) if device is not None else model_device(target)
     moments, batch_size = _target_moments(target, bns, batches, device, max_batches, progress)
-    source_weight = prior / (prior + batch_size) if mode == "prior" else 0.0
+    source_weight = prior_weight(prior, batch_size) if mode == "mix" else 0.0
     with torch.no_grad():
         for name, bn in bns:
             acc = moments[name]

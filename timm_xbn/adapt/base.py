@@ -1,0 +1,107 @@
+"""The interface of a test-time adaptation method: a module that adapts as it predicts.
+
+An ``Adapter`` owns a deep copy of the user's model (which is never changed). Calling it on a test
+batch returns that batch's logits, after whatever adaptation the method does on it. ``reset()``
+returns it to its state at creation (episodic protocol). It counts the samples that went through
+forward and backward passes, as EATA reports them.
+"""
+import copy
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .norms import prepare_norm_adaptation
+
+__all__ = ["AffineAdapter", "Adapter", "PassCounts", "make_optimizer"]
+
+
+class PassCounts:
+    """Samples through forward and backward passes (a batch of 64 forwarded twice counts 128)."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"forward": self.forward, "backward": self.backward}
+
+
+class Adapter(nn.Module):
+    """Base class: ``forward(x)`` -> logits of ``x`` (adapting on it first where the method does).
+
+    Subclasses set ``stateful`` when updates carry over from batch to batch (their results then
+    depend on the batch order), and ``needs_data`` when ``prepare(batches)`` must see the whole
+    test stream before predicting it.
+    """
+
+    stateful: bool = False
+    needs_data: bool = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        self.passes = PassCounts()
+        self._initial: Optional[Dict[str, Any]] = None
+
+    def snapshot(self) -> None:
+        """Remember the current state as the one ``reset()`` returns to (stateful subclasses call it
+        at the end of their ``__init__``; for the others ``reset()`` has nothing to undo)."""
+        self._initial = copy.deepcopy(self.state())
+
+    def state(self) -> Dict[str, Any]:
+        """Everything that adaptation changes (tensors and numbers only, so ``weights_only`` loads it)."""
+        return {"model": self.model.state_dict()}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+
+    def reset(self) -> None:
+        """Back to the state at creation (the pass counts keep running)."""
+        if self._initial is not None:
+            self.load_state(copy.deepcopy(self._initial))
+
+    def prepare(self, batches: Iterable[torch.Tensor]) -> None:
+        """See the test inputs before predicting them (only methods with ``needs_data``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x`` from the (adapted) copy; adapting methods override this."""
+        self.passes.forward += x.shape[0]
+        with torch.no_grad():
+            return self.model(x)
+
+
+def make_optimizer(params: List[nn.Parameter], optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
+    """TENT's optimizers: SGD with momentum (its ImageNet-C setting) or Adam (betas 0.9, 0.999; its CIFAR setting)."""
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
+    raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+
+
+class AffineAdapter(Adapter):
+    """Base of the methods that train the norm layers' affine parameters (TENT, EATA, SAR): the copy
+    set up by ``prepare_norm_adaptation``, an optimizer over ``params``, and a state made of the
+    model, the optimizer and the attributes named in ``extra_state``. Subclasses call ``snapshot()``
+    at the end of their ``__init__``."""
+
+    stateful = True
+    extra_state: Tuple[str, ...] = ()
+
+    def __init__(self, model: nn.Module, lr: float, optimizer: str = "sgd", momentum: float = 0.9):
+        super().__init__(model)
+        self.params = prepare_norm_adaptation(self.model)
+        self.optimizer = make_optimizer(self.params, optimizer, lr, momentum)
+
+    def state(self) -> Dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                **{name: getattr(self, name) for name in self.extra_state}}
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for name in self.extra_state:
+            setattr(self, name, state[name])
