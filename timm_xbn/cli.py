@@ -416,26 +416,42 @@ def convert(
     checkpoint: Optional[Path] = typer.Option(None, help="BN checkpoint of MODEL to convert (.safetensors or weights-only .pth)."),
     authors: Optional[Path] = typer.Option(None, help="Import a checkpoint in the authors' released layout (GN stem + P2) for arch MODEL."),
     model_kwargs: Optional[str] = typer.Option(None, help="JSON dict of timm kwargs, e.g. '{\"num_classes\": 10}'."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", metavar="DIR", help="Unlabeled images (any folder tree; a train/ child is used when present): fit each BFN to the BN it replaces, then re-estimate the other BNs."),
+    calib_images: int = typer.Option(256, "--calib-images", help="How many images of --calibrate to use (a seeded random draw)."),
 ) -> None:
     """Convert a timm BN model into an XBNBlock model and save it in timm's Hub format.
+
+    With [bold]--calibrate DIR[/bold] the converted network keeps the BN network's accuracy better: each
+    batch-free norm's per-channel scale and shift are fitted (least squares) to the output of the BN it
+    replaces, layer by layer, on a few hundred unlabeled images.
 
     [bold]Examples[/bold]
 
       xbn-convert resnet50 --position P2 --every 2 --out xbn_resnet50_d2
+      xbn-convert resnet50 --pretrained --position P3 --bfn in --calibrate /data/imagenet/train --calib-images 512 --out xbn_resnet50_p3_in
       xbn-convert resnet50 --checkpoint my_resnet50.safetensors --out my_xbn_resnet50
       xbn-convert regnety_016 --groups 8 --model-kwargs '{"num_classes": 10}' --out xbn_regnety
       xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
     """
-    from .models.checkpoints import convert_pretrained, export_model, import_authors_checkpoint
+    from .models.checkpoints import export_model, import_authors_checkpoint
+    from .models.factory import create_model
+    from .surgery import calibrate as calibrate_bfns, calibration_loader, convert as convert_model
 
     kwargs = parse_json_kwargs(model_kwargs)
     if authors is not None:
+        if calibrate is not None:
+            raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
         converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
     else:
-        converted = convert_pretrained(
-            model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=kwargs, position=position,
-            every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group, stem=stem,
-        )
+        base = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+        converted = convert_model(
+            base, position=position, every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group,
+            stem=stem, affine=True if calibrate is not None else None,
+        ).model
+        if calibrate is not None:
+            fit = calibrate_bfns(converted, base, calibration_loader(calibrate, base, calib_images), inplace=True,
+                                 progress=True)
+            typer.echo(fit.summary())
     replaced = sum(is_batch_free(m) for m in converted.modules())
     folder = export_model(converted, out)
     architecture = converted.pretrained_cfg["architecture"]

@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -101,6 +101,13 @@ class CalibrationResult(NamedTuple):
     fits: List[LayerFit]
     images: int
     seconds: float
+
+    def summary(self) -> str:
+        """One line: how many BFNs, images and seconds, and the R^2 of the fits (mean and worst layer)."""
+        worst = min(self.fits, key=lambda f: f.r2_mean)
+        mean = sum(f.r2_mean for f in self.fits) / len(self.fits)
+        return (f"calibrated {len(self.fits)} batch-free norms on {self.images} images in {self.seconds:.1f} s; "
+                f"R^2 of the fits: mean {mean:.3f}, worst {worst.r2_mean:.3f} ({worst.name})")
 
 
 class _StopForward(Exception):
@@ -301,14 +308,16 @@ def calibration_loader(
     batch_size: int = 32,
     workers: int = 2,
     seed: int = 0,
+    data_config: Optional[Mapping[str, Any]] = None,
 ) -> Iterable:
     """``num_images`` images of ``folder`` (any tree of images, labels unused; a ``train/`` child is used
-    when present), drawn in a seeded random order and prepared with ``model``'s eval transform (timm's
-    data pipeline). Not sharded: under torchrun every rank calibrates on the same images."""
+    when present), drawn in a seeded random order and prepared with the eval transform of ``data_config``
+    (default: ``model``'s pretrained config) by timm's data pipeline. Not sharded: under torchrun every
+    rank calibrates on the same images."""
     from ..evaluation.data import create_eval_data, resolve_eval_data_config  # evaluation imports surgery
 
     if num_images < 1:
         raise ValueError(f"the number of calibration images must be >= 1, got {num_images}")
-    data = create_eval_data(folder, resolve_eval_data_config(model), split="train", batch_size=batch_size,
-                            workers=workers)
+    config = resolve_eval_data_config(model) if data_config is None else data_config
+    data = create_eval_data(folder, config, split="train", batch_size=batch_size, workers=workers)
     return data.shuffled(seed).loader(limit=num_images, shard=False)
