@@ -72,8 +72,9 @@ class ChannelRegression:
         self.count = total
 
     def solve(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(a, b)`` per channel; a channel whose ``x`` is constant gets ``a = 0, b = mean(y)``
-        (the minimum-norm least-squares solution, as ``numpy.linalg.lstsq`` gives)."""
+        """``(a, b)`` per channel. Where ``x`` is constant every ``a`` fits equally well; such a channel gets
+        ``a = 0, b = mean(y)`` (for a normalized input, constant means 0, and this is then the minimum-norm
+        solution ``numpy.linalg.lstsq`` gives)."""
         if self.count == 0:
             raise ValueError("no activations were accumulated")
         varying = self.sxx > 1e-12 * self.count
@@ -157,7 +158,8 @@ def _images_of(batch: Any) -> Optional[torch.Tensor]:
 
 class _CalibrationImages:
     """The images of a loader, at most ``max_images`` of them, checked on every pass: 4-D with the
-    model's input channels, and the same images as the first pass (calibration reads them many times)."""
+    model's input channels, and the same images as the first pass (same count and pixel sum; the order
+    does not matter, since each pass pairs the two models' activations batch by batch)."""
 
     def __init__(self, loader: Iterable, max_images: Optional[int], in_chans: Optional[int], device: torch.device):
         if max_images is not None and max_images < 1:
@@ -199,7 +201,8 @@ class _CalibrationImages:
         elif self.fingerprint != (seen, checksum):
             raise ValueError(
                 f"the calibration loader gave other images on a later pass ({seen} images vs {self.fingerprint[0]}, "
-                "or other pixels): calibration reads them once per BFN, so turn off shuffling and random augmentation"
+                "or other pixels): calibration reads them once per BFN, so it needs the same images on every pass "
+                "(any order; no random augmentation or random subsets)"
             )
 
 
@@ -267,8 +270,8 @@ def calibrate(
         converted: the output of ``timm_xbn.convert(original)``; a deep copy is calibrated unless ``inplace``.
         original: the BN model it was converted from; never changed (train/eval flags restored).
         images: unlabeled calibration images: a re-iterable of Tensors or ``(images, ...)`` batches (a
-            DataLoader), giving the same images in the same order on every pass (no shuffling or random
-            augmentation): it is read once per BFN and once more to re-estimate the BNs.
+            DataLoader) giving the same images on every pass (in any order; no random augmentation): it is
+            read once per BFN and once more to re-estimate the BNs.
         max_images: use the first ``max_images`` images only.
         reestimate_bn: afterwards set the remaining BNs' statistics to those of their inputs on the images.
         inplace: calibrate ``converted`` itself.
