@@ -363,7 +363,8 @@ def xbn_train(
     ([cyan]--lr 0.05 --batch-size 64 --epochs 90[/cyan] ...), which override the recipe. Under torchrun every
     process trains one device (gloo on CPU, nccl on CUDA); rank 0 writes last/best/top-k checkpoints
     (weights-only .pth.tar + model_best.safetensors), summary.csv and results.json to OUTPUT/EXPERIMENT.
-    [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training.
+    [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training;
+    [bold]--calibrate[/bold] DIR first fits each batch-free norm to the BN it replaces on unlabeled images.
     Unknown keys and train.py keys xbn-train does not implement are errors naming the key;
     [bold]python -m timm_xbn.training --help[/bold] lists every flag.
 
@@ -376,6 +377,8 @@ def xbn_train(
     torchrun --nproc_per_node=8 -m timm_xbn.training -c recipes/resnet50_standard.yaml --data-dir /data/imagenet  [dim](same; use it where `which xbn-train` is a pyenv shim)[/dim]
 
     xbn-train -c recipes/finetune_converted.yaml --data-dir /data/imagenet --convert-from resnet50 --pretrained --position P2 --every 1
+
+    xbn-train -c recipes/finetune_converted.yaml --data-dir /data/imagenet --convert-from resnet50 --pretrained --calibrate /data/imagenet/train --calib-images 512
 
     xbn-train -c recipes/xbn_resnet50_standard.yaml --data-dir /data/imagenet --experiment r50 --resume auto
 
