@@ -4,15 +4,17 @@ Small BN networks of three timm families are trained on Fashion-MNIST (32 px, gr
 and converted with P1/P2/P3 x GN/IN (every block) and P2-GN-D2 (every 2nd block). Top-1 on held-out
 test images of: the BN original; the naive conversion; naive + BN re-estimation (AdaBN on the
 calibration images); the calibrated conversion (``timm_xbn.calibrate`` on unlabeled training images
-the networks were not trained on); calibrated + a short fine-tune. Each calibration is timed.
+the networks were not trained on); calibrated + a short fine-tune, and for reference the same fine-tune
+of the naive conversion and of the BN original. Each calibration is timed.
 
-    OMP_NUM_THREADS=1 python benchmarks/calibration.py                 # one training seed
-    OMP_NUM_THREADS=1 python benchmarks/calibration.py --seeds 0 1 2 --families resnet
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py                 # one training seed (~7 min)
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py --seeds 0 1     # the README's table
 
 Trained originals and finished rows are kept in ``--out`` (default ``xbn_results/calibration``), so a
 rerun or an interrupted run only computes what is missing.
 """
 import argparse
+import copy
 import dataclasses
 import json
 import time
@@ -33,14 +35,15 @@ from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.resnet import ImageSplit, ResNetConfig, evaluate_top1, prepare_images, train_classifier
 
 IMAGE_SIZE = 32
-TRAIN = ResNetConfig(train_samples=12000, epochs=1, batch_size=128, lr=0.05, warmup_steps=20)
-FINETUNE = dataclasses.replace(TRAIN, train_samples=2048, batch_size=64, lr=0.005, warmup_steps=0)
+TRAIN = ResNetConfig(train_samples=12000, epochs=1, batch_size=128, lr=0.2, warmup_steps=20)
+FINETUNE = dataclasses.replace(TRAIN, train_samples=2048, batch_size=64, lr=0.02, warmup_steps=0)
 CALIB_IMAGES, EVAL_IMAGES, GN_GROUPS = 512, 1000, 8
 VARIANTS = {  # label -> convert() settings
     **{f"P{p}-{n.upper()}": dict(position=p, bfn=n) for p in (1, 2, 3) for n in ("gn", "in")},
     "P2-GN-D2": dict(position=2, bfn="gn", every=2),
 }
-ROWS = ("BN original", "naive", "naive + BN re-estimation", "calibrated", "calibrated + fine-tune")
+ROWS = ("BN original", "BN original + fine-tune", "naive", "naive + BN re-estimation", "naive + fine-tune", "calibrated",
+        "calibrated + fine-tune")
 
 
 def _resnet() -> nn.Module:
@@ -89,9 +92,12 @@ def trained_original(family: str, seed: int, train: ImageSplit, out: Path) -> nn
     return model.eval()
 
 
-def finetune_split(train: ImageSplit, seed: int) -> ImageSplit:
+def finetuned(model: nn.Module, train: ImageSplit, seed: int) -> nn.Module:
+    """A copy of ``model`` trained on the same ``FINETUNE.train_samples`` images for every model of a seed."""
     x, y = subset(train.x, train.y, FINETUNE.train_samples, seed=seed + 1)
-    return ImageSplit(x, y, train.mean, train.std)
+    model = copy.deepcopy(model)
+    train_classifier(model, ImageSplit(x, y, train.mean, train.std), FINETUNE, seed=seed)
+    return model
 
 
 def measure(family: str, seed: int, variant: str, original: nn.Module, splits) -> Dict[str, float]:
@@ -101,12 +107,12 @@ def measure(family: str, seed: int, variant: str, original: nn.Module, splits) -
     top1 = lambda model: evaluate_top1(model, test.batches(250))  # noqa: E731
     naive = timm_xbn.convert(original, **settings).model
     row = {"naive": top1(naive), "naive + BN re-estimation": top1(recalibrate(naive, batches))}
+    row["naive + fine-tune"] = top1(finetuned(naive, train, seed))
     converted = timm_xbn.convert(original, affine=True, **settings).model
     result = timm_xbn.calibrate(converted, original, batches)
     row.update({"calibrated": top1(result.model), "calibration s": result.seconds,
                 "R2 mean": sum(f.r2_mean for f in result.fits) / len(result.fits)})
-    train_classifier(result.model, finetune_split(train, seed), FINETUNE, seed=seed)
-    row["calibrated + fine-tune"] = top1(result.model)
+    row["calibrated + fine-tune"] = top1(finetuned(result.model, train, seed))
     return row
 
 
@@ -125,8 +131,8 @@ def print_tables(results: Dict[str, dict], families: List[str], seeds: List[int]
         print("| | " + " | ".join(VARIANTS) + " |")
         print("|---|" + "---|" * len(VARIANTS))
         for row in ROWS:
-            if row == "BN original":
-                cells = [_cell([r["BN original"] for r in runs])] * len(VARIANTS)
+            if row.startswith("BN original"):
+                cells = [_cell([r[row] for r in runs])] * len(VARIANTS)
             else:
                 cells = [_cell([r[v][row] for r in runs]) for v in VARIANTS]
             print(f"| {row} | " + " | ".join(cells) + " |")
@@ -150,7 +156,10 @@ def main() -> None:
         for seed in args.seeds:
             key = f"{family}/{seed}"
             original = trained_original(family, seed, splits[0], args.out)
-            run = results.setdefault(key, {"BN original": evaluate_top1(original, splits[2].batches(250))})
+            run = results.setdefault(key, {
+                "BN original": evaluate_top1(original, splits[2].batches(250)),
+                "BN original + fine-tune": evaluate_top1(finetuned(original, splits[0], seed), splits[2].batches(250)),
+            })
             for variant in VARIANTS:
                 if variant not in run:
                     run[variant] = measure(family, seed, variant, original, splits)
