@@ -279,3 +279,18 @@ def test_xbn_train_calibrates_the_conversion_on_the_training_size(image_folder):
     for bad in (["--model", "resnet26"], ["--convert-from", "resnet26", "--initial-checkpoint", "w.safetensors"]):
         with pytest.raises(ValueError, match="--calibrate fits a fresh conversion"):
             create_train_model(build_args(argv=bad + ["--calibrate", str(folder)]), in_chans=3)
+
+
+def test_calibration_loader_draws_the_same_images_of_a_flat_folder_on_every_pass(tmp_path):
+    from PIL import Image
+
+    for i in range(12):  # no class sub-folders: an unlabeled folder; image i is uniformly 20 * i
+        Image.fromarray(np.full((8, 8, 3), 20 * i, dtype=np.uint8)).save(tmp_path / f"img_{i:02d}.png")
+    model = timm.create_model("resnet18", num_classes=3)
+    config = dict(timm.data.resolve_data_config(model=model), input_size=(3, 8, 8), crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    loader = calibration_loader(tmp_path, model, 5, batch_size=2, workers=0, data_config=config)
+    passes = [torch.cat([batch.images for batch in loader]) for _ in range(2)]
+    assert torch.equal(passes[0], passes[1]) and len(passes[0]) == 5
+    drawn = sorted(round(float(x.mean()) * 255 / 20) for x in passes[0])
+    expected = sorted(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:5].tolist())
+    assert drawn == expected and drawn != [0, 1, 2, 3, 4]
