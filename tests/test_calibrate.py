@@ -13,7 +13,7 @@ from timm_xbn.cli import convert_app
 from timm_xbn.layers import is_batch_free
 from timm_xbn.models import load_exported
 from timm_xbn.stats import recalibrate
-from timm_xbn.surgery import ChannelRegression, calibration_loader, is_bn
+from timm_xbn.surgery import ChannelRegression, calibration_batches, is_bn
 from timm_xbn.training import build_args
 from timm_xbn.training.model import create_train_model
 
@@ -244,7 +244,7 @@ def test_xbn_convert_calibrate_writes_the_calibrated_model(tmp_path, image_folde
         "--position", "P3", "--calibrate", str(folder), "--calib-images", "10", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "calibrated 4 batch-free norms on 10 images" in result.output
-    expected = timm_xbn.convert(base, position="P3", bfn="in", calibrate=calibration_loader(folder, base, 10)).model
+    expected = timm_xbn.convert(base, position="P3", bfn="in", calibrate=calibration_batches(folder, base, 10)).model
     reloaded = load_exported(out)
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in reloaded.state_dict().items())
 
@@ -274,23 +274,22 @@ def test_xbn_train_calibrates_the_conversion_on_the_training_size(image_folder):
     torch.manual_seed(0)
     base = timm.create_model("resnet26", layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
     config = dict(timm.data.resolve_data_config(model=base), input_size=(3, 64, 64))
-    expected = timm_xbn.convert(base, bfn="in", calibrate=calibration_loader(folder, base, 6, data_config=config)).model
+    expected = timm_xbn.convert(base, bfn="in", calibrate=calibration_batches(folder, base, 6, data_config=config)).model
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())
     for bad in (["--model", "resnet26"], ["--convert-from", "resnet26", "--initial-checkpoint", "w.safetensors"]):
         with pytest.raises(ValueError, match="--calibrate fits a fresh conversion"):
             create_train_model(build_args(argv=bad + ["--calibrate", str(folder)]), in_chans=3)
 
 
-def test_calibration_loader_draws_the_same_images_of_a_flat_folder_on_every_pass(tmp_path):
+def test_calibration_batches_draw_a_seeded_sample_of_a_flat_folder(tmp_path):
     from PIL import Image
 
     for i in range(12):  # no class sub-folders: an unlabeled folder; image i is uniformly 20 * i
         Image.fromarray(np.full((8, 8, 3), 20 * i, dtype=np.uint8)).save(tmp_path / f"img_{i:02d}.png")
     model = timm.create_model("resnet18", num_classes=3)
     config = dict(timm.data.resolve_data_config(model=model), input_size=(3, 8, 8), crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
-    loader = calibration_loader(tmp_path, model, 5, batch_size=2, workers=0, data_config=config)
-    passes = [torch.cat([batch.images for batch in loader]) for _ in range(2)]
-    assert torch.equal(passes[0], passes[1]) and len(passes[0]) == 5
-    drawn = sorted(round(float(x.mean()) * 255 / 20) for x in passes[0])
+    batches = calibration_batches(tmp_path, model, 5, batch_size=2, workers=0, data_config=config)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    drawn = sorted(round(float(x.mean()) * 255 / 20) for x in torch.cat(batches))
     expected = sorted(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:5].tolist())
     assert drawn == expected and drawn != [0, 1, 2, 3, 4]

@@ -438,7 +438,7 @@ def convert(
     """
     from .models.checkpoints import export_model, import_authors_checkpoint
     from .models.factory import create_model
-    from .surgery import calibrate as calibrate_bfns, calibration_loader, convert as convert_model
+    from .surgery import calibrate as calibrate_bfns, calibration_batches, convert as convert_model
 
     kwargs = parse_json_kwargs(model_kwargs)
     if authors is not None:
@@ -452,7 +452,7 @@ def convert(
             stem=stem, affine=True if calibrate is not None else None,
         ).model
         if calibrate is not None:
-            fit = calibrate_bfns(converted, base, calibration_loader(calibrate, base, calib_images), inplace=True,
+            fit = calibrate_bfns(converted, base, calibration_batches(calibrate, base, calib_images), inplace=True,
                                  progress=True)
             typer.echo(fit.summary())
     replaced = sum(is_batch_free(m) for m in converted.modules())

@@ -7,7 +7,7 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 
 from ..models import SURGERY_KWARGS, check_model_name, load_weights
-from ..surgery import calibration_loader, convert
+from ..surgery import calibration_batches, convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
 
@@ -73,7 +73,7 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     if surgery is not None:
         images = None
         if args.calibrate:  # the images the trainer evaluates on: its data config, not the model's default
-            images = calibration_loader(args.calibrate, model, args.calib_images, workers=args.workers,
+            images = calibration_batches(args.calibrate, model, args.calib_images, workers=args.workers,
                                         data_config=resolve_data_config(vars(args), model=model, verbose=False))
         model = convert(model, inplace=True, calibrate=images, progress=getattr(args, "rank", 0) == 0, **surgery).model
     if args.initial_checkpoint:
