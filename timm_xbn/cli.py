@@ -436,6 +436,7 @@ def convert(
       xbn-convert regnety_016 --groups 8 --model-kwargs '{"num_classes": 10}' --out xbn_regnety
       xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
     """
+    from .evaluation import validate_data_dir
     from .models.checkpoints import export_model, import_authors_checkpoint
     from .models.factory import create_model
     from .surgery import calibrate as calibrate_bfns, calibration_batches, convert as convert_model
@@ -446,6 +447,8 @@ def convert(
             raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
         converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
     else:
+        if calibrate is not None:
+            validate_data_dir(calibrate)  # before a download of pretrained weights
         base = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
         converted = convert_model(
             base, position=position, every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group,
