@@ -3,8 +3,8 @@
 ``import timm_xbn`` registers the ``xbn_*`` models with timm's registry.
 """
 from .layers import create_bfn
-from .surgery import convert, find_residual_blocks, supported_families_text
+from .surgery import calibrate, convert, find_residual_blocks, supported_families_text
 from . import models  # noqa: F401  (registers the models with timm)
 
 __version__ = "0.1.0"
-__all__ = ["convert", "create_bfn", "find_residual_blocks", "supported_families_text", "__version__"]
+__all__ = ["calibrate", "convert", "create_bfn", "find_residual_blocks", "supported_families_text", "__version__"]

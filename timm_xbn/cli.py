@@ -573,7 +573,8 @@ def xbn_train(
     ([cyan]--lr 0.05 --batch-size 64 --epochs 90[/cyan] ...), which override the recipe. Under torchrun every
     process trains one device (gloo on CPU, nccl on CUDA); rank 0 writes last/best/top-k checkpoints
     (weights-only .pth.tar + model_best.safetensors), summary.csv and results.json to OUTPUT/EXPERIMENT.
-    [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training.
+    [bold]--convert-from[/bold] MODEL converts a (--pretrained) timm BN model to XBNBlocks before training;
+    [bold]--calibrate[/bold] DIR first fits each batch-free norm to the BN it replaces on unlabeled images.
     Unknown keys and train.py keys xbn-train does not implement are errors naming the key;
     [bold]python -m timm_xbn.training --help[/bold] lists every flag. A fresh run into an experiment folder
     that holds checkpoints is refused; [bold]--resume auto[/bold] continues its newest state.
@@ -588,6 +589,8 @@ def xbn_train(
     torchrun --nproc_per_node=8 -m timm_xbn.training -c recipes/resnet50_standard.yaml --data-dir /data/imagenet  [dim](same; use it where `which xbn-train` is a pyenv shim)[/dim]
 
     xbn-train -c recipes/finetune_converted.yaml --data-dir /data/imagenet --convert-from resnet50 --pretrained --position P2 --every 1
+
+    xbn-train -c recipes/finetune_converted.yaml --data-dir /data/imagenet --convert-from resnet50 --pretrained --calibrate /data/imagenet/train --calib-images 512
 
     xbn-train -c recipes/xbn_resnet50_standard.yaml --data-dir /data/imagenet --experiment r50 --resume auto
 
@@ -629,32 +632,51 @@ def convert(
     authors: Optional[Path] = typer.Option(None, help="Import a checkpoint in the authors' released layout (GN stem + P2) for arch MODEL."),
     model_kwargs: Optional[str] = typer.Option(None, help="JSON dict of timm kwargs, e.g. '{\"num_classes\": 10}'."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="After loading the weights, replace the classifier with a fresh one for K classes (fine-tuning on another dataset)."),
+    calibrate: Optional[Path] = typer.Option(None, "--calibrate", metavar="DIR", help="Unlabeled images (any folder tree; a train/ child is used when present): fit each BFN to the BN it replaces, then re-estimate the other BNs."),
+    calib_images: int = typer.Option(256, "--calib-images", help="How many images of --calibrate to use (a seeded random draw)."),
 ) -> None:
     """Convert a timm BN model into an XBNBlock model and save it in timm's Hub format.
+
+    With [bold]--calibrate DIR[/bold] the converted network keeps the BN network's accuracy better: each
+    batch-free norm's per-channel scale and shift are fitted (least squares) to the output of the BN it
+    replaces, layer by layer, on a few hundred unlabeled images.
 
     [bold]Examples[/bold]
 
       xbn-convert resnet50 --position P2 --every 2 --out xbn_resnet50_d2
+      xbn-convert resnet50 --pretrained --position P3 --bfn in --calibrate /data/imagenet/train --calib-images 512 --out xbn_resnet50_p3_in
       xbn-convert resnet50 --checkpoint my_resnet50.safetensors --out my_xbn_resnet50
       xbn-convert regnety_016 --groups 8 --model-kwargs '{"num_classes": 10}' --out xbn_regnety
       xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
       xbn-convert resnet50 --pretrained --num-classes 10 --out resnet50_p2_10cls  [dim](ImageNet weights, fresh 10-class head)[/dim]
     """
+    from .evaluation import validate_data_dir
     from .evaluation.results import claim_output_dir
-    from .models.checkpoints import convert_pretrained, export_model, import_authors_checkpoint
+    from .models.checkpoints import export_model, import_authors_checkpoint
+    from .models.factory import create_model
+    from .surgery import calibrate as calibrate_bfns, calibration_batches, convert as convert_model
 
     kwargs = parse_json_kwargs(model_kwargs)
     for option, path in (("--checkpoint", checkpoint), ("--authors", authors)):
         if path is not None:
             check_checkpoint_file(path, option)
+    if calibrate is not None:
+        if authors is not None:
+            raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
+        validate_data_dir(calibrate)  # before a download of pretrained weights
     with claim_output_dir(out, "--out"):
         if authors is not None:
             converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
         else:
-            converted = convert_pretrained(
-                model, pretrained=pretrained, checkpoint=checkpoint, model_kwargs=kwargs, position=position,
-                every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group, stem=stem,
-            )
+            base = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+            converted = convert_model(
+                base, position=position, every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group,
+                stem=stem, affine=True if calibrate is not None else None,
+            ).model
+            if calibrate is not None:
+                fit = calibrate_bfns(converted, base, calibration_batches(calibrate, base, calib_images), inplace=True,
+                                     progress=True)
+                typer.echo(fit.summary())
         if num_classes is not None:
             converted.reset_classifier(num_classes)  # timm's fresh head; the checkpoint's classifier is dropped
         replaced = sum(is_batch_free(m) for m in converted.modules())

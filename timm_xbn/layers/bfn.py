@@ -34,6 +34,10 @@ class GroupNorm2d(nn.GroupNorm):
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalized input before the affine step (what ``weight`` and ``bias`` scale and shift)."""
+        return F.group_norm(x, self.num_groups, None, None, self.eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return self.act(self.drop(x))
@@ -53,6 +57,10 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         super().__init__(num_features, eps=eps, affine=affine, track_running_stats=False)
         self.drop = drop if drop is not None else nn.Identity()
         self.act = act if act is not None else nn.Identity()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The normalized input before the affine step (what ``weight`` and ``bias`` scale and shift)."""
+        return F.instance_norm(x, None, None, None, None, True, 0.0, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.instance_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)

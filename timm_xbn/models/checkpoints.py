@@ -2,16 +2,14 @@
 and export converted models in timm's Hub folder format."""
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Union
 
 import timm
 import torch
 import torch.nn as nn
 from timm.models import load_state_dict, save_for_hf
 
-from ..surgery import convert
-
-__all__ = ["state_dict_mismatch", "load_weights", "import_authors_checkpoint", "convert_pretrained", "export_model", "load_exported"]
+__all__ = ["state_dict_mismatch", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], limit: int = 8) -> List[str]:
@@ -70,16 +68,6 @@ def import_authors_checkpoint(checkpoint: Union[str, Path], arch: str = "resnet5
     if not timm.is_model(name):
         raise ValueError(f"no registered model {name!r} for the authors' {arch}; known: {timm.list_models('xbn_*_bfnstem')}")
     return load_weights(timm.create_model(name, **kwargs), checkpoint)
-
-
-def convert_pretrained(base_model: str, pretrained: bool = False, checkpoint: Optional[Union[str, Path]] = None,
-                       model_kwargs: Optional[Dict[str, Any]] = None, **surgery: Any) -> nn.Module:
-    """Create timm model ``base_model`` (ImageNet weights with ``pretrained``, or a BN ``checkpoint``)
-    and convert it with ``timm_xbn.convert(**surgery)``. The result can be exported and reloaded."""
-    from .factory import create_model
-
-    model = create_model(base_model, pretrained=pretrained, checkpoint=checkpoint, **(model_kwargs or {}))
-    return convert(model, inplace=True, **surgery).model
 
 
 def export_model(model: nn.Module, out_dir: Union[str, Path]) -> Path:

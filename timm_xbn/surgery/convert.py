@@ -6,12 +6,13 @@
 import copy
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
 
 import torch.nn as nn
 
 from ..layers import create_bfn, is_batch_free
 from .blocks import ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
+from .calibrate import calibrate as calibrate_bfns
 
 __all__ = ["XBNConfig", "Replacement", "ConversionResult", "build_bfn_for", "convert", "parse_position", "replace_module"]
 
@@ -126,6 +127,9 @@ def convert(
     affine: Optional[bool] = None,
     stem: bool = False,
     inplace: bool = False,
+    calibrate: Optional[Iterable] = None,
+    calib_images: Optional[int] = None,
+    progress: bool = False,
 ) -> ConversionResult:
     """Replace the ``position``-th BN of every ``every``-th residual block with a batch-free norm.
 
@@ -138,11 +142,18 @@ def convert(
         groups / channels_per_group / affine: BFN settings (GroupNorm groups are clamped to the channels).
         stem: also replace the stem BNs (the authors' released models do).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
+        calibrate: unlabeled images (a DataLoader or re-iterable of batches, same images on every pass):
+            fit each BFN's affine parameters to the BN it replaces and re-estimate the other BNs on them
+            (``timm_xbn.calibrate``). BFNs are then affine unless ``affine=False`` (an error).
+        calib_images: calibrate on the first ``calib_images`` images only.
+        progress: show progress bars while calibrating.
 
     Returns:
         ``(model, replaced)``: the converted model (with ``model.xbn_cfg``) and one
         ``Replacement`` per swapped norm.
     """
+    if calibrate is not None and affine is None:
+        affine = True  # calibration sets the affine parameters, so IN (affine=False by default) needs them
     cfg = XBNConfig(parse_position(position), int(every), bfn.lower(), groups, channels_per_group, affine, bool(stem))
     if cfg.every < 1:
         raise ValueError(f"every must be a positive integer (1, 2, 4, 8), got {every}")
@@ -167,6 +178,7 @@ def convert(
         except ValueError as err:
             raise ValueError(f"cannot replace {name}: {err}") from None
 
+    original = copy.deepcopy(model) if inplace and calibrate is not None else model
     target = model if inplace else copy.deepcopy(model)
     replaced: List[Replacement] = []
     for name, block, bfn in planned:
@@ -180,6 +192,8 @@ def convert(
         ))
     target.xbn_cfg = cfg.to_dict()
     _record_reconstruction(target, cfg)
+    if calibrate is not None:
+        calibrate_bfns(target, original, calibrate, max_images=calib_images, inplace=True, progress=progress)
     return ConversionResult(target, replaced)
 
 

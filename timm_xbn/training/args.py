@@ -192,6 +192,8 @@ def _add_xbn_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels-per-group", type=int, default=None, help="GroupNorm channels per group (instead of --groups)")
     group.add_argument("--bfn-affine", action=argparse.BooleanOptionalAction, default=None, help="affine BFN (default: the BFN's own)")
     group.add_argument("--stem", action="store_const", const=True, default=None, help="also replace the stem BN")
+    group.add_argument("--calibrate", default=None, metavar="DIR", help="unlabeled images: fit each BFN to the BN it replaces before training (timm_xbn.calibrate)")
+    group.add_argument("--calib-images", type=int, default=256, metavar="N", help="images of --calibrate to use (default 256)")
     # Debug hooks for the tests (hidden from --help): stop as if killed after N optimizer updates
     # (deterministic, unlike a timed SIGKILL), and write each rank's final weights to a folder.
     group.add_argument("--stop-after-steps", type=int, default=None, help=argparse.SUPPRESS)

@@ -4,9 +4,10 @@ from typing import Any, Dict, Tuple
 
 import timm
 import torch.nn as nn
+from timm.data import resolve_data_config
 
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
-from ..surgery import convert
+from ..surgery import calibration_batches, convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
 
@@ -61,6 +62,9 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
         name = kwargs.pop("base_model", None)
         if name is None:
             raise ValueError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
+    if args.calibrate and (surgery is None or args.initial_checkpoint):
+        raise ValueError("--calibrate fits a fresh conversion to its BN model: it needs --convert-from MODEL "
+                         "(or model xbn_converted) and no --initial-checkpoint")
     check_model_name(name)
     create = create_base_model if surgery is not None else timm.create_model
     try:
@@ -68,7 +72,11 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash
         raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if surgery is not None:
-        model = convert(model, inplace=True, **surgery).model
+        images = None
+        if args.calibrate:  # the images the trainer evaluates on: its data config, not the model's default
+            images = calibration_batches(args.calibrate, model, args.calib_images, workers=args.workers,
+                                        data_config=resolve_data_config(vars(args), model=model, verbose=False))
+        model = convert(model, inplace=True, calibrate=images, progress=getattr(args, "rank", 0) == 0, **surgery).model
     if args.initial_checkpoint:
         load_weights(model, args.initial_checkpoint)
     if args.head_init_scale is not None or args.head_init_bias is not None:
