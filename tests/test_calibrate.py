@@ -9,6 +9,7 @@ from timm.models.regnet import RegNet, RegNetCfg
 from typer.testing import CliRunner
 
 import timm_xbn
+from timm_xbn.models import create_base_model
 from timm_xbn.cli import convert_app
 from timm_xbn.layers import is_batch_free
 from timm_xbn.models import load_exported
@@ -272,7 +273,7 @@ def test_xbn_train_calibrates_the_conversion_on_the_training_size(image_folder):
     torch.manual_seed(0)
     model = create_train_model(build_args(argv=argv), in_chans=3)
     torch.manual_seed(0)
-    base = timm.create_model("resnet26", layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
+    base = create_base_model("resnet26", layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
     config = dict(timm.data.resolve_data_config(model=base), input_size=(3, 64, 64))
     expected = timm_xbn.convert(base, bfn="in", calibrate=calibration_batches(folder, base, 6, data_config=config)).model
     assert all(torch.equal(v, expected.state_dict()[k]) for k, v in model.state_dict().items())

@@ -657,12 +657,12 @@ def convert(
     from .surgery import calibrate as calibrate_bfns, calibration_batches, convert as convert_model
 
     kwargs = parse_json_kwargs(model_kwargs)
+    if calibrate is not None and authors is not None:
+        raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
     for option, path in (("--checkpoint", checkpoint), ("--authors", authors)):
         if path is not None:
             check_checkpoint_file(path, option)
     if calibrate is not None:
-        if authors is not None:
-            raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
         validate_data_dir(calibrate)  # before a download of pretrained weights
     with claim_output_dir(out, "--out"):
         if authors is not None:
