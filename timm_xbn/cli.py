@@ -76,20 +76,28 @@ def _warn(message: Optional[str]) -> None:
         typer.secho(f"warning: {message}", fg="yellow", err=True)
 
 
+def _checked_specs(models, checkpoints, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device):
+    """Check the eval options and checkpoint files, join torchrun's process group; returns (device, model specs)."""
+    from .evaluation import build_model_specs, init_distributed
+
+    _check_eval_options(img_size, crop_pct, batch_size, workers)
+    for path in checkpoints or []:
+        check_checkpoint_file(path)
+    dev = init_distributed(device)
+    return dev, build_model_specs(models, checkpoints or [], pretrained, parse_json_kwargs(model_kwargs))
+
+
 @contextmanager
 def _eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir, dataset, split, img_size,
                 crop_pct, interpolation, mean, std, batch_size, workers, device, output,
                 class_map: Optional[Path] = None) -> Iterator[tuple]:
     """Check the options and the output folder, join torchrun's process group, build the models and
     the shared eval data; yields (models, specs, data, out) with the output folder locked."""
-    from .evaluation import (build_model_specs, create_eval_data, create_models, data_config_conflicts,
-                             init_distributed, is_main_process, resolve_eval_data_config, validate_data_dir)
+    from .evaluation import (create_eval_data, create_models, data_config_conflicts, is_main_process,
+                             resolve_eval_data_config, validate_data_dir)
 
-    _check_eval_options(img_size, crop_pct, batch_size, workers)
-    for path in checkpoints or []:
-        check_checkpoint_file(path)
-    dev = init_distributed(device)
-    specs = build_model_specs(models, checkpoints or [], pretrained, parse_json_kwargs(model_kwargs))
+    dev, specs = _checked_specs(models, checkpoints, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers,
+                                device)
     validate_data_dir(data_dir, dataset)
     with _claimed_output(command, specs, output) as out:
         built = create_models(specs, dev)
@@ -357,16 +365,12 @@ def eval_corruption(
     from rich.console import Console
 
     from .corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
-    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
+    from .evaluation import create_models, is_main_process
     from .evaluation.distributed import shutdown_distributed
 
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
     parse_adapt(adapt)
-    _check_eval_options(img_size, crop_pct, batch_size, workers)
-    for path in checkpoint or []:
-        check_checkpoint_file(path)
-    dev = init_distributed(device)
-    specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
+    dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("corruption", specs, output) as out:
         built = create_models(specs, dev)
         source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,
@@ -439,7 +443,7 @@ def eval_adapt(
     from .adapt import PROTOCOLS, parse_method
     from .adapt.evaluate import evaluate_adaptation
     from .adapt.report import adaptation_table
-    from .evaluation import build_model_specs, create_models, init_distributed, is_main_process
+    from .evaluation import create_models, is_main_process
     from .evaluation.distributed import shutdown_distributed
 
     if protocol not in PROTOCOLS:
@@ -448,11 +452,7 @@ def eval_adapt(
         parse_method(spec)
     severities = None if severities == "all" else severities
     _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
-    _check_eval_options(img_size, crop_pct, batch_size, workers)
-    for path in checkpoint or []:
-        check_checkpoint_file(path)
-    dev = init_distributed(device)
-    specs = build_model_specs(model, checkpoint or [], pretrained, parse_json_kwargs(model_kwargs))
+    dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("adapt", specs, output) as out:
         built = create_models(specs, dev)
         source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,

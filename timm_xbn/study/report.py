@@ -259,7 +259,7 @@ def _small_batch(rn: Mapping, variant: str, batch: int) -> List[float]:
 def claim_small_batch(rn: Mapping, baseline: str) -> Claim:
     sb = rn["small_batch"]
     sizes = sorted(sb["batch_sizes"])
-    small, moderate = sizes[:-1], sizes[-1]
+    small = sizes[:-1]  # the largest size is the moderate reference
     # the paper: XBN beats BN at every small batch size, and beats GN at all but the smallest (Table 6)
     decisive = small if baseline == "BN" or len(small) < 2 else small[1:]
     claim = Claim(
