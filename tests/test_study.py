@@ -339,6 +339,7 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     summary = (out / "summary.txt").read_text()
     verdicts = sum(summary.count(f"[{v}]") for v in (HOLDS, CONTRADICTED, INCONCLUSIVE))
     assert verdicts == len(saved["claims"]) == 11
+    assert "CPU-seconds" in summary and len(list(out.glob("parts/*/*.time.json"))) == 22
     mlp = saved["mlp"]
     assert [r["seed"] for r in mlp["by_seed"]] == [0, 1] and mlp["setup_one"] == mlp["by_seed"][0]["setup_one"]
     for seed_runs in mlp["by_seed"]:
