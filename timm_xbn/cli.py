@@ -301,15 +301,16 @@ def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severit
     return parse_corruptions(corruptions), parse_severities(severities)
 
 
-def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir, class_map,
+def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir, class_map,
                        seed, batch_size, workers, overrides):
-    """The ``CorruptionSource`` of --imagenet-c / --cifar-c / --data-dir (``_check_corruption_inputs`` first), with the models' data config."""
-    from .corruptions import CifarC, ImageNetCFolders, OnTheFly, parse_corruptions, parse_severities
+    """The ``CorruptionSource`` of --imagenet-c / --cifar-c / --data-dir, with the models' data config;
+    ``wanted`` / ``sevs`` are the lists ``_check_corruption_inputs`` parsed."""
+    from .corruptions import CifarC, ImageNetCFolders, OnTheFly
     from .evaluation import resolve_eval_data_config
 
     config = resolve_eval_data_config(built, overrides)
-    common = dict(num_classes=_num_classes(built), corruptions=parse_corruptions(corruptions),
-                  severities=parse_severities(severities), batch_size=batch_size, workers=workers)
+    common = dict(num_classes=_num_classes(built), corruptions=wanted, severities=sevs, batch_size=batch_size,
+                  workers=workers)
     if imagenet_c:
         source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
     elif cifar_c:
@@ -373,7 +374,7 @@ def eval_corruption(
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("corruption", specs, output) as out:
         built = create_models(specs, dev)
-        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
                                     class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
                                                                                interpolation=interpolation, mean=mean, std=std))
         results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
@@ -451,11 +452,11 @@ def eval_adapt(
     for spec in method:
         parse_method(spec)
     severities = None if severities == "all" else severities
-    _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("adapt", specs, output) as out:
         built = create_models(specs, dev)
-        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, corruptions, severities, clean_dir,
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
                                     class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
                                                                                interpolation=interpolation, mean=mean, std=std))
         if not source.pairs:

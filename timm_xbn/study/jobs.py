@@ -11,6 +11,7 @@ weights as ``<key>.safetensors`` for the main networks) in the parts folder, so
 
 Workers are spawned processes (``--workers``); each loads the data set once.
 """
+import json
 import multiprocessing
 import os
 import resource
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
 import torch
 
 from ..evaluation.results import write_json_atomic
+from ..training.checkpoint import save_safetensors_atomic
 from .data import StudyData, load_dataset, subset
 from .mlp import build_mlp, input_shift, train_full_batch
 from .resnet import (
@@ -175,7 +177,7 @@ def _network_job(ctx: _Context, job: Job, weights: Path) -> dict:
     model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
     steps = rc.train_steps(len(train.y))
     history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps)
-    _save_weights(model, weights)
+    save_safetensors_atomic(model.state_dict(), weights)
     bs = rc.eval_batch_size
     out = {"variant": job.variant, "seed": job.seed, "steps": steps, "history": history,
            "top1": evaluate_top1(model, test.batches(bs))}
@@ -205,15 +207,6 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
     return {"variant": job.variant, "seed": job.seed, "batch_size": job.batch_size, "lr": lr,
             "iterations": rc.small_batch_iterations, "train_loss": history[-1]["loss"],
             "top1": evaluate_top1(model, test.batches(rc.eval_batch_size))}
-
-
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 def _cpu_seconds() -> float:
@@ -246,8 +239,6 @@ def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
 
 def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
     """Total wall and CPU seconds the jobs took when they ran (also in earlier, resumed runs)."""
-    import json
-
     total = {"wall_s": 0.0, "cpu_s": 0.0}
     for job in jobs:
         path = parts / f"{job.key}.time.json"
@@ -266,8 +257,6 @@ def run_jobs(
 ) -> Dict[str, dict]:
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
     here) and return every job's result by key."""
-    import json
-
     jobs = list(jobs)
     results: Dict[str, dict] = {}
     pending = []
