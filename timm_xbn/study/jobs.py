@@ -86,9 +86,9 @@ def default_workers() -> int:
 class _Context:
     """The data of one study configuration, prepared once per process."""
 
-    def __init__(self, cfg: "StudyConfig"):
+    def __init__(self, cfg: "StudyConfig", data: Optional[StudyData] = None):
         self.cfg = cfg
-        self.data: StudyData = load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
+        self.data: StudyData = data if data is not None else load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
         self._splits: Optional[tuple] = None
         self._corrupted: Dict[tuple, torch.Tensor] = {}
 
@@ -124,12 +124,13 @@ class _Context:
 _CONTEXTS: Dict[str, _Context] = {}
 
 
-def _context(cfg: "StudyConfig") -> _Context:
-    """This process's context for ``cfg`` (one at a time: a new configuration replaces the old one)."""
+def _context(cfg: "StudyConfig", data: Optional[StudyData] = None) -> _Context:
+    """This process's context for ``cfg`` (one at a time: a new configuration replaces the old one);
+    ``data``, when the caller has loaded it already, is used instead of loading it again."""
     key = repr(cfg.to_dict())
     if key not in _CONTEXTS:
         _CONTEXTS.clear()
-        _CONTEXTS[key] = _Context(cfg)
+        _CONTEXTS[key] = _Context(cfg, data)
     return _CONTEXTS[key]
 
 
@@ -254,9 +255,10 @@ def run_jobs(
     parts: Path,
     workers: int = 1,
     on_done: Optional[Callable[[Job], None]] = None,
+    data: Optional[StudyData] = None,
 ) -> Dict[str, dict]:
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
-    here) and return every job's result by key."""
+    here, on ``data`` if the caller has loaded it) and return every job's result by key."""
     jobs = list(jobs)
     results: Dict[str, dict] = {}
     pending = []
@@ -269,6 +271,8 @@ def run_jobs(
         else:
             pending.append(job)
     if workers <= 1 or len(pending) <= 1:
+        if pending:
+            _context(cfg, data)
         for job in pending:
             results[job.key] = _run_job(cfg, job, parts)
             if on_done is not None:

@@ -226,7 +226,7 @@ def run_study(
     with Progress(*columns, console=console, disable=not progress) as bar:
         task = bar.add_task(f"Study jobs ({workers} worker{'s' if workers > 1 else ''}, {cfg.threads} thread(s) each)",
                             total=len(jobs))
-        outputs = run_jobs(cfg, jobs, parts, workers, on_done=lambda job: bar.advance(task))
+        outputs = run_jobs(cfg, jobs, parts, workers, on_done=lambda job: bar.advance(task), data=data)
     mlp, resnet = _collect(cfg, data, outputs, jobs)
     results = make_results("study", {
         "dataset": {"name": data.name, "source": data.source, "description": data.describe(),
