@@ -481,14 +481,14 @@ def eval_study(
     dataset: str = typer.Option("auto", "--dataset", help="auto (first available), fashion-mnist, mnist-5k, digits, or an ImageFolder path."),
     output: Path = typer.Option(Path("xbn_results/study"), "--output", "-o", help="Results folder; rerunning with the same folder and settings resumes."),
     quick: bool = typer.Option(False, "--quick", help="Tiny settings, about a minute (CI smoke run; its verdicts mean nothing)."),
-    full: bool = typer.Option(False, "--full", help="More power: 5 training seeds, 3 epochs, Table 1's P1/P3 too, Delta 0.1-0.9 x 5 perturbation seeds (hours on 2 cores)."),
+    full: bool = typer.Option(False, "--full", help="More power: 5 training seeds, Table 1's P1/P3 too, Delta 0.1-0.9, AdaBN for XBN-GN too (hours on 2 cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data subsets and corruption draws (training seeds are 0, 1, 2, ...)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of independently trained networks per variant (default 3; --full 5)."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Processes running jobs in parallel (default: one per CPU core); the numbers do not depend on it."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads per job (part of the configuration: a different count gives slightly different floating-point results)."),
     image_size: int = typer.Option(32, "--image-size", help="ResNet input size (px, >= 32); ImageFolder images are resized to it."),
     train_samples: Optional[int] = typer.Option(None, "--train-samples", help="Training images for the ResNets (default: the whole training split)."),
-    epochs: Optional[float] = typer.Option(None, "--epochs", help="ResNet training epochs (default 1, at least 400 SGD steps; --full 3)."),
+    epochs: Optional[float] = typer.Option(None, "--epochs", help="ResNet training epochs (default 3, at least 400 SGD steps)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing finished jobs in --output."),
 ) -> None:
     """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions).

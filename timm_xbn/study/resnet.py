@@ -66,10 +66,11 @@ class ResNetConfig:
     stem_width: int = 16
     gn_groups: int = 8
     stem_pool: bool = False
+    channels_last: bool = True  # oneDNN's faster convolution layout on CPU (about 1.6x here); changes rounding only
     # main training (every variant, every seed)
     variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN", "GN")
     train_samples: Optional[int] = None
-    epochs: float = 1.0
+    epochs: float = 3.0
     min_steps: int = 400  # small data sets (the MNIST-5k fallback) train for this many updates at least
     batch_size: int = 128
     lr: float = 0.1
@@ -80,7 +81,7 @@ class ResNetConfig:
     # Figure 8
     robustness_variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN")
     deltas: Tuple[float, ...] = (0.3, 0.6, 0.9)
-    perturb_seeds: Tuple[int, ...] = (0, 1)
+    perturb_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)  # the paper's 5 draws per network
     blocks: int = 6
     # ESM per layer (clean test split and the test split under one corruption)
     esm_variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN")
@@ -93,7 +94,7 @@ class ResNetConfig:
     # small-batch training (Table 6): same iterations for every batch size, lr = lr * sqrt(b / batch_size)
     small_batch_variants: Tuple[str, ...] = ("BN", "GN", "XBN-GN")
     small_batch_sizes: Tuple[int, ...] = (2, 4, 8, 32)
-    small_batch_iterations: int = 300
+    small_batch_iterations: int = 1000
 
     def __post_init__(self) -> None:
         unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,
@@ -166,13 +167,13 @@ def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) ->
     """Variant ``label`` of ``VARIANTS``, made from the BN network of ``seed`` (same initial weights)."""
     if label not in VARIANTS:
         raise ValueError(f"unknown Section 5 variant {label!r}; choose from {list(VARIANTS)}")
-    bn = build_bn_network(cfg, num_classes, seed)
+    model = build_bn_network(cfg, num_classes, seed)
     recipe = VARIANTS[label]
-    if recipe is None:
-        return bn
-    if recipe.get("all_norms"):
-        return _all_norms_batch_free(bn, cfg.gn_groups)
-    return convert(bn, groups=cfg.gn_groups, inplace=True, **recipe).model
+    if recipe is not None and recipe.get("all_norms"):
+        model = _all_norms_batch_free(model, cfg.gn_groups)
+    elif recipe is not None:
+        model = convert(model, groups=cfg.gn_groups, inplace=True, **recipe).model
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
 def bn_depths(cfg: ResNetConfig) -> Dict[str, int]:

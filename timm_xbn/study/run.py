@@ -57,15 +57,15 @@ class StudyConfig:
             cfg.train_seeds = (0, 1)
             cfg.mlp = dataclasses.replace(cfg.mlp, epochs=12, test_samples=600, train_sizes=(32, 256), eval_every=2)
             cfg.resnet = dataclasses.replace(
-                cfg.resnet, train_samples=512, min_steps=8, eval_samples=300, calib_samples=100, warmup_steps=2,
+                cfg.resnet, train_samples=512, epochs=1.0, min_steps=8, eval_samples=300, calib_samples=100, warmup_steps=2,
                 batch_size=64, deltas=(0.9,), perturb_seeds=(0,), corruptions=("gaussian_noise",),
                 small_batch_sizes=(4, 16), small_batch_iterations=8,
             )
         elif name == "full":
             cfg.train_seeds = (0, 1, 2, 3, 4)
             cfg.resnet = dataclasses.replace(
-                cfg.resnet, variants=tuple(VARIANTS), epochs=3, deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
-                perturb_seeds=(0, 1, 2, 3, 4), adabn_variants=("BN", "XBN-GN"), small_batch_iterations=1000,
+                cfg.resnet, variants=tuple(VARIANTS), deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
+                adabn_variants=("BN", "XBN-GN"),
             )
         return cfg
 
