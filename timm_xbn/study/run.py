@@ -41,7 +41,7 @@ class StudyConfig:
     dataset: str = "auto"
     image_size: int = 32
     seed: int = 0
-    train_seeds: Tuple[int, ...] = (0, 1, 2)
+    train_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
     mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
@@ -62,7 +62,7 @@ class StudyConfig:
                 small_batch_sizes=(4, 16), small_batch_iterations=8,
             )
         elif name == "full":
-            cfg.train_seeds = (0, 1, 2, 3, 4)
+            cfg.train_seeds = tuple(range(10))
             cfg.resnet = dataclasses.replace(
                 cfg.resnet, variants=tuple(VARIANTS), deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
                 adabn_variants=("BN", "XBN-GN"),
