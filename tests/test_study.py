@@ -1,4 +1,5 @@
 """Tests of the study package: data readers, the Section 4 MLP, claim criteria and the whole pipeline."""
+import dataclasses
 import gzip
 import json
 import math
@@ -15,6 +16,8 @@ from timm_xbn.study import data as study_data
 from timm_xbn.study import StudyConfig, run_study
 from timm_xbn.study.mlp import MLPConfig, StudyMLP, input_shift, train_full_batch
 from timm_xbn.study.plots import PLOT_FILES
+from timm_xbn.study.data import load_dataset
+from timm_xbn.study.jobs import plan_jobs
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, combine_verdicts, paired_effect
 from timm_xbn.study.report import (
     claim_adabn, claim_esm_grows, claim_gn_flattens, claim_table1_full_gn, claim_table1_p2, claim_xbn_robust, growth,
@@ -292,6 +295,18 @@ def test_variants_share_initial_weights_and_put_norms_where_the_paper_says():
         ResNetConfig(variants=("BN", "XBN-P4"))
 
 
+def test_channels_last_changes_the_layout_not_the_network():
+    """The default's channels_last convolutions hold the same initial weights and compute the same function."""
+    fast = build_variant("XBN-GN", ResNetConfig(), 10, seed=2)
+    plain = build_variant("XBN-GN", ResNetConfig(channels_last=False), 10, seed=2)
+    assert fast.layer2[1].conv2.weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.layer2[1].conv2.weight.is_contiguous()
+    for (name, a), (_, b) in zip(fast.state_dict().items(), plain.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)
+
+
 def test_training_length_has_a_floor_for_small_data_sets():
     cfg = ResNetConfig(epochs=1, min_steps=400, batch_size=128)
     assert cfg.train_steps(60000) == 468 and cfg.train_steps(4000) == 400
@@ -381,8 +396,8 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
 
     import timm_xbn.study.jobs as jobs_module
 
-    parts = next((tmp_path / "a" / "parts").iterdir())
-    (parts / "smallbatch_gn_b4_seed1.json").unlink()  # as if killed before this job finished
+    (stored,) = (tmp_path / "a" / "parts").glob("*/smallbatch_gn_b4_seed1.json")
+    stored.unlink()  # as if killed before this job finished
     ran = []
     real = jobs_module._run_job
     monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: ran.append(job.key) or real(c, job, p))
@@ -390,6 +405,19 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
     assert ran == ["smallbatch_gn_b4_seed1"]
     assert json.dumps(resumed, sort_keys=True) == json.dumps(inline, sort_keys=True)
     assert "(27 of 28 jobs reused" in (tmp_path / "a" / "summary.txt").read_text()
+    # a changed setting re-runs only the jobs that depend on it
+    ran.clear()
+    run_study(dataclasses.replace(cfg, resnet=dataclasses.replace(cfg.resnet, small_batch_iterations=3)),
+              tmp_path / "a", progress=False, workers=1)
+    assert sorted(ran) == sorted(j.key for j in plan_jobs(cfg, load_dataset(cfg.dataset, cfg.image_size, cfg.seed))
+                                 if j.kind == "small_batch")
+    ran.clear()
+    run_study(dataclasses.replace(cfg, resnet=dataclasses.replace(cfg.resnet, deltas=(0.7,))),
+              tmp_path / "a", progress=False, workers=1)
+    assert ran and all(key.startswith("net_") for key in ran) and len(ran) == len(cfg.resnet.variants) * len(cfg.train_seeds)
+    ran.clear()
+    run_study(dataclasses.replace(cfg, threads=2), tmp_path / "a", progress=False, workers=1)
+    assert len(ran) == 28  # the thread count changes rounding: nothing is reused
 
 
 def test_cli_study_help_and_errors(tmp_path):

@@ -10,14 +10,19 @@ weights as ``<key>.safetensors`` for the main networks) in the parts folder, so
 * the numbers are the same whether the jobs run one after another or in several processes.
 
 Workers are spawned processes (``--workers``); each loads the data set once.
+
+Results live in ``<parts>/<fingerprint>/``, one folder per job kind and the settings that kind
+depends on (``job_fingerprints``): changing, say, the small-batch iterations re-runs only the
+small-batch jobs, and the trained main networks are reused.
 """
+import hashlib
 import json
 import multiprocessing
 import os
 import resource
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
 
@@ -35,7 +40,14 @@ from .resnet import (
 if TYPE_CHECKING:  # pragma: no cover
     from .run import StudyConfig
 
-__all__ = ["Job", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
+__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
+
+# ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
+_SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
+_MAIN_NETWORK_ONLY = ("epochs", "min_steps", "robustness_variants", "deltas", "perturb_seeds", "blocks", "esm_variants",
+                      "esm_corruption", "adabn_variants", "corruptions", "severity", "calib_samples")
+_IGNORED = {"network": ("variants", *_SMALL_BATCH_ONLY),
+            "small_batch": ("variants", "small_batch_variants", "small_batch_sizes", *_MAIN_NETWORK_ONLY)}
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,7 @@ class Job:
     seed: int
     variant: str = ""
     batch_size: int = 0
+    fingerprint: str = ""  # the folder of its kind's settings (``job_fingerprints``)
 
     @property
     def key(self) -> str:
@@ -56,6 +69,10 @@ class Job:
             return f"net_{name}_seed{self.seed}"
         return f"smallbatch_{name}_b{self.batch_size}_seed{self.seed}"
 
+    def path(self, parts: Path, suffix: str = ".json") -> Path:
+        """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""
+        return parts / self.fingerprint / f"{self.key}{suffix}"
+
     def describe(self) -> str:
         if self.kind == "mlp":
             return f"MLP runs, seed {self.seed}"
@@ -64,8 +81,28 @@ class Job:
         return f"{self.variant} batch {self.batch_size} seed {self.seed}"
 
 
-def plan_jobs(cfg: "StudyConfig") -> List[Job]:
+def job_fingerprints(cfg: "StudyConfig", data: StudyData) -> Dict[str, str]:
+    """Job kind -> hash of everything its results depend on: its settings, the threads (they change
+    floating-point rounding), the data subsets' seed, the data set and the torch version."""
+    resnet = cfg.resnet.to_dict()
+    settings = {
+        "mlp": cfg.mlp.to_dict(),
+        **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
+    }
+    common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
+              "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
+    return {kind: hashlib.sha1(json.dumps({"kind": kind, "settings": s, **common}, sort_keys=True).encode()).hexdigest()[:12]
+            for kind, s in settings.items()}
+
+
+def plan_jobs(cfg: "StudyConfig", data: StudyData) -> List[Job]:
     """Every job of the study, longest first (so parallel workers finish close together)."""
+    jobs = _plan(cfg)
+    fingerprints = job_fingerprints(cfg, data)
+    return [replace(job, fingerprint=fingerprints[job.kind]) for job in jobs]
+
+
+def _plan(cfg: "StudyConfig") -> List[Job]:
     rc = cfg.resnet
     networks = [Job("network", s, v) for v in rc.variants for s in cfg.train_seeds]
     networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
@@ -227,14 +264,14 @@ def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
             if job.kind == "mlp":
                 result = _mlp_job(ctx, job.seed)
             elif job.kind == "network":
-                result = _network_job(ctx, job, parts / f"{job.key}.safetensors")
+                result = _network_job(ctx, job, job.path(parts, ".safetensors"))
             else:
                 result = _small_batch_job(ctx, job)
     finally:
         torch.set_num_threads(previous)
-    write_json_atomic(parts / f"{job.key}.time.json",
+    write_json_atomic(job.path(parts, ".time.json"),
                       {"wall_s": time.perf_counter() - started_wall, "cpu_s": _cpu_seconds() - started_cpu})
-    write_json_atomic(parts / f"{job.key}.json", result)
+    write_json_atomic(job.path(parts), result)
     return result
 
 
@@ -242,7 +279,7 @@ def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
     """Total wall and CPU seconds the jobs took when they ran (also in earlier, resumed runs)."""
     total = {"wall_s": 0.0, "cpu_s": 0.0}
     for job in jobs:
-        path = parts / f"{job.key}.time.json"
+        path = job.path(parts, ".time.json")
         if path.is_file():
             for key, value in json.loads(path.read_text()).items():
                 total[key] += value
@@ -260,10 +297,12 @@ def run_jobs(
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
     here, on ``data`` if the caller has loaded it) and return every job's result by key."""
     jobs = list(jobs)
+    for folder in {job.path(parts).parent for job in jobs}:
+        folder.mkdir(parents=True, exist_ok=True)
     results: Dict[str, dict] = {}
     pending = []
     for job in jobs:
-        stored = parts / f"{job.key}.json"
+        stored = job.path(parts)
         if stored.is_file():
             results[job.key] = json.loads(stored.read_text())
             if on_done is not None:

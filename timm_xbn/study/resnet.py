@@ -94,7 +94,7 @@ class ResNetConfig:
     # small-batch training (Table 6): same iterations for every batch size, lr = lr * sqrt(b / batch_size)
     small_batch_variants: Tuple[str, ...] = ("BN", "GN", "XBN-GN")
     small_batch_sizes: Tuple[int, ...] = (2, 4, 8, 32)
-    small_batch_iterations: int = 1000
+    small_batch_iterations: int = 300
 
     def __post_init__(self) -> None:
         unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,

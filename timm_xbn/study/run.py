@@ -4,13 +4,12 @@
 CSV tables, PNG figures and ``summary.txt`` into the output folder and returns the results dict.
 The work is split into independently seeded jobs (``jobs.py``) that run in ``workers`` processes;
 each finished job is stored under ``<output>/parts/<fingerprint>/``, so an interrupted run resumes
-where it stopped. The fingerprint covers the configuration (threads included), the data and the
-torch version, so stale parts are never reused. The same configuration gives the same numbers
-with any number of workers.
+where it stopped. The fingerprint covers the settings the job depends on (threads included), the
+data and the torch version, so stale parts are never reused and a change to one kind of job's
+settings re-runs only those jobs. The same configuration gives the same numbers with any number
+of workers.
 """
 import dataclasses
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,7 @@ class StudyConfig:
             cfg.train_seeds = tuple(range(10))
             cfg.resnet = dataclasses.replace(
                 cfg.resnet, variants=tuple(VARIANTS), deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
-                adabn_variants=("BN", "XBN-GN"),
+                adabn_variants=("BN", "XBN-GN"), small_batch_iterations=1000,
             )
         return cfg
 
@@ -78,14 +77,6 @@ class StudyConfig:
 
 
 PRESETS = ("default", "quick", "full")
-
-
-def _fingerprint(cfg: StudyConfig, data: StudyData) -> str:
-    blob = json.dumps({
-        "config": cfg.to_dict(), "data": [data.name, data.source, len(data.train_y), len(data.test_y)],
-        "torch": torch.__version__,
-    }, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
 def _by_seed(results: Dict[str, dict], jobs: List[Job], kind: str) -> Dict[str, Dict[str, dict]]:
@@ -215,13 +206,12 @@ def run_study(
     if cfg.dataset == "auto" and data.name != "fashion-mnist":
         console.print("[yellow]note: Fashion-MNIST is not installed, so the study uses its fallback data; on Debian/Ubuntu "
                       "`apt-get install dataset-fashion-mnist` gives it the full Fashion-MNIST[/yellow]")
-    parts = output_dir / "parts" / _fingerprint(cfg, data)
-    if not resume and parts.is_dir():
-        for stale in parts.glob("*.json"):
-            stale.unlink()
-    parts.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(cfg)
-    reused = sum((parts / f"{j.key}.json").is_file() for j in jobs)
+    parts = output_dir / "parts"
+    jobs = plan_jobs(cfg, data)
+    if not resume:
+        for job in jobs:
+            job.path(parts).unlink(missing_ok=True)
+    reused = sum(j.path(parts).is_file() for j in jobs)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
         task = bar.add_task(f"Study jobs ({workers} worker{'s' if workers > 1 else ''}, {cfg.threads} thread(s) each)",
