@@ -47,7 +47,7 @@ class StudyConfig:
 
     @classmethod
     def preset(cls, name: str = "default", **overrides: Any) -> "StudyConfig":
-        """``default`` (about 24 minutes on 2 CPU cores), ``quick`` (about a minute; a smoke test whose
+        """``default`` (about 65 minutes on 2 CPU cores), ``quick`` (about a minute; a smoke test whose
         verdicts mean nothing) or ``full`` (more seeds, epochs, variants and Deltas; hours)."""
         if name not in PRESETS:
             raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
