@@ -22,7 +22,7 @@ import os
 import resource
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
 
@@ -97,17 +97,11 @@ def job_fingerprints(cfg: "StudyConfig", data: StudyData) -> Dict[str, str]:
 
 def plan_jobs(cfg: "StudyConfig", data: StudyData) -> List[Job]:
     """Every job of the study, longest first (so parallel workers finish close together)."""
-    jobs = _plan(cfg)
-    fingerprints = job_fingerprints(cfg, data)
-    return [replace(job, fingerprint=fingerprints[job.kind]) for job in jobs]
-
-
-def _plan(cfg: "StudyConfig") -> List[Job]:
-    rc = cfg.resnet
-    networks = [Job("network", s, v) for v in rc.variants for s in cfg.train_seeds]
+    rc, fp = cfg.resnet, job_fingerprints(cfg, data)
+    networks = [Job("network", s, v, fingerprint=fp["network"]) for v in rc.variants for s in cfg.train_seeds]
     networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
-    mlp = [Job("mlp", s) for s in cfg.train_seeds]
-    small = [Job("small_batch", s, v, b) for b in sorted(rc.small_batch_sizes, reverse=True)
+    mlp = [Job("mlp", s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
+    small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
              for v in rc.small_batch_variants for s in cfg.train_seeds]
     return networks + mlp + small
 

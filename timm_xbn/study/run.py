@@ -48,7 +48,7 @@ class StudyConfig:
     @classmethod
     def preset(cls, name: str = "default", **overrides: Any) -> "StudyConfig":
         """``default`` (about 65 minutes on 2 CPU cores), ``quick`` (about a minute; a smoke test whose
-        verdicts mean nothing) or ``full`` (more seeds, epochs, variants and Deltas; hours)."""
+        verdicts mean nothing) or ``full`` (more seeds, variants, Deltas and small-batch iterations; hours)."""
         if name not in PRESETS:
             raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
         cfg = cls(**overrides)
