@@ -30,16 +30,22 @@ def tiny_model(seed: int = 0, fit: Path = None) -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 3))
     if fit is not None:
-        images, targets = folder_samples(fit, {f"class_{i}": i for i in range(3)})
-        x, y = normalize(images), torch.tensor(targets)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(30):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model.train()(x), y).backward()
-            opt.step()
+        fit_to(model, fit)
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def fit_to(model: nn.Module, folder: Path) -> nn.Module:
+    """``model`` trained 30 Adam steps on the 3-class ImageFolder ``folder`` (all images in one batch)."""
+    images, targets = folder_samples(folder, {f"class_{i}": i for i in range(3)})
+    x, y = normalize(images), torch.tensor(targets)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model.train()(x), y).backward()
+        opt.step()
     return model.eval()
 
 

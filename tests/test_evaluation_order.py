@@ -13,15 +13,12 @@ import torch.nn as nn
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-from test_corruptions_data import CONFIG, folder_samples, make_imagenet_c, normalize
+from test_corruptions_data import CONFIG, fit_to, make_imagenet_c
 from timm_xbn.adapt.evaluate import evaluate_adaptation
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import CORRUPTIONS, ImageNetCFolders, OnTheFly, corrupt_batch, evaluate_corruptions
 from timm_xbn.corruptions.seeding import corrupt_images, pixel_seed
 from timm_xbn.evaluation import create_eval_data, evaluate_adabn
-
-CLASSES = {f"class_{i}": i for i in range(3)}
-
 
 def two_bn_model(fit=None) -> nn.Module:
     """conv-BN-ReLU-conv-BN-ReLU-pool-linear: the second BN's input depends on the first BN's batch
@@ -29,15 +26,7 @@ def two_bn_model(fit=None) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                           nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
-    if fit is not None:
-        images, targets = folder_samples(fit, CLASSES)
-        x, y = normalize(images), torch.tensor(targets)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(30):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model.train()(x), y).backward()
-            opt.step()
-    return model.eval()
+    return fit_to(model, fit) if fit is not None else model.eval()
 
 
 @pytest.mark.parametrize("severity", [2, 5])
