@@ -20,6 +20,7 @@ from timm_xbn.corruptions import CORRUPTIONS, ImageNetCFolders, OnTheFly, corrup
 from timm_xbn.corruptions.seeding import corrupt_images, pixel_seed
 from timm_xbn.evaluation import create_eval_data, evaluate_adabn
 
+
 def two_bn_model(fit=None) -> nn.Module:
     """conv-BN-ReLU-conv-BN-ReLU-pool-linear: the second BN's input depends on the first BN's batch
     statistics, so full recalibration depends on how the calibration images are batched."""
@@ -46,9 +47,10 @@ def test_an_image_gets_the_same_pixels_in_any_order_and_batch_size(severity):
                     index = order[start:start + batch_size]
                     out[index] = corrupt_images(images[index], name, severity, seed=3)
                 assert torch.equal(out, alone), (name, order.tolist(), batch_size)
-        assert not torch.equal(alone, images), name
+        assert not torch.equal(alone, images) and torch.equal(alone[5], alone[1]), name
     assert pixel_seed(3, "fog", severity, images[0]) != pixel_seed(4, "fog", severity, images[0])
     assert pixel_seed(3, "fog", severity, images[0]) != pixel_seed(3, "snow", severity, images[0])
+    assert pixel_seed(3, "fog", severity, images[0]) != pixel_seed(3, "fog", 6 - severity, images[0])
 
 
 COUNTS = ("correct1", "correct5", "count")
