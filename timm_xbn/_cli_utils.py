@@ -7,9 +7,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 import typer
 
-F = TypeVar("F", bound=Callable[..., Any])
+from .utils.errors import USER_ERRORS
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:

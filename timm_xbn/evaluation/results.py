@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from ..version import __version__
 from .data import SkippedSample
 from .metrics import accuracy_from_counts
 from .sweep import Setting
@@ -38,12 +39,6 @@ __all__ = [
 MAX_LISTED_SKIPPED = 50
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def jsonable_config(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -161,7 +156,7 @@ def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str,
 
 def make_results(kind: str, data: Mapping[str, Any]) -> Dict[str, Any]:
     """``{"kind": kind, "timm_xbn_version": ..., **data}``: the project's results-file envelope."""
-    return {"kind": kind, "timm_xbn_version": _version(), **data}
+    return {"kind": kind, "timm_xbn_version": __version__, **data}
 
 
 def write_csv(path: Union[str, Path], rows: Sequence[Mapping[str, Any]]) -> None:
