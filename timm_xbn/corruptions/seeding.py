@@ -7,11 +7,11 @@ also holds when a folder gains or loses files or is read through another class m
 images get the same corruption. The torch implementation gives each image its own generator seeded
 this way (``corrupt_images``); the reference package is seeded with the same number (low 32 bits).
 
-Cost (CPU, one thread, 224 px): the hash ~0.2 ms per image, a generator ~0.02 ms; the draws are made
-image by image (``ImageDraws``: the same numbers of values, in more calls), which adds little on the CPU,
-where batches are already corrupted in chunks of 4 images (``benchmarks``-style timing in the commit
-that introduced it: about +15 % over the 15 corruptions on a loaded machine). On a GPU each draw becomes
-one small kernel per image (fog: ~24 per image), a fixed launch cost per image rather than per batch.
+Cost, for the 9 corruptions that draw random numbers (the others need no seed): the hash ~0.2 ms per
+224 px image and a generator ~0.02 ms (CPU, one thread), and the draws are made image by image
+(``ImageDraws``: the same numbers of values in more, smaller calls), which changes little on the CPU,
+where batches are corrupted in chunks of 4 images anyway. On a GPU each draw becomes one small kernel
+per image (fog: ~24 per image): a fixed launch cost per image instead of per batch.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .names import ALL_CORRUPTIONS
-from .torch_ops import corrupt_batch
+from .torch_ops import RANDOM_CORRUPTIONS, corrupt_batch
 
 __all__ = ["corrupt_images", "pixel_seed"]
 
@@ -41,7 +41,9 @@ def pixel_seed(seed: int, name: str, severity: int, image: Union[Tensor, np.ndar
 def corrupt_images(images: Tensor, name: str, severity: int, seed: int = 0,
                    device: Union[str, torch.device, None] = None) -> Tensor:
     """Corrupt a uint8 batch (B, 3, H, W) on ``device`` (default: the images'), each image with its
-    own generator seeded by ``pixel_seed``: an image's result does not depend on the rest of the batch."""
+    own generator seeded by ``pixel_seed``: an image's result does not depend on the rest of the batch
+    (the deterministic corruptions, which draw nothing, skip the seeding)."""
     device = torch.device(device) if device is not None else images.device
-    generators = [torch.Generator(device=device).manual_seed(pixel_seed(seed, name, severity, image)) for image in images]
+    generators = [torch.Generator(device=device).manual_seed(pixel_seed(seed, name, severity, image))
+                  for image in images] if name in RANDOM_CORRUPTIONS else None
     return corrupt_batch(images.to(device, non_blocking=True), name, severity, generators)
