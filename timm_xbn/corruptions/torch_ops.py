@@ -75,7 +75,7 @@ from torch import Tensor
 
 from .names import CORRUPTIONS, check_corruption, check_severity
 
-__all__ = ["Draws", "ImageDraws", "corrupt_batch", "TORCH_CORRUPTIONS"]
+__all__ = ["Draws", "ImageDraws", "corrupt_batch", "RANDOM_CORRUPTIONS", "TORCH_CORRUPTIONS"]
 
 
 class Draws:
@@ -798,6 +798,10 @@ TORCH_CORRUPTIONS: dict[str, Callable[[Tensor, int, Draws], Tensor]] = {
     "contrast": contrast, "elastic_transform": elastic_transform, "pixelate": pixelate,
     "jpeg_compression": jpeg_compression,
 }
+
+# the corruptions that draw random numbers (the others are deterministic tensor programs)
+RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
+                      "fog", "elastic_transform")
 
 
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
