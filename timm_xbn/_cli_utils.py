@@ -1,4 +1,5 @@
 """Small helpers shared by the CLI commands."""
+import errno
 import functools
 import json
 from contextlib import contextmanager
@@ -7,9 +8,13 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 import typer
 
+from ._files import OutputWriteError
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError)
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, OutputWriteError)
+#: OSErrors of the machine rather than the code (disk full, permissions, read-only): one line naming the file.
+SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR}
 
 
 def handle_errors(fn: F) -> F:
@@ -22,6 +27,11 @@ def handle_errors(fn: F) -> F:
         except USER_ERRORS as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             typer.secho(f"error: {message}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in SYSTEM_ERRNOS:
+                raise
+            typer.secho(f"error: {err.strerror}: {err.filename or ''}".rstrip(": "), fg="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
