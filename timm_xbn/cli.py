@@ -758,14 +758,18 @@ def hub_push(
 
       xbn-hub push --model resnet50 --checkpoint bn_baseline.safetensors --repo-id me/resnet50-bn --private --revision v1
     """
+    from contextlib import nullcontext
+
+    from .evaluation.results import claim_output_dir
     from .hub import push
 
     check_checkpoint_file(checkpoint)
-    result = push(
-        model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
-        results_name=results_name, private=private, revision=revision, dry_run=dry_run,
-        commit_message=commit_message, license=license,
-    )
+    with claim_output_dir(dry_run, "--dry-run") if dry_run is not None else nullcontext():
+        result = push(
+            model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
+            results_name=results_name, private=private, revision=revision, dry_run=dry_run,
+            commit_message=commit_message, license=license,
+        )
     if result.folder is not None:
         typer.echo(f"dry run: wrote {', '.join(result.files)} to {result.folder}; nothing uploaded")
     else:
