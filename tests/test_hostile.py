@@ -183,6 +183,7 @@ def _nan_checkpoint(model: torch.nn.Module, path: Path) -> Path:
 
 
 def test_nan_weights_are_refused_by_eval_train_and_push(image_folder, tmp_path):
+    from timm_xbn.training.checkpoint import load_training_checkpoint
     from timm_xbn.training.model import create_train_model
 
     root = image_folder(classes=3, per_class=2, size=32)
@@ -195,9 +196,16 @@ def test_nan_weights_are_refused_by_eval_train_and_push(image_folder, tmp_path):
     assert expected in line
     with pytest.raises(ValueError, match="holds NaN or infinite values in fc.weight"):
         create_train_model(_train_args_r26(root, tmp_path, bad), in_chans=3)
+    with pytest.raises(ValueError, match="nan.pth.tar holds NaN or infinite values in fc.weight"):
+        load_training_checkpoint(_nan_training_checkpoint(bad, tmp_path / "nan.pth.tar"))
     line = _error_line(runner.invoke(hub_app, ["push", "--model", "resnet26", "--model-kwargs", TINY_R26, "--checkpoint",
                                                str(bad), "--repo-id", "someone/x", "--dry-run", str(tmp_path / "repo")]))
     assert expected in line and not (tmp_path / "repo").exists()
+
+
+def _nan_training_checkpoint(weights: Path, path: Path) -> Path:
+    torch.save({"state_dict": load_file(weights), "progress": {"epoch": 1}}, path)
+    return path
 
 
 def _train_args_r26(root: Path, tmp_path: Path, checkpoint: Path):

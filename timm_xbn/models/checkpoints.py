@@ -15,7 +15,7 @@ from timm.models import load_state_dict, save_for_hf
 
 from .._files import atomic_write
 
-__all__ = ["state_dict_mismatch", "load_problem", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
+__all__ = ["state_dict_mismatch", "check_finite", "load_problem", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], limit: int = 8) -> List[str]:
@@ -47,6 +47,16 @@ def load_problem(path: Union[str, Path], err: Exception,
     return f"not {expected}, or truncated (it starts with {head!r})"
 
 
+def check_finite(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """``ValueError`` naming the first tensor of ``state_dict`` (read from ``path``) holding NaN or infinity:
+    such weights give meaningless numbers (e.g. chance accuracy), never a result worth reporting."""
+    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        more = f" (+{len(nonfinite) - 1} more)" if len(nonfinite) > 1 else ""
+        raise ValueError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0]}{more}: "
+                         "its results would mean nothing (a diverged training?)")
+
+
 def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     """Load a checkpoint file into ``model`` strictly, in place.
 
@@ -61,11 +71,7 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
         state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as err:  # corrupt file, or a pickle with non-tensor objects
         raise ValueError(f"cannot read checkpoint {path}: {load_problem(path, err)}") from None
-    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if nonfinite:
-        more = f" (+{len(nonfinite) - 1} more)" if len(nonfinite) > 1 else ""
-        raise ValueError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0]}{more}: "
-                         "its results would mean nothing (a diverged training?)")
+    check_finite(state_dict, path)
     problems = state_dict_mismatch(model, state_dict)
     if problems:
         raise ValueError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
 from .._files import atomic_write
-from ..models.checkpoints import load_problem
+from ..models.checkpoints import check_finite, load_problem
 
 __all__ = [
     "capture_rng_state", "restore_rng_state", "gather_rng_states", "TrainCheckpointSaver",
@@ -181,6 +181,7 @@ def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         raise ValueError(f"cannot resume from {path}: {load_problem(path, err, 'a torch checkpoint')}{hint}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "progress" not in checkpoint:
         raise ValueError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
+    check_finite(checkpoint["state_dict"], path)
     return checkpoint
 
 
