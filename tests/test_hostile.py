@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from timm_xbn._files import OutputWriteError, atomic_write
+from timm_xbn.utils.files import OutputWriteError, atomic_write
 from timm_xbn.cli import convert_app, eval_app, hub_app, train_app
 from timm_xbn.evaluation.results import claim_output_dir, write_csv, write_json_atomic
 

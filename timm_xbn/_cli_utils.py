@@ -1,5 +1,4 @@
 """Small helpers shared by the CLI commands."""
-import errno
 import functools
 import json
 from contextlib import contextmanager
@@ -8,13 +7,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 import typer
 
-from ._files import OutputWriteError
+from .utils.errors import SYSTEM_ERRNOS, USER_ERRORS
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError, OutputWriteError)
-#: OSErrors of the machine rather than the code (disk full, permissions, read-only): one line naming the file.
-SYSTEM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR}
 
 
 def handle_errors(fn: F) -> F:

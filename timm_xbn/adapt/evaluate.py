@@ -24,13 +24,13 @@ import torch.nn as nn
 from ..corruptions.evaluate import BatchPrep, CorruptionPass
 from ..corruptions.datasets import CorruptionSource
 from ..corruptions.metrics import summarize
-from ..evaluation.distributed import all_reduce_sum, is_main_process, world_info
 from ..evaluation.engine import run_pass
 from ..evaluation.models import weights_sha1
-from .._files import atomic_write
+from ..utils.files import atomic_write
 from ..evaluation.results import jsonable_config, load_results, make_results, write_csv, write_json_atomic
 from ..evaluation.sweep import Setting
-from ..stats.moments import model_device
+from ..utils.device import model_device
+from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from .base import Adapter
 from .methods import STATEFUL_METHODS, create_adapter, parse_method
 from .protocol import check_protocol, counts_record

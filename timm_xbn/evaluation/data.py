@@ -22,8 +22,9 @@ from timm.data.readers.img_extensions import get_img_extensions
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
+from ..utils.distributed import world_info
 from .classes import ClassMapping, ClassMapSource, class_folders, match_classes
-from .distributed import ShardSampler, world_info
+from .distributed import ShardSampler
 
 __all__ = [
     "DATA_CONFIG_KEYS",

@@ -4,7 +4,7 @@ from typing import Any, Mapping, Union
 
 import matplotlib
 
-from .._files import atomic_write
+from ..utils.files import atomic_write
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
-from .._files import atomic_write, write_text_atomic
+from ..utils.files import atomic_write, write_text_atomic
+from ..version import __version__
 from .data import SkippedSample
 from .metrics import accuracy_from_counts
 from .sweep import Setting
@@ -42,12 +43,6 @@ MAX_LISTED_SKIPPED = 50
 NUMBER = (int, float)  # a finite number
 OPTIONAL_NUMBER = (int, float, type(None))
 ANY_NUMBER = (float, int)  # a number, NaN and infinities allowed
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
 
 
 def jsonable_config(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -163,7 +158,7 @@ def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str,
 
 def make_results(kind: str, data: Mapping[str, Any]) -> Dict[str, Any]:
     """``{"kind": kind, "timm_xbn_version": ..., **data}``: the project's results-file envelope."""
-    return {"kind": kind, "timm_xbn_version": _version(), **data}
+    return {"kind": kind, "timm_xbn_version": __version__, **data}
 
 
 def write_csv(path: Union[str, Path], rows: Sequence[Mapping[str, Any]]) -> None:

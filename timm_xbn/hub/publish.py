@@ -19,6 +19,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from ..models import create_model, export_model, load_weights
 from ..models.pretrained import hub_problem
+from ..version import __version__
 from .card import card_results, render_card
 from .results import for_weights, load_results, select_entry
 
@@ -124,8 +125,6 @@ def write_repo_folder(
 def upload_folder(folder: Union[str, Path], repo_id: str, token: str, commit_message: str, private: bool = False,
                   revision: Optional[str] = None, api: Optional[HfApi] = None):
     """Create ``repo_id`` if needed and commit every file of ``folder`` in one commit; returns the ``CommitInfo``."""
-    from .. import __version__
-
     folder = Path(folder)
     api = api or HfApi(token=token, library_name="timm-xbn", library_version=__version__)
     api.create_repo(repo_id, private=private, exist_ok=True, token=token)
@@ -178,8 +177,6 @@ def push(
         files = write_repo_folder(built, folder, repo_id, results, names=names, license=license)
         return PushResult(repo_id=repo_id, files=files, folder=folder, commit_url=None)
     token = resolve_token(token)
-    from .. import __version__
-
     message = commit_message or f"Add {architecture} weights, config.json and model card (timm-xbn {__version__})"
     with tempfile.TemporaryDirectory() as tmp:
         files = write_repo_folder(built, tmp, repo_id, results, names=names, license=license)

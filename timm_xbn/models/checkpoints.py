@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from timm.models import load_state_dict, save_for_hf
 
-from .._files import atomic_write
+from ..utils.files import atomic_write
 
 __all__ = ["state_dict_mismatch", "check_finite", "load_problem", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
-from .._files import atomic_write
+from ..utils.files import atomic_write
 from ..models.checkpoints import check_finite, load_problem
 
 __all__ = [

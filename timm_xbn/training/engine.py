@@ -32,7 +32,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
 
-from .._files import write_text_atomic
+from ..utils.files import write_text_atomic
 from ..evaluation.models import state_dict_sha1
 from ..evaluation.results import claim_output_dir, write_csv, write_json_atomic
 from ..models import state_dict_mismatch
