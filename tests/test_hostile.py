@@ -458,3 +458,20 @@ def test_study_compare_names_what_is_wrong_with_a_results_file(tmp_path, content
     (tmp_path / "study.json").write_text(content)
     line = _error_line(runner.invoke(eval_app, ["study-compare", str(tmp_path), str(tmp_path)]))
     assert message in line
+
+
+def test_permission_and_disk_errors_anywhere_are_one_line_naming_the_path():
+    import typer
+
+    from timm_xbn._cli_utils import handle_errors
+
+    app = typer.Typer()
+
+    @app.command()
+    @handle_errors
+    def command(code: int) -> None:
+        raise OSError(code, os.strerror(code), "/results/x.json")
+
+    for code in (errno.EACCES, errno.ENOSPC, errno.EROFS):
+        assert _error_line(runner.invoke(app, [str(code)])) == f"error: {os.strerror(code)}: /results/x.json"
+    assert isinstance(runner.invoke(app, [str(errno.EBADF)]).exception, OSError)  # a bug, not the machine: traceback
