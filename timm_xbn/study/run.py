@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..utils.files import write_text_atomic
 from ..evaluation.results import make_results, write_csv, write_json_atomic
 from .config import PRESETS, StudyConfig
 from .data import StudyData, load_dataset
@@ -194,7 +195,7 @@ def run_study(
                  f"({reused} of {len(jobs)} jobs reused from an earlier run); the jobs took {spent['cpu_s']:.0f} "
                  f"CPU-seconds ({spent['wall_s']:.0f} s of job wall time); results in {output_dir}/")
     lines.append("Figures: " + ", ".join(str(p) for p in plots))
-    (output_dir / SUMMARY_FILE).write_text("\n".join(lines) + "\n")
+    write_text_atomic(output_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
     styles = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
     for line in lines:
         style = next((v for k, v in styles.items() if line.startswith(k)), None)
