@@ -548,10 +548,17 @@ def eval_study_compare(
             results = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
+        if not isinstance(results, dict):
+            raise ValueError(f"{path} is not a study results file (it holds a JSON {type(results).__name__})")
         if results.get("kind") != "study" or "claims" not in results:
             raise ValueError(f"{path} is not a study results file (kind {results.get('kind')!r})")
         loaded.append(results)
-    for line in compare_lines(*loaded):
+    try:
+        lines = compare_lines(*loaded)
+    except (KeyError, TypeError, AttributeError) as err:  # a field missing or of another type
+        raise ValueError(f"{first} and {second}: not complete study results files, written by xbn-eval study "
+                         f"({type(err).__name__}: {err})") from None
+    for line in lines:
         typer.echo(line)
 
 
