@@ -67,9 +67,10 @@ def mlp_section(s: int) -> dict:
     return {"config": {"epochs": 4}, "by_seed": by_seed}
 
 
-def _bn_esm_rows(scale: float, names):
-    """ESM rows of BN layers ``bn<depth>``: ESM_sigma per channel = scale * (1 + depth)."""
-    return [{"name": name, "depth": int(name[2:]), "esm_sigma_per_channel": scale * (1 + int(name[2:]))} for name in names]
+def _bn_esm_rows(w: float, names):
+    """ESM rows of BN layers ``bn<depth>``: ESM_sigma per channel = (1 + depth) exp(-w (1 + depth / 8))."""
+    return [{"name": name, "depth": d, "esm_sigma_per_channel": (1 + d) * math.exp(-w * (1 + d / 8))}
+            for name, d in ((name, int(name[2:])) for name in names)]
 
 
 def resnet_section(s: int) -> dict:
@@ -78,7 +79,7 @@ def resnet_section(s: int) -> dict:
     AdaBN recovers accuracy on corrupted data."""
     seeds = [str(k) for k in SEEDS]
     base = {k: 80.0 + 2 * int(k) for k in seeds}  # the baseline varies with the seed, the pairing removes it
-    top1 = {"BN": base, "XBN-GN": {k: base[k] + wobble(s, 1.0, int(k)) for k in seeds},
+    top1 = {"BN": base, **{v: {k: base[k] + wobble(s, 1.0, int(k)) for k in seeds} for v in ("XBN-GN", "XBN-P1", "XBN-P3")},
             "GN": {k: base[k] - wobble(s, 1.0, int(k)) for k in seeds}}
     deltas = ("0.5", "0.9")
 
@@ -92,10 +93,10 @@ def resnet_section(s: int) -> dict:
     small["GN"] = {str(b): {k: v - wobble(s, 1.0, int(k)) for k, v in small["XBN-GN"][str(b)].items()} for b in sizes}
     names = [f"bn{i}" for i in range(9)]
 
-    def esm(k, variant):
-        ratio = 1.0 if variant == "BN" else math.exp(-wobble(s, 0.5, int(k)))  # XBN's deep ESM is lower
+    def esm(k, variant):  # XBN's ESM is lower, the more so the deeper: exp(-w (1 + depth / 8)) times BN's
+        w = 0.0 if variant == "BN" else wobble(s, 0.5, int(k))
         kept = names if variant == "BN" else names[::2]
-        return {which: _bn_esm_rows(ratio, kept) for which in ("clean", "shifted")}
+        return {which: _bn_esm_rows(w, kept) for which in ("clean", "shifted")}
 
     def adabn(k):
         return {c: {"before_top1": 40.0 + int(k), "after_top1": 40.0 + int(k) + wobble(s, 3.0, int(k))} for c in ("fog", "snow")}
@@ -105,7 +106,7 @@ def resnet_section(s: int) -> dict:
         "networks": {v: {k: {"top1": t} for k, t in values.items()} for v, values in top1.items()},
         "robustness": {"blocks": 6, "deltas": [float(d) for d in deltas], "perturb_seeds": [0, 1], "models": robustness},
         "small_batch": {"iterations": 10, "batch_sizes": list(sizes), "models": small},
-        "esm": {"corruption": "fog", "severity": 3, "models": {v: {k: esm(k, v) for k in seeds} for v in ("BN", "XBN-GN")}},
+        "esm": {"corruption": "fog", "severity": 3, "models": {v: {k: esm(k, v) for k in seeds} for v in ("BN", "XBN-GN", "XBN-IN")}},
         "adabn": {"severity": 3, "calibration_samples": 10, "corruptions": ["fog", "snow"],
                   "models": {"BN": {k: adabn(k) for k in seeds}}},
     }
@@ -125,6 +126,8 @@ def test_every_claim_reads_the_paper_direction(s, verdict):
     for claim in claims:
         assert claim.verdict == verdict, (claim.id, [(e.name, e.per_seed, e.verdict) for e, _ in claim.effects])
         assert all(e.n == len(SEEDS) for e, _ in claim.effects)
+        for effect, counts in claim.effects:  # the effects reported beside the verdict read the same way
+            assert effect.verdict == verdict or (s == 0 and not counts), (claim.id, effect.name, effect.per_seed)
 
 
 def test_decisive_effects_are_the_paired_differences_the_data_were_written_with():
@@ -145,7 +148,7 @@ def test_decisive_effects_are_the_paired_differences_the_data_were_written_with(
     assert decisive("gnbn_smaller_train_test_gap") == pytest.approx([-wobble(1, 2.0, k) for k in SEEDS])
     assert decisive("gnbn_lower_test_error_small_s") == pytest.approx([-wobble(1, 2.0, k) for k in SEEDS])
     assert decisive("adabn_recovers_shifted_accuracy") == pytest.approx([wobble(1, 3.0, k) for k in SEEDS])
-    assert decisive("xbn_lower_esm_deep_layers") == pytest.approx([-wobble(1, 0.5, k) for k in SEEDS])  # ln ratio
+    assert decisive("xbn_lower_esm_deep_layers") == pytest.approx([-2 * wobble(1, 0.5, k) for k in SEEDS])  # depth 8
     assert decisive("bn_esm_grows_with_depth") == pytest.approx([1.0, 1.0, 1.0])  # Spearman of exp(a l), a > 0
     # BN's even layers 2..12: ln(mean exp(a l) over the last third / the first third); GNBN flat: 0
     for k, value in zip(SEEDS, decisive("gn_odd_layers_flatten_esm")):
