@@ -41,7 +41,7 @@ def _without(path, key):
     ("[1, 2]", "study.json"),
     ('"a string"', "study.json"),
     (json.dumps({"kind": "robustness", "claims": []}), "is not a study results file"),
-    (json.dumps({"kind": "study"}), "is not a study results file"),
+    (json.dumps({"kind": "study"}), "is a damaged or incomplete study results file"),
     (json.dumps(_without((), "threads")), "threads"),
     (json.dumps(_without(("claims", 0), "verdict")), "verdict"),
     (json.dumps(_without(("claims", 0, "effects", 0), "mean")), "mean"),
