@@ -20,6 +20,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
+from ..layers import paper_affine
 from ..surgery import convert
 from .factory import create_base_model
 from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
@@ -74,6 +75,7 @@ class XBNResNet(ResNet):
     def __init__(self, position: Any = 2, every: int = 1, bfn: str = "gn", groups: int = 64,
                  channels_per_group: Any = None, affine: Any = None, stem: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        affine = paper_affine(bfn) if affine is None else affine  # trained from scratch: the authors' choice
         convert(self, position=position, every=every, bfn=bfn, groups=groups,
                 channels_per_group=channels_per_group, affine=affine, stem=stem, inplace=True)
 
@@ -139,6 +141,8 @@ for _name in XBN_VARIANTS:
 
 def _build_converted(base_model: str = "resnet26", **kwargs: Any):
     surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
+    if surgery.get("affine") is None:  # built from scratch (or to load weights whose config says): the authors' choice
+        surgery["affine"] = paper_affine(surgery.get("bfn", "gn"))
     return convert(create_base_model(base_model, **kwargs), inplace=True, **surgery).model
 
 
