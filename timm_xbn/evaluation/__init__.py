@@ -11,7 +11,7 @@ Notebook use::
 """
 from .adabn import calibration_inputs, evaluate_adabn
 from .data import (
-    Batch, EvalData, SkippedSample, SkipUnreadable, create_eval_data, data_config_conflicts, resolve_eval_data_config,
+    Batch, EvalData, SkippedSample, SkipUnreadable, create_eval_data, data_config_conflicts, input_data_config, resolve_eval_data_config,
     validate_data_dir,
 )
 from .distributed import ShardSampler, init_distributed, is_main_process, world_info
@@ -27,7 +27,7 @@ from .sweep import Setting, SharedPass, eval_mode, naive_sweep, robustness_setti
 
 __all__ = [
     "Batch", "EvalData", "SkippedSample", "SkipUnreadable", "create_eval_data", "data_config_conflicts",
-    "resolve_eval_data_config", "validate_data_dir",
+    "resolve_eval_data_config", "input_data_config", "validate_data_dir",
     "ShardSampler", "init_distributed", "is_main_process", "world_info",
     "PassResult", "run_pass",
     "Setting", "SharedPass", "eval_mode", "naive_sweep", "robustness_settings",

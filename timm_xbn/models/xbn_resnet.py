@@ -17,13 +17,13 @@ the same for every base model that has the option.
 from typing import Any, Callable, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers import paper_affine
 from ..surgery import convert
 from .factory import create_base_model
-from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
+from .pretrained import HUB_ERRORS, check_hub_weights, checkpoint_head_kwargs, unavailable
 
 __all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
 
@@ -115,6 +115,8 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
         return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
     check_hub_weights(cfg)  # fails in one line, without a minute of retries, when the tag has no weights
+    if cfg.get("file"):  # the user's own weights: the model gets their head (a different num_classes is an error)
+        kwargs = checkpoint_head_kwargs(name, kwargs)
     try:
         return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
     except HUB_ERRORS as err:  # the repo exists but holds no weights file timm can load
@@ -150,5 +152,9 @@ def _build_converted(base_model: str = "resnet26", **kwargs: Any):
 def xbn_converted(pretrained: bool = False, **kwargs: Any):
     """Any supported timm BN model converted by surgery: ``base_model`` plus ``convert`` settings
     (position, every, bfn, groups, channels_per_group, affine, stem) and the base's timm kwargs.
-    Lets a Hub ``config.json`` (architecture + model_args) rebuild a converted model."""
+    Lets a Hub ``config.json`` (architecture + model_args) rebuild a converted model. With
+    ``pretrained=True`` the model gets the checkpoint's number of classes (``checkpoint_head_kwargs``)."""
+    if pretrained:
+        base = get_pretrained_cfg(kwargs.get("base_model", "resnet26"))
+        kwargs = checkpoint_head_kwargs("xbn_converted", kwargs, classifier=base.classifier if base else None)
     return build_model_with_cfg(_build_converted, "xbn_converted", pretrained, **kwargs)
