@@ -69,8 +69,8 @@ class Setting:
 
 
 FULL = Setting()
-TINY = replace(FULL, train_samples=256, batch_size=32, warmup_steps=2, finetune_samples=64, finetune_batch_size=32,
-               calib_images=64, eval_images=100, seeds=(0, 1), variants=("P2-GN", "P3-IN"))
+TINY = replace(FULL, train_samples=128, batch_size=32, warmup_steps=1, finetune_samples=32, finetune_batch_size=32,
+               calib_images=32, eval_images=64, seeds=(0, 1), variants=("P3-IN",))
 
 VARIANTS = {  # label -> convert() settings
     **{f"P{p}-{n.upper()}": dict(position=p, bfn=n) for p in (1, 2, 3) for n in ("gn", "in")},
