@@ -12,7 +12,9 @@ applied at construction, so ``convert(timm.create_model("resnet50"))`` and
 settings can be overridden per call (``timm.create_model("xbn_resnet50", position="P1")``).
 Unlike timm's ResNets, the last BN of each block is not zero-initialised by default
 (``zero_init_last=False``), following the authors' code; ``xbn_converted`` built from scratch does
-the same for every base model that has the option.
+the same for every base model that has the option. Built from scratch, a BFN has the authors'
+affine setting (``timm_xbn.layers.paper_affine``: GN affine, IN not) unless ``affine`` is given; an
+``xbn_converted`` exported after surgery on trained weights records ``affine`` in its model args.
 """
 from typing import Any, Callable, Dict
 

@@ -21,11 +21,14 @@ Then the BNs left in the converted network keep or re-estimate their statistics 
   ``N/(N+n) * trained + n/(N+n) * calibration`` (``timm_xbn.stats.prior``) with n the calibration
   images and N (``source_images``) the training images behind the trained statistics.
 
-The default is chosen from ``benchmarks/calibration.py``'s measurements (``docs/calibration.md``).
+The default, ``full``, is what ``benchmarks/calibration.py``'s rule, fixed before the measurement, picked
+(``docs/calibration.md``: 3 families x 6 conversions x 3 training seeds; after calibration ``full`` was
+better in 2 cells and worse in none, the rest inconclusive; ``mix`` with N = the training images moves
+the statistics by n/(N+n) only and was inconclusive everywhere).
 
-An InstanceNorm without affine parameters (the IN default) has nothing to calibrate: ``calibrate``
-refuses it, and ``convert(..., calibrate=...)`` builds affine BFNs for that reason (a per-channel
-scale and shift, 2 x C parameters; the converted model's config records ``affine=True``).
+A BFN without affine parameters (``convert(..., affine=False)``, or an IN built to be trained from
+scratch) has nothing to calibrate: ``calibrate`` refuses it. ``convert`` keeps the BNs' weight and bias
+in affine BFNs by default (2 x C parameters; the converted model's config records ``affine=True``).
 """
 import copy
 import time
@@ -47,7 +50,7 @@ __all__ = [
 ]
 
 REESTIMATE_CHOICES = ("none", "full", "mix")
-DEFAULT_REESTIMATE = "none"
+DEFAULT_REESTIMATE = "full"  # chosen from docs/calibration.md by the rule fixed before measuring
 
 
 class ChannelRegression:
@@ -239,7 +242,7 @@ def _bfn_pairs(converted: nn.Module, original: nn.Module) -> List[Tuple[str, nn.
                              f"with {channels} channels that the surgery replaced, found {found}")
         if bfn.weight is None:
             raise ValueError(f"{name} ({type(bfn).__name__}) has no affine parameters to calibrate: convert with "
-                             "affine=True (convert(..., calibrate=...) and xbn-convert --calibrate do)")
+                             "affine=True (convert's default for a trained BN network)")
         pairs.append((name, bfn, bn))
     return pairs
 
