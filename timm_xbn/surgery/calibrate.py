@@ -42,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import is_batch_free
-from .blocks import is_bn
+from ..utils.device import eval_mode, model_device
+from ..utils.norms import bns_with_running_stats, is_bn
 
 __all__ = [
     "REESTIMATE_CHOICES", "DEFAULT_REESTIMATE", "ChannelRegression", "LayerFit", "CalibrationResult", "calibrate",
@@ -301,7 +302,6 @@ def calibrate(
         ``(model, fits, images, seconds)``: the calibrated model, one ``LayerFit`` per BFN, the number of
         images used and the wall time.
     """
-    from ..stats.moments import eval_mode, model_device  # stats imports surgery: import it here
 
     _check_reestimate(reestimate, source_images)
     pairs = _bfn_pairs(converted, original)
@@ -336,8 +336,7 @@ def reestimate_bns(model: nn.Module, images: Iterable, choice: str = DEFAULT_REE
     """Set the BN statistics of ``model`` (in place) from ``images``: ``none`` keeps them, ``full`` takes
     those of the BNs' inputs on the images, ``mix`` takes ``N/(N+n) * trained + n/(N+n) * full`` per
     statistic (mean and variance), n the number of images, N = ``source_images``. Returns ``model``."""
-    from ..stats import recalibrate
-    from ..stats.moments import bns_with_running_stats, model_device
+    from ..stats import recalibrate  # stats imports surgery: import it here, not at module level
 
     _check_reestimate(choice, source_images)
     if choice == "none" or not bns_with_running_stats(model):
