@@ -212,6 +212,7 @@ def test_surgery_keeps_the_bn_weight_and_bias_and_computes_a_hand_written_norm(b
 
 
 def test_from_scratch_models_keep_the_papers_instance_norm_without_affine():
+    from timm_xbn.study.resnet import ResNetConfig, build_variant
     from timm_xbn.training import build_args
     from timm_xbn.training.model import create_train_model
 
@@ -221,8 +222,9 @@ def test_from_scratch_models_keep_the_papers_instance_norm_without_affine():
     for model in (timm.create_model("xbn_resnet26", bfn="in", **narrow),
                   timm.create_model("xbn_converted", base_model="resnet26", bfn="in", **narrow),
                   create_train_model(build_args(argv=argv), in_chans=3),
+                  build_variant("XBN-IN", ResNetConfig(arch="resnet26", channels_last=False), num_classes=10, seed=0),
                   timm_xbn.convert(_trained_looking_resnet26(), bfn="in", affine=False).model):
         norms = [m for m in model.modules() if isinstance(m, InstanceNorm2d)]
-        assert len(norms) == 4 and all(m.weight is None and m.bias is None for m in norms)
+        assert len(norms) in (4, 8) and all(m.weight is None and m.bias is None for m in norms)  # 8: study resnet26
     gn = [m for m in timm.create_model("xbn_resnet26", **narrow).modules() if isinstance(m, GroupNorm2d)]
     assert gn and all(m.weight is not None for m in gn)  # the authors' GN is affine
