@@ -1,8 +1,8 @@
 """Does surgery keep a trained BN network's accuracy? Naive vs calibrated conversion, each BN re-estimation choice.
 
 Small BN networks of three timm families (ResNet, RegNet, EfficientNet/MobileNetV2-style) are trained on
-Fashion-MNIST (32 px, grey repeated to RGB), one network per training seed, and converted with P1/P2/P3 x
-GN/IN (every block) and P2-GN-D2 (every 2nd block). Top-1 on held-out test images of: the BN original;
+Fashion-MNIST (32 px, grey repeated to RGB), one network per training seed, and converted with P1/P2/P3-GN,
+P2/P3-IN (every block) and P2-GN-D2 (every 2nd block). Top-1 on held-out test images of: the BN original;
 the naive conversion (``timm_xbn.convert``: the BFNs keep the BNs' weight and bias); the calibrated one
 (``timm_xbn.calibrate`` on unlabeled training images the networks were not trained on); each followed by
 each BN re-estimation choice (``none``, ``full``, ``mix`` with N = the training images); and the
@@ -13,8 +13,8 @@ replaces ``none`` only if, paired by seed against the same conversion without re
 interval lies above zero in at least one calibrated cell and below zero in none; among such choices the
 one with more cells above zero wins, ties going to ``mix`` (it moves the statistics least).
 
-    OMP_NUM_THREADS=1 python benchmarks/calibration.py              # docs/calibration.md (about 15 min, 1 core)
-    OMP_NUM_THREADS=1 python benchmarks/calibration.py --tiny --out /tmp/cal   # seconds: a smoke run
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py          # docs/calibration.md (about 8 min of one core)
+    OMP_NUM_THREADS=1 python benchmarks/calibration.py --tiny   # seconds: a smoke run (xbn_results/calibration_tiny)
 """
 import argparse
 import copy
@@ -257,10 +257,12 @@ def _verdict_word(verdict: str) -> str:
 def main(argv: Optional[List[str]] = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a smoke run of seconds (2 seeds, 2 conversions, tiny training)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "docs",
-                        help=f"folder for {OUTPUT_NAME} and calibration.json (default: docs/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"folder for {OUTPUT_NAME} and calibration.json (default: docs/, with --tiny xbn_results/calibration_tiny)")
     args = parser.parse_args(argv)
     setting = TINY if args.tiny else FULL
+    if args.out is None:  # a smoke run never overwrites the documented table
+        args.out = Path("xbn_results/calibration_tiny") if args.tiny else Path(__file__).resolve().parent.parent / "docs"
     command = COMMAND + (" --tiny" if args.tiny else "")
     provenance = _provenance()  # of the code that runs, before anything changes during the run
     start = time.perf_counter()
