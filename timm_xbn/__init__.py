@@ -3,7 +3,8 @@
 ``import timm_xbn`` registers the ``xbn_*`` models with timm's registry.
 """
 from .layers import create_bfn
-from .surgery import calibrate, convert, find_residual_blocks, supported_families_text
+from .calibration import calibrate, convert
+from .surgery import find_residual_blocks, supported_families_text
 from . import models  # noqa: F401  (registers the models with timm)
 from .version import __version__
 
