@@ -35,8 +35,8 @@ FLOORS = (
     "study",        # the CPU study (trains with training's checkpoint writer)
     "hub",          # model cards and Hub publishing
     "__init__",
-    "_cli_utils",
     "commands",     # one module per CLI app, with the shared options
+    "_cli_utils",   # re-exports commands.options' helpers under their old path
     "cli",
     "launch",
     "__main__",
