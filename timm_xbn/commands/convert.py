@@ -58,11 +58,12 @@ def convert(
       xbn-convert resnet50 --pretrained --num-classes 10 --out resnet50_p2_10cls  [dim](ImageNet weights, fresh 10-class head)[/dim]
       xbn-convert resnet26 --checkpoint fmnist.safetensors --model-kwargs '{"num_classes": 10}' --calibrate fmnist/ --img-size 32 --mean 0.29 0.29 0.29 --std 0.35 0.35 0.35 --crop-pct 1 --out r26_p2
     """
+    from ..calibration import calibrate as calibrate_bfns, calibration_batches
     from ..evaluation import input_data_config, validate_data_dir
     from ..evaluation.results import claim_output_dir
     from ..models.checkpoints import export_model, import_authors_checkpoint
     from ..models.factory import create_model
-    from ..surgery import calibrate as calibrate_bfns, calibration_batches, convert as convert_model
+    from ..surgery import convert as convert_model
 
     kwargs = parse_json_kwargs(model_kwargs)
     if calibrate is not None and authors is not None:
