@@ -7,6 +7,8 @@ import torch.nn as nn
 
 from ..evaluation.data import create_eval_data, resolve_eval_data_config
 
+__all__ = ["calibration_batches"]
+
 
 def calibration_batches(
     folder: Union[str, Path],

@@ -47,7 +47,7 @@ from ..utils.norms import bns_with_running_stats, is_bn
 
 __all__ = [
     "REESTIMATE_CHOICES", "DEFAULT_REESTIMATE", "ChannelRegression", "LayerFit", "CalibrationResult", "calibrate",
-    "calibration_batches", "reestimate_bns",
+    "reestimate_bns",
 ]
 
 REESTIMATE_CHOICES = ("none", "full", "mix")
