@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from timm_xbn.adapt import create_adapter, run_protocol
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch
-from timm_xbn.provenance import provenance, stamp
+from timm_xbn.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
 from timm_xbn.study.resnet import ImageSplit, ResNetConfig, build_variant, evaluate_top1, prepare_images, train_classifier
@@ -160,7 +160,7 @@ def markdown(rows: List[dict], effect_rows: List[dict], settings: dict) -> str:
 
     n = len(settings["seeds"])
     columns = [k for k in rows[0] if not k.endswith("±")]
-    lines = [f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
+    lines = ["", f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
              f"interval over the seeds); per corruption at severity 5.", "",
              "| " + " | ".join(c[:5] if c in CORRUPTIONS else c for c in columns) + " |",
              "|" + "|".join("---" if c in ("model", "method") else "---:" for c in columns) + "|"]
@@ -227,7 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    prov = provenance()
+    prov = provenance(script_command(__file__, argv))
     start = time.perf_counter()
     corruptions = args.corruptions.split(",")
     cfg = ResNetConfig(arch="resnet26", channels=(8, 16, 32, 64), gn_groups=8, batch_size=128, lr=0.05,

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-__all__ = ["Provenance", "provenance", "stamp", "read_provenance", "current_command"]
+__all__ = ["Provenance", "provenance", "stamp", "read_provenance", "current_command", "script_command"]
 
 Provenance = dict
 _TEXT_PREFIX = {".csv": "# ", ".txt": "# ", ".md": ""}
@@ -32,6 +32,17 @@ def current_command(argv: Optional[Sequence[str]] = None) -> str:
     if spec is not None and spec.name:  # run with ``python -m``
         return shlex.join(["python", "-m", spec.name.removesuffix(".__main__"), *argv[1:]])
     return shlex.join(["python", *argv])
+
+
+def script_command(script: Union[str, Path], argv: Optional[Sequence[str]] = None) -> str:
+    """``python <script> <argv>`` with the script's path relative to the working directory when it is inside
+    it (``argv`` defaults to this process's arguments): the command of a script whose ``main(argv)`` was called."""
+    path = Path(script).resolve()
+    try:
+        path = path.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return shlex.join(["python", str(path), *(sys.argv[1:] if argv is None else argv)])
 
 
 def _git_commit(root: Path) -> str:
