@@ -1,5 +1,6 @@
-"""benchmarks/tta_demo.py in its tiny mode: the result tables are well formed, averaged over the seeds and
-their intervals are the paired Student-t intervals, and every file names its command, commit and machine."""
+"""benchmarks/tta_demo.py in its tiny mode, run by ``python -m benchmarks.regenerate --only tta --tiny`` into a
+temporary folder: the result tables are well formed, averaged over the seeds and their intervals are the
+paired Student-t intervals, and every file names its command, commit and machine."""
 import json
 import math
 import sys
@@ -8,6 +9,7 @@ from statistics import fmean, stdev
 
 import pytest
 
+from benchmarks import regenerate
 from timm_xbn.provenance import read_provenance
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,9 +20,10 @@ T_975_1 = 12.706204736174704  # Student t, 97.5 % quantile, 1 degree of freedom 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tta")
-    load("tta_demo").main(["--tiny", "-o", str(out)])
-    return out, json.loads((out / "tta_demo.json").read_text())
+    docs = tmp_path_factory.mktemp("docs")
+    written = regenerate.main(["--only", "tta", "--tiny", "--out", str(docs), "--work", str(docs / "work")])
+    assert written == [docs / "tta" / name for name in ("tta_demo.json", "tta_demo.md", "tta_demo.png")]
+    return docs / "tta", json.loads((docs / "tta" / "tta_demo.json").read_text())
 
 
 def test_rows_are_means_over_the_seeds_of_every_model_and_method(tiny_run):
@@ -75,7 +78,7 @@ def test_every_file_names_its_command_commit_and_machine(tiny_run):
     for name in ("tta_demo.json", "tta_demo.md", "tta_demo.png"):
         prov = read_provenance(out / name)
         assert prov is not None, name
-        assert "tta_demo" in prov["command"] and "--tiny" in prov["command"]
+        assert prov["command"] == f"python benchmarks/tta_demo.py -o {out} --tiny"
         assert prov["commit"] and prov["machine"]
     table = (out / "tta_demo.md").read_text().splitlines()
     assert table[0].startswith("Written by `") and "| XBN-P2 | sar (cont.) |" in "\n".join(table)
