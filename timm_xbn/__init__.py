@@ -5,6 +5,6 @@
 from .layers import create_bfn
 from .surgery import calibrate, convert, find_residual_blocks, supported_families_text
 from . import models  # noqa: F401  (registers the models with timm)
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["calibrate", "convert", "create_bfn", "find_residual_blocks", "supported_families_text", "__version__"]

@@ -7,9 +7,9 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, TypeVar
 
 import typer
 
-F = TypeVar("F", bound=Callable[..., Any])
+from .utils.errors import SYSTEM_ERRNOS, USER_ERRORS
 
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, NotADirectoryError)
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handle_errors(fn: F) -> F:
@@ -22,6 +22,11 @@ def handle_errors(fn: F) -> F:
         except USER_ERRORS as err:
             message = err.args[0] if isinstance(err, KeyError) and err.args else err
             typer.secho(f"error: {message}", fg="red", err=True)
+            raise typer.Exit(2) from None
+        except OSError as err:
+            if err.errno not in SYSTEM_ERRNOS:
+                raise
+            typer.secho(f"error: {err.strerror}: {err.filename or ''}".rstrip(": "), fg="red", err=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -291,9 +291,13 @@ _CORR_CORRUPTIONS = typer.Option(None, "--corruptions", help="Comma-separated co
 _CORR_CLEAN_DIR = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")
 
 
-def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities) -> tuple:
-    """Exactly one data source, valid corruption and severity lists (checked before any model is built); returns the lists."""
+def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error) -> tuple:
+    """Exactly one data source, valid corruption and severity lists and --clean-error (checked before any model
+    is built); returns the lists."""
     from .corruptions import parse_corruptions, parse_severities
+
+    if clean_error is not None and not 0 <= clean_error <= 100:
+        raise ValueError(f"--clean-error is a top-1 error in percent (0-100), got {clean_error}")
 
     chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
     if len(chosen) != 1:
@@ -369,7 +373,7 @@ def eval_corruption(
     from .evaluation import create_models, is_main_process
     from .evaluation.distributed import shutdown_distributed
 
-    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     parse_adapt(adapt)
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("corruption", specs, output) as out:
@@ -452,7 +456,7 @@ def eval_adapt(
     for spec in method:
         parse_method(spec)
     severities = None if severities == "all" else severities
-    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities)
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("adapt", specs, output) as out:
         built = create_models(specs, dev)
@@ -509,6 +513,7 @@ def eval_study(
     """
     import dataclasses
 
+    from .evaluation.results import claim_output_dir
     from .study import StudyConfig, run_study
 
     if quick and full:
@@ -521,7 +526,10 @@ def eval_study(
         cfg.train_seeds = tuple(range(seeds))
     resnet_overrides = {k: v for k, v in (("train_samples", train_samples), ("epochs", epochs)) if v is not None}
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
-    run_study(cfg, output, resume=not fresh, workers=workers)
+    if train_samples is not None and train_samples < cfg.resnet.batch_size:
+        raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
+    with claim_output_dir(output, "--output") as folder:  # before the job pool starts; one run per folder
+        run_study(cfg, folder, resume=not fresh, workers=workers)
 
 @eval_app.command("study-compare")
 @handle_errors
@@ -539,6 +547,11 @@ def eval_study_compare(
 
     from .study import RESULTS_FILE, compare_lines
 
+    from .evaluation.results import ANY_NUMBER, shape_error
+
+    effect = {k: ANY_NUMBER for k in ("mean", "ci_low", "ci_high")}
+    shape = {"threads": int, "dataset": {"name": str},
+             "claims": [{"id": str, "claim": str, "verdict": str, "effects": [{"name": str, "verdict": str, **effect}]}]}
     loaded = []
     for path in (first, second):
         path = path / RESULTS_FILE if path.is_dir() else path
@@ -546,10 +559,14 @@ def eval_study_compare(
             raise FileNotFoundError(f"no study results at {path} (run `xbn-eval study -o FOLDER` first)")
         try:
             results = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if results.get("kind") != "study" or "claims" not in results:
-            raise ValueError(f"{path} is not a study results file (kind {results.get('kind')!r})")
+        if not isinstance(results, dict) or results.get("kind") != "study":
+            kind = results.get("kind") if isinstance(results, dict) else type(results).__name__
+            raise ValueError(f"{path} is not a study results file (kind {kind!r})")
+        error = shape_error(results, shape)
+        if error:
+            raise ValueError(f"{path} is a damaged or incomplete study results file: {error}")
         loaded.append(results)
     for line in compare_lines(*loaded):
         typer.echo(line)
@@ -635,6 +652,7 @@ def convert(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="After loading the weights, replace the classifier with a fresh one for K classes (fine-tuning on another dataset)."),
     calibrate: Optional[Path] = typer.Option(None, "--calibrate", metavar="DIR", help="Unlabeled images (any folder tree; a train/ child is used when present): fit each BFN to the BN it replaces, then re-estimate the other BNs."),
     calib_images: int = typer.Option(256, "--calib-images", help="How many images of --calibrate to use (a seeded random draw)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the export already in --out."),
 ) -> None:
     """Convert a timm BN model into an XBNBlock model and save it in timm's Hub format.
 
@@ -665,6 +683,10 @@ def convert(
             check_checkpoint_file(path, option)
     if calibrate is not None:
         validate_data_dir(calibrate)  # before a download of pretrained weights
+    existing = [name for name in ("model.safetensors", "config.json") if (out / name).exists()]
+    if existing and not overwrite:
+        raise ValueError(f"--out {out} already holds an export ({', '.join(existing)}); pass --overwrite to replace it, "
+                         "or give another folder")
     with claim_output_dir(out, "--out"):
         if authors is not None:
             converted = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
@@ -736,14 +758,18 @@ def hub_push(
 
       xbn-hub push --model resnet50 --checkpoint bn_baseline.safetensors --repo-id me/resnet50-bn --private --revision v1
     """
+    from contextlib import nullcontext
+
+    from .evaluation.results import claim_output_dir
     from .hub import push
 
     check_checkpoint_file(checkpoint)
-    result = push(
-        model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
-        results_name=results_name, private=private, revision=revision, dry_run=dry_run,
-        commit_message=commit_message, license=license,
-    )
+    with claim_output_dir(dry_run, "--dry-run") if dry_run is not None else nullcontext():
+        result = push(
+            model, repo_id, checkpoint=checkpoint, results=results or [], model_kwargs=parse_json_kwargs(model_kwargs),
+            results_name=results_name, private=private, revision=revision, dry_run=dry_run,
+            commit_message=commit_message, license=license,
+        )
     if result.folder is not None:
         typer.echo(f"dry run: wrote {', '.join(result.files)} to {result.folder}; nothing uploaded")
     else:

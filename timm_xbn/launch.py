@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["launch", "main"]
+__all__ = ["check_validate_args", "launch", "main"]
 
 USAGE = "usage: python -m timm_xbn.launch SCRIPT [ARGS ...]   (e.g. SCRIPT = timm's validate.py, train.py, benchmark.py)"
 
@@ -27,6 +27,39 @@ def _script(script: str) -> Path:
         raise FileNotFoundError(f"script not found: {script} (timm's train.py / validate.py / benchmark.py / "
                                 "inference.py are in a timm source checkout, not in the pip package)")
     return path
+
+
+def check_validate_args(args: Sequence[str]) -> None:
+    """What timm's validate.py would end in a traceback on, as one-line errors: a ``--checkpoint`` that does
+    not load weights-only (a pickle, a damaged file), or no ``--checkpoint`` when the model has no
+    reachable pretrained weights (validate.py then loads the pretrained ones)."""
+    import argparse
+
+    import torch
+
+    from .models.checkpoints import load_problem
+    from .models.pretrained import check_pretrained
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model", "-m")
+    parser.add_argument("--checkpoint", default="")
+    parser.add_argument("--pretrained", action="store_true")
+    known, _ = parser.parse_known_args(list(args))
+    if known.checkpoint:
+        path = Path(known.checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {path} not found")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                safe_open(str(path), "pt").keys()
+            else:
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"--checkpoint {path}: {load_problem(path, err)}") from None
+    elif known.model:
+        check_pretrained(known.model)  # validate.py loads pretrained weights when no checkpoint is given
 
 
 def launch(script: str, args: Sequence[str] = ()) -> None:
@@ -58,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0 if argv else 2
     try:
         _script(argv[0])
-    except FileNotFoundError as err:
+        if Path(argv[0]).name == "validate.py":
+            check_validate_args(argv[1:])
+    except (FileNotFoundError, ValueError) as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         return 2
     launch(argv[0], argv[1:])  # the script's own errors keep their tracebacks, as with `python SCRIPT`

@@ -24,12 +24,13 @@ import torch.nn as nn
 from ..corruptions.evaluate import BatchPrep, CorruptionPass
 from ..corruptions.datasets import CorruptionSource
 from ..corruptions.metrics import summarize
-from ..evaluation.distributed import all_reduce_sum, is_main_process, world_info
 from ..evaluation.engine import run_pass
 from ..evaluation.models import weights_sha1
+from ..utils.files import atomic_write
 from ..evaluation.results import jsonable_config, load_results, make_results, write_csv, write_json_atomic
 from ..evaluation.sweep import Setting
-from ..stats.moments import model_device
+from ..utils.device import model_device
+from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from .base import Adapter
 from .methods import STATEFUL_METHODS, create_adapter, parse_method
 from .protocol import check_protocol, counts_record
@@ -180,7 +181,7 @@ def evaluate_adaptation(
         for (key, adapter), (fwd, bwd) in zip(pending.items(), passes.tolist()):
             runs[key][pair] = counts_record(result.counts[Setting(key).key], fwd, bwd)
             if protocol == "continual" and adapter.stateful and out is not None and is_main_process():
-                _state_path(out, key).parent.mkdir(parents=True, exist_ok=True)
-                torch.save(adapter.state(), _state_path(out, key))
+                with atomic_write(_state_path(out, key)) as tmp:
+                    torch.save(adapter.state(), tmp)
         write()
     return write()

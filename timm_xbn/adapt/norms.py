@@ -3,12 +3,10 @@ from typing import List, Tuple
 
 import torch.nn as nn
 
-from ..stats.moments import bn_modules
 from ..stats.recalibrate import use_batch_stats
+from ..utils.norms import NORM_TYPES, bn_modules, is_norm
 
 __all__ = ["NORM_TYPES", "norm_affine_parameters", "prepare_norm_adaptation"]
-
-NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 def norm_affine_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
@@ -16,7 +14,7 @@ def norm_affine_parameters(model: nn.Module) -> List[Tuple[str, nn.Parameter]]:
     (subclasses included: timm's BatchNormAct2d / LayerNorm2d, the XBN batch-free norms)."""
     params = []
     for name, module in model.named_modules():
-        if isinstance(module, NORM_TYPES):
+        if is_norm(module):
             for kind in ("weight", "bias"):
                 p = getattr(module, kind, None)
                 if isinstance(p, nn.Parameter):

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..stats import recalibrate
-from ..stats.moments import bns_with_running_stats
+from ..utils.norms import bns_with_running_stats
 from .base import Adapter
 
 __all__ = ["Source", "Norm", "Prior", "Batch"]

@@ -203,6 +203,19 @@ class ImageNetCFolders(CorruptionSource):
         return self._eval_data(dataset, str(self.clean_dir))
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A memory-mapped ``.npy`` array; ``ValueError`` naming the file when it is not one (numpy calls any
+    non-.npy file "pickled data", and pickles are never loaded here)."""
+    with path.open("rb") as f:
+        head = f.read(6)
+    if head != b"\x93NUMPY":
+        raise ValueError(f"{path} is not a .npy array file (it starts with {head!r}); CIFAR-C files are .npy arrays")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:  # e.g. an object array: a pickle inside the .npy
+        raise ValueError(f"{path} is not a plain numeric .npy array ({err.args[0].split(' when ')[0]}); it is not loaded") from None
+
+
 class CifarC(CorruptionSource):
     """CIFAR-10-C / CIFAR-100-C: ``<corruption>.npy`` (5 x N images stacked by severity) and
     ``labels.npy`` (N, or 5 x N labels), as distributed by Hendrycks et al. and robustbench.
@@ -217,7 +230,7 @@ class CifarC(CorruptionSource):
             raise FileNotFoundError(f"CIFAR-C folder not found: {root} (expected {layout})")
         if not (root / "labels.npy").is_file():
             raise FileNotFoundError(f"{root} has no labels.npy (expected {layout}); found {_listing(root)}")
-        self.labels = np.load(root / "labels.npy", mmap_mode="r")
+        self.labels = _load_npy(root / "labels.npy")
         files = {p.stem: p for p in root.glob("*.npy") if p.stem != "labels"}
         unknown = [n for n in files if n not in ALL_CORRUPTIONS]
         if unknown:
@@ -229,7 +242,7 @@ class CifarC(CorruptionSource):
             wanted = list(CORRUPTIONS) + [c for c in ALL_CORRUPTIONS[len(CORRUPTIONS):] if c in files]
         self.arrays: dict[str, np.ndarray] = {}
         for name in (c for c in wanted if c in files):
-            images = np.load(files[name], mmap_mode="r")
+            images = _load_npy(files[name])
             if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) % len(SEVERITIES):
                 raise ValueError(f"{files[name]}: expected (5*N, H, W, 3) uint8 images, found {images.dtype} {images.shape}")
             if len(self.labels) not in (len(images), len(images) // len(SEVERITIES)):

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..evaluation.distributed import is_main_process
 from ..evaluation.engine import run_pass
 from ..evaluation.metrics import accuracy_from_counts
 from ..evaluation.models import weights_sha1
@@ -24,7 +23,8 @@ from ..evaluation.results import (
     NUMBER, jsonable_config, load_results, make_results, skipped_report, write_csv, write_json_atomic,
 )
 from ..evaluation.sweep import Setting, SharedPass
-from ..stats.moments import eval_mode, model_device
+from ..utils.device import eval_mode, model_device
+from ..utils.distributed import is_main_process
 from .datasets import CorruptionSource
 from .metrics import summarize
 from .names import ALL_CORRUPTIONS

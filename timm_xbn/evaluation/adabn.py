@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from ..stats.recalibrate import DATA_FREE_MODES, recalibrate
+from ..utils.distributed import is_main_process
 from .data import EvalData
-from .distributed import is_main_process
 from .engine import run_pass
 from .metrics import accuracy_from_counts
 from .results import make_results, skipped_report, write_csv, write_json_atomic

@@ -22,8 +22,9 @@ from timm.data.readers.img_extensions import get_img_extensions
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
+from ..utils.distributed import world_info
 from .classes import ClassMapping, ClassMapSource, class_folders, match_classes
-from .distributed import ShardSampler, world_info
+from .distributed import ShardSampler
 
 __all__ = [
     "DATA_CONFIG_KEYS",
@@ -71,7 +72,20 @@ def validate_data_dir(data_dir: Union[str, Path], dataset: str = "") -> Path:
         raise FileNotFoundError(f"data folder not found: {path}")
     if not path.is_dir() and not str(path).endswith(".tar"):
         raise ValueError(f"data source {path} is neither a folder nor a .tar file")
-    return path
+    return check_no_symlink_loop(path)
+
+
+def check_no_symlink_loop(root: Union[str, Path]) -> Path:
+    """``root``, after checking that no symlinked folder below it leads back to one of its own parents:
+    timm's folder reader follows links and would count the same images again and again."""
+    root = Path(root)
+    for folder, subdirs, _ in os.walk(root, followlinks=False):
+        for name in subdirs:
+            link = Path(folder) / name
+            here = link.parent.resolve()
+            if link.is_symlink() and (link.resolve() == here or link.resolve() in here.parents):
+                raise ValueError(f"data folder {root} holds a symbolic link loop: {link} -> {os.readlink(link)}; remove it")
+    return root
 
 
 class SkipUnreadable(Dataset):

@@ -1,16 +1,19 @@
-"""torch.distributed helpers for evaluation: exact sharding without padding and summed counts.
+"""torch.distributed for evaluation: joining the process group, and exact sharding without padding.
 
 Run any evaluation under ``torchrun --nproc_per_node=N``: each rank reads every N-th batch, the
-integer counts are all-reduced, so the numbers equal a single-process run exactly.
+integer counts are all-reduced, so the numbers equal a single-process run exactly. The rank / world
+helpers and collectives live in ``timm_xbn.utils.distributed`` (re-exported here).
 """
 import os
-from typing import Any, Iterator, List, Tuple
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from ..stats.moments import is_distributed
+from ..utils.distributed import (
+    all_gather_objects, all_reduce_sum, barrier, is_distributed, is_main_process, world_info,
+)
 
 __all__ = [
     "ShardSampler",
@@ -23,17 +26,6 @@ __all__ = [
     "shutdown_distributed",
     "world_info",
 ]
-
-
-def world_info() -> Tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` without distributed."""
-    if is_distributed():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return world_info()[0] == 0
 
 
 def _check_device(device: str) -> torch.device:
@@ -103,31 +95,7 @@ class ShardSampler(Sampler[int]):
         return sum(min(self.block, self.length - self.start - b * self.block) for b in self.blocks())
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of ``tensor`` over all ranks (a new tensor; the input is left unchanged)."""
-    if not is_distributed():
-        return tensor.clone()
-    on_gpu = dist.get_backend() == "nccl"
-    out = tensor.to(torch.device("cuda", torch.cuda.current_device()), copy=True) if on_gpu else tensor.clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out.to(tensor.device)
-
-
-def all_gather_objects(obj: Any) -> List[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` without distributed)."""
-    if not is_distributed():
-        return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def shutdown_distributed() -> None:
     """Leave the process group joined by ``init_distributed`` (no-op without one)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()

@@ -12,8 +12,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..utils.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_info
 from .data import EvalData, SkippedSample
-from .distributed import all_gather_objects, all_reduce_sum, is_main_process, world_info
 from .results import shape_error, write_json_atomic
 from .sweep import SharedPass
 

@@ -13,9 +13,10 @@ import torch.nn as nn
 from rich.progress import Progress
 
 from ..stats import capture_bn_inputs, esm_from_stats, esm_records_to_rows, stats_from_moments
-from ..stats.moments import bn_modules, eval_mode, model_device
+from ..utils.device import eval_mode, model_device
+from ..utils.distributed import all_gather_objects, is_main_process
+from ..utils.norms import bn_modules
 from .data import EvalData
-from .distributed import all_gather_objects, is_main_process
 from .plots import plot_esm
 from .results import make_results, skipped_report, write_csv, write_json_atomic
 

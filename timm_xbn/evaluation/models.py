@@ -10,7 +10,7 @@ import torch.nn as nn
 from ..models import check_model_name, create_model
 
 __all__ = [
-    "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "weights_sha1",
+    "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "state_dict_sha1", "weights_sha1",
 ]
 
 
@@ -49,13 +49,17 @@ def build_model_specs(
     pretrained: bool = False,
     model_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> List[ModelSpec]:
-    """One ``ModelSpec`` per model name; ``checkpoints`` pair up with ``names`` by position
-    (fewer checkpoints than names: the remaining models have none). Labels are the names,
+    """One ``ModelSpec`` per model name; ``checkpoints`` pair up with ``names`` by position (fewer
+    checkpoints than names only with ``pretrained``: the remaining models keep timm's pretrained
+    weights, never random ones). Labels are the names,
     suffixed with the checkpoint file stem when that is needed to tell them apart."""
     if not names:
         raise ValueError("give at least one model")
     if len(checkpoints) > len(names):
         raise ValueError(f"{len(checkpoints)} checkpoints for {len(names)} models; pass one --checkpoint per --model, in order")
+    if 0 < len(checkpoints) < len(names) and not pretrained:
+        raise ValueError(f"{len(checkpoints)} checkpoint(s) for {len(names)} models: the others would be scored with random "
+                         "weights; pass one --checkpoint per --model, in order (or --pretrained for the rest)")
     for name in names:
         check_model_name(name)
     ckpts = list(checkpoints) + [None] * (len(names) - len(checkpoints))
@@ -77,8 +81,13 @@ def create_models(specs: Sequence[ModelSpec], device: Union[str, torch.device] =
 def weights_sha1(model: nn.Module) -> str:
     """SHA-1 of all parameters and buffers (names, dtypes, shapes, bytes): identifies the weights
     a result was computed with, so a resumed sweep refuses to mix results of different weights."""
+    return state_dict_sha1(model.state_dict())
+
+
+def state_dict_sha1(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``weights_sha1`` of a state dict."""
     digest = hashlib.sha1()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state_dict.items():
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

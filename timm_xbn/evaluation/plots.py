@@ -4,6 +4,8 @@ from typing import Any, Mapping, Union
 
 import matplotlib
 
+from ..utils.files import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -47,9 +49,11 @@ def plot_esm(results: Mapping[str, Any], path: Union[str, Path], per_channel: bo
 def save_figure(fig, path: Union[str, Path], dpi: int = 120, tight: bool = True) -> Path:
     """Write ``fig`` to ``path`` (parents created), then close it so long sweeps do not leak figures."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:
+        if tight:
+            fig.tight_layout()
+        with atomic_write(path) as tmp:  # a failed write keeps the previous figure
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path

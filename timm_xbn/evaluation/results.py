@@ -6,6 +6,7 @@ summary (mean / std over seeds per Delta) is rebuilt from the runs.
 """
 import csv
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -15,11 +16,14 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from ..utils.files import atomic_write, write_text_atomic
+from ..version import __version__
 from .data import SkippedSample
 from .metrics import accuracy_from_counts
 from .sweep import Setting
 
 __all__ = [
+    "ANY_NUMBER",
     "NUMBER",
     "OPTIONAL_NUMBER",
     "check_output_dir",
@@ -36,14 +40,9 @@ __all__ = [
 ]
 
 MAX_LISTED_SKIPPED = 50
-NUMBER = (int, float)
+NUMBER = (int, float)  # a finite number
 OPTIONAL_NUMBER = (int, float, type(None))
-
-
-def _version() -> str:
-    from .. import __version__
-
-    return __version__
+ANY_NUMBER = (float, int)  # a number, NaN and infinities allowed
 
 
 def jsonable_config(config: Mapping[str, Any]) -> Dict[str, Any]:
@@ -53,11 +52,7 @@ def jsonable_config(config: Mapping[str, Any]) -> Dict[str, Any]:
 
 def write_json_atomic(path: Union[str, Path], obj: Any) -> None:
     """Write JSON through a temporary file and a rename, so an interruption never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2))
 
 
 def check_output_dir(path: Union[str, Path], option: str = "--output") -> Path:
@@ -128,8 +123,10 @@ def shape_error(value: Any, shape: Any, where: str = "") -> Optional[str]:
         if not isinstance(value, list):
             return f"{where}: expected a list, got {type(value).__name__}"
         return next((e for i, v in enumerate(value) if (e := shape_error(v, shape[0], f"{where}[{i}]"))), None)
+    if shape in (NUMBER, OPTIONAL_NUMBER) and isinstance(value, float) and not math.isfinite(value):
+        return f"{where}: expected a finite number, got {value}"
     if not isinstance(value, shape):
-        expected = "a number" if shape in (NUMBER, OPTIONAL_NUMBER) else " or ".join(
+        expected = "a number" if shape in (NUMBER, OPTIONAL_NUMBER, ANY_NUMBER) else " or ".join(
             t.__name__ for t in (shape if isinstance(shape, tuple) else (shape,)))
         return f"{where}: expected {expected}, got {type(value).__name__}"
     return None
@@ -161,14 +158,12 @@ def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str,
 
 def make_results(kind: str, data: Mapping[str, Any]) -> Dict[str, Any]:
     """``{"kind": kind, "timm_xbn_version": ..., **data}``: the project's results-file envelope."""
-    return {"kind": kind, "timm_xbn_version": _version(), **data}
+    return {"kind": kind, "timm_xbn_version": __version__, **data}
 
 
 def write_csv(path: Union[str, Path], rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write dict rows (columns from the first row) to a CSV file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    """Write dict rows (columns from the first row) to a CSV file (atomically)."""
+    with atomic_write(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
         writer.writeheader()
         writer.writerows(rows)

@@ -10,8 +10,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import torch.nn as nn
 
 from ..stats import select_perturbation_targets
+from ..utils.device import eval_mode
+from ..utils.distributed import barrier, is_main_process
 from .data import EvalData
-from .distributed import barrier, is_main_process
 from .engine import run_pass
 from .models import weights_sha1
 from .plots import plot_robustness
@@ -19,7 +20,7 @@ from .results import (
     NUMBER, OPTIONAL_NUMBER, jsonable_config, load_results, make_results, run_record, skipped_report, summarize_robustness,
     write_csv, write_json_atomic,
 )
-from .sweep import SharedPass, eval_mode, robustness_settings
+from .sweep import SharedPass, robustness_settings
 
 __all__ = ["RESULTS_FILE", "evaluate_robustness"]
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..stats import perturb_bn_stats, perturbation_factors
-from ..stats.moments import eval_mode, model_device
 from ..stats.perturb import disturbed_values
+from ..utils.device import eval_mode, model_device
 from .metrics import topk_correct
 
 __all__ = ["Setting", "SharedPass", "eval_mode", "model_device", "naive_sweep", "robustness_settings"]

@@ -13,7 +13,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..layers import is_batch_free
 from ..models import XBN_VARIANTS
-from ..surgery import is_bn
+from ..utils.norms import is_bn
+from ..version import __version__
 from .results import ResultsFile, select_entry
 
 __all__ = ["CARD_TEMPLATE", "NO_RESULTS", "render_card", "card_results"]
@@ -84,8 +85,6 @@ def _bfn_text(cfg: Dict[str, Any]) -> str:
 
 
 def _summary(model: nn.Module, architecture: str, config: Dict[str, Any]) -> str:
-    from .. import __version__
-
     cfg = getattr(model, "xbn_cfg", None)
     base = _base_model(architecture, config.get("model_args", {}))
     if cfg is None:

@@ -18,8 +18,10 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_downloa
 from huggingface_hub.utils import validate_repo_id
 
 from ..models import create_model, export_model, load_weights
+from ..models.pretrained import hub_problem
+from ..version import __version__
 from .card import card_results, render_card
-from .results import load_results, select_entry
+from .results import for_weights, load_results, select_entry
 
 __all__ = ["REPO_FILES", "PushResult", "HubInfo", "check_repo_id", "resolve_token", "build_model",
            "write_repo_folder", "upload_folder", "push", "pull", "info"]
@@ -102,7 +104,10 @@ def write_repo_folder(
     template: Optional[Union[str, Path]] = None,
 ) -> List[str]:
     """Write the files of the Hub repo (``REPO_FILES``) to ``folder``; returns their names."""
-    loaded = load_results(results)
+    from ..evaluation.models import weights_sha1
+
+    sha1 = weights_sha1(model)
+    loaded = [for_weights(r, sha1) for r in load_results(results)]
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:  # folder is untouched unless all succeed
@@ -120,8 +125,6 @@ def write_repo_folder(
 def upload_folder(folder: Union[str, Path], repo_id: str, token: str, commit_message: str, private: bool = False,
                   revision: Optional[str] = None, api: Optional[HfApi] = None):
     """Create ``repo_id`` if needed and commit every file of ``folder`` in one commit; returns the ``CommitInfo``."""
-    from .. import __version__
-
     folder = Path(folder)
     api = api or HfApi(token=token, library_name="timm-xbn", library_version=__version__)
     api.create_repo(repo_id, private=private, exist_ok=True, token=token)
@@ -174,8 +177,6 @@ def push(
         files = write_repo_folder(built, folder, repo_id, results, names=names, license=license)
         return PushResult(repo_id=repo_id, files=files, folder=folder, commit_url=None)
     token = resolve_token(token)
-    from .. import __version__
-
     message = commit_message or f"Add {architecture} weights, config.json and model card (timm-xbn {__version__})"
     with tempfile.TemporaryDirectory() as tmp:
         files = write_repo_folder(built, tmp, repo_id, results, names=names, license=license)
@@ -186,7 +187,15 @@ def push(
 def pull(repo_id: str, out: Union[str, Path], revision: Optional[str] = None, token: Optional[str] = None) -> Path:
     """Download a Hub repo to ``out``; returns the folder."""
     check_repo_id(repo_id)
+    _check_reachable(repo_id, f"try again online, or give {out} the files of a copy (model.safetensors, config.json)")
     return Path(snapshot_download(repo_id, revision=revision, local_dir=str(out), token=token))
+
+
+def _check_reachable(repo_id: str, instead: str) -> None:
+    """One line, before huggingface_hub's retries, when ``repo_id`` is neither cached nor reachable."""
+    why = hub_problem(repo_id, ("config.json",))
+    if why:
+        raise FileNotFoundError(f"cannot read {repo_id} from the Hub: the repo {why}; {instead}")
 
 
 def info(source: Union[str, Path], revision: Optional[str] = None) -> HubInfo:
@@ -203,6 +212,7 @@ def info(source: Union[str, Path], revision: Optional[str] = None) -> HubInfo:
         if missing:
             raise FileNotFoundError(f"{folder} is not a Hub model folder: {', '.join(missing)} not found")
     else:
+        _check_reachable(str(source), f"pull it once online (xbn-hub pull {source} --out DIR) and run xbn-hub info DIR")
         files = {name: Path(hf_hub_download(str(source), name, revision=revision)) for name in ("config.json", "README.md")}
     config = json.loads(files["config.json"].read_text())
     return HubInfo(source=str(source), config=config, results=card_results(files["README.md"]))

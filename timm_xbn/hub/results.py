@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from ..evaluation.results import NUMBER, OPTIONAL_NUMBER, shape_error
 
-__all__ = ["CARD_KINDS", "ResultsFile", "load_results", "base_name", "select_entry"]
+__all__ = ["CARD_KINDS", "ResultsFile", "load_results", "for_weights", "base_name", "select_entry"]
 
 _OPTIONAL_STR = (str, type(None))
 # The fields of each results kind that a model card reads, with their types (see ``shape_error``).
@@ -71,6 +71,22 @@ def _load_one(path: Path) -> ResultsFile:
 def load_results(paths: Iterable[Union[str, Path]]) -> List[ResultsFile]:
     """Load and schema-check results files; raises ``FileNotFoundError`` / ``ValueError`` naming the file."""
     return [_load_one(Path(p)) for p in paths]
+
+
+def for_weights(results: ResultsFile, sha1: str) -> ResultsFile:
+    """``results`` as it applies to the weights with ``weights_sha1`` ``sha1``: a train results file reports its
+    best epoch's accuracy for ``model_best`` weights, its last epoch's for the final weights, and is refused
+    for other weights. Files without weight hashes (other kinds, older versions) are returned as they are."""
+    data = results.data
+    if results.kind != "train" or not isinstance(data.get("weights_sha1"), str):
+        return results
+    best = data.get("best") if isinstance(data.get("best"), dict) else {}
+    if best.get("weights_sha1") == sha1:
+        return ResultsFile(results.path, results.kind, {**data, "val_top1": best.get("top1"), "val_top5": best.get("top5")})
+    if data["weights_sha1"] == sha1:
+        return results
+    raise ValueError(f"{results.path} (train results) was measured on other weights than this checkpoint (neither "
+                     "its best epoch's nor its last epoch's); pass the results of the run that wrote the checkpoint")
 
 
 def base_name(name: str) -> str:

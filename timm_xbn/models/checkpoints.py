@@ -1,6 +1,10 @@
 """Checkpoint files: load them safely, check them against a model, import the authors' layout,
 and export converted models in timm's Hub folder format."""
 import json
+import os
+import pickle
+import re
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
@@ -9,7 +13,9 @@ import torch
 import torch.nn as nn
 from timm.models import load_state_dict, save_for_hf
 
-__all__ = ["state_dict_mismatch", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
+from ..utils.files import atomic_write
+
+__all__ = ["state_dict_mismatch", "check_finite", "load_problem", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
 
 
 def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], limit: int = 8) -> List[str]:
@@ -29,6 +35,28 @@ def state_dict_mismatch(model: nn.Module, state_dict: Dict[str, torch.Tensor], l
     return problems
 
 
+def load_problem(path: Union[str, Path], err: Exception,
+                 expected: str = "a .safetensors file or a weights-only torch checkpoint") -> str:
+    """What is wrong with a file ``torch.load(weights_only=True)`` (or safetensors) refused, in a few words:
+    torch's own message tells to load it unsafely, which is never an option here."""
+    if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err):
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        return f"it holds pickled Python objects, which are never loaded ({found.group(1) if found else 'weights_only'})"
+    with Path(path).open("rb") as f:
+        head = f.read(12)
+    return f"not {expected}, or truncated (it starts with {head!r})"
+
+
+def check_finite(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:
+    """``ValueError`` naming the first tensor of ``state_dict`` (read from ``path``) holding NaN or infinity:
+    such weights give meaningless numbers (e.g. chance accuracy), never a result worth reporting."""
+    nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if nonfinite:
+        more = f" (+{len(nonfinite) - 1} more)" if len(nonfinite) > 1 else ""
+        raise ValueError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0]}{more}: "
+                         "its results would mean nothing (a diverged training?)")
+
+
 def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     """Load a checkpoint file into ``model`` strictly, in place.
 
@@ -42,10 +70,8 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     try:
         state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as err:  # corrupt file, or a pickle with non-tensor objects
-        raise ValueError(
-            f"cannot read checkpoint {path}: not a .safetensors file or a weights-only torch checkpoint, "
-            f"or damaged ({type(err).__name__}: {err})"
-        ) from None
+        raise ValueError(f"cannot read checkpoint {path}: {load_problem(path, err)}") from None
+    check_finite(state_dict, path)
     problems = state_dict_mismatch(model, state_dict)
     if problems:
         raise ValueError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
@@ -78,7 +104,11 @@ def export_model(model: nn.Module, out_dir: Union[str, Path]) -> Path:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_for_hf(model, str(out), safe_serialization=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as staging:  # files replaced only once all are written
+        save_for_hf(model, staging, safe_serialization=True)
+        for path in sorted(Path(staging).iterdir()):
+            with atomic_write(out / path.name) as tmp:
+                os.replace(path, tmp)
     return out
 
 

@@ -7,6 +7,7 @@ import timm
 import torch.nn as nn
 
 from .checkpoints import load_weights
+from .pretrained import check_pretrained
 
 __all__ = ["check_model_name", "create_model", "create_base_model"]
 
@@ -35,6 +36,8 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union
     name and an optional local ``checkpoint`` (safetensors or weights-only torch file).
     A ``local-dir:FOLDER`` model loads the folder's own weights unless a checkpoint is given."""
     check_model_name(name)
+    if pretrained and not name.startswith(LOCAL_DIR):
+        check_pretrained(kwargs.get("base_model", name) if name == "xbn_converted" else name)
     pretrained = pretrained or (name.startswith(LOCAL_DIR) and checkpoint is None)
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)

@@ -6,17 +6,18 @@ about a minute in huggingface_hub's retries (offline) and end in a generic "cann
 requested files". Before timm loads, ``check_hub_weights`` asks once, without retries: is the
 weights file in the local Hub cache, or on the Hub? When it is, timm's normal path runs unchanged.
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-__all__ = ["PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "unavailable"]
+__all__ = ["PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "check_pretrained", "hub_problem", "unavailable"]
 
 #: huggingface_hub errors of a download that timm's loader lets through.
 HUB_ERRORS = (EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError)
 
 _WEIGHTS_FILE = "model.safetensors"  # what xbn-hub push uploads
+_HUB_WEIGHT_FILES = (_WEIGHTS_FILE, "pytorch_model.bin")  # what timm's Hub loader looks for
 
 
 class PretrainedWeightsUnavailable(FileNotFoundError):
@@ -41,20 +42,47 @@ def check_hub_weights(pretrained_cfg: Dict[str, Any]) -> None:
         return
     if pretrained_cfg.get("source") == "local-dir":
         return
-    why = _hub_problem(repo_id)
+    why = hub_problem(repo_id)
     if why:
         tag = f"{pretrained_cfg.get('architecture')}.{pretrained_cfg.get('tag')}"
         raise unavailable(tag, repo_id, why)
 
 
-def _hub_problem(repo_id: str) -> Optional[str]:
+def check_pretrained(name: str) -> None:
+    """Before timm's loader and its ~20 retries: ``PretrainedWeightsUnavailable`` in one line when the
+    pretrained weights of timm model ``name`` (``resnet50``, ``resnet50.a1_in1k``, ``hf-hub:ORG/NAME``) are
+    neither in the local Hub cache nor reachable (offline, ``HF_HUB_OFFLINE``), saying how to use local weights.
+    Weights from a URL or a file pass; the ``xbn_*`` tags get ``check_hub_weights``."""
+    from timm.models import get_pretrained_cfg
+
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        repo_id, filenames = name.split(":", 1)[1].split("@")[0], _HUB_WEIGHT_FILES
+    else:
+        try:
+            cfg = get_pretrained_cfg(name)
+        except (RuntimeError, ValueError):  # an unknown tag: timm's own error says which exist
+            return
+        if cfg is not None and cfg.architecture and cfg.architecture.startswith("xbn_"):
+            return check_hub_weights(cfg.to_dict())
+        if cfg is None or not cfg.hf_hub_id or cfg.file or cfg.state_dict is not None:
+            return
+        repo_id, filenames = cfg.hf_hub_id, tuple(filter(None, (cfg.hf_hub_filename,))) + _HUB_WEIGHT_FILES
+    why = hub_problem(repo_id, filenames)
+    if why:
+        raise PretrainedWeightsUnavailable(
+            f"no pretrained weights for {name}: Hub repo {repo_id} {why}. Use local weights instead: "
+            "--checkpoint FILE (a .safetensors or weights-only .pth file) without --pretrained, or fill the "
+            "Hub cache (HF_HOME) on a machine online")
+
+
+def hub_problem(repo_id: str, filenames: Tuple[str, ...] = (_WEIGHTS_FILE,)) -> Optional[str]:
     """Why the weights of ``repo_id`` cannot be had, or None: one HEAD request without retries."""
-    if isinstance(try_to_load_from_cache(repo_id, _WEIGHTS_FILE), str):
+    if any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames):
         return None
     if constants.HF_HUB_OFFLINE:
         return "is not in the local Hub cache and HF_HUB_OFFLINE is set"
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, _WEIGHTS_FILE), timeout=10)
+        get_hf_file_metadata(hf_hub_url(repo_id, filenames[0]), timeout=10)
     except EntryNotFoundError:
         return None  # the repo exists without a safetensors file: timm looks for its other weight files
     except RepositoryNotFoundError:

@@ -12,7 +12,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from .moments import ChannelMoments, bn_modules, capture_bn_inputs, eval_mode, iterate_inputs, model_device
+from ..utils.device import eval_mode, model_device
+from ..utils.norms import bn_modules
+from .moments import ChannelMoments, capture_bn_inputs, iterate_inputs
 
 __all__ = [
     "BNStats", "ESMRecord", "expected_bn_stats", "esm_from_stats", "estimation_shift", "esm_records_to_rows",

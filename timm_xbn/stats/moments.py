@@ -7,23 +7,20 @@ mean / population variance of all samples seen, independent of how they were bat
 with the moments of the whole (sharded) data set.
 """
 from contextlib import contextmanager
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, Optional, Union
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..surgery import is_bn
+from ..utils.device import eval_mode, model_device
+from ..utils.distributed import is_distributed
+from ..utils.norms import bn_modules, bns_with_running_stats
 
 __all__ = [
     "ChannelMoments", "bn_modules", "bns_with_running_stats", "capture_bn_inputs", "eval_mode", "iterate_inputs",
     "is_distributed", "model_device",
 ]
-
-
-def is_distributed() -> bool:
-    """True when torch.distributed is initialized with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ChannelMoments:
@@ -89,35 +86,6 @@ class ChannelMoments:
         return self
 
 
-def bn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(qualified name, module)`` of every BatchNorm of ``model``, in registration order."""
-    return [(name, m) for name, m in model.named_modules() if is_bn(m)]
-
-
-def bns_with_running_stats(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``bn_modules`` restricted to BNs that hold running statistics (``track_running_stats=True``)."""
-    return [(n, m) for n, m in bn_modules(model) if m.running_mean is not None and m.running_var is not None]
-
-
-@contextmanager
-def eval_mode(models: Iterable[nn.Module]) -> Iterator[None]:
-    """Put ``models`` in eval mode and restore every module's train/eval flag on exit.
-
-    Entering calls ``model.eval()`` (not just the flags) so that modules overriding ``train()``
-    run their hooks, e.g. timm's LeViT / EfficientFormer drop attention-bias caches built from
-    older weights.
-    """
-    models = list(models)
-    modes = [(m, m.training) for model in models for m in model.modules()]
-    try:
-        for model in models:
-            model.eval()
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 @contextmanager
 def capture_bn_inputs(
     model: nn.Module,
@@ -143,13 +111,6 @@ def capture_bn_inputs(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for an empty model)."""
-    for tensor in list(model.parameters()) + list(model.buffers()):
-        return tensor.device
-    return torch.device("cpu")
 
 
 def _first_input(batch: Any) -> torch.Tensor:

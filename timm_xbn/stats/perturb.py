@@ -12,8 +12,8 @@ from typing import Iterator, List, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ..surgery import find_residual_blocks, is_bn, supported_families_text
-from .moments import bn_modules, bns_with_running_stats
+from ..surgery import find_residual_blocks, supported_families_text
+from ..utils.norms import bn_modules, bns_with_running_stats, is_bn
 
 __all__ = [
     "Perturbation", "disturbed_values", "perturbation_factors", "perturb_bn_stats", "select_perturbation_targets",

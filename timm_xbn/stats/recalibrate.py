@@ -19,9 +19,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .moments import (
-    ChannelMoments, bns_with_running_stats, capture_bn_inputs, eval_mode, is_distributed, iterate_inputs, model_device,
-)
+from ..utils.device import eval_mode, model_device
+from ..utils.distributed import is_distributed
+from ..utils.norms import bns_with_running_stats
+from .moments import ChannelMoments, capture_bn_inputs, iterate_inputs
 from .prior import prior_weight, use_prior_statistics
 
 __all__ = ["RECALIBRATION_MODES", "recalibrate", "use_batch_stats"]

@@ -11,11 +11,12 @@ Notebook use::
     from timm_xbn.study import StudyConfig, run_study
     results = run_study(StudyConfig.preset(quick=True), "xbn_results/study_quick")
 """
+from .config import PRESETS, StudyConfig
 from .data import DATASET_NAMES, StudyData, load_dataset
 from .mlp import MLPConfig, StudyMLP, train_full_batch
 from .report import Claim, compare_lines, evaluate_claims, summary_lines
 from .resnet import VARIANTS, ResNetConfig, build_variant
-from .run import PRESETS, RESULTS_FILE, SUMMARY_FILE, StudyConfig, run_study
+from .run import RESULTS_FILE, SUMMARY_FILE, run_study
 
 __all__ = [
     "DATASET_NAMES", "StudyData", "load_dataset",

@@ -24,21 +24,19 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
+from .config import StudyConfig
 from .data import StudyData, load_dataset, subset
 from .mlp import build_mlp, input_shift, train_full_batch
 from .resnet import (
     ImageSplit, adabn_under_corruption, bn_depths, build_variant, corrupted, esm_per_layer, evaluate_top1,
     prepare_images, robustness_sweep, train_classifier,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .run import StudyConfig
 
 __all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
 
@@ -81,7 +79,7 @@ class Job:
         return f"{self.variant} batch {self.batch_size} seed {self.seed}"
 
 
-def job_fingerprints(cfg: "StudyConfig", data: StudyData) -> Dict[str, str]:
+def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
     """Job kind -> hash of everything its results depend on: its settings, the threads (they change
     floating-point rounding), the data subsets' seed, the data set and the torch version."""
     resnet = cfg.resnet.to_dict()
@@ -95,7 +93,7 @@ def job_fingerprints(cfg: "StudyConfig", data: StudyData) -> Dict[str, str]:
             for kind, s in settings.items()}
 
 
-def plan_jobs(cfg: "StudyConfig", data: StudyData) -> List[Job]:
+def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     """Every job of the study, longest first (so parallel workers finish close together)."""
     rc, fp = cfg.resnet, job_fingerprints(cfg, data)
     networks = [Job("network", s, v, fingerprint=fp["network"]) for v in rc.variants for s in cfg.train_seeds]
@@ -117,7 +115,7 @@ def default_workers() -> int:
 class _Context:
     """The data of one study configuration, prepared once per process."""
 
-    def __init__(self, cfg: "StudyConfig", data: Optional[StudyData] = None):
+    def __init__(self, cfg: StudyConfig, data: Optional[StudyData] = None):
         self.cfg = cfg
         self.data: StudyData = data if data is not None else load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
         self._splits: Optional[tuple] = None
@@ -155,7 +153,7 @@ class _Context:
 _CONTEXTS: Dict[str, _Context] = {}
 
 
-def _context(cfg: "StudyConfig", data: Optional[StudyData] = None) -> _Context:
+def _context(cfg: StudyConfig, data: Optional[StudyData] = None) -> _Context:
     """This process's context for ``cfg`` (one at a time: a new configuration replaces the old one);
     ``data``, when the caller has loaded it already, is used instead of loading it again."""
     key = repr(cfg.to_dict())
@@ -246,7 +244,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run_job(cfg: "StudyConfig", job: Job, parts: Path) -> dict:
+def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
     """Run ``job`` with the study's thread count and the global RNG state left as it was; store its
     result, and its wall and CPU seconds beside it (``<key>.time.json``, not part of the results)."""
     started_wall, started_cpu = time.perf_counter(), _cpu_seconds()
@@ -281,7 +279,7 @@ def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
 
 
 def run_jobs(
-    cfg: "StudyConfig",
+    cfg: StudyConfig,
     jobs: Iterable[Job],
     parts: Path,
     workers: int = 1,

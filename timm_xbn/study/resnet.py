@@ -27,9 +27,11 @@ from timm.scheduler import CosineLRScheduler
 from ..corruptions.torch_ops import corrupt_batch
 from ..evaluation.metrics import accuracy_from_counts, topk_correct
 from ..evaluation.results import summarize_robustness
-from ..evaluation.sweep import SharedPass, eval_mode, robustness_settings
+from ..evaluation.sweep import SharedPass, robustness_settings
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
-from ..surgery import XBNConfig, build_bfn_for, convert, is_bn, replace_module
+from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
+from ..utils.device import eval_mode
+from ..utils.norms import is_bn
 
 __all__ = [
     "VARIANTS",

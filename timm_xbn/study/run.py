@@ -9,9 +9,7 @@ data and the torch version, so stale parts are never reused and a change to one 
 settings re-runs only those jobs. The same configuration gives the same numbers with any number
 of workers.
 """
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -19,64 +17,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..utils.files import write_text_atomic
 from ..evaluation.results import make_results, write_csv, write_json_atomic
+from .config import PRESETS, StudyConfig
 from .data import StudyData, load_dataset
 from .jobs import Job, default_workers, job_seconds, plan_jobs, run_jobs
-from .mlp import MLPConfig
 from .plots import plot_study
 from .report import evaluate_claims, summary_lines
-from .resnet import VARIANTS, ResNetConfig, build_bn_network
+from .resnet import build_bn_network
 
 __all__ = ["StudyConfig", "PRESETS", "run_study", "RESULTS_FILE", "SUMMARY_FILE"]
 
 RESULTS_FILE = "study.json"
 SUMMARY_FILE = "summary.txt"
-
-
-@dataclass
-class StudyConfig:
-    """Everything that determines the study's numbers (the worker count does not: see ``jobs``)."""
-
-    dataset: str = "auto"
-    image_size: int = 32
-    seed: int = 0
-    train_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
-    threads: int = 1
-    mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
-    resnet: ResNetConfig = field(default_factory=ResNetConfig)
-
-    @classmethod
-    def preset(cls, name: str = "default", **overrides: Any) -> "StudyConfig":
-        """``default`` (about 65 minutes on 2 CPU cores), ``quick`` (about a minute; a smoke test whose
-        verdicts mean nothing) or ``full`` (more seeds, variants, Deltas and small-batch iterations; hours)."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
-        cfg = cls(**overrides)
-        if name == "quick":
-            cfg.train_seeds = (0, 1)
-            cfg.mlp = dataclasses.replace(cfg.mlp, epochs=12, test_samples=600, train_sizes=(32, 256), eval_every=2)
-            cfg.resnet = dataclasses.replace(
-                cfg.resnet, train_samples=512, epochs=1.0, min_steps=8, eval_samples=300, calib_samples=100, warmup_steps=2,
-                batch_size=64, deltas=(0.9,), perturb_seeds=(0,), corruptions=("gaussian_noise",),
-                small_batch_sizes=(4, 16), small_batch_iterations=8,
-            )
-        elif name == "full":
-            cfg.train_seeds = tuple(range(10))
-            cfg.resnet = dataclasses.replace(
-                cfg.resnet, variants=tuple(VARIANTS), deltas=(0.1, 0.3, 0.5, 0.7, 0.9),
-                adabn_variants=("BN", "XBN-GN"), small_batch_iterations=1000,
-            )
-        return cfg
-
-    def to_dict(self) -> dict:
-        return {
-            "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
-            "train_seeds": list(self.train_seeds), "threads": self.threads,
-            "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(),
-        }
-
-
-PRESETS = ("default", "quick", "full")
 
 
 def _by_seed(results: Dict[str, dict], jobs: List[Job], kind: str) -> Dict[str, Dict[str, dict]]:
@@ -242,7 +195,7 @@ def run_study(
                  f"({reused} of {len(jobs)} jobs reused from an earlier run); the jobs took {spent['cpu_s']:.0f} "
                  f"CPU-seconds ({spent['wall_s']:.0f} s of job wall time); results in {output_dir}/")
     lines.append("Figures: " + ", ".join(str(p) for p in plots))
-    (output_dir / SUMMARY_FILE).write_text("\n".join(lines) + "\n")
+    write_text_atomic(output_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
     styles = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
     for line in lines:
         style = next((v for k, v in styles.items() if line.startswith(k)), None)

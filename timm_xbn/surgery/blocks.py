@@ -14,6 +14,8 @@ import torch.nn as nn
 from timm.models import _efficientnet_blocks as effnet_blocks
 from timm.models import byobnet, cspnet, regnet, res2net, resnest, resnet
 
+from ..utils.norms import is_bn
+
 __all__ = [
     "ResidualBlock",
     "BLOCK_FAMILIES",
@@ -56,11 +58,6 @@ FAMILY_SLOTS: Dict[str, str] = {
 # Children that carry the identity / projection path or an attention gate, never a slot.
 SHORTCUT_CHILD_NAMES = frozenset({"downsample", "shortcut", "skip", "conv_shortcut"})
 ATTENTION_CHILD_NAMES = frozenset({"se", "attn", "attn_last", "attn2", "attn3"})
-
-
-def is_bn(module: nn.Module) -> bool:
-    """True for any BatchNorm (nn.BatchNorm1d/2d/3d, SyncBatchNorm, timm's BatchNormAct2d)."""
-    return isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import is_batch_free
-from .blocks import is_bn
+from ..utils.norms import is_bn
 
 __all__ = ["ChannelRegression", "LayerFit", "CalibrationResult", "calibrate", "calibration_batches"]
 
@@ -282,7 +282,8 @@ def calibrate(
         images used and the wall time.
     """
     from ..stats import recalibrate  # stats imports surgery: import it here, not at module level
-    from ..stats.moments import bns_with_running_stats, eval_mode, model_device
+    from ..utils.device import eval_mode, model_device
+    from ..utils.norms import bns_with_running_stats
 
     pairs = _bfn_pairs(converted, original)
     target = converted if inplace else copy.deepcopy(converted)

@@ -20,6 +20,9 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
+from ..utils.files import atomic_write
+from ..models.checkpoints import check_finite, load_problem
+
 __all__ = [
     "capture_rng_state", "restore_rng_state", "gather_rng_states", "TrainCheckpointSaver",
     "load_training_checkpoint", "find_resume_checkpoint", "checkpoint_files", "save_safetensors_atomic",
@@ -71,10 +74,9 @@ def gather_rng_states() -> List[Dict[str, Any]]:
 
 def save_safetensors_atomic(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) -> None:
     """Write a state dict as safetensors through a temp file + rename."""
-    path = str(path)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, path + ".tmp", metadata={"format": "pt"})
-    os.replace(path + ".tmp", path)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
 
 
 class TrainCheckpointSaver(CheckpointSaver):
@@ -140,7 +142,8 @@ class TrainCheckpointSaver(CheckpointSaver):
             state["metric"] = metric
         state["saver"] = self.state_dict(epoch, metric)
         state.update(self.training_state())
-        torch.save(state, save_path)
+        with atomic_write(save_path) as tmp:
+            torch.save(state, tmp)
 
     def _duplicate(self, src, dst):
         """Hardlink like timm; where links are unavailable copy to a temp file and rename (atomic)."""
@@ -154,8 +157,8 @@ class TrainCheckpointSaver(CheckpointSaver):
                 return
             except (OSError, NotImplementedError):
                 self.can_hardlink = False
-        shutil.copy2(src, dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
+        with atomic_write(dst) as tmp:
+            shutil.copy2(src, tmp)
 
     def _track_checkpoint(self, save_path, epoch, metric=None, update_best_file=True):
         best_before = self.best_metric, self.best_epoch
@@ -172,17 +175,13 @@ def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         raise FileNotFoundError(f"checkpoint to resume not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Weights only load failed" not in str(err):
-            raise ValueError(f"cannot resume from {path}: not a torch checkpoint, or damaged ({err})") from None
-        raise ValueError(f"cannot resume from {path}: it holds pickled Python objects, which are never loaded "
-                         "(weights_only); resume from a checkpoint written by xbn-train, or start from its "
-                         "weights with --initial-checkpoint") from None
-    except Exception as err:  # truncated zip, a text file, ...: torch raises many types
-        raise ValueError(f"cannot resume from {path}: not a torch checkpoint, or truncated "
-                         f"({type(err).__name__}: {err})") from None
+    except Exception as err:  # truncated zip, a text file, a pickle, ...: torch raises many types
+        hint = ("; resume from a checkpoint written by xbn-train, or start from its weights with --initial-checkpoint"
+                if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err) else "")
+        raise ValueError(f"cannot resume from {path}: {load_problem(path, err, 'a torch checkpoint')}{hint}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "progress" not in checkpoint:
         raise ValueError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
+    check_finite(checkpoint["state_dict"], path)
     return checkpoint
 
 

@@ -8,7 +8,7 @@ per-epoch DataLoader generator this makes a resumed run draw exactly the batches
 """
 import argparse
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
@@ -35,11 +35,50 @@ class ResumableSampler(DistributedSampler):
         return iter(list(super().__iter__())[self.start_index:])
 
 
-def create_datasets(args: argparse.Namespace) -> Tuple[Any, Optional[Any]]:
-    """``(train, eval)`` datasets with ``timm.data.create_dataset``; eval is None when ``val_split`` is ''."""
-    if not args.dataset or args.dataset.split("/")[0] in ("folder", "tar"):
+def _folder_splits(args: argparse.Namespace) -> Tuple[Path, Optional[Path]]:
+    """The train and validation folders timm picks in ``data_dir``; ``ValueError`` when there is no
+    validation folder (timm would then validate on ``data_dir`` itself: the training images)."""
+    from timm.data.dataset_factory import _search_split
+
+    from ..evaluation.data import check_no_symlink_loop
+
+    root = check_no_symlink_loop(args.data_dir)
+    train_root = Path(_search_split(str(root), args.train_split))
+    eval_root = Path(_search_split(str(root), args.val_split)) if args.val_split else None
+    if eval_root is not None and (eval_root == root or eval_root.resolve() == train_root.resolve()):
+        raise ValueError(f"no validation split in {root} (looked for {args.val_split}/ and its synonyms such as val/): "
+                         "add one, or pass --val-split '' to train without validation")
+    return train_root, eval_root
+
+
+def _eval_class_map(train: Any, eval_root: Path, warn: Callable[[str], None]) -> Dict[str, int]:
+    """The training classes (name -> index) for the validation folder, so that a validation split with
+    fewer classes is still scored by class name; ``ValueError`` for classes training never saw."""
+    from ..evaluation.classes import class_folders
+
+    mapping = dict(train.reader.class_to_idx)
+    names = set(class_folders(eval_root))
+    unknown = sorted(names - set(mapping))
+    if unknown:
+        raise ValueError(f"validation folder {eval_root} has classes the training split lacks: {', '.join(unknown[:5])}")
+    if names != set(mapping):
+        missing = sorted(set(mapping) - names)
+        warn(f"validation folder {eval_root} has {len(names)} of the {len(mapping)} training classes (missing "
+             f"{', '.join(missing[:5])}); its images are scored by class name")
+    return mapping
+
+
+def create_datasets(args: argparse.Namespace, warn: Callable[[str], None] = print) -> Tuple[Any, Optional[Any]]:
+    """``(train, eval)`` datasets with ``timm.data.create_dataset``; eval is None when ``val_split`` is ''.
+
+    For an ImageFolder, the validation folder must exist and its classes are indexed by the training
+    split's class names (``warn`` says when it has fewer).
+    """
+    folder = (not args.dataset or args.dataset.split("/")[0] in ("folder", "tar"))
+    if folder:
         if not args.data_dir or not Path(args.data_dir).exists():
             raise FileNotFoundError(f"data_dir {args.data_dir!r} not found: expected an ImageFolder root with train/ and validation/")
+    splits = _folder_splits(args) if folder and Path(args.data_dir).is_dir() else None
     common = dict(
         root=args.data_dir, class_map=args.class_map, download=args.dataset_download,
         batch_size=args.batch_size, seed=args.seed, input_img_mode=args.input_img_mode or "RGB",
@@ -52,6 +91,8 @@ def create_datasets(args: argparse.Namespace) -> Tuple[Any, Optional[Any]]:
                            num_samples=args.train_num_samples, **common)
     evaluation = None
     if args.val_split:
+        if splits is not None and not args.class_map:
+            common["class_map"] = _eval_class_map(train, splits[1], warn)
         evaluation = create_dataset(args.dataset, split=args.val_split, is_training=False,
                                     num_samples=args.val_num_samples, **common)
     return train, evaluation

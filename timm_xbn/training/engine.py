@@ -11,7 +11,8 @@ import copy
 import csv
 import glob
 import importlib
-from contextlib import nullcontext
+import math
+from contextlib import ExitStack, nullcontext
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -31,6 +32,9 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
 
+from ..utils.files import write_text_atomic
+from ..evaluation.models import state_dict_sha1
+from ..evaluation.results import claim_output_dir, write_csv, write_json_atomic
 from ..models import state_dict_mismatch
 from .args import config_dict, resolve_lr
 from .checkpoint import (
@@ -64,9 +68,17 @@ def _trim_summary(path: Path, next_epoch: int) -> None:
     if not kept:
         path.unlink()
         return
-    from ..evaluation.results import write_csv
-
     write_csv(path, kept)
+
+
+def _append_summary(path: Path, row: Dict[str, Any]) -> None:
+    """timm's ``update_summary`` row (epoch, train_*, eval_*, lr), appended by rewriting the file atomically,
+    so that a failed write keeps the earlier epochs' rows."""
+    rows: List[Dict[str, Any]] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    write_csv(path, rows + [row])
 
 
 class Trainer:
@@ -79,6 +91,8 @@ class Trainer:
         self.eval_metrics: Dict[str, float] = {}
         self.resume_path = ""
         self.rng_states: List[Dict[str, Any]] = []
+        self.best: Dict[str, Any] = {}
+        self.lock = ExitStack()
 
     # ---- setup ---------------------------------------------------------------------------------
     def _setup_device(self) -> None:
@@ -139,6 +153,9 @@ class Trainer:
         holds no other run's checkpoints (sets ``resume_path``, the checkpoint to resume from)."""
         args = self.args
         root = Path(args.output or "./output/train")
+        if args.resume and args.resume != "auto" and Path(args.resume).is_dir():
+            raise ValueError(f"--resume {args.resume} is a folder; give a checkpoint file in it (e.g. "
+                             f"{Path(args.resume) / 'last.pth.tar'}), or --resume auto with --experiment")
         if not args.experiment:
             if args.resume == "auto":
                 raise ValueError("--resume auto needs --experiment NAME (the folder to continue in)")
@@ -146,6 +163,8 @@ class Trainer:
             self.resume_path = args.resume
             return
         check_writable(root / args.experiment)
+        if self.primary:  # a second run into this experiment folder fails now instead of mixing its files in
+            self.lock.enter_context(claim_output_dir(root / args.experiment, "--experiment"))
         self.resume_path = resume_path(root / args.experiment, args.resume)
         if args.resume == "auto" and not self.resume_path:
             self.console.print(f"no checkpoint in {root / args.experiment}: starting a fresh run")
@@ -182,7 +201,7 @@ class Trainer:
 
     def _build_data(self) -> None:
         args = self.args
-        dataset_train, dataset_eval = create_datasets(args)
+        dataset_train, dataset_eval = create_datasets(args, warn=lambda m: self.console.print(f"[yellow]warning: {m}[/yellow]"))
         if isinstance(dataset_train, (IterableImageDataset, torch.utils.data.IterableDataset)):
             raise ValueError(f"xbn-train needs a map-style dataset (ImageFolder/ImageTar, torch/, hfds/), got {args.dataset!r}")
         mixup = create_mixup(args, args.num_classes, collate=self.prefetch)
@@ -218,6 +237,7 @@ class Trainer:
         if checkpoint is not None:
             self.progress.update(checkpoint["progress"])
             self.eval_metrics = dict(checkpoint.get("eval_metrics", {}))
+            self.best = dict(checkpoint.get("best_eval", {}))
         if args.start_epoch is not None:
             self.progress.update(epoch=args.start_epoch, batch=0, num_updates=args.start_epoch * self.updates_per_epoch,
                                  epoch_loss_sum=0.0, epoch_loss_count=0)
@@ -244,7 +264,7 @@ class Trainer:
         if not self.primary:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "args.yaml").write_text(yaml.safe_dump(self.config, sort_keys=True))
+        write_text_atomic(self.output_dir / "args.yaml", yaml.safe_dump(self.config, sort_keys=True))
         self.saver = TrainCheckpointSaver(
             self.task, self.optimizer, self.config, self._training_state, arch=self.label, amp_scaler=self.loss_scaler,
             checkpoint_dir=str(self.output_dir), recovery_dir=str(self.output_dir),
@@ -267,6 +287,7 @@ class Trainer:
             "rng": self.rng_states,
             "world_size": self.args.world_size,
             "eval_metrics": dict(self.eval_metrics),
+            "best_eval": dict(self.best),
         }
         if self.task.has_ema():
             state["ema_rng"] = self.task.get_trainable_module(ema=True)._sr_generator.get_state()
@@ -392,11 +413,18 @@ class Trainer:
         metric = self.eval_metrics.get(args.eval_metric) if self.loader_eval is not None else None
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(epoch + 1, metric)
+        if not math.isfinite(self.train_loss):
+            raise ValueError(f"training diverged: the train loss of epoch {epoch} is {self.train_loss}; lower --lr "
+                             "(the last finite state is kept in the experiment folder)")
         self.progress.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         self._save_point()
         if self.primary:
-            utils.update_summary(epoch, {"loss": self.train_loss}, self.eval_metrics if self.loader_eval is not None else None,
-                                 str(self.output_dir / "summary.csv"), lr=lr)
+            evals = {f"eval_{k}": v for k, v in self.eval_metrics.items()} if self.loader_eval is not None else {}
+            _append_summary(self.output_dir / "summary.csv", {"epoch": epoch, "train_loss": self.train_loss, **evals, "lr": lr})
+            if metric is not None and (self.saver.best_metric is None or self.saver.cmp(metric, self.saver.best_metric)):
+                # set before saving, so the checkpoint carries it: model_best.safetensors will hold these weights
+                self.best = {"epoch": epoch, "top1": self.eval_metrics.get("top1"), "top5": self.eval_metrics.get("top5"),
+                             "weights_sha1": state_dict_sha1(self._evaluated_weights())}
             self.saver.save_checkpoint(epoch, metric=metric)
             shown = "  ".join(f"eval_{k} {v:.4f}" for k, v in self.eval_metrics.items())
             self.console.print(f"epoch {epoch}: train_loss {self.train_loss:.4f}  {shown}  lr {lr:.4g}")
@@ -416,14 +444,17 @@ class Trainer:
         })
         if self.saver is not None:
             results.update(best_metric=self.saver.best_metric, best_epoch=self.saver.best_epoch,
-                           output_dir=str(self.output_dir))
+                           output_dir=str(self.output_dir), weights_sha1=state_dict_sha1(self._evaluated_weights()))
+            if self.best:
+                results["best"] = dict(self.best)
         return results
 
     # ---- run -----------------------------------------------------------------------------------
     def run(self) -> Dict[str, Any]:
         self._setup_device()
         try:
-            return self._run()
+            with self.lock:
+                return self._run()
         finally:
             if self.args.distributed and dist.is_initialized():
                 dist.destroy_process_group()
@@ -464,8 +495,6 @@ class Trainer:
         self._dump_rank_weights()
         results = self._results()
         if self.primary:
-            from ..evaluation.results import write_json_atomic
-
             write_json_atomic(self.output_dir / "results.json", results)
         return results
 

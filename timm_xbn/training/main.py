@@ -4,7 +4,7 @@ from typing import Optional, Sequence
 
 import typer
 
-from .._cli_utils import USER_ERRORS
+from ..utils.errors import USER_ERRORS
 
 __all__ = ["main"]
 

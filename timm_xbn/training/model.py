@@ -7,6 +7,7 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
+from ..models.pretrained import check_pretrained
 from ..surgery import calibration_batches, convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
@@ -67,6 +68,8 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
                          "(or model xbn_converted) and no --initial-checkpoint")
     check_model_name(name)
     create = create_base_model if surgery is not None else timm.create_model
+    if args.pretrained:
+        check_pretrained(name)
     try:
         model = create(name, pretrained=args.pretrained, **common, **kwargs)
     except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash

@@ -1,0 +1,55 @@
+"""Atomic result files: every command writes through ``atomic_write``, so that a kill, a full disk or a
+permission error never leaves half a file in place of an earlier valid one, nor a temporary file behind.
+"""
+import errno
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+__all__ = ["OutputWriteError", "atomic_write", "write_text_atomic"]
+
+
+class OutputWriteError(OSError):
+    """A result file could not be written (disk full, permission, read-only file system): one line naming it."""
+
+    def __init__(self, path: Union[str, Path], reason: str, code: int = errno.EIO):
+        super().__init__(code, reason, str(path))
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.strerror}"
+
+
+def _reason(err: BaseException) -> str:
+    return getattr(err, "strerror", None) or str(err).splitlines()[0]
+
+
+@contextmanager
+def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` to write to; rename it onto ``path`` when the block succeeds.
+
+    On any failure the temporary file is removed and ``path`` keeps its earlier content; an ``OSError``
+    (or torch's "file write failed" ``RuntimeError``) becomes an ``OutputWriteError`` naming ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OutputWriteError):
+            raise
+        if isinstance(err, OSError):
+            raise OutputWriteError(path, _reason(err), err.errno or errno.EIO) from None
+        if isinstance(err, RuntimeError) and "write failed" in str(err):  # torch.save's stream writer
+            raise OutputWriteError(path, "write failed (disk full?)") from None
+        raise
+
+
+def write_text_atomic(path: Union[str, Path], text: str) -> None:
+    """Write ``text`` to ``path`` through ``atomic_write``."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
