@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from timm_xbn.provenance import provenance, read_provenance, stamp
+from timm_xbn.utils.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FIGURES = ("mlp_esm_vs_depth.png", "mlp_setup_one.png", "mlp_setup_two_errors.png", "resnet_adabn.png",
@@ -94,7 +95,7 @@ def run_target(target: Target, out: Path, work: Path, tiny: bool) -> List[Path]:
         if result.returncode:
             raise SystemExit(f"{target.name}: `{prov['command']}` exited with {result.returncode}")
         if step.stdout:
-            (out / step.stdout).write_text(result.stdout)
+            write_text_atomic(out / step.stdout, result.stdout)
             stamp(out / step.stdout, prov)
         for source, dest in step.copies.items():
             (out / dest).parent.mkdir(parents=True, exist_ok=True)

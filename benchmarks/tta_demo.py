@@ -37,6 +37,7 @@ from timm_xbn.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
 from timm_xbn.study.resnet import ImageSplit, ResNetConfig, build_variant, evaluate_top1, prepare_images, train_classifier
+from timm_xbn.utils.files import write_text_atomic
 
 MODELS = {"BN": "BN", "all-GN": "GN", "XBN-P2": "XBN-GN"}  # demo label -> the study's variant
 METHODS = ("source", "norm", "prior:16", "batch", "tent:optimizer=adam,lr=0.001", "eata", "sar")
@@ -248,8 +249,8 @@ def main(argv=None) -> None:
                 "train_seconds": round(train_seconds), "total_seconds": round(time.perf_counter() - start)}
     args.output.mkdir(parents=True, exist_ok=True)
     paths = [args.output / name for name in ("tta_demo.json", "tta_demo.md", "tta_demo.png")]
-    paths[0].write_text(json.dumps({"settings": settings, "rows": rows, "effects": effect_rows, "per_seed": per_seed}))
-    paths[1].write_text(markdown(rows, effect_rows, settings))
+    write_text_atomic(paths[0], json.dumps({"settings": settings, "rows": rows, "effects": effect_rows, "per_seed": per_seed}))
+    write_text_atomic(paths[1], markdown(rows, effect_rows, settings))
     plot(rows, paths[2])
     for path in paths:
         stamp(path, prov)

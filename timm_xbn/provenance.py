@@ -17,6 +17,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .utils.files import atomic_write, write_text_atomic
+
 __all__ = ["Provenance", "provenance", "stamp", "read_provenance", "current_command", "script_command"]
 
 Provenance = dict
@@ -86,13 +88,13 @@ def _sentence(prov: Provenance) -> str:
 
 
 def stamp(path: Union[str, Path], prov: Provenance) -> Path:
-    """Write ``prov`` into ``path`` (replacing a previous record); the format follows the suffix."""
+    """Write ``prov`` into ``path`` (replacing a previous record, atomically); the format follows the suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = json.loads(path.read_text())
         data = {"provenance": prov, **{k: v for k, v in data.items() if k != "provenance"}}
-        path.write_text(json.dumps(data, indent=2) + "\n")
+        write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     elif suffix == ".png":
         from PIL import Image, PngImagePlugin
 
@@ -103,13 +105,14 @@ def stamp(path: Union[str, Path], prov: Provenance) -> Path:
                 if key != "provenance":
                     info.add_text(key, value)
             info.add_text("provenance", json.dumps(prov))
-            image.save(path, pnginfo=info)
+            with atomic_write(path) as tmp:
+                image.save(tmp, format="PNG", pnginfo=info)
     elif suffix in _TEXT_PREFIX:
         prefix = _TEXT_PREFIX[suffix]
         lines = path.read_text().splitlines(keepends=True)
         if lines and lines[0].startswith(prefix + _LEAD):
             lines = lines[1:]
-        path.write_text(prefix + _sentence(prov) + ".\n" + "".join(lines))
+        write_text_atomic(path, prefix + _sentence(prov) + ".\n" + "".join(lines))
     else:
         raise ValueError(f"cannot stamp {path}: no provenance format for {suffix!r} files")
     return path
