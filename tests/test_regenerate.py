@@ -61,3 +61,12 @@ def test_a_target_that_leaves_a_file_unwritten_fails(tmp_path, monkeypatch):
 def test_unscripted_target_says_so(tmp_path):
     with pytest.raises(SystemExit, match="not scripted"):
         regenerate.main(["--only", "demo", "--out", str(tmp_path)])
+
+
+def test_committed_docs_files_name_their_command_commit_and_machine():
+    unscripted = {f for t in regenerate.TARGETS.values() if not t.steps for f in t.files}
+    for path in sorted(DOCS.rglob("*")):
+        name = str(path.relative_to(DOCS))
+        if path.is_file() and name not in unscripted:
+            prov = read_provenance(path)
+            assert prov and prov["command"] and prov["commit"] and prov["machine"], name
