@@ -2,7 +2,7 @@
 
 Every file under ``docs/`` belongs to one target below. A target runs its command(s) (the scripts write into
 the docs folder themselves; the study's files are copied there from its results folder) and every file it
-writes names the command, the commit and the machine (``timm_xbn.provenance``); a file left without that
+writes names the command, the commit and the machine (``timm_xbn.utils.provenance``); a file left without that
 record is an error. ``--tiny`` runs each command in its smoke mode (seconds to a minute; numbers meaningless),
 for a check that the pipeline still works: use it with ``--out`` somewhere else than docs/.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from timm_xbn.provenance import provenance, read_provenance, stamp
+from timm_xbn.utils.provenance import provenance, read_provenance, stamp
 from timm_xbn.utils.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from timm_xbn.adapt import create_adapter, run_protocol
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch
-from timm_xbn.provenance import provenance, script_command, stamp
+from timm_xbn.utils.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
 from timm_xbn.study.resnet import ImageSplit, ResNetConfig, build_variant, evaluate_top1, prepare_images, train_classifier

@@ -1,4 +1,4 @@
-"""timm_xbn.provenance: the record written into each kind of docs file reads back, replaces an older one,
+"""timm_xbn.utils.provenance: the record written into each kind of docs file reads back, replaces an older one,
 keeps the file's content, and names this checkout's commit."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from timm_xbn.provenance import provenance, read_provenance, script_command, stamp
+from timm_xbn.utils.provenance import provenance, read_provenance, script_command, stamp
 
 ROOT = Path(__file__).parents[1]
 

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks import regenerate
 from benchmarks.regenerate import Step, Target
-from timm_xbn.provenance import read_provenance
+from timm_xbn.utils.provenance import read_provenance
 
 DOCS = Path(__file__).parents[1] / "docs"
 

@@ -10,7 +10,7 @@ from statistics import fmean, stdev
 import pytest
 
 from benchmarks import regenerate
-from timm_xbn.provenance import read_provenance
+from timm_xbn.utils.provenance import read_provenance
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_benchmarks import load  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .utils.files import atomic_write, write_text_atomic
+from .files import atomic_write, write_text_atomic
 
 __all__ = ["Provenance", "provenance", "stamp", "read_provenance", "current_command", "script_command"]
 
