@@ -27,6 +27,14 @@ STUDY_FIGURES = ("mlp_esm_vs_depth.png", "mlp_setup_one.png", "mlp_setup_two_err
                  "resnet_esm_vs_depth.png", "resnet_robustness.png", "resnet_small_batch.png", "resnet_top1.png")
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository root when inside it: the commands then read the same on every checkout."""
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
+
+
 @dataclass(frozen=True)
 class Step:
     """One command. ``{out}`` is the docs folder, ``{work}`` a scratch folder for results that are not
@@ -39,7 +47,8 @@ class Step:
     stdout: Optional[str] = None
 
     def argv(self, out: Path, work: Path, tiny: bool) -> List[str]:
-        argv = shlex.split(self.command.format(out=out, work=work))
+        """The command line, run from the repository root (folders inside it are given relative to it)."""
+        argv = shlex.split(self.command.format(out=_shown(out), work=_shown(work)))
         if tiny:
             argv += shlex.split(self.tiny)
         return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
