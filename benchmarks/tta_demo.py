@@ -18,7 +18,7 @@ images): mean difference of the error means over the 15 corruptions, with a Stud
 over the seeds (``timm_xbn.study.evidence``); "lower" / "higher" when the interval excludes 0, else
 "inconclusive".
 
-    python benchmarks/tta_demo.py                       # 3 seeds, ~13 CPU-minutes at 1 thread; writes docs/tta/
+    python benchmarks/tta_demo.py                       # 3 seeds, ~12 min at 1 thread; writes docs/tta/
     python benchmarks/tta_demo.py --tiny -o /tmp/tta    # seconds (the test; numbers meaningless)
 """
 import argparse
