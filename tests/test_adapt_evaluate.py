@@ -56,7 +56,7 @@ def test_errors_match_per_image_evaluation_and_models_are_untouched(tree, tmp_pa
 def pair_batches(root, corruption, severity, seed=0):
     data = source_of(root).pair_data(corruption, severity).shuffled(seed)
     prep = BatchPrep(CONFIG, torch.device("cpu"))
-    return lambda: [(prep(b.images, b.targets), b.targets) for b in data.loader()]
+    return lambda: [(prep(b.images), b.targets) for b in data.loader()]
 
 
 PAIRS = [("fog", 1), ("fog", 2), ("contrast", 1), ("contrast", 2)]

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import (
-    CifarC, ImageNetCFolders, OnTheFly, corrupt_reference, discover_imagenet_c, evaluate_corruptions, resolve_class_map,
-    results_path,
+    CifarC, ImageNetCFolders, OnTheFly, corrupt_batch, corrupt_reference, discover_imagenet_c, evaluate_corruptions,
+    resolve_class_map, results_path,
 )
 from timm_xbn.corruptions.evaluate import BatchPrep
-from timm_xbn.corruptions.reference import image_seed
+from timm_xbn.corruptions.seeding import pixel_seed
 from timm_xbn.stats import recalibrate
 
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
@@ -30,16 +30,22 @@ def tiny_model(seed: int = 0, fit: Path = None) -> nn.Module:
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                           nn.Flatten(), nn.Linear(8, 3))
     if fit is not None:
-        images, targets = folder_samples(fit, {f"class_{i}": i for i in range(3)})
-        x, y = normalize(images), torch.tensor(targets)
-        opt = torch.optim.Adam(model.parameters(), lr=0.05)
-        for _ in range(30):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model.train()(x), y).backward()
-            opt.step()
+        fit_to(model, fit)
     with torch.no_grad():
         model[1].running_mean.uniform_(-0.5, 0.5)
         model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def fit_to(model: nn.Module, folder: Path) -> nn.Module:
+    """``model`` trained 30 Adam steps on the 3-class ImageFolder ``folder`` (all images in one batch)."""
+    images, targets = folder_samples(folder, {f"class_{i}": i for i in range(3)})
+    x, y = normalize(images), torch.tensor(targets)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(30):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model.train()(x), y).backward()
+        opt.step()
     return model.eval()
 
 
@@ -84,13 +90,16 @@ def tree(image_folder, tmp_path):
 
 def test_batch_prep_normalizes_and_corrupts_on_the_device():
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    targets = torch.tensor([0, 1])
-    expected = (images.float() / 255 - torch.tensor(CONFIG["mean"]).view(1, 3, 1, 1)) / torch.tensor(CONFIG["std"]).view(1, 3, 1, 1)
-    torch.testing.assert_close(BatchPrep(CONFIG, torch.device("cpu"))(images, targets), expected)
+    mean, std = (torch.tensor(CONFIG[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+    expected = (images.float() / 255 - mean) / std
+    torch.testing.assert_close(BatchPrep(CONFIG, torch.device("cpu"))(images), expected)
     fog = BatchPrep(CONFIG, torch.device("cpu"), ("fog", 3), seed=1)
-    torch.testing.assert_close(fog(images, targets), fog(images, targets))  # seeded by the batch content
-    assert not torch.allclose(fog(images, targets), expected)
-    assert not torch.equal(fog(images, targets), BatchPrep(CONFIG, torch.device("cpu"), ("fog", 3), seed=2)(images, targets))
+    # each image alone, with one generator seeded by (seed, corruption, severity, its pixels)
+    alone = torch.stack([corrupt_batch(image, "fog", 3, torch.Generator().manual_seed(pixel_seed(1, "fog", 3, image)))
+                         for image in images])
+    torch.testing.assert_close(fog(images), (alone.float() / 255 - mean) / std)
+    assert not torch.allclose(fog(images), expected)
+    assert not torch.allclose(fog(images), BatchPrep(CONFIG, torch.device("cpu"), ("fog", 3), seed=2)(images))
 
 
 def test_imagenet_c_layout_errors(tree, tmp_path):
@@ -197,8 +206,10 @@ def test_on_the_fly_reference_matches_per_image_corruption(image_folder):
 
     samples = ImageDataset(str(clean), class_map=source.class_map).reader.samples  # timm's order = the indices
     for name in ("gaussian_noise", "spatter"):
-        images = [corrupt_reference(np.array(Image.open(p).convert("RGB")), name, 4, seed=image_seed(5, name, 4, i))
-                  for i, (p, _) in enumerate(samples)]
+        pixels = [np.array(Image.open(p).convert("RGB")) for p, _ in samples]
+        # seeded by the image's (3, H, W) pixels, as the torch mode
+        images = [corrupt_reference(image, name, 4, seed=pixel_seed(5, name, 4, image.transpose(2, 0, 1)) & 0xFFFFFFFF)
+                  for image in pixels]
         assert results["errors"][name]["4"] == pytest.approx(manual_error(model, images, [t for _, t in samples]))
     assert results["clean_error"] == pytest.approx(manual_error(model, *folder_samples(clean, source.class_map)))
 

@@ -39,6 +39,7 @@ _EVAL_WORKERS = typer.Option(2, "--workers", "-j", help="Data loading processes.
 _EVAL_DEVICE = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")
 _EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes; one run at a time.")
 _EVAL_CLASS_MAP = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map); integer folder names are used as indices without it.")
+_EVAL_ORDER = typer.Option("shuffle", "--order", help="Order in which the images are read (batch-dependent methods see different batches): shuffle (seeded by --seed; every command batches the same images together) or folder (class by class: one-class batches).")
 BLOCKS_FLAGS = {"use blocks=None or scope='all'": "use --blocks all", "blocks=None": "--blocks all", "blocks=": "--blocks "}
 
 
@@ -203,6 +204,8 @@ def eval_adabn(
     prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior / mix."),
     calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Adapt on this folder instead of --data-dir."),
     calib_batches: Optional[int] = typer.Option(None, "--calib-batches", help="Adapt on at most N batches."),
+    order: str = _EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order (--order shuffle)."),
     dataset: str = _EVAL_DATASET,
     split: str = _EVAL_SPLIT,
     img_size: Optional[int] = _EVAL_IMG_SIZE,
@@ -227,7 +230,9 @@ def eval_adabn(
       xbn-eval adabn --model resnet26 --pretrained --data-dir target --mode batch --batch-size 128
     """
     from .evaluation import adabn_table, create_eval_data, evaluate_adabn, validate_data_dir
+    from .evaluation.data import check_order
 
+    check_order(order)
     if calib_dir is not None:
         validate_data_dir(calib_dir, dataset)
     with _eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
@@ -236,7 +241,7 @@ def eval_adabn(
         if calib_dir is not None:  # labels are not used for adaptation: no class mapping needed
             calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
         results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
-                                 output_dir=out, progress=True)
+                                 output_dir=out, progress=True, order=order, order_seed=seed)
         _eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
 
 
@@ -342,7 +347,8 @@ def eval_corruption(
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
     class_map: Optional[Path] = _EVAL_CLASS_MAP,
     adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions."),
+    order: str = _EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
@@ -371,10 +377,12 @@ def eval_corruption(
 
     from .corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
     from .evaluation import create_models, is_main_process
+    from .evaluation.data import check_order
     from .evaluation.distributed import shutdown_distributed
 
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     parse_adapt(adapt)
+    check_order(order)
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
     with _claimed_output("corruption", specs, output) as out:
         built = create_models(specs, dev)
@@ -382,7 +390,7 @@ def eval_corruption(
                                     class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
                                                                                interpolation=interpolation, mean=mean, std=std))
         results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
-                                       model_specs={s.label: s.fingerprint() for s in specs})
+                                       model_specs={s.label: s.fingerprint() for s in specs}, order=order, order_seed=seed)
     if is_main_process():
         console = Console()
         if source.missing and (wanted or sevs):  # asked for explicitly but absent
@@ -418,7 +426,8 @@ def eval_adapt(
     clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
     class_map: Optional[Path] = _EVAL_CLASS_MAP,
-    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions and of the order in which each corruption's images are read."),
+    order: str = _EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
     img_size: Optional[int] = _EVAL_IMG_SIZE,
     crop_pct: Optional[float] = _EVAL_CROP_PCT,
     interpolation: Optional[str] = _EVAL_INTERP,
@@ -431,7 +440,7 @@ def eval_adapt(
 ) -> None:
     """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
 
-    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order (--order), the same as in xbn-eval corruption and adabn. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
 
     [bold]Examples[/bold]
 
@@ -449,12 +458,14 @@ def eval_adapt(
     from .adapt.evaluate import evaluate_adaptation
     from .adapt.report import adaptation_table
     from .evaluation import create_models, is_main_process
+    from .evaluation.data import check_order
     from .evaluation.distributed import shutdown_distributed
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for spec in method:
         parse_method(spec)
+    check_order(order)
     severities = None if severities == "all" else severities
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     dev, specs = _checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
@@ -466,7 +477,7 @@ def eval_adapt(
         if not source.pairs:
             raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
         results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
-                                      progress=True, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
+                                      progress=True, order=order, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
         console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
         if source.missing and corruptions:  # asked for explicitly but absent

@@ -1,8 +1,9 @@
 """Test-time adaptation over a ``CorruptionSource``: every model x method on each (corruption, severity).
 
 All adapters share each decoded batch (``CorruptionPass`` / ``run_pass`` of ``timm_xbn.corruptions``).
-Each pair is read in a seeded random order (class-sorted folders would otherwise give one-class
-batches). Results are written after every pair and a rerun with the same output folder skips the
+Each pair is read in the evaluation order of ``EvalData.ordered``: a seeded shuffle by default
+(class-sorted folders would otherwise give one-class batches), the same order as
+``evaluate_corruptions`` and ``evaluate_adabn``, so a method gives the same numbers there. Results are written after every pair and a rerun with the same output folder skips the
 pairs done (resume at pair granularity); in the continual protocol the state of the TENT / EATA /
 SAR adapters is saved after every pair too (``adapt-state/``, loaded with ``weights_only=True``).
 
@@ -24,6 +25,7 @@ import torch.nn as nn
 from ..corruptions.evaluate import BatchPrep, CorruptionPass
 from ..corruptions.datasets import CorruptionSource
 from ..corruptions.metrics import summarize
+from ..evaluation.data import order_record
 from ..evaluation.engine import run_pass
 from ..evaluation.models import weights_sha1
 from ..utils.files import atomic_write
@@ -66,8 +68,8 @@ def _summary(label: str, method: str, pairs: Sequence[tuple[str, int]], runs: Ma
 
 
 def _check_same_run(previous: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
-    for key, value in meta.items():
-        if key in previous and previous[key] != value:
+    for key, value in meta.items():  # a file without the key (an older version's) is another run too
+        if previous.get(key) != value:
             raise ValueError(f"{path} holds results for {key}={previous[key]!r}, this run has {key}={value!r}; "
                              "use another output folder")
 
@@ -95,6 +97,7 @@ def evaluate_adaptation(
     progress: bool = False,
     order_seed: int = 0,
     model_specs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    order: str = "shuffle",
 ) -> dict[str, Any]:
     """Top-1 error of every model x method on each pair of ``source``; returns the ``adapt`` results dict.
 
@@ -106,7 +109,9 @@ def evaluate_adaptation(
         clean_error: known clean top-1 error (%) of the source models (relative mCE), one for all
             or per label; otherwise measured on the source's clean data when it has some.
         output_dir: write ``adapt.json`` / ``adapt.csv`` / ``adapt.png`` there after every pair; resume from them.
-        order_seed: seed of the order in which each pair's images are read.
+        order_seed: seed of the shuffled order (``order="shuffle"``).
+        order: ``"shuffle"`` (default) or ``"folder"``, the order in which each pair's images are
+            read (``EvalData.ordered``), recorded.
     """
     check_protocol(protocol)
     if not models or not methods:
@@ -121,7 +126,7 @@ def evaluate_adaptation(
                          f"each of the {world} ranks would adapt its own copy on its shard (independent, shorter "
                          "streams: another method). Run them in one process")
     out = Path(output_dir) if output_dir is not None else None
-    meta = {"dataset": source.source, "source": source.kind, "protocol": protocol, "order_seed": order_seed,
+    meta = {"dataset": source.source, "source": source.kind, "protocol": protocol, **order_record(order, order_seed),
             "seed": int(source.info.get("seed", 0)), "data_config": jsonable_config(source.data_config),
             "batch_size": source.batch_size,
             "models": {label: {"weights_sha1": weights_sha1(m), "spec": dict((model_specs or {}).get(label, {})) or None}
@@ -167,14 +172,14 @@ def evaluate_adaptation(
         pending = {key: a for key, a in adapters.items() if pair not in runs[key]}
         if not pending:
             continue
-        data = source.pair_data(corruption, severity).shuffled(order_seed)
+        data = source.pair_data(corruption, severity).ordered(order, order_seed)
         prep = BatchPrep(source.data_config, device, (corruption, severity) if source.on_device else None, meta["seed"])
         start = {key: a.passes.as_dict() for key, a in pending.items()}
         for adapter in pending.values():
             if protocol == "episodic":
                 adapter.reset()
             if adapter.needs_data:
-                adapter.prepare(prep(b.images, b.targets) for b in data.loader() if b.images is not None)
+                adapter.prepare(prep(b.images) for b in data.loader() if b.images is not None)
         result = run_pass(CorruptionPass(pending, prep), data, progress=progress, description=pair)
         passes = all_reduce_sum(torch.tensor([[a.passes.forward - start[k]["forward"], a.passes.backward - start[k]["backward"]]
                                               for k, a in pending.items()], dtype=torch.int64))

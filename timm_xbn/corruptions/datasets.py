@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from ..evaluation.classes import class_folders, match_classes, resolve_class_map
 from ..evaluation.data import EvalData, SkippedSample, SkipUnreadable
 from .names import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
-from .reference import corrupt_reference, image_seed
+from .reference import corrupt_reference
+from .seeding import pixel_seed
 
 __all__ = [
     "CifarC", "CifarCArray", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "ReferenceCorrupted",
@@ -73,7 +74,8 @@ def discover_imagenet_c(root: Union[str, Path]) -> dict[tuple[str, int], Path]:
 
 class ReferenceCorrupted(Dataset):
     """Clean uint8 images (3, H, W) of an inner data set, corrupted per image by the reference
-    package with a seed derived from (seed, corruption, severity, index): reproducible in workers."""
+    package seeded by (seed, corruption, severity, the image's pixels): ``seeding.pixel_seed``, as the
+    torch mode, so any order, batch or worker gives the same result."""
 
     def __init__(self, inner: Dataset, corruption: str, severity: int, seed: int = 0):
         self.inner, self.corruption, self.severity, self.seed = inner, corruption, severity, seed
@@ -87,7 +89,8 @@ class ReferenceCorrupted(Dataset):
             return item
         image, target = item
         hwc = np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
-        out = corrupt_reference(hwc, self.corruption, self.severity, image_seed(self.seed, self.corruption, self.severity, index))
+        seed = pixel_seed(self.seed, self.corruption, self.severity, image) & 0xFFFFFFFF  # NumPy seeds are 32-bit
+        out = corrupt_reference(hwc, self.corruption, self.severity, seed)
         return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), target
 
 

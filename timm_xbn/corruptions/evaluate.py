@@ -5,6 +5,10 @@ All models share each decoded batch (``timm_xbn.evaluation.SharedPass`` / ``run_
 bar, torch.distributed sharding, mid-pass checkpoints). With ``adapt`` each model's BN statistics
 are re-estimated on each (corruption, severity) before it is evaluated (Schneider et al. 2020),
 on a copy: the caller's models never change.
+
+Every pass reads its images in one order, a seeded shuffle by default (``EvalData.ordered``), as
+``timm_xbn.adapt`` and ``evaluate_adabn`` do, and on-the-fly corruptions are keyed by the image
+(``seeding``): the same model, data, method and order give the same numbers in every command.
 """
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from ..evaluation.data import order_record
 from ..evaluation.engine import run_pass
 from ..evaluation.metrics import accuracy_from_counts
 from ..evaluation.models import weights_sha1
@@ -27,8 +31,7 @@ from ..utils.device import eval_mode, model_device
 from ..utils.distributed import is_main_process
 from .datasets import CorruptionSource
 from .metrics import summarize
-from .names import ALL_CORRUPTIONS
-from .torch_ops import corrupt_batch
+from .seeding import corrupt_images
 
 __all__ = ["BatchPrep", "CorruptionPass", "evaluate_corruptions", "parse_adapt", "results_path"]
 
@@ -62,18 +65,10 @@ def results_path(output_dir: Union[str, Path], label: str, suffix: str = ".json"
     return Path(output_dir) / f"corruption-{re.sub(r'[^A-Za-z0-9._+-]', '_', label)}{suffix}"
 
 
-def _batch_seed(seed: int, corruption: str, severity: int, images: torch.Tensor, targets: torch.Tensor) -> int:
-    """A seed from the batch's content: the same images get the same corruption whatever the
-    batch's position, so sharded, resumed and single-process runs agree."""
-    checksum = int(images.sum(dtype=torch.int64)) * 1000003 + int((targets.long() * torch.arange(
-        1, len(targets) + 1, device=targets.device)).sum())
-    key = [seed, ALL_CORRUPTIONS.index(corruption), severity, checksum & 0xFFFFFFFF, (checksum >> 32) & 0xFFFFFFFF]
-    return int(np.random.SeedSequence(key).generate_state(1, np.uint64)[0] >> 1)
-
-
 class BatchPrep:
     """uint8 batch -> float batch on ``device``, corrupted first when ``corruption`` is given
-    (torch implementation, seeded per batch content), normalised with the data config's mean / std."""
+    (torch implementation, each image seeded by its own pixels: ``seeding.corrupt_images``),
+    normalised with the data config's mean / std."""
 
     def __init__(self, data_config: Mapping[str, Any], device: torch.device,
                  corruption: Optional[tuple[str, int]] = None, seed: int = 0):
@@ -81,13 +76,11 @@ class BatchPrep:
         self.mean = torch.tensor(data_config["mean"], device=device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(data_config["std"], device=device).view(1, 3, 1, 1) * 255
 
-    def __call__(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True)
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if self.corruption is not None:
-            name, severity = self.corruption
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(_batch_seed(self.seed, name, severity, x, targets))
-            x = corrupt_batch(x, name, severity, generator)
+            x = corrupt_images(images, *self.corruption, seed=self.seed, device=self.device)
+        else:
+            x = images.to(self.device, non_blocking=True)
         return (x.float() - self.mean) / self.std
 
 
@@ -100,13 +93,13 @@ class CorruptionPass(SharedPass):
         self.prep = prep
 
     def update(self, images: torch.Tensor, targets: torch.Tensor) -> None:
-        super().update(self.prep(images, targets), targets)
+        super().update(self.prep(images), targets)
 
 
 def _calibration_batches(data, prep: BatchPrep) -> Iterator[torch.Tensor]:
     for batch in data.loader():
         if batch.images is not None:
-            yield prep(batch.images, batch.targets)
+            yield prep(batch.images)
 
 
 def _record(counts: torch.Tensor) -> dict[str, Any]:
@@ -142,7 +135,7 @@ def _model_results(label: str, source: CorruptionSource, runs: Mapping[str, Any]
         "not_found": list(source.missing),
         "top5_errors": top5,
         "source": source.kind,
-        **{k: meta[k] for k in ("adapt", "seed", "data_config", "weights_sha1")},
+        **{k: meta[k] for k in ("adapt", "seed", "order", "order_seed", "data_config", "weights_sha1")},
         "batch_size": source.batch_size,
         "model_info": meta.get("spec"),
         "skipped_images": dict(skipped),
@@ -151,7 +144,7 @@ def _model_results(label: str, source: CorruptionSource, runs: Mapping[str, Any]
 
 
 def _check_same_run(previous: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
-    for key in ("dataset", "source", "adapt", "seed", "data_config", "weights_sha1"):
+    for key in ("dataset", "source", "adapt", "seed", "order", "order_seed", "data_config", "weights_sha1"):
         old = previous.get(key)
         if old != meta[key]:
             raise ValueError(f"{path} holds results for {key}={old!r}, this run has {key}={meta[key]!r}; "
@@ -166,6 +159,8 @@ def evaluate_corruptions(
     output_dir: Optional[Union[str, Path]] = None,
     progress: bool = False,
     model_specs: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    order: str = "shuffle",
+    order_seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Top-1 error of each model on each (corruption, severity) of ``source``; returns
     ``{label: corruption results dict}`` (the ``"corruption"`` schema plus ``runs`` and extras).
@@ -180,17 +175,20 @@ def evaluate_corruptions(
         output_dir: write ``corruption-<label>.json`` / ``.csv`` / ``.png`` there after every pair;
             pairs already in those files are not evaluated again (resume).
         model_specs: optional label -> how the model was built (name, checkpoint, ...), recorded.
+        order, order_seed: the order in which every pass reads its images (``EvalData.ordered``:
+            a seeded shuffle by default, as ``xbn-eval adapt`` and ``adabn``), recorded.
 
     Under torch.distributed every rank passes the same arguments; rank 0 writes the files.
     """
     parsed = parse_adapt(adapt)
+    ordering = order_record(order, order_seed)
     if not models:
         raise ValueError("no models given")
     out = Path(output_dir) if output_dir is not None else None
     seed = int(source.info.get("seed", 0))
     metas, runs, skipped, clean = {}, {}, {}, {}
     for label, model in models.items():
-        metas[label] = {"dataset": source.source, "source": source.kind, "adapt": adapt, "seed": seed,
+        metas[label] = {"dataset": source.source, "source": source.kind, "adapt": adapt, "seed": seed, **ordering,
                         "data_config": jsonable_config(source.data_config), "weights_sha1": weights_sha1(model),
                         "spec": dict((model_specs or {}).get(label, {})) or None}
         previous = load_results(results_path(out, label), "corruption", RESUME_SHAPE) if out else None
@@ -220,7 +218,7 @@ def evaluate_corruptions(
             result = run_pass(CorruptionPass(evaluated, prep), data, progress=progress, description=key,
                               state_file=out / "corruption.partial.json" if out else None,
                               meta={"pair": key, "models": {k: metas[k]["weights_sha1"] for k in evaluated},
-                                    "dataset": source.source, "adapt": adapt, "seed": seed})
+                                    "dataset": source.source, "adapt": adapt, "seed": seed, **ordering})
         for label in evaluated:
             runs[label][key] = _record(result.counts[Setting(label).key])
             if result.skipped:
@@ -228,6 +226,7 @@ def evaluate_corruptions(
 
     device = model_device(next(iter(models.values())))
     clean_data = source.clean_data()
+    clean_data = clean_data.ordered(order, order_seed) if clean_data is not None else None
     todo = [label for label in models if clean[label] is None and CLEAN not in runs[label]]
     if clean_data is not None and todo:
         evaluate(CLEAN, clean_data, {label: models[label] for label in todo}, BatchPrep(source.data_config, device))
@@ -238,7 +237,7 @@ def evaluate_corruptions(
         pending = {label: m for label, m in models.items() if key not in runs[label]}
         if not pending:
             continue
-        data = source.pair_data(corruption, severity)
+        data = source.pair_data(corruption, severity).ordered(order, order_seed)
         prep = BatchPrep(source.data_config, device, (corruption, severity) if source.on_device else None, seed)
         evaluated = pending
         if parsed is not None:

@@ -5,6 +5,7 @@ from typing import Any, Mapping
 
 from rich.table import Table
 
+from ..evaluation.data import order_label
 from .names import ALL_CORRUPTIONS, SEVERITIES
 
 __all__ = ["corruption_table"]
@@ -19,7 +20,8 @@ def corruption_table(results: Mapping[str, Any]) -> Table:
     errors, ce, rel = results["errors"], results.get("ce", {}), results.get("relative_ce", {})
     title = (f"{results['model']} on {results['dataset']}: top-1 error (%)"
              + (f", clean {_pct(results['clean_error'])}" if results.get("clean_error") is not None else "")
-             + (f", BN adapted ({results['adapt']})" if results.get("adapt") else ""))
+             + (f", BN adapted ({results['adapt']})" if results.get("adapt") else "")
+             + f", {order_label(results.get('order'), results.get('order_seed'))}")
     table = Table(title=title, show_footer=True)
     table.add_column("corruption", footer="mCE" + ("" if results["complete"] else " (incomplete)"))
     for s in SEVERITIES:

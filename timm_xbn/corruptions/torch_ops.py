@@ -66,7 +66,7 @@ import math
 import warnings
 from functools import lru_cache
 from importlib import resources
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -75,7 +75,7 @@ from torch import Tensor
 
 from .names import CORRUPTIONS, check_corruption, check_severity
 
-__all__ = ["Draws", "corrupt_batch", "TORCH_CORRUPTIONS"]
+__all__ = ["Draws", "ImageDraws", "corrupt_batch", "RANDOM_CORRUPTIONS", "TORCH_CORRUPTIONS"]
 
 
 class Draws:
@@ -112,6 +112,10 @@ class Draws:
         n = math.prod(shape)
         words = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device).random_(generator=self.generator)
         return words.view(torch.int32)[:n].view(shape).bitwise_and_(0x7FFFFFFF)
+
+    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
+        """``bits31`` per pixel of each image, as (H, W, B)."""
+        return self.bits31((height, width, batch))
 
     def integers(self, high: Tensor) -> Tensor:
         """One integer in ``[0, high[i])`` per element of the integer tensor ``high``."""
@@ -158,6 +162,59 @@ class Draws:
         bits = self.bits31(shape)
         salt = bits < round(amount / 2 * 2 ** 31)
         return salt, (bits < round(amount * 2 ** 31)).logical_xor_(salt)
+
+
+class ImageDraws(Draws):
+    """Draws from one generator per image: image i's numbers come from ``generators[i]`` alone, so an
+    image gets the same numbers whichever images share its batch (``seeding.corrupt_images``).
+
+    Every draw is made image by image with the batch's axis where the corruption expects it
+    (leading, or last for the (H, W, B) layouts), through the single-generator ``Draws``.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], device: torch.device, dtype: torch.dtype) -> None:
+        super().__init__(None, device, dtype)
+        self.each = [Draws(g, device, dtype) for g in generators]
+
+    def _per_image(self, draw: Callable[[Draws, int], Tensor], dim: int = 0) -> Tensor:
+        return torch.cat([draw(d, i) for i, d in enumerate(self.each)], dim)
+
+    def _image_shape(self, shape: tuple[int, ...], dim: int = 0) -> tuple[int, ...]:
+        if shape[dim] != len(self.each):
+            raise ValueError(f"a draw for {shape[dim]} images from {len(self.each)} generators")
+        return shape[:dim] + (1,) + shape[dim + 1:] if dim >= 0 else shape[:dim] + (1,)
+
+    def random(self, shape: tuple[int, ...]) -> Tensor:
+        one = self._image_shape(shape)
+        return self._per_image(lambda d, i: d.random(one))
+
+    def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
+        one = self._image_shape(shape)
+        return self._per_image(lambda d, i: d.normal(one, loc, scale))
+
+    def poisson(self, rate: Tensor) -> Tensor:
+        self._image_shape(tuple(rate.shape))
+        return self._per_image(lambda d, i: d.poisson(rate[i:i + 1]))
+
+    def bits31(self, shape: tuple[int, ...]) -> Tensor:
+        one = self._image_shape(shape)
+        return self._per_image(lambda d, i: d.bits31(one))
+
+    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
+        one = self._image_shape((height, width, batch), -1)
+        return self._per_image(lambda d, i: d.bits31(one), -1)
+
+    def integers(self, high: Tensor) -> Tensor:
+        self._image_shape(tuple(high.shape))
+        return self._per_image(lambda d, i: d.integers(high[i:i + 1]))
+
+    def field_uniform(self, batch: int, height: int, width: int, low: float, high: float) -> Tensor:
+        # ``batch`` counts k fields per image, stored field by field: (H, W, k B), index f * B + image
+        fields, images = batch // len(self.each), len(self.each)
+        if fields * images != batch:
+            raise ValueError(f"{batch} fields for {images} images")
+        each = torch.stack([d.field_uniform(fields, height, width, low, high) for d in self.each], -1)
+        return each.reshape(height, width, batch)
 
 
 @lru_cache(maxsize=16)
@@ -416,7 +473,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     blurred = _gaussian_blur_hwn(_to_hwn(x.div_(255.0)), (sigma, sigma), "nearest").mul_(255).floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
-    pick = draws.bits31(pick_shape) >> (31 - int(math.log2(len(dy_table))))
+    pick = draws.pixel_bits31(*pick_shape) >> (31 - int(math.log2(len(dy_table))))
     # only the interior is visited by the reference's scan; each pixel there reads its source
     rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
     cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
@@ -742,6 +799,10 @@ TORCH_CORRUPTIONS: dict[str, Callable[[Tensor, int, Draws], Tensor]] = {
     "jpeg_compression": jpeg_compression,
 }
 
+# the corruptions that draw random numbers (the others are deterministic tensor programs)
+RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_blur", "motion_blur", "snow", "frost",
+                      "fog", "elastic_transform")
+
 
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
@@ -755,7 +816,7 @@ def corrupt_batch(
     x: Tensor,
     name: str,
     severity: int,
-    generator: Optional[torch.Generator] = None,
+    generator: Union[torch.Generator, Sequence[torch.Generator], None] = None,
     compute_dtype: Optional[torch.dtype] = None,
     draws: Optional[Draws] = None,
 ) -> Tensor:
@@ -764,7 +825,9 @@ def corrupt_batch(
     ``x`` is uint8 in 0..255 or float in [0, 1]; the result has the same dtype, shape and device.
     uint8 results are truncated like the reference's ``np.uint8`` cast. Computation is float32
     (float64 for float64 input) unless ``compute_dtype`` says otherwise. ``generator`` (on ``x``'s
-    device) makes the result reproducible; ``draws`` replaces the random source altogether.
+    device) makes the result reproducible: one for the batch, or a sequence of B, one per image
+    (``ImageDraws``: each image's result then depends on its own generator only); ``draws``
+    replaces the random source altogether.
     """
     check_corruption(name, CORRUPTIONS)
     severity = check_severity(severity)
@@ -779,16 +842,20 @@ def corrupt_batch(
     if not is_uint8 and not x.is_floating_point():
         raise ValueError(f"expected uint8 or floating point images, got {x.dtype}")
     dtype = compute_dtype or (torch.float64 if x.dtype == torch.float64 else torch.float32)
-    draws = draws or Draws(generator, x.device, dtype)
+    per_image = generator is not None and not isinstance(generator, torch.Generator)
+    if per_image and len(generator) != len(x):
+        raise ValueError(f"{len(generator)} generators for {len(x)} images")
     fn = TORCH_CORRUPTIONS[name]
     chunk = _CPU_CHUNKS.get(name, _CPU_CHUNK) if x.device.type == "cpu" else len(x)
+    draws = draws or (None if per_image else Draws(generator, x.device, dtype))
     outs = []
-    for part in x.split(chunk):
+    for start, part in zip(range(0, len(x), chunk), x.split(chunk)):
+        part_draws = draws or ImageDraws(generator[start:start + len(part)], x.device, dtype)
         if is_uint8:
             part = part if name in _INTEGER_OPS else part.to(dtype)
         else:
             part = part.to(dtype) * 255
-        out = fn(part, severity, draws)  # in [0, 255]
+        out = fn(part, severity, part_draws)  # in [0, 255]
         outs.append(out.to(torch.uint8) if is_uint8 else (out / 255).to(x.dtype))  # uint8: truncation
     out = outs[0].contiguous() if len(outs) == 1 else torch.cat(outs)
     return out[0] if single else out

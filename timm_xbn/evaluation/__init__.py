@@ -11,8 +11,8 @@ Notebook use::
 """
 from .adabn import calibration_inputs, evaluate_adabn
 from .data import (
-    Batch, EvalData, SkippedSample, SkipUnreadable, create_eval_data, data_config_conflicts, resolve_eval_data_config,
-    validate_data_dir,
+    ORDERS, Batch, EvalData, SkippedSample, SkipUnreadable, create_eval_data, data_config_conflicts,
+    resolve_eval_data_config, validate_data_dir,
 )
 from .distributed import ShardSampler, init_distributed, is_main_process, world_info
 from .engine import PassResult, run_pass
@@ -26,7 +26,7 @@ from .tables import adabn_table, esm_tables, robustness_table
 from .sweep import Setting, SharedPass, eval_mode, naive_sweep, robustness_settings
 
 __all__ = [
-    "Batch", "EvalData", "SkippedSample", "SkipUnreadable", "create_eval_data", "data_config_conflicts",
+    "ORDERS", "Batch", "EvalData", "SkippedSample", "SkipUnreadable", "create_eval_data", "data_config_conflicts",
     "resolve_eval_data_config", "validate_data_dir",
     "ShardSampler", "init_distributed", "is_main_process", "world_info",
     "PassResult", "run_pass",

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..stats.recalibrate import DATA_FREE_MODES, recalibrate
 from ..utils.distributed import is_main_process
-from .data import EvalData
+from .data import EvalData, order_record
 from .engine import run_pass
 from .metrics import accuracy_from_counts
 from .results import make_results, skipped_report, write_csv, write_json_atomic
@@ -45,6 +45,8 @@ def evaluate_adabn(
     calib_batches: Optional[int] = None,
     output_dir: Optional[Union[str, Path]] = None,
     progress: bool = False,
+    order: str = "shuffle",
+    order_seed: int = 0,
 ) -> Dict[str, Any]:
     """Top-1/top-5 of each model before and after BN recalibration; returns the ``adabn`` results dict.
 
@@ -55,17 +57,18 @@ def evaluate_adabn(
             test batch's, source strength ``prior``), ``"mix"`` (full statistics mixed once with
             the source ones) or ``"batch"`` (prediction-time BN: each test batch normalized with
             its own statistics). ``prior`` and ``batch`` depend on the batch size and need no
-            calibration data; ``data`` is then read in a seeded random order, as class-sorted
-            folders would otherwise give one-class batches.
+            calibration data.
         calib_data: data to recalibrate on (default: ``data``); ``calib_batches`` limits it.
         output_dir: write ``adabn.json`` and ``adabn.csv`` there.
+        order, order_seed: the order in which ``data`` and ``calib_data`` are read
+            (``EvalData.ordered``; every mode depends on how the images are batched, ``full``
+            through the batch statistics of the earlier BNs in its calibration pass), recorded.
 
     The adaptation costs one pass over the calibration data per model (none for ``prior`` and ``batch``); the
     before/after evaluation of all models is a single pass over ``data``.
     """
-    calib = calib_data if calib_data is not None else data
-    if mode in DATA_FREE_MODES:
-        data = data.shuffled(seed=0)
+    data = data.ordered(order, order_seed)
+    calib = calib_data.ordered(order, order_seed) if calib_data is not None else data
     adapted = {}
     for label, model in models.items():
         try:
@@ -88,6 +91,7 @@ def evaluate_adabn(
                           **({"prior": prior} if mode in ("prior", "mix") else {})}
     results = make_results("adabn", {
         "dataset": data.source,
+        **order_record(order, order_seed),
         "calibration": {"dataset": calib.source, "max_batches": calib_batches, "batch_size": calib.batch_size},
         "models": entries,
         "skipped_images": skipped_report(result.skipped),

@@ -30,11 +30,15 @@ __all__ = [
     "DATA_CONFIG_KEYS",
     "Batch",
     "EvalData",
+    "ORDERS",
     "SkippedSample",
     "SkipUnreadable",
+    "check_order",
     "collate_skipping",
     "create_eval_data",
     "data_config_conflicts",
+    "order_label",
+    "order_record",
     "resolve_eval_data_config",
     "validate_data_dir",
 ]
@@ -195,6 +199,32 @@ def resolve_eval_data_config(
     return dict(next(iter(configs.values())))
 
 
+# The order in which every batch-dependent evaluation reads its data (``EvalData.ordered``): a seeded
+# shuffle by default, so that batches mix the classes and every command batches the same images
+# together; "folder" reads the data set in its own order (one or two classes per batch for a folder).
+ORDERS = ("shuffle", "folder")
+
+
+def check_order(order: str) -> None:
+    if order not in ORDERS:
+        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+
+
+def order_record(order: str, seed: int) -> Dict[str, Any]:
+    """How the data were read, as results files record it: ``{"order": ..., "order_seed": ...}``
+    (the seed is ``None`` for the folder order)."""
+    check_order(order)
+    return {"order": order, "order_seed": seed if order == "shuffle" else None}
+
+
+def order_label(order: Optional[str], seed: Optional[int]) -> str:
+    """``"read shuffled (seed 0)"`` or ``"read in folder order"``, for table titles (results files
+    written before the order was recorded: ``"order not recorded"``)."""
+    if order is None:
+        return "order not recorded"
+    return f"read shuffled (seed {seed})" if order == "shuffle" else "read in folder order"
+
+
 @dataclass
 class EvalData:
     """A validated evaluation data set (transform applied, unreadable images skipped) and loader settings.
@@ -223,6 +253,14 @@ class EvalData:
         """
         order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(seed)).tolist()
         return dataclasses.replace(self, order=order, info={**self.info, "order_seed": seed})
+
+    def ordered(self, order: str = "shuffle", seed: int = 0) -> "EvalData":
+        """The data in evaluation order ``order`` (see ``ORDERS``): ``"shuffle"`` is ``shuffled(seed)``,
+        ``"folder"`` the data set's own order (class by class for a folder)."""
+        check_order(order)
+        if order == "shuffle":
+            return self.shuffled(seed)
+        return dataclasses.replace(self, order=None, info={k: v for k, v in self.info.items() if k != "order_seed"})
 
     def loader(self, start: int = 0, limit: Optional[int] = None, shard: bool = True, pin_memory: bool = False) -> DataLoader:
         """Batches of the images ``[start, limit)`` (this rank's share of them when ``shard``)."""

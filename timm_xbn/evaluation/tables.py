@@ -3,6 +3,8 @@ from typing import Any, List, Mapping
 
 from rich.table import Table
 
+from .data import order_label
+
 __all__ = ["robustness_table", "adabn_table", "esm_tables"]
 
 
@@ -23,7 +25,8 @@ def robustness_table(results: Mapping[str, Any]) -> Table:
 
 def adabn_table(results: Mapping[str, Any]) -> Table:
     """One row per model: top-1/top-5 before and after recalibration."""
-    table = Table(title=f"BN recalibration on {results['dataset']}")
+    table = Table(title=f"BN recalibration on {results['dataset']}, "
+                        f"{order_label(results.get('order'), results.get('order_seed'))}")
     for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after"):
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")
     for label, e in results["models"].items():

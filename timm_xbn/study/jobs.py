@@ -296,7 +296,10 @@ def run_jobs(
     for job in jobs:
         stored = job.path(parts)
         if stored.is_file():
-            results[job.key] = json.loads(stored.read_text())
+            try:
+                results[job.key] = json.loads(stored.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise ValueError(f"cannot resume: {stored} is damaged ({err}); delete it to run that job again") from None
             if on_done is not None:
                 on_done(job)
         else:
