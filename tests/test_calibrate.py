@@ -1,4 +1,7 @@
 """Surgery calibration: each BFN fitted to the BN it replaced, checked against numpy and exact cases."""
+import copy
+import json
+
 import numpy as np
 import pytest
 import timm
@@ -13,8 +16,7 @@ from timm_xbn.models import create_base_model
 from timm_xbn.cli import convert_app
 from timm_xbn.layers import is_batch_free
 from timm_xbn.models import load_exported
-from timm_xbn.stats import recalibrate
-from timm_xbn.surgery import ChannelRegression, calibration_batches, is_bn
+from timm_xbn.surgery import ChannelRegression, calibration_batches, is_bn, reestimate_bns
 from timm_xbn.training import build_args
 from timm_xbn.training.model import create_train_model
 
@@ -67,7 +69,7 @@ def test_exact_when_a_bfn_can_represent_the_bn(make, bfn):
     image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     images = [image.expand(8, -1, -1, -1).clone()] * 2
     naive = timm_xbn.convert(original, position="P2", bfn=bfn, groups=4, affine=True).model
-    calibrated = timm_xbn.calibrate(naive, original, images, reestimate_bn=False).model
+    calibrated = timm_xbn.calibrate(naive, original, images, reestimate="none").model
     with torch.no_grad():
         reference = original(images[0])
         assert relative_error(naive.eval()(images[0]), reference) > 1e-2  # the surgery alone changes the net
@@ -107,7 +109,7 @@ def test_fit_equals_numpy_lstsq_layer_by_layer():
     original = tiny_regnet()
     images = random_images()
     result = timm_xbn.calibrate(timm_xbn.convert(original, position="P2", groups=4).model, original, images,
-                                reestimate_bn=False)
+                                reestimate="none")
     names = [f.name for f in result.fits]
     assert names == [n for n, m in result.model.named_modules() if is_batch_free(m)] and len(names) == 4
     bfn_inputs, bn_inputs = _inputs_of(result.model, names, images), _inputs_of(original, names, images)
@@ -143,7 +145,7 @@ def test_only_bfn_affine_and_bn_statistics_change():
     original = tiny_resnet()
     converted = timm_xbn.convert(original, position="P3", bfn="in", affine=True).model
     before = {k: v.clone() for k, v in converted.state_dict().items()}
-    calibrated = timm_xbn.calibrate(converted, original, random_images()).model
+    calibrated = timm_xbn.calibrate(converted, original, random_images(), reestimate="full").model
     bfns = {n for n, m in calibrated.named_modules() if is_batch_free(m)}
     allowed = {f"{n}.{p}" for n in bfns for p in ("weight", "bias")}
     allowed |= {f"{n}.{b}" for n, m in calibrated.named_modules() if is_bn(m) for b in ("running_mean", "running_var")}
@@ -153,17 +155,49 @@ def test_only_bfn_affine_and_bn_statistics_change():
     assert all(torch.equal(v, before[k]) for k, v in converted.state_dict().items())  # not inplace: a copy
 
 
-def test_remaining_bns_get_the_statistics_recalibrate_gives():
-    original, images = tiny_resnet(), random_images()
+def _bn_stats(model: nn.Module) -> dict:
+    return {n: (m.running_mean.double(), m.running_var.double()) for n, m in model.named_modules() if is_bn(m)}
+
+
+def test_reestimation_choices_against_their_closed_forms():
+    # The stem BN's input (conv1 of the images) does not depend on any other norm, so its "full" statistics
+    # are the plain mean and population variance of conv1's output over all images; "mix" is the average of
+    # the trained and the full statistics weighted N : n (N = source_images, n = the 32 images), every BN.
+    original, images = tiny_resnet(), random_images(n=32, batch=8)
     converted = timm_xbn.convert(original, position="P2", groups=4).model
-    fitted_only = timm_xbn.calibrate(converted, original, images, reestimate_bn=False).model
-    full = timm_xbn.calibrate(converted, original, images).model
-    expected = recalibrate(fitted_only, images, mode="full")
-    for name, bn in full.named_modules():
-        if is_bn(bn):
-            reference = expected.get_submodule(name)
-            assert torch.equal(bn.running_mean, reference.running_mean) and torch.equal(bn.running_var, reference.running_var)
-            assert not torch.equal(bn.running_var, original.get_submodule(name).running_var)
+    none, full, mix = (timm_xbn.calibrate(converted, original, images, reestimate=choice, source_images=96).model
+                       for choice in ("none", "full", "mix"))
+    trained = _bn_stats(original)
+    assert all(torch.equal(m, trained[n][0]) and torch.equal(v, trained[n][1]) for n, (m, v) in _bn_stats(none).items())
+    with torch.no_grad():
+        stem = original.conv1(torch.cat(images)).double()
+    torch.testing.assert_close(full.bn1.running_mean.double(), stem.mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full.bn1.running_var.double(), stem.var((0, 2, 3), unbiased=False), rtol=1e-5, atol=1e-6)
+    weight = 96 / (96 + 32)
+    full_stats = _bn_stats(full)
+    for name, (mean, var) in _bn_stats(mix).items():
+        torch.testing.assert_close(mean, weight * trained[name][0] + (1 - weight) * full_stats[name][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(var, weight * trained[name][1] + (1 - weight) * full_stats[name][1], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(full_stats["layer2.0.bn1"][1], trained["layer2.0.bn1"][1])  # the choices differ
+
+
+def test_reestimate_bns_counts_the_images_of_any_loader():
+    # reestimate_bns on a plain list (not calibrate's counted images) weights the mix by its 24 images too.
+    original, images = tiny_resnet(), random_images(n=24, batch=8)
+    full = reestimate_bns(copy.deepcopy(original), images, "full")
+    mix = reestimate_bns(copy.deepcopy(original), images, "mix", source_images=8)
+    expected = 0.25 * original.layer1[0].bn1.running_var.double() + 0.75 * full.layer1[0].bn1.running_var.double()
+    torch.testing.assert_close(mix.layer1[0].bn1.running_var.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(reestimate="adabn"), "reestimate must be one of none, full, mix, got 'adabn'"),
+    (dict(reestimate="mix"), "reestimate='mix' needs source_images >= 0"),
+])
+def test_bad_reestimation_is_an_error(kwargs, message):
+    original = tiny_resnet()
+    with pytest.raises(ValueError, match=message):
+        timm_xbn.calibrate(timm_xbn.convert(original).model, original, random_images(), **kwargs)
 
 
 def test_original_stays_bit_exact_with_its_modes_and_no_hooks():
@@ -202,8 +236,8 @@ class _Augmenting:
 def test_the_order_of_the_images_does_not_matter():
     original, images = tiny_resnet(), random_images(batch=8)
     converted = timm_xbn.convert(original, position="P2", groups=4).model
-    ordered = timm_xbn.calibrate(converted, original, images, reestimate_bn=False).model
-    shuffled = timm_xbn.calibrate(converted, original, images[::-1], reestimate_bn=False).model
+    ordered = timm_xbn.calibrate(converted, original, images, reestimate="none").model
+    shuffled = timm_xbn.calibrate(converted, original, images[::-1], reestimate="none").model
     for key, value in ordered.state_dict().items():
         torch.testing.assert_close(shuffled.state_dict()[key], value, rtol=1e-5, atol=1e-6)
 
@@ -224,7 +258,7 @@ def test_bad_input_is_a_one_line_error(case, message):
         "no_bfn": (original, original, images),
         "no_images": (converted, original, []),
         "grey_images": (converted, original, [torch.zeros(4, 1, 32, 32)]),
-        "no_affine": (timm_xbn.convert(original, bfn="in").model, original, images),
+        "no_affine": (timm_xbn.convert(original, bfn="in", affine=False).model, original, images),
         "other_model": (converted, other, images),
         "augmented": (converted, original, _Augmenting(images)),
     }[case]
@@ -255,6 +289,9 @@ def test_xbn_convert_calibrate_writes_the_calibrated_model(tmp_path, image_folde
     (["--calibrate", "missing"], "data folder not found"),
     (["--calibrate", "DATA", "--calib-images", "0"], "the number of calibration images must be >= 1, got 0"),
     (["--calibrate", "DATA", "--authors", "x.pth"], "the authors' checkpoint is already converted"),
+    (["--calibrate", "DATA", "--reestimate", "mix"], "--reestimate mix needs --source-images >= 0"),
+    (["--calibrate", "DATA", "--reestimate", "adabn"], "--reestimate must be one of none, full, mix"),
+    (["--img-size", "0"], "--img-size must be a positive number of pixels, got 0"),
 ])
 def test_xbn_convert_calibrate_errors(tmp_path, image_folder, args, message):
     (tmp_path / "empty").mkdir()
@@ -294,3 +331,47 @@ def test_calibration_batches_draw_a_seeded_sample_of_a_flat_folder(tmp_path):
     drawn = sorted(round(float(x.mean()) * 255 / 20) for x in torch.cat(batches))
     expected = sorted(torch.randperm(12, generator=torch.Generator().manual_seed(0))[:5].tolist())
     assert drawn == expected and drawn != [0, 1, 2, 3, 4]
+
+
+def _base_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    base = timm.create_model("resnet26", **TINY_RESNET).eval()
+    save_file(base.state_dict(), str(tmp_path / "base.safetensors"))
+    return base, ["resnet26", "--checkpoint", str(tmp_path / "base.safetensors"), "--model-kwargs",
+                  '{"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8, "num_classes": 3}']
+
+
+def test_xbn_convert_input_options_feed_calibration_and_the_exported_config(tmp_path, image_folder):
+    base, command = _base_checkpoint(tmp_path)
+    folder = image_folder("calib", classes=2, per_class=4, size=48)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(convert_app, [
+        *command, "--calibrate", str(folder), "--calib-images", "6", "--reestimate", "mix", "--source-images", "18",
+        "--img-size", "40", "--mean", "0.1", "0.2", "0.3", "--std", "0.5", "0.6", "0.7", "--crop-pct", "1.0",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    assert cfg["input_size"] == [3, 40, 40] and cfg["mean"] == [0.1, 0.2, 0.3] and cfg["std"] == [0.5, 0.6, 0.7]
+    assert cfg["crop_pct"] == 1.0
+    config = dict(timm.data.resolve_data_config(model=base), input_size=(3, 40, 40), mean=(0.1, 0.2, 0.3),
+                  std=(0.5, 0.6, 0.7), crop_pct=1.0)
+    images = calibration_batches(folder, base, 6, data_config=config)
+    assert images[0].shape[-1] == 40
+    expected = timm_xbn.calibrate(timm_xbn.convert(base).model, base, images, reestimate="mix", source_images=18).model
+    reloaded = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert all(torch.equal(v, expected.state_dict()[k]) for k, v in reloaded.state_dict().items())
+    assert timm.data.resolve_data_config(model=reloaded)["input_size"] == (3, 40, 40)  # timm reads it back
+
+
+def test_xbn_convert_input_config_takes_another_models_preprocessing(tmp_path):
+    _, command = _base_checkpoint(tmp_path)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(convert_app, [*command, "--input-config", "inception_v3", "--crop-pct", "0.9",
+                                              "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cfg = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    inception = timm.models.get_pretrained_cfg("inception_v3")
+    assert cfg["input_size"] == list(inception.input_size) and cfg["interpolation"] == inception.interpolation
+    assert cfg["mean"] == list(inception.mean) and cfg["std"] == list(inception.std) and cfg["crop_pct"] == 0.9
+    bad = CliRunner().invoke(convert_app, [*command, "--input-config", "no_such_net", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code == 2 and "no timm pretrained config named 'no_such_net'" in bad.output

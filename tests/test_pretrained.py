@@ -10,7 +10,7 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 
 import timm_xbn  # noqa: F401  (registers the xbn_* models)
-from timm_xbn.models import export_model
+from timm_xbn.models import export_model, load_exported
 from timm_xbn.models import PretrainedWeightsUnavailable
 
 TINY = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
@@ -85,3 +85,47 @@ def test_local_dir_and_file_overlay_skip_the_hub(tmp_path, hub_cache, monkeypatc
                                      pretrained_cfg_overlay=dict(file=str(tmp_path / "folder" / "model.safetensors"), num_classes=3))):
         for key, value in model.state_dict().items():
             assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def _exported_converted(tmp_path):
+    """A 3-class timm resnet26 converted by surgery (P3-IN) and exported as xbn-convert does."""
+    torch.manual_seed(2)
+    model = timm_xbn.convert(timm.create_model("resnet26", **TINY), position="P3", bfn="in").model
+    export_model(model, tmp_path / "folder")
+    return model, tmp_path / "folder"
+
+
+def test_exported_model_loads_with_its_head_through_every_documented_path(tmp_path, hub_cache, monkeypatch):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model, folder = _exported_converted(tmp_path)
+    settings = dict(base_model="resnet26", position=3, bfn="in", affine=True, layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+    file = str(folder / "model.safetensors")
+    for loaded in (timm.create_model(f"local-dir:{folder}", pretrained=True), load_exported(folder),
+                   timm.create_model("xbn_converted", pretrained=True, **settings, pretrained_cfg_overlay=dict(file=file)),
+                   timm.create_model("xbn_converted", pretrained=True, **settings, num_classes=3,
+                                     pretrained_cfg_overlay=dict(file=file))):
+        assert loaded.num_classes == 3 and loaded.get_classifier().out_features == 3
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("how", ["overlay", "local_dir", "registered_overlay"])
+def test_a_head_mismatch_is_a_clear_error(tmp_path, hub_cache, monkeypatch, how):
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, folder = _exported_converted(tmp_path)
+    file = str(folder / "model.safetensors")
+    settings = dict(base_model="resnet26", position=3, bfn="in", affine=True, layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+    if how == "registered_overlay":
+        export_model(timm.create_model("xbn_resnet26", **TINY), tmp_path / "registered")
+        file = str(tmp_path / "registered" / "model.safetensors")
+    create = {
+        "overlay": lambda: timm.create_model("xbn_converted", pretrained=True, **settings, num_classes=10,
+                                             pretrained_cfg_overlay=dict(file=file)),
+        "local_dir": lambda: timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=10),
+        "registered_overlay": lambda: timm.create_model("xbn_resnet26", pretrained=True, **dict(TINY, num_classes=10),
+                                                        pretrained_cfg_overlay=dict(file=file)),
+    }[how]
+    with pytest.raises(ValueError, match=r"has a 3-class head, but num_classes=10 was requested: load it with "
+                                         r"num_classes=3 .*reset_classifier\(10\)") as raised:
+        create()
+    assert "\n" not in str(raised.value)

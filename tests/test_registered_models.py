@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 import timm_xbn
 from timm_xbn.cli import convert_app
-from timm_xbn.layers import GroupNorm2d, InstanceNorm2d
+from timm_xbn.layers import GroupNorm2d, InstanceNorm2d, paper_affine
 from timm_xbn.models import HUB_ORG, XBN_VARIANTS, import_authors_checkpoint, load_exported
 
 REQUIRED = ["xbn_resnet50", "xbn_resnet101", "xbn_resnet152", "xbn_resnext50_32x4d", "xbn_resnext101_32x8d",
@@ -31,7 +31,8 @@ def test_registered_equals_surgery_on_the_base(name):
     with torch.device("meta"):
         registered = timm.create_model(name)
         base = timm.create_model(settings["base"])
-    converted, _ = timm_xbn.convert(base, **{k: v for k, v in settings.items() if k != "base"})
+    surgery = {k: v for k, v in settings.items() if k != "base"}
+    converted, _ = timm_xbn.convert(base, **dict(surgery, affine=paper_affine(settings["bfn"])))
     assert shapes(registered) == shapes(converted)
     assert [type(m).__name__ for m in registered.modules()][1:] == [type(m).__name__ for m in converted.modules()][1:]
 

@@ -163,3 +163,68 @@ def test_bad_groups_fail_before_any_change():
         timm_xbn.convert(model, inplace=True)
     assert not any(is_batch_free(m) for m in model.modules())
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+class _HandNorm(nn.Module):
+    """InstanceNorm (``groups=None``) or GroupNorm written out: per-sample (per-group) mean and biased
+    variance, then the given per-channel weight and bias."""
+
+    def __init__(self, groups, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+        super().__init__()
+        self.groups, self.weight, self.bias, self.eps = groups, weight.detach().clone(), bias.detach().clone(), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        grouped = x.reshape(n, c if self.groups is None else self.groups, -1)
+        mean = grouped.mean(-1, keepdim=True)
+        var = ((grouped - mean) ** 2).mean(-1, keepdim=True)
+        normalized = ((grouped - mean) / torch.sqrt(var + self.eps)).reshape(n, c, h, w)
+        return normalized * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+def _trained_looking_resnet26() -> nn.Module:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet26", layers=[1, 1, 1, 1], channels=(8, 16, 32, 64), stem_width=8, num_classes=3)
+    model.maxpool = nn.Identity()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("bfn, groups", [("in", None), ("gn", 4)])
+def test_surgery_keeps_the_bn_weight_and_bias_and_computes_a_hand_written_norm(bfn, groups):
+    model = _trained_looking_resnet26()
+    converted, replaced = timm_xbn.convert(model, position="P3", bfn=bfn, groups=4, stem=True)
+    reference = copy.deepcopy(model)
+    for r in replaced:
+        bn, new = model.get_submodule(r.name), converted.get_submodule(r.name)
+        assert new.affine and torch.equal(new.weight, bn.weight) and torch.equal(new.bias, bn.bias), r.name
+        parent, _, attr = r.name.rpartition(".")
+        setattr(reference.get_submodule(parent) if parent else reference, attr, _HandNorm(groups, bn.weight, bn.bias, bn.eps))
+    assert converted.xbn_cfg["affine"] is True and len(replaced) == 5
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(converted.eval()(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+def test_from_scratch_models_keep_the_papers_instance_norm_without_affine():
+    from timm_xbn.study.resnet import ResNetConfig, build_variant
+    from timm_xbn.training import build_args
+    from timm_xbn.training.model import create_train_model
+
+    narrow = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8)
+    argv = ["--convert-from", "resnet26", "--bfn", "in", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]",
+            "stem_width=8"]
+    for model in (timm.create_model("xbn_resnet26", bfn="in", **narrow),
+                  timm.create_model("xbn_converted", base_model="resnet26", bfn="in", **narrow),
+                  create_train_model(build_args(argv=argv), in_chans=3),
+                  build_variant("XBN-IN", ResNetConfig(arch="resnet26", channels_last=False), num_classes=10, seed=0),
+                  timm_xbn.convert(_trained_looking_resnet26(), bfn="in", affine=False).model):
+        norms = [m for m in model.modules() if isinstance(m, InstanceNorm2d)]
+        assert len(norms) in (4, 8) and all(m.weight is None and m.bias is None for m in norms)  # 8: study resnet26
+    gn = [m for m in timm.create_model("xbn_resnet26", **narrow).modules() if isinstance(m, GroupNorm2d)]
+    assert gn and all(m.weight is not None for m in gn)  # the authors' GN is affine

@@ -12,7 +12,7 @@ Notebook use::
 from .adabn import calibration_inputs, evaluate_adabn
 from .data import (
     ORDERS, Batch, EvalData, SkippedSample, SkipUnreadable, create_eval_data, data_config_conflicts,
-    resolve_eval_data_config, validate_data_dir,
+    input_data_config, resolve_eval_data_config, validate_data_dir,
 )
 from .distributed import ShardSampler, init_distributed, is_main_process, world_info
 from .engine import PassResult, run_pass
@@ -27,7 +27,7 @@ from .sweep import Setting, SharedPass, eval_mode, naive_sweep, robustness_setti
 
 __all__ = [
     "ORDERS", "Batch", "EvalData", "SkippedSample", "SkipUnreadable", "create_eval_data", "data_config_conflicts",
-    "resolve_eval_data_config", "validate_data_dir",
+    "input_data_config", "resolve_eval_data_config", "validate_data_dir",
     "ShardSampler", "init_distributed", "is_main_process", "world_info",
     "PassResult", "run_pass",
     "Setting", "SharedPass", "eval_mode", "naive_sweep", "robustness_settings",

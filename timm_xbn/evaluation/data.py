@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from timm.data import create_dataset, create_transform, resolve_data_config
+from timm.models import get_pretrained_cfg
 from timm.data.dataset import ImageDataset
 from timm.data.readers.img_extensions import get_img_extensions
 from torch.utils.data import DataLoader, Dataset
@@ -28,6 +29,7 @@ from .distributed import ShardSampler
 
 __all__ = [
     "DATA_CONFIG_KEYS",
+    "input_data_config",
     "Batch",
     "EvalData",
     "ORDERS",
@@ -223,6 +225,22 @@ def order_label(order: Optional[str], seed: Optional[int]) -> str:
     if order is None:
         return "order not recorded"
     return f"read shuffled (seed {seed})" if order == "shuffle" else "read in folder order"
+
+
+def input_data_config(model: nn.Module, input_config: Optional[str] = None, **overrides: Any) -> Dict[str, Any]:
+    """The data config (``DATA_CONFIG_KEYS``) of ``model``'s pretrained config, or of timm model
+    ``input_config``'s (``arch`` or ``arch.tag``, e.g. ``inception_v3``: 299 px, mean 0.5), with the
+    non-None ``overrides`` (``img_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``) on top."""
+    source = model.pretrained_cfg
+    if input_config is not None:
+        named = get_pretrained_cfg(input_config)
+        if named is None:
+            raise ValueError(f"no timm pretrained config named {input_config!r} (a model name like resnet50 or "
+                             "resnet50.a1_in1k) to take the input size and normalization from")
+        source = named.to_dict()
+    args = {k: v for k, v in overrides.items() if v is not None}
+    cfg = resolve_data_config(args=args, pretrained_cfg=dict(source))
+    return {k: cfg[k] for k in DATA_CONFIG_KEYS}
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["GroupNorm2d", "InstanceNorm2d", "BFN_KINDS", "create_bfn", "resolve_groups", "is_batch_free"]
+__all__ = ["GroupNorm2d", "InstanceNorm2d", "BFN_KINDS", "create_bfn", "paper_affine", "resolve_groups", "is_batch_free"]
 
 BFN_KINDS = ("gn", "in", "ln")
 
@@ -96,6 +96,12 @@ def resolve_groups(num_channels: int, groups: Optional[int] = 64, channels_per_g
     return num_groups
 
 
+def paper_affine(kind: str) -> bool:
+    """Whether a BFN trained from scratch has affine parameters in the authors' code: GN and LN do,
+    InstanceNorm does not (``nn.InstanceNorm2d``'s default)."""
+    return kind.lower() != "in"
+
+
 def create_bfn(
     kind: str,
     num_channels: int,
@@ -113,15 +119,17 @@ def create_bfn(
             no affine by default as in the authors' code) or ``"ln"`` (GroupNorm with one group,
             LayerNorm over C, H, W).
         groups / channels_per_group: group count or group size for ``"gn"``.
-        affine: learnable per-channel scale and shift; defaults to True for gn/ln, False for in.
+        affine: learnable per-channel scale and shift; defaults to ``paper_affine(kind)`` (True for
+            gn/ln, False for in).
         act / drop: modules applied after normalization (carried over from a fused BN+act).
     """
     kind = kind.lower()
+    affine = paper_affine(kind) if affine is None else affine
     if kind == "gn":
         num_groups = resolve_groups(num_channels, groups, channels_per_group)
-        return GroupNorm2d(num_groups, num_channels, eps=eps, affine=True if affine is None else affine, act=act, drop=drop)
+        return GroupNorm2d(num_groups, num_channels, eps=eps, affine=affine, act=act, drop=drop)
     if kind == "ln":
-        return GroupNorm2d(1, num_channels, eps=eps, affine=True if affine is None else affine, act=act, drop=drop)
+        return GroupNorm2d(1, num_channels, eps=eps, affine=affine, act=act, drop=drop)
     if kind == "in":
-        return InstanceNorm2d(num_channels, eps=eps, affine=bool(affine), act=act, drop=drop)
+        return InstanceNorm2d(num_channels, eps=eps, affine=affine, act=act, drop=drop)
     raise ValueError(f"unknown batch-free norm {kind!r}; choose one of {', '.join(BFN_KINDS)}")

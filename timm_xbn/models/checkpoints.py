@@ -6,7 +6,7 @@ import pickle
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 import timm
 import torch
@@ -96,8 +96,9 @@ def import_authors_checkpoint(checkpoint: Union[str, Path], arch: str = "resnet5
     return load_weights(timm.create_model(name, **kwargs), checkpoint)
 
 
-def export_model(model: nn.Module, out_dir: Union[str, Path]) -> Path:
-    """Write ``model.safetensors`` and timm's ``config.json`` (architecture + model_args) to ``out_dir``.
+def export_model(model: nn.Module, out_dir: Union[str, Path], data_config: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``model.safetensors`` and timm's ``config.json`` (architecture + model_args) to ``out_dir``;
+    ``data_config`` (input_size, mean, std, crop_pct, ...) replaces the model's own in the config.
 
     The folder loads back with ``timm.create_model("hf-hub:ORG/NAME", pretrained=True)`` once
     uploaded, or locally with ``load_exported(out_dir)``.
@@ -105,7 +106,7 @@ def export_model(model: nn.Module, out_dir: Union[str, Path]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as staging:  # files replaced only once all are written
-        save_for_hf(model, staging, safe_serialization=True)
+        save_for_hf(model, staging, safe_serialization=True, data_config=data_config)
         for path in sorted(Path(staging).iterdir()):
             with atomic_write(out / path.name) as tmp:
                 os.replace(path, tmp)

@@ -6,12 +6,18 @@ about a minute in huggingface_hub's retries (offline) and end in a generic "cann
 requested files". Before timm loads, ``check_hub_weights`` asks once, without retries: is the
 weights file in the local Hub cache, or on the Hub? When it is, timm's normal path runs unchanged.
 """
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
+
+from timm.models import load_state_dict, resolve_pretrained_cfg
 
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-__all__ = ["PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "check_pretrained", "hub_problem", "unavailable"]
+__all__ = [
+    "PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "check_pretrained", "checkpoint_head_kwargs",
+    "hub_problem", "unavailable",
+]
 
 #: huggingface_hub errors of a download that timm's loader lets through.
 HUB_ERRORS = (EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError)
@@ -92,3 +98,44 @@ def hub_problem(repo_id: str, filenames: Tuple[str, ...] = (_WEIGHTS_FILE,)) -> 
     except Exception as err:  # network errors of the HTTP client: no connection, DNS, timeout
         return f"could not be reached and is not in the local Hub cache ({type(err).__name__}: offline or no network?)"
     return None
+
+
+def _file_head_rows(path: str, classifier: Optional[str]) -> Optional[int]:
+    """Rows (classes) of ``classifier``'s weight in the checkpoint file, or None when it has no such tensor."""
+    if not classifier or not Path(path).is_file():
+        return None
+    key = f"{classifier}.weight"
+    if str(path).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_slice(key).get_shape()[0] if key in f.keys() else None
+    tensor = load_state_dict(str(path), weights_only=True).get(key)
+    return None if tensor is None else tensor.shape[0]
+
+
+def checkpoint_head_kwargs(name: str, kwargs: Dict[str, Any], classifier: Optional[str] = None) -> Dict[str, Any]:
+    """``kwargs`` for ``build_model_with_cfg(name, pretrained=True, ...)`` whose head has the checkpoint's classes.
+
+    The checkpoint's classes are the rows of its classifier weight when the pretrained config names a
+    ``file`` (``pretrained_cfg_overlay=dict(file=...)``), else the config's ``num_classes`` (a
+    ``local-dir:`` / ``hf-hub:`` config.json). Without ``num_classes`` in ``kwargs`` the model gets the
+    checkpoint's; a different one raises ``ValueError`` (timm would drop the trained head with an INFO
+    line and leave a random one). ``num_classes=0`` and ``features_only`` (no head) pass unchanged.
+    """
+    if kwargs.get("features_only") or kwargs.get("num_classes") == 0:
+        return kwargs
+    cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
+    classes = cfg.get("num_classes")
+    if cfg.get("file"):
+        classes = _file_head_rows(cfg["file"], classifier or cfg.get("classifier")) or classes
+    requested = kwargs.get("num_classes")
+    if classes is None:
+        return kwargs
+    if requested is not None and requested != classes:
+        source = cfg.get("file") or cfg.get("hf_hub_id") or name
+        raise ValueError(f"the checkpoint of {name} ({source}) has a {classes}-class head, but num_classes={requested} "
+                         f"was requested: load it with num_classes={classes} (or without num_classes), then call "
+                         f"model.reset_classifier({requested}) for a fresh {requested}-class head")
+    overlay = dict(kwargs.get("pretrained_cfg_overlay") or {}, num_classes=classes)
+    return dict(kwargs, num_classes=classes, pretrained_cfg_overlay=overlay)

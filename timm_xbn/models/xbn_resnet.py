@@ -12,17 +12,20 @@ applied at construction, so ``convert(timm.create_model("resnet50"))`` and
 settings can be overridden per call (``timm.create_model("xbn_resnet50", position="P1")``).
 Unlike timm's ResNets, the last BN of each block is not zero-initialised by default
 (``zero_init_last=False``), following the authors' code; ``xbn_converted`` built from scratch does
-the same for every base model that has the option.
+the same for every base model that has the option. Built from scratch, a BFN has the authors'
+affine setting (``timm_xbn.layers.paper_affine``: GN affine, IN not) unless ``affine`` is given; an
+``xbn_converted`` exported after surgery on trained weights records ``affine`` in its model args.
 """
 from typing import Any, Callable, Dict
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model, resolve_pretrained_cfg
 from timm.models.resnet import Bottleneck, ResNet
 
+from ..layers import paper_affine
 from ..surgery import convert
 from .factory import create_base_model
-from .pretrained import HUB_ERRORS, check_hub_weights, unavailable
+from .pretrained import HUB_ERRORS, check_hub_weights, checkpoint_head_kwargs, unavailable
 
 __all__ = ["HUB_ORG", "XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
 
@@ -74,6 +77,7 @@ class XBNResNet(ResNet):
     def __init__(self, position: Any = 2, every: int = 1, bfn: str = "gn", groups: int = 64,
                  channels_per_group: Any = None, affine: Any = None, stem: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        affine = paper_affine(bfn) if affine is None else affine  # trained from scratch: the authors' choice
         convert(self, position=position, every=every, bfn=bfn, groups=groups,
                 channels_per_group=channels_per_group, affine=affine, stem=stem, inplace=True)
 
@@ -113,6 +117,8 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
         return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
     cfg = resolve_pretrained_cfg(name, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).to_dict()
     check_hub_weights(cfg)  # fails in one line, without a minute of retries, when the tag has no weights
+    if cfg.get("file"):  # the user's own weights: the model gets their head (a different num_classes is an error)
+        kwargs = checkpoint_head_kwargs(name, kwargs)
     try:
         return build_model_with_cfg(XBNResNet, name, pretrained, **dict(model_args, **kwargs))
     except HUB_ERRORS as err:  # the repo exists but holds no weights file timm can load
@@ -139,6 +145,8 @@ for _name in XBN_VARIANTS:
 
 def _build_converted(base_model: str = "resnet26", **kwargs: Any):
     surgery = {k: kwargs.pop(k) for k in SURGERY_KWARGS if k in kwargs}
+    if surgery.get("affine") is None:  # built from scratch (or to load weights whose config says): the authors' choice
+        surgery["affine"] = paper_affine(surgery.get("bfn", "gn"))
     return convert(create_base_model(base_model, **kwargs), inplace=True, **surgery).model
 
 
@@ -146,5 +154,9 @@ def _build_converted(base_model: str = "resnet26", **kwargs: Any):
 def xbn_converted(pretrained: bool = False, **kwargs: Any):
     """Any supported timm BN model converted by surgery: ``base_model`` plus ``convert`` settings
     (position, every, bfn, groups, channels_per_group, affine, stem) and the base's timm kwargs.
-    Lets a Hub ``config.json`` (architecture + model_args) rebuild a converted model."""
+    Lets a Hub ``config.json`` (architecture + model_args) rebuild a converted model. With
+    ``pretrained=True`` the model gets the checkpoint's number of classes (``checkpoint_head_kwargs``)."""
+    if pretrained:
+        base = get_pretrained_cfg(kwargs.get("base_model", "resnet26"))
+        kwargs = checkpoint_head_kwargs("xbn_converted", kwargs, classifier=base.classifier if base else None)
     return build_model_with_cfg(_build_converted, "xbn_converted", pretrained, **kwargs)

@@ -85,6 +85,7 @@ def recalibrate(
     device: Union[str, torch.device, None] = None,
     max_batches: Optional[int] = None,
     progress: bool = False,
+    mix_count: Optional[int] = None,
 ) -> nn.Module:
     """Adapt the BN statistics of ``model`` to the target data in ``batches``.
 
@@ -122,6 +123,8 @@ def recalibrate(
         device: where to run the batches; defaults to the model's device (the model is not moved).
         max_batches: use at most this many batches.
         progress: show a rich progress bar.
+        mix_count: n in mode ``mix``, the number of samples the target statistics stand for (default: the
+            first batch's size); pass the number of target images to weight the two by image counts.
 
     Returns:
         The recalibrated model (``model`` itself when ``inplace``).
@@ -134,6 +137,8 @@ def recalibrate(
         raise ValueError(f"mode={mode!r} needs target batches")
     if mode in ("prior", "mix") and not prior >= 0:
         raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+    if mix_count is not None and mix_count < 1:
+        raise ValueError(f"mix_count (the target's sample count n) must be >= 1, got {mix_count}")
 
     target = model if inplace else copy.deepcopy(model)
     bns = bns_with_running_stats(target)
@@ -146,7 +151,7 @@ def recalibrate(
 
     device = torch.device(device) if device is not None else model_device(target)
     moments, batch_size = _target_moments(target, bns, batches, device, max_batches, progress)
-    source_weight = prior_weight(prior, batch_size) if mode == "mix" else 0.0
+    source_weight = prior_weight(prior, mix_count or batch_size) if mode == "mix" else 0.0
     with torch.no_grad():
         for name, bn in bns:
             acc = moments[name]

@@ -28,6 +28,7 @@ from ..corruptions.torch_ops import corrupt_batch
 from ..evaluation.metrics import accuracy_from_counts, topk_correct
 from ..evaluation.results import summarize_robustness
 from ..evaluation.sweep import SharedPass, robustness_settings
+from ..layers import paper_affine
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
 from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
 from ..utils.device import eval_mode
@@ -174,7 +175,8 @@ def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) ->
     if recipe is not None and recipe.get("all_norms"):
         model = _all_norms_batch_free(model, cfg.gn_groups)
     elif recipe is not None:
-        model = convert(model, groups=cfg.gn_groups, inplace=True, **recipe).model
+        # trained from scratch: the authors' BFN (IN without affine parameters), not surgery's kept weight and bias
+        model = convert(model, groups=cfg.gn_groups, inplace=True, affine=paper_affine(recipe["bfn"]), **recipe).model
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 

@@ -4,6 +4,7 @@
 (D-variants) with a batch-free norm, keeping every other weight and buffer bit-exact.
 """
 import copy
+import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
@@ -139,12 +140,17 @@ def convert(
         every: 1 converts all blocks; 2/4/8 give the paper's D2/D4/D8 (blocks 2n/4n/8n, 1-based,
             counted over the whole network).
         bfn: ``"gn"``, ``"in"`` or ``"ln"`` (see ``timm_xbn.layers.create_bfn``).
-        groups / channels_per_group / affine: BFN settings (GroupNorm groups are clamped to the channels).
+        groups / channels_per_group: GroupNorm settings (groups are clamped to the channels).
+        affine: BFNs with a per-channel scale and shift. ``None`` (default) keeps what the network
+            learned: a BFN is affine, starting from the BN's weight and bias, when a replaced BN is
+            affine (every timm BN is), for GN, LN and IN alike. Models built to be trained from scratch
+            (``xbn_*``, ``xbn_converted``) pass the authors' choice instead (``timm_xbn.layers.paper_affine``:
+            IN without affine parameters).
         stem: also replace the stem BNs (the authors' released models do).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
         calibrate: unlabeled images (a DataLoader or re-iterable of batches, same images on every pass):
             fit each BFN's affine parameters to the BN it replaces and re-estimate the other BNs on them
-            (``timm_xbn.calibrate``). BFNs are then affine unless ``affine=False`` (an error).
+            (``timm_xbn.calibrate``, default re-estimation). BFNs are then affine unless ``affine=False`` (an error).
         calib_images: calibrate on the first ``calib_images`` images only.
         progress: show progress bars while calibrating.
 
@@ -152,8 +158,6 @@ def convert(
         ``(model, replaced)``: the converted model (with ``model.xbn_cfg``) and one
         ``Replacement`` per swapped norm.
     """
-    if calibrate is not None and affine is None:
-        affine = True  # calibration sets the affine parameters, so IN (affine=False by default) needs them
     cfg = XBNConfig(parse_position(position), int(every), bfn.lower(), groups, channels_per_group, affine, bool(stem))
     if cfg.every < 1:
         raise ValueError(f"every must be a positive integer (1, 2, 4, 8), got {every}")
@@ -171,6 +175,9 @@ def convert(
 
     targets = [(name, None) for name in find_stem_norms(model, blocks)] if cfg.stem else []
     targets += [(name, block) for block in chosen for name in block.norm_slots[cfg.position - 1]]
+    if cfg.affine is None:  # keep the trained BNs' weight and bias (calibration sets them, so needs them too)
+        kept = calibrate is not None or any(model.get_submodule(name).affine for name, _ in targets)
+        cfg = dataclasses.replace(cfg, affine=kept)
     planned = []
     for name, block in targets:  # build every BFN first, so a bad setting fails before any change
         try:

@@ -190,7 +190,7 @@ def _add_xbn_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bfn", default=None, choices=("gn", "in", "ln"), help="batch-free norm (default gn)")
     group.add_argument("--groups", type=int, default=None, help="GroupNorm groups (default 64, clamped to channels)")
     group.add_argument("--channels-per-group", type=int, default=None, help="GroupNorm channels per group (instead of --groups)")
-    group.add_argument("--bfn-affine", action=argparse.BooleanOptionalAction, default=None, help="affine BFN (default: the BFN's own)")
+    group.add_argument("--bfn-affine", action=argparse.BooleanOptionalAction, default=None, help="affine BFN (default: kept from the BN with --pretrained / --calibrate, else the authors' choice: GN affine, IN not)")
     group.add_argument("--stem", action="store_const", const=True, default=None, help="also replace the stem BN")
     group.add_argument("--calibrate", default=None, metavar="DIR", help="unlabeled images: fit each BFN to the BN it replaces before training (timm_xbn.calibrate)")
     group.add_argument("--calib-images", type=int, default=256, metavar="N", help="images of --calibrate to use (default 256)")

@@ -6,6 +6,7 @@ import timm
 import torch.nn as nn
 from timm.data import resolve_data_config
 
+from ..layers import paper_affine
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
 from ..models.pretrained import check_pretrained
 from ..surgery import calibration_batches, convert
@@ -75,6 +76,8 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash
         raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if surgery is not None:
+        if surgery.get("affine") is None and not (args.pretrained or args.calibrate):  # from scratch: the authors' BFN
+            surgery["affine"] = paper_affine(surgery.get("bfn", "gn"))
         images = None
         if args.calibrate:  # the images the trainer evaluates on: its data config, not the model's default
             images = calibration_batches(args.calibrate, model, args.calib_images, workers=args.workers,
