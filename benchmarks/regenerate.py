@@ -56,7 +56,7 @@ class Step:
 
 @dataclass(frozen=True)
 class Target:
-    """Docs files (relative to docs/) and the steps that write them; no steps: not scripted (yet)."""
+    """Docs files (relative to docs/) and the steps that write them."""
 
     name: str
     files: Tuple[str, ...]
@@ -83,18 +83,17 @@ TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("study_compare", ("study/compare_1_vs_2_threads.txt",),
            (Step("xbn-eval study-compare {work}/study {work}/study_2threads", "", stdout="study/compare_1_vs_2_threads.txt"),),
            "reads the results of the study and study_2threads targets (same --work)"),
-    Target("demo", ("demo/corruption_resnet18.png", "demo/corruption_xbn_resnet18.png", "demo/esm_sigma.png",
-                    "demo/robustness.png"), (),
-           "not scripted: a hand-run pipeline (torchrun -m timm_xbn.training on 3,000 Fashion-MNIST images, then "
-           "xbn-eval robustness / esm / corruption on 600); its commands were not recorded"),
 )}
+
+
+# Hand-written reference pages (moved out of the README): prose that quotes the tables above, and
+# small tables each of which names the script that printed it. No target writes them.
+PAGES = ("study.md", "models.md", "surgery.md", "commands.md", "tta.md", "testing.md")
 
 
 def run_target(target: Target, out: Path, work: Path, tiny: bool) -> List[Path]:
     """Run ``target``'s steps; copy and stamp what they write; return its docs files, each checked to name
     its command."""
-    if not target.steps:
-        raise SystemExit(f"{target.name}: {target.note}")
     for step in target.steps:
         argv = step.argv(out, work, tiny)
         prov = provenance(shlex.join(["python" if argv[0] == sys.executable else argv[0], *argv[1:]]))
