@@ -41,7 +41,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import timm
@@ -201,23 +201,69 @@ def write_image_folder(root: Path, size: int, classes: int = 3, per_class: int =
     return root
 
 
-def torchrun(nproc: int, module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
-    """``torchrun --standalone --nproc_per_node=N`` a module or script; its exit code and output tail."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+def descendants(pid: int) -> List[int]:
+    """Every live process below ``pid`` (children, their children, ...), from the parent ids in /proc:
+    a process that started its own session (torchrun's workers do) is still found."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants, whatever their session or process group: each is
+    stopped first (SIGSTOP) so that none forks or is reparented between the listing and the kill."""
+    stopped: List[int] = []
+    while True:
+        new = [p for p in [pid, *descendants(pid)] if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+        stopped += new
+    for p in stopped:
+        _signal(p, signal.SIGKILL)
+
+
+def run_budgeted(cmd: List[str], budget: Budget, record: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> None:
+    """Run ``cmd`` until it exits or the budget runs out (then its whole process tree is killed);
+    its exit code and output tail go into ``record``."""
     record["command"] = " ".join(cmd[1:])
-    # its own session: on timeout the launcher and its workers are killed together
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=max(budget.left(), 1))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         output, _ = proc.communicate()
         record["output_tail"] = output[-1500:]
         raise RuntimeError("killed: over the section's time budget") from None
     record.update(returncode=proc.returncode, output_tail=output[-1500:])
     if proc.returncode:
         raise RuntimeError(f"exit code {proc.returncode}: {output[-500:]}")
+
+
+def torchrun(nproc: int, module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
+    """``torchrun --standalone --nproc_per_node=N`` a module or script under the section's budget."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
+    run_budgeted(cmd, budget, record, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def section_nccl(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
