@@ -214,3 +214,13 @@ def print_floor_plan(package_dir: Path = PACKAGE_DIR) -> None:
 
 if __name__ == "__main__":
     print_floor_plan(Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE_DIR)
+
+
+def test_calibrations_old_import_paths_still_work():
+    import timm_xbn.calibration as calibration
+    from timm_xbn.surgery import CalibrationResult, calibrate, calibration_batches, convert
+    from timm_xbn.surgery.calibrate import calibrate as calibrate_from_old_module
+
+    assert calibrate is calibrate_from_old_module is calibration.calibrate
+    assert calibration_batches is calibration.calibration_batches and CalibrationResult is calibration.CalibrationResult
+    assert convert is calibration.convert  # keeps the calibrate= convenience
