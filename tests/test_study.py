@@ -1,6 +1,7 @@
 """Tests of the study package: data readers, the Section 4 MLP, claim criteria and the whole pipeline."""
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import struct
@@ -415,6 +416,35 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
               tmp_path / "a", progress=False, workers=1)
     assert sorted(ran) == sorted(j.key for j in plan_jobs(cfg, load_dataset(cfg.dataset, cfg.image_size, cfg.seed))
                                  if j.kind == "small_batch")
+
+
+def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch):
+    """Train once, evaluate many times: new Deltas, perturbation draws and corruptions re-run the
+    network evaluations on the stored weights, retrain nothing, and give a fresh run's numbers."""
+    import timm_xbn.study.jobs as jobs_module
+    import timm_xbn.study.run as run_module
+
+    monkeypatch.setattr(run_module, "plot_study", lambda *args, **kwargs: [])
+    cfg = tiny_config()
+    cfg.train_seeds = (0,)
+    run_study(cfg, tmp_path / "a", progress=False, workers=1)
+    weights = sorted((tmp_path / "a" / "parts").glob("*/net_*.safetensors"))
+    assert len(weights) == len(cfg.resnet.variants)
+    stored = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights}
+    trained, ran = [], []
+    real_train, real_job = jobs_module.train_classifier, jobs_module._run_job
+    monkeypatch.setattr(jobs_module, "train_classifier", lambda model, *a, **k: trained.append(a[-1]) or real_train(model, *a, **k))
+    monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: ran.append(job.key) or real_job(c, job, p))
+    new = dataclasses.replace(cfg, resnet=dataclasses.replace(
+        cfg.resnet, deltas=(0.3, 0.8), perturb_seeds=(1, 2), corruptions=("contrast", "fog")))
+    reused = run_study(new, tmp_path / "a", progress=False, workers=1)
+    assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
+    assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
+    assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
+    monkeypatch.setattr(jobs_module, "train_classifier", real_train)
+    fresh = run_study(new, tmp_path / "b", progress=False, workers=1)
+    assert json.dumps(reused["resnet"], sort_keys=True) == json.dumps(fresh["resnet"], sort_keys=True)
+    assert json.dumps(reused["claims"], sort_keys=True) == json.dumps(fresh["claims"], sort_keys=True)
 
 
 def test_cli_study_help_and_errors(tmp_path, monkeypatch):

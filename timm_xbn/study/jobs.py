@@ -3,8 +3,7 @@
 A job is one independently seeded unit: the Section 4 MLP runs of one seed, one Section 5
 network trained and evaluated, or one small-batch training run. Each job seeds everything it
 uses (model init, data order, perturbation and corruption draws) from its own settings, runs with
-the configured number of torch threads, and stores its result as ``<key>.json`` (plus the trained
-weights as ``<key>.safetensors`` for the main networks) in the parts folder, so
+the configured number of torch threads, and stores its result as ``<key>.json`` in the parts folder, so
 
 * an interrupted study resumes with the jobs that have no result yet, and
 * the numbers are the same whether the jobs run one after another or in several processes.
@@ -14,6 +13,12 @@ Workers are spawned processes (``--workers``); each loads the data set once.
 Results live in ``<parts>/<fingerprint>/``, one folder per job kind and the settings that kind
 depends on (``job_fingerprints``): changing, say, the small-batch iterations re-runs only the
 small-batch jobs, and the trained main networks are reused.
+
+A network job trains, then evaluates: its training is stored apart, as ``<key>.safetensors`` (the
+weights) and ``<key>.train.json`` (steps and per-epoch history) in the folder of the ``train``
+fingerprint, which holds the training settings only. Changing only an evaluation setting (the
+Deltas, perturbation draws, corruptions, ESM settings) re-runs the evaluations on the stored
+weights and retrains nothing.
 """
 import hashlib
 import json
@@ -24,9 +29,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
@@ -46,6 +53,9 @@ _MAIN_NETWORK_ONLY = ("epochs", "min_steps", "robustness_variants", "deltas", "p
                       "esm_corruption", "adabn_variants", "corruptions", "severity", "calib_samples")
 _IGNORED = {"network": ("variants", *_SMALL_BATCH_ONLY),
             "small_batch": ("variants", "small_batch_variants", "small_batch_sizes", *_MAIN_NETWORK_ONLY)}
+# ResNetConfig fields the main networks' trained weights depend on (the ``train`` fingerprint)
+_TRAINING = ("arch", "channels", "stem_width", "gn_groups", "stem_pool", "channels_last", "train_samples", "epochs",
+             "min_steps", "batch_size", "lr", "weight_decay", "warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Job:
     variant: str = ""
     batch_size: int = 0
     fingerprint: str = ""  # the folder of its kind's settings (``job_fingerprints``)
+    train_fingerprint: str = ""  # network jobs: the folder of the trained weights (the ``train`` fingerprint)
 
     @property
     def key(self) -> str:
@@ -71,6 +82,10 @@ class Job:
         """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""
         return parts / self.fingerprint / f"{self.key}{suffix}"
 
+    def training_path(self, parts: Path, suffix: str = ".safetensors") -> Path:
+        """Where a network job's trained weights (``.safetensors``) and training record (``.train.json``) are stored."""
+        return parts / self.train_fingerprint / f"{self.key}{suffix}"
+
     def describe(self) -> str:
         if self.kind == "mlp":
             return f"MLP runs, seed {self.seed}"
@@ -81,11 +96,13 @@ class Job:
 
 def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
     """Job kind -> hash of everything its results depend on: its settings, the threads (they change
-    floating-point rounding), the data subsets' seed, the data set and the torch version."""
+    floating-point rounding), the data subsets' seed, the data set and the torch version. ``train``
+    is the main networks' training alone (their stored weights)."""
     resnet = cfg.resnet.to_dict()
     settings = {
         "mlp": cfg.mlp.to_dict(),
         **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
+        "train": {k: resnet[k] for k in _TRAINING},
     }
     common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
               "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
@@ -96,7 +113,8 @@ def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
 def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     """Every job of the study, longest first (so parallel workers finish close together)."""
     rc, fp = cfg.resnet, job_fingerprints(cfg, data)
-    networks = [Job("network", s, v, fingerprint=fp["network"]) for v in rc.variants for s in cfg.train_seeds]
+    networks = [Job("network", s, v, fingerprint=fp["network"], train_fingerprint=fp["train"])
+                for v in rc.variants for s in cfg.train_seeds]
     networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
     mlp = [Job("mlp", s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
     small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
@@ -200,17 +218,33 @@ def _mlp_job(ctx: _Context, seed: int) -> dict:
             "setup_two": {"train_sizes": sizes, "input_esm_sigma": shift, "runs": runs}}
 
 
-def _network_job(ctx: _Context, job: Job, weights: Path) -> dict:
-    """Train one Section 5 network on the training split, then run the evaluations its variant takes part in."""
+def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, dict]:
+    """The Section 5 network of ``job`` trained on the training split, and its training record
+    (steps, history): loaded from an earlier run's stored weights when there are any, else trained
+    and stored (the record is written last, so a record means complete weights)."""
     rc = ctx.cfg.resnet
-    train, test, calib = ctx.splits()
+    weights, record = job.training_path(parts), job.training_path(parts, ".train.json")
     model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    if record.is_file() and weights.is_file():
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval(), json.loads(record.read_text())
+    train, _, _ = ctx.splits()
     steps = rc.train_steps(len(train.y))
     history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(model.state_dict(), weights)
+    training = {"steps": steps, "history": history}
+    write_json_atomic(record, training)
+    return model, training
+
+
+def _network_job(ctx: _Context, job: Job, parts: Path) -> dict:
+    """One Section 5 network (trained, or loaded from its stored training), then the evaluations its variant takes part in."""
+    rc = ctx.cfg.resnet
+    _, test, calib = ctx.splits()
+    model, training = _trained_network(ctx, job, parts)
     bs = rc.eval_batch_size
-    out = {"variant": job.variant, "seed": job.seed, "steps": steps, "history": history,
-           "top1": evaluate_top1(model, test.batches(bs))}
+    out = {"variant": job.variant, "seed": job.seed, **training, "top1": evaluate_top1(model, test.batches(bs))}
     if job.variant in rc.robustness_variants:
         summary, targets = robustness_sweep({job.variant: model}, test, rc.deltas, rc.perturb_seeds, rc.blocks, bs)
         out["robustness"] = {**summary[job.variant], "targets": targets[job.variant]}
@@ -256,7 +290,7 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
             if job.kind == "mlp":
                 result = _mlp_job(ctx, job.seed)
             elif job.kind == "network":
-                result = _network_job(ctx, job, job.path(parts, ".safetensors"))
+                result = _network_job(ctx, job, parts)
             else:
                 result = _small_batch_job(ctx, job)
     finally:
