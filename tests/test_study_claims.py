@@ -186,7 +186,7 @@ def test_interval_equals_scipy_one_sample_t_interval(n):
 # get): every field not listed here as unused must change the kind's fingerprint.
 STUDY_FIELDS_UNUSED = {"train_seeds"}  # a job's own training seed is in its key, not in its kind's folder
 UNUSED = {
-    "mlp": {"resnet"},
+    "mlp": {"resnet", "device"},  # the MLPs always run on the CPU
     "network": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
                 "resnet.small_batch_iterations"},
     "small_batch": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.epochs",

@@ -22,6 +22,7 @@ weights and retrains nothing.
 """
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -29,7 +30,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -45,7 +46,7 @@ from .resnet import (
     prepare_images, robustness_sweep, train_classifier,
 )
 
-__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
+__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds", "eta_seconds"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
@@ -96,13 +97,14 @@ class Job:
 
 def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
     """Job kind -> hash of everything its results depend on: its settings, the threads (they change
-    floating-point rounding), the data subsets' seed, the data set and the torch version. ``train``
-    is the main networks' training alone (their stored weights)."""
-    resnet = cfg.resnet.to_dict()
+    floating-point rounding), the data subsets' seed, the data set and the torch version; the ResNets'
+    kinds also the device (CUDA runs in bf16). ``train`` is the main networks' training alone (their
+    stored weights)."""
+    resnet = {**cfg.resnet.to_dict(), "device": cfg.device}
     settings = {
         "mlp": cfg.mlp.to_dict(),
         **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
-        "train": {k: resnet[k] for k in _TRAINING},
+        "train": {k: resnet[k] for k in (*_TRAINING, "device")},
     }
     common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
               "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
@@ -122,8 +124,10 @@ def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     return networks + mlp + small
 
 
-def default_workers() -> int:
-    """One worker per available CPU core."""
+def default_workers(device: str = "cpu") -> int:
+    """One worker per available CPU core; one process driving the GPU on CUDA."""
+    if device == "cuda":
+        return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -140,7 +144,7 @@ class _Context:
         self._corrupted: Dict[tuple, torch.Tensor] = {}
 
     def splits(self):
-        """(train, test, calib) image splits for the ResNets, normalized with the training statistics."""
+        """(train, test, calib) image splits for the ResNets, normalized with the training statistics, on the study's device."""
         if self._splits is None:
             rc, size = self.cfg.resnet, self.cfg.image_size
             train_x, train_y = subset(self.data.train_x, self.data.train_y, rc.train_samples, self.cfg.seed)
@@ -149,11 +153,11 @@ class _Context:
             test_x, test_y = subset(self.data.test_x, self.data.test_y, rc.eval_samples, self.cfg.seed)
             calib_idx = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.cfg.seed + 1))
             calib_idx = calib_idx[: min(rc.calib_samples, len(train_y))]
-            self._splits = (
+            self._splits = tuple(split.to(self.cfg.device) for split in (
                 ImageSplit(train_x, train_y, mean, std),
                 ImageSplit(prepare_images(test_x, size), test_y, mean, std),
                 ImageSplit(train_x[calib_idx], train_y[calib_idx], mean, std),
-            )
+            ))
         return self._splits
 
     def corrupted(self, split: str, corruption: str) -> torch.Tensor:
@@ -161,10 +165,10 @@ class _Context:
         key = (split, corruption)
         if key not in self._corrupted:
             _, test, calib = self.splits()
-            images = test.x if split == "test" else calib.x
+            images = (test.x if split == "test" else calib.x).cpu()  # drawn on the CPU: the same draws on every device
             index = sorted({*self.cfg.resnet.corruptions, self.cfg.resnet.esm_corruption}).index(corruption)
             seed = self.cfg.seed + 1000 * (split == "calib") + index
-            self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed)
+            self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed).to(self.cfg.device)
         return self._corrupted[key]
 
 
@@ -224,7 +228,7 @@ def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, d
     and stored (the record is written last, so a record means complete weights)."""
     rc = ctx.cfg.resnet
     weights, record = job.training_path(parts), job.training_path(parts, ".train.json")
-    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
     if record.is_file() and weights.is_file():
         model.load_state_dict(load_file(str(weights)))
         return model.eval(), json.loads(record.read_text())
@@ -264,7 +268,7 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
     """Train with ``job.batch_size`` images per step for the fixed number of iterations; test top-1."""
     rc = ctx.cfg.resnet
     train, test, _ = ctx.splits()
-    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
     lr = rc.small_batch_lr(job.batch_size)
     history = train_classifier(model, train, job.seed, job.batch_size, lr, rc.weight_decay,
                                rc.warmup_steps, rc.small_batch_iterations)
@@ -301,6 +305,14 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
     return result
 
 
+def eta_seconds(times: Sequence[float], remaining: int, workers: int) -> Optional[float]:
+    """Seconds until ``remaining`` more jobs of a kind finish, ``workers`` at a time, each taking the
+    mean of the finished jobs' ``times`` (None before one has finished)."""
+    if not times:
+        return None
+    return sum(times) / len(times) * math.ceil(remaining / max(1, workers))
+
+
 def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
     """Total wall and CPU seconds the jobs took when they ran (also in earlier, resumed runs)."""
     total = {"wall_s": 0.0, "cpu_s": 0.0}
@@ -317,11 +329,12 @@ def run_jobs(
     jobs: Iterable[Job],
     parts: Path,
     workers: int = 1,
-    on_done: Optional[Callable[[Job], None]] = None,
+    on_done: Optional[Callable[[Job, dict], None]] = None,
     data: Optional[StudyData] = None,
 ) -> Dict[str, dict]:
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
-    here, on ``data`` if the caller has loaded it) and return every job's result by key."""
+    here, on ``data`` if the caller has loaded it) and return every job's result by key; ``on_done``
+    gets each job and its result as it finishes (stored ones first)."""
     jobs = list(jobs)
     for folder in {job.path(parts).parent for job in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
@@ -335,7 +348,7 @@ def run_jobs(
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"cannot resume: {stored} is damaged ({err}); delete it to run that job again") from None
             if on_done is not None:
-                on_done(job)
+                on_done(job, results[job.key])
         else:
             pending.append(job)
     if workers <= 1 or len(pending) <= 1:
@@ -344,7 +357,7 @@ def run_jobs(
         for job in pending:
             results[job.key] = _run_job(cfg, job, parts)
             if on_done is not None:
-                on_done(job)
+                on_done(job, results[job.key])
         _CONTEXTS.clear()  # free the data this process loaded
         return results
     context = multiprocessing.get_context("spawn")
@@ -357,5 +370,5 @@ def run_jobs(
                 job = futures[future]
                 results[job.key] = future.result()
                 if on_done is not None:
-                    on_done(job)
+                    on_done(job, results[job.key])
     return results
