@@ -5,6 +5,8 @@ import hashlib
 import io
 import json
 import math
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -475,10 +477,57 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
     assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
     assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
     assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
+    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains again
+    assert len(trained) == len(cfg.resnet.variants)
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)
     fresh = run_study(new, tmp_path / "b", progress=False, workers=1)
     assert json.dumps(reused["resnet"], sort_keys=True) == json.dumps(fresh["resnet"], sort_keys=True)
     assert json.dumps(reused["claims"], sort_keys=True) == json.dumps(fresh["claims"], sort_keys=True)
+
+
+TORCHRUN_STUDY = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_study import tiny_config
+import timm_xbn.study.run as run_module
+from timm_xbn.study import run_study
+import os
+import timm_xbn.study.jobs as jobs_module
+real = jobs_module._run_job
+def logged(cfg, job, parts):
+    with open({out!r} + f"_ran_{{os.environ['RANK']}}.txt", "a") as f:
+        f.write(job.key + "\\n")
+    return real(cfg, job, parts)
+jobs_module._run_job = logged
+run_module.plot_study = lambda *args, **kwargs: []
+result = run_study(tiny_config(), {out!r}, progress=False)
+print("RANK-RESULT", result is not None)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_shares_the_jobs_out_by_rank_with_one_process_numbers(tmp_path, monkeypatch):
+    """2 torchrun processes on the CPU: each runs every other job into the same folder, rank 0
+    writes the results, and they equal one process's."""
+    import subprocess
+    import sys
+
+    import timm_xbn.study.run as run_module
+
+    script = tmp_path / "study_rank.py"
+    script.write_text(TORCHRUN_STUDY.format(tests=str(Path(__file__).parent), out=str(tmp_path / "two")))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(re.findall(r"RANK-RESULT (\w+)", proc.stdout)) == ["False", "True"]  # rank 0 alone returns the results
+    ran = [(tmp_path / f"two_ran_{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert len(ran[0]) == len(ran[1]) == 9 and not set(ran[0]) & set(ran[1])  # 18 jobs, each run once
+    monkeypatch.setattr(run_module, "plot_study", lambda *args, **kwargs: [])
+    one = run_study(tiny_config(), tmp_path / "one", progress=False, workers=1)
+    two = json.loads((tmp_path / "two" / "study.json").read_text())
+    for key in ("mlp", "resnet", "claims", "config"):
+        assert json.dumps(two[key], sort_keys=True) == json.dumps(json.loads(json.dumps(one[key])), sort_keys=True), key
 
 
 def test_cli_study_help_and_errors(tmp_path, monkeypatch):

@@ -524,13 +524,16 @@ def eval_study(
 
       xbn-eval study --full -o xbn_results/study_full
 
+      torchrun --nproc_per_node=4 -m timm_xbn.evaluation study --full --device cuda -o xbn_results/study_full  (jobs shared out by rank)
+
       xbn-eval study --dataset /data/my_images --train-samples 5000 --seeds 5
     """
     import dataclasses
 
-    from .evaluation.results import claim_output_dir
+    from .evaluation.results import check_output_dir, claim_output_dir
     from .study import StudyConfig, run_study
     from .study.config import resolve_device
+    from .study.jobs import torchrun_rank
 
     if quick and full:
         raise ValueError("choose one of --quick and --full")
@@ -545,6 +548,9 @@ def eval_study(
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     if train_samples is not None and train_samples < cfg.resnet.batch_size:
         raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
+    if torchrun_rank()[0]:  # torchrun's other ranks share rank 0's folder (and lock)
+        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=workers)
+        return
     with claim_output_dir(output, "--output") as folder:  # before the job pool starts; one run per folder
         run_study(cfg, folder, resume=not fresh, workers=workers)
 

@@ -46,7 +46,8 @@ from .resnet import (
     prepare_images, robustness_sweep, train_classifier,
 )
 
-__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds", "eta_seconds"]
+__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds", "eta_seconds",
+           "torchrun_rank", "wait_for_results"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
@@ -122,6 +123,20 @@ def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
              for v in rc.small_batch_variants for s in cfg.train_seeds]
     return networks + mlp + small
+
+
+def torchrun_rank() -> Tuple[int, int]:
+    """(rank, world size) of this process under torchrun (its RANK / WORLD_SIZE variables); (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wait_for_results(jobs: Iterable[Job], parts: Path, poll_s: float = 1.0) -> None:
+    """Block until every job has its stored result (written by other ranks; torchrun stops all
+    ranks when one fails, so a failed job ends the wait too)."""
+    missing = [job for job in jobs if not job.path(parts).is_file()]
+    while missing:
+        time.sleep(poll_s)
+        missing = [job for job in missing if not job.path(parts).is_file()]
 
 
 def default_workers(device: str = "cpu") -> int:

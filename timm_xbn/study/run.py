@@ -10,6 +10,7 @@ settings re-runs only those jobs. The same configuration gives the same numbers 
 of workers.
 """
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..utils.files import write_text_atomic
 from ..evaluation.results import make_results, write_csv, write_json_atomic
 from .config import PRESETS, StudyConfig
 from .data import StudyData, load_dataset
-from .jobs import Job, default_workers, eta_seconds, job_seconds, plan_jobs, run_jobs
+from .jobs import Job, default_workers, eta_seconds, job_seconds, plan_jobs, run_jobs, torchrun_rank, wait_for_results
 from .plots import plot_study
 from .report import JOB_KINDS, claim_lines, evaluate_claims, summary_lines
 from .resnet import build_bn_network
@@ -185,20 +186,29 @@ def run_study(
     progress: bool = True,
     console: Optional[Console] = None,
     workers: Optional[int] = None,
-) -> Dict[str, Any]:
+) -> Optional[Dict[str, Any]]:
     """Run the study, write its artefacts into ``output_dir`` and return the ``study`` results dict.
+
+    Under torchrun the jobs are shared out by rank (job ``i`` runs on rank ``i % world size``), each
+    rank writing its results into the same ``output_dir`` (a shared folder across machines); rank 0
+    waits for every result, then writes the artefacts and returns the results (the others return None).
+    Every rank runs its jobs with the same settings, so the numbers are those of one process.
 
     Args:
         config: ``StudyConfig.preset()`` by default (``StudyConfig.preset("quick")`` for CI).
         output_dir: where ``study.json``, the CSV tables, the PNG figures and ``summary.txt`` go.
         resume: reuse finished jobs stored in ``output_dir/parts`` by an earlier run of the same config.
         progress: show a rich progress bar (on ``console``).
-        workers: processes running jobs in parallel (default: one per CPU core); does not change the numbers.
+        workers: processes running jobs in parallel (default: one per CPU core, one per rank under
+            torchrun); does not change the numbers.
     """
     cfg = config or StudyConfig.preset()
     output_dir = Path(output_dir)
     console = console or Console(stderr=True)
-    workers = default_workers(cfg.device) if workers is None else max(1, int(workers))
+    rank, world = torchrun_rank()
+    if world > 1 and cfg.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is each rank's own GPU
+    workers = (1 if world > 1 else default_workers(cfg.device)) if workers is None else max(1, int(workers))
     started = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
     console.print(f"[bold]Study data[/bold]: {data.describe()}")
@@ -207,10 +217,18 @@ def run_study(
                       "`apt-get install dataset-fashion-mnist` gives it the full Fashion-MNIST[/yellow]")
     parts = output_dir / "parts"
     jobs = plan_jobs(cfg, data)
+    share = jobs[rank::world]
     if not resume:
-        for job in jobs:
+        for job in share:
             job.path(parts).unlink(missing_ok=True)
+            if job.kind == "network":
+                job.training_path(parts, ".train.json").unlink(missing_ok=True)
     reused = sum(j.path(parts).is_file() for j in jobs)
+    if world > 1:
+        run_jobs(cfg, share, parts, workers, data=data)
+        if rank:
+            return None
+        wait_for_results(jobs, parts)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[eta]}"))
     if progress:
