@@ -477,8 +477,8 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
     assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
     assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
     assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
-    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains again
-    assert len(trained) == len(cfg.resnet.variants)
+    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains the networks again
+    assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)
     fresh = run_study(new, tmp_path / "b", progress=False, workers=1)
     assert json.dumps(reused["resnet"], sort_keys=True) == json.dumps(fresh["resnet"], sort_keys=True)
