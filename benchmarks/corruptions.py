@@ -15,9 +15,11 @@ and one elementwise pass cost torch on this CPU, per image, and what the per-cor
     python benchmarks/corruptions.py                          # CPU, 16 photos of 224 px
     python benchmarks/corruptions.py --repeats 3              # best of 3 (busy machine)
     python benchmarks/corruptions.py --device cuda --images 64 --batch-size 64
+    python benchmarks/corruptions.py --tiny                   # seconds (the test; numbers meaningless)
 """
 import argparse
 import time
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -79,7 +81,8 @@ def floors_ms(batch: torch.Tensor, generator: torch.Generator, repeats: int = 5)
     return out
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    """Print the table; return its rows (the total last, named ``all``) with the numbers unformatted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--size", type=int, default=224)
@@ -88,7 +91,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the reference uses one process)")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
     parser.add_argument("--repeats", type=int, default=1, help="best of N timings, both sides (for a busy machine)")
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true", help="2 photos of 64 px, 3 corruptions (the test)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.images, args.size, args.batch_size, args.corruptions = 2, 64, 2, "gaussian_noise,contrast,jpeg_compression"
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     images = real_images(args.images, args.size)
@@ -101,6 +107,7 @@ def main() -> None:
     for column in ("corruption", "reference img/s", "torch img/s", "speed-up", "one-time setup s (ref / torch)"):
         table.add_column(column, justify="left" if column == "corruption" else "right")
     ref_total = torch_total = 0.0
+    rows = []
     for name in names:
         generator = torch.Generator(device=device).manual_seed(0)
         ref_setup = reference_seconds(images[:1], name)  # first pass over the severities: setup + 5 images
@@ -113,8 +120,12 @@ def main() -> None:
         # one-time setup: the first pass minus what the same work costs once warm
         ref_setup -= 5 * ref / count
         torch_setup -= 5 * min(args.batch_size, len(images)) * ours / count
+        rows.append({"corruption": name, "reference_img_s": count / ref, "torch_img_s": count / ours,
+                     "speedup": ref / ours, "reference_setup_s": max(ref_setup, 0), "torch_setup_s": max(torch_setup, 0)})
         table.add_row(name, f"{count / ref:.1f}", f"{count / ours:.1f}", f"{ref / ours:.1f}x",
                       f"{max(ref_setup, 0):.2f} / {max(torch_setup, 0):.2f}")
+    rows.append({"corruption": "all", "reference_img_s": count / ref_total, "torch_img_s": count / torch_total,
+                 "speedup": ref_total / torch_total, "reference_setup_s": 0.0, "torch_setup_s": 0.0})
     table.add_row("[bold]all (per image, every corruption)[/bold]", f"{count / ref_total:.2f}", f"{count / torch_total:.2f}",
                   f"[bold]{ref_total / torch_total:.1f}x[/bold]", "")
     table.caption = (f"the total row counts one image as corrupted by all {len(names)} corruptions in turn; "
@@ -127,6 +138,7 @@ def main() -> None:
                   f"{GOAL:.0f}x would need torch <= {ref_ms / GOAL:.1f} ms")
     for label, ms in floors_ms(batch[:args.batch_size], torch.Generator(device=device).manual_seed(1)).items():
         console.print(f"  floor on this {device.type}: {label}: {ms:.3f} ms per image")
+    return rows
 
 
 if __name__ == "__main__":

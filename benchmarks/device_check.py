@@ -45,7 +45,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import timm
@@ -205,18 +205,65 @@ def write_image_folder(root: Path, size: int, classes: int = 3, per_class: int =
     return root
 
 
-def run_timed(cmd: List[str], budget: Budget, record: Dict[str, Any]) -> None:
-    """Run ``cmd`` in its own session under ``budget`` (on timeout it and its children are killed
-    together); its wall seconds, exit code and output tail."""
+def descendants(pid: int) -> List[int]:
+    """Every live process below ``pid`` (children, their children, ...), from the parent ids in /proc:
+    a process that started its own session (torchrun's workers do) is still found."""
+    children: Dict[int, List[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # exited meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and all its descendants, whatever their session or process group: each is
+    stopped first (SIGSTOP) so that none forks or is reparented between the listing and the kill."""
+    stopped: List[int] = []
+    while True:
+        new = [p for p in [pid, *descendants(pid)] if p not in stopped]
+        if not new:
+            break
+        for p in new:
+            _signal(p, signal.SIGSTOP)
+        stopped += new
+    for p in stopped:
+        _signal(p, signal.SIGKILL)
+
+
+def _one_thread() -> Dict[str, str]:
+    """This environment with OMP_NUM_THREADS=1 unless it sets another count."""
+    return dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+def run_budgeted(cmd: List[str], budget: Budget, record: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> None:
+    """Run ``cmd`` until it exits or the budget runs out (then its whole process tree is killed);
+    its wall seconds, exit code and output tail go into ``record``."""
     record["command"] = " ".join(cmd[1:])
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=max(budget.left(), 1))
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        record["output_tail"] = proc.communicate()[0][-1500:]
+        kill_tree(proc.pid)
+        output, _ = proc.communicate()
+        record["output_tail"] = output[-1500:]
         raise RuntimeError("killed: over the section's time budget") from None
     record.update(wall_s=time.monotonic() - start, returncode=proc.returncode, output_tail=output[-1500:])
     if proc.returncode:
@@ -224,9 +271,9 @@ def run_timed(cmd: List[str], budget: Budget, record: Dict[str, Any]) -> None:
 
 
 def torchrun(nproc: int, module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
-    """``torchrun --standalone --nproc_per_node=N`` a module or script; its exit code and output tail."""
-    run_timed([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args],
-              budget, record)
+    """``torchrun --standalone --nproc_per_node=N`` a module or script under the section's budget."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
+    run_budgeted(cmd, budget, record, env=_one_thread())
 
 
 def section_nccl(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
@@ -279,16 +326,16 @@ def section_study(args: argparse.Namespace, budget: Budget, record: Dict[str, An
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     job: Dict[str, Any] = {}
     record["network_job"] = job
-    run_timed([sys.executable, __file__, "--study-job", "--device", device, "--out", str(args.work / "study_job.json")]
-              + (["--tiny"] if args.tiny else []), budget, job)
+    run_budgeted([sys.executable, __file__, "--study-job", "--device", device, "--out", str(args.work / "study_job.json")]
+              + (["--tiny"] if args.tiny else []), budget, job, env=_one_thread())
     job.update(json.loads((args.work / "study_job.json").read_text()))
     quick: Dict[str, Any] = {}
     record["quick"] = quick
     if args.tiny:
         quick["not_run"] = "--tiny (about a minute on a CPU)"
     else:
-        run_timed([sys.executable, "-m", "timm_xbn.evaluation", "study", "--quick", "--device", device, "--fresh",
-                   "-o", str(args.work / "study_quick")], budget, quick)
+        run_budgeted([sys.executable, "-m", "timm_xbn.evaluation", "study", "--quick", "--device", device, "--fresh",
+                   "-o", str(args.work / "study_quick")], budget, quick, env=_one_thread())
     record["summary"] = (f"network job {job['wall_s']:.0f} s ({job['steps']} steps, top-1 {job['top1']:.2f})"
                          + ("" if args.tiny else f"; --quick {quick['wall_s']:.0f} s"))
 

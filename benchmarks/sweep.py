@@ -10,11 +10,13 @@ process, so the CPU times are complete and comparable.
 
     python benchmarks/sweep.py                       # resnet26 + xbn_resnet26, 6 deltas x 5 seeds
     python benchmarks/sweep.py --models resnet50 --img-size 224 --images 64 --seeds 2
+    python benchmarks/sweep.py --tiny                # seconds (the test; numbers meaningless)
 """
 import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,7 +52,8 @@ def timed(fn):
     return (time.perf_counter() - wall, time.process_time() - cpu), out
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    """Print the table; return its rows (wall and CPU clock) with the numbers unformatted."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["resnet26", "xbn_resnet26"])
     parser.add_argument("--deltas", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3, 0.4, 0.5])
@@ -62,7 +65,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true", help="1 delta x 1 seed, 4 images of 32 px (the test)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.deltas, args.seeds, args.blocks = [0.3], 1, 2
+        args.images, args.img_size, args.batch_size, args.classes, args.repeats = 4, 32, 2, 2, 1
 
     torch.manual_seed(0)
     specs = build_model_specs(args.models, model_kwargs={"num_classes": args.classes})
@@ -102,12 +109,19 @@ def main() -> None:
     for column in ("clock", "decode once (s)", "pure forward (s)", "naive (s)", "shared (s)",
                    "naive / shared", "shared / pure forward", "goal <= 1.2"):
         table.add_column(column, justify="right")
+    rows = []
     for i, clock in enumerate(("wall", "CPU")):
         ratio = best["shared"][i] / best["pure forward"][i]
+        rows.append({"clock": clock, "decode_s": decode_t[i], "pure_forward_s": best["pure forward"][i],
+                     "naive_s": best["naive"][i], "shared_s": best["shared"][i],
+                     "naive_over_shared": best["naive"][i] / best["shared"][i], "shared_over_pure": ratio,
+                     "same_counts": same})
         table.add_row(clock, f"{decode_t[i]:.2f}", f"{best['pure forward'][i]:.2f}", f"{best['naive'][i]:.2f}",
                       f"{best['shared'][i]:.2f}", f"{best['naive'][i] / best['shared'][i]:.2f}x", f"{ratio:.3f}",
                       "PASS" if ratio <= 1.2 else "FAIL")
     Console(width=200).print(table)
+    return rows
+
 
 if __name__ == "__main__":
     main()

@@ -6,11 +6,12 @@ Reports inference and training-step images/s with channels_last off and on, and 
     python benchmarks/throughput.py                                   # CPU defaults (small)
     python benchmarks/throughput.py --device cuda --batch-size 64 --img-size 224 --amp \
         --models xbn_resnet50 xbn_resnet50_d2 xbn_resnext50_32x4d
+    python benchmarks/throughput.py --tiny                            # seconds (the test; numbers meaningless)
 """
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Sequence
 
 import timm
 import torch
@@ -83,7 +84,8 @@ def baseline_of(name: str) -> str:
     return XBN_VARIANTS[name]["base"]
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
+    """Print the table; return its rows with the numbers unformatted."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["xbn_resnet50", "xbn_resnet50_d2", "xbn_resnet50_in"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,7 +98,10 @@ def main() -> None:
     parser.add_argument("--amp-dtype", choices=sorted(AMP_DTYPES), default=None, help="autocast dtype")
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--no-channels-last", action="store_true", help="only measure the contiguous layout")
-    args = parser.parse_args()
+    parser.add_argument("--tiny", action="store_true", help="xbn_resnet26, batch 2 at 32 px, one step (the test)")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.models, args.batch_size, args.img_size, args.warmup, args.steps, args.rounds = ["xbn_resnet26"], 2, 32, 1, 1, 1
     torch.backends.cudnn.benchmark = True
 
     layouts: List[bool] = [False] if args.no_channels_last else [False, True]
@@ -104,15 +109,20 @@ def main() -> None:
                         f"batch {args.batch_size}, {args.img_size}px, amp={args.amp}")
     for column in ("model", "baseline", "channels_last", "infer XBN", "infer BN", "infer ratio", "train XBN", "train BN", "train ratio"):
         table.add_column(column, justify="right" if column not in ("model", "baseline") else "left")
+    rows = []
     for name in args.models:
         base = baseline_of(name)
         for channels_last in layouts:
             result = measure_pair(name, base, args, channels_last)
             xbn, bn = result[name], result[base]
+            rows.append({"model": name, "baseline": base, "channels_last": channels_last,
+                         **{f"{mode}_{side}": r[mode] for side, r in (("xbn", xbn), ("bn", bn)) for mode in ("infer", "train")},
+                         **{f"{mode}_ratio": xbn[mode] / bn[mode] for mode in ("infer", "train")}})
             table.add_row(name, base, str(channels_last),
                           f"{xbn['infer']:.1f}", f"{bn['infer']:.1f}", f"{xbn['infer'] / bn['infer']:.2f}",
                           f"{xbn['train']:.1f}", f"{bn['train']:.1f}", f"{xbn['train'] / bn['train']:.2f}")
     Console(width=160).print(table)
+    return rows
 
 
 if __name__ == "__main__":

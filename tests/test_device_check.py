@@ -4,8 +4,10 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,76 @@ def test_corruptions_section_totals_and_a_failing_corruption(device_check, monke
     device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
     assert record["failed"] == [{"corruption": "glass_blur", "error": "RuntimeError: no CUDA kernel"}]
     assert len(record["rows"]) == 14 and "all" not in record  # no total over a partial set
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited process waiting to be reaped is not alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _returns_within(call, seconds: float, pid_file: Path) -> bool:
+    """Run ``call`` in a thread; True if it returned within ``seconds``. The worker named in ``pid_file`` is
+    killed afterwards whatever happened, so a failing test leaves no process behind."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    returned = not thread.is_alive()
+    if not returned and pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    return returned
+
+
+# a launcher that, like torchrun, starts its worker in the worker's own session, then both sleep forever
+_HANGING_LAUNCHER = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+open(sys.argv[1], "w").write(str(worker.pid))
+time.sleep(3600)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_a_hanging_command_is_killed_with_workers_in_their_own_session(device_check, tmp_path):
+    pid_file, record, errors = tmp_path / "worker.pid", {}, []
+
+    def call():
+        try:
+            device_check.run_budgeted([sys.executable, "-c", _HANGING_LAUNCHER, str(pid_file)],
+                                      device_check.Budget(3, math.inf), record)
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    assert _returns_within(call, 60, pid_file), "still blocked 60 s after a 3 s budget"
+    assert errors == ["killed: over the section's time budget"]
+    assert not _alive(int(pid_file.read_text()))
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
+def test_a_hanging_torchrun_section_stops_within_its_budget(device_check, tmp_path, monkeypatch):
+    """The issue's case: torchrun's worker sleeps forever; the section must return, and no process survive."""
+    pid_file = tmp_path / "worker.pid"
+    script = tmp_path / "hang.py"
+    script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(3600)\n")
+    launched = []
+    popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):
+        launched.append(popen(*args, **kwargs))
+        return launched[-1]
+
+    monkeypatch.setattr(device_check.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(device_check, "SECTIONS", {"hang": lambda args, budget, record: device_check.torchrun(
+        1, [str(script)], budget, record)})
+    # torchrun takes seconds to start its worker on a loaded machine: a 20 s budget
+    assert _returns_within(lambda: device_check.run(_args(tmp_path, [20])), 120, pid_file)
+    record = json.loads((tmp_path / "c.json").read_text())["sections"]["hang"]
+    assert record["status"] == "error" and "over the section's time budget" in record["error"]
+    assert pid_file.exists(), "the worker never started: the test proves nothing"
+    assert not _alive(int(pid_file.read_text()))
+    assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed

@@ -1,0 +1,145 @@
+"""Regenerate the committed tables and figures under docs/, each with the one command that writes it.
+
+Every file under ``docs/`` belongs to one target below. A target runs its command(s) (the scripts write into
+the docs folder themselves; the study's files are copied there from its results folder) and every file it
+writes names the command, the commit and the machine (``timm_xbn.utils.provenance``); a file left without that
+record is an error. ``--tiny`` runs each command in its smoke mode (seconds to a minute; numbers meaningless),
+for a check that the pipeline still works: use it with ``--out`` somewhere else than docs/.
+
+    python -m benchmarks.regenerate --list                     # the targets, their files and commands
+    python -m benchmarks.regenerate --only tta                 # docs/tta at this commit (~15 CPU-min)
+    python -m benchmarks.regenerate --tiny --out /tmp/docs     # every target, tiny, into /tmp/docs
+"""
+import argparse
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from timm_xbn.utils.provenance import provenance, read_provenance, stamp
+from timm_xbn.utils.files import write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY_FIGURES = ("mlp_esm_vs_depth.png", "mlp_setup_one.png", "mlp_setup_two_errors.png", "resnet_adabn.png",
+                 "resnet_esm_vs_depth.png", "resnet_robustness.png", "resnet_small_batch.png", "resnet_top1.png")
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository root when inside it: the commands then read the same on every checkout."""
+    try:
+        return path.relative_to(ROOT)
+    except ValueError:
+        return path
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command. ``{out}`` is the docs folder, ``{work}`` a scratch folder for results that are not
+    committed; ``tiny`` is added to the command in tiny mode. ``copies`` maps a file it writes under
+    ``{work}`` to its docs file, ``stdout`` names the docs file that receives its output; both are stamped."""
+
+    command: str
+    tiny: str
+    copies: Dict[str, str] = field(default_factory=dict)
+    stdout: Optional[str] = None
+
+    def argv(self, out: Path, work: Path, tiny: bool) -> List[str]:
+        """The command line, run from the repository root (folders inside it are given relative to it)."""
+        argv = shlex.split(self.command.format(out=_shown(out), work=_shown(work)))
+        if tiny:
+            argv += shlex.split(self.tiny)
+        return [sys.executable if argv[0] == "python" else argv[0], *argv[1:]]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Docs files (relative to docs/) and the steps that write them."""
+
+    name: str
+    files: Tuple[str, ...]
+    steps: Tuple[Step, ...]
+    note: str = ""
+
+
+def _study(run: str, flags: str, summary: str, copies: Dict[str, str]) -> Step:
+    return Step(f"xbn-eval study {flags}-o {{work}}/{run}".replace("  ", " "), "--quick",
+                {f"{run}/summary.txt": summary, **copies})
+
+
+TARGETS: Dict[str, Target] = {t.name: t for t in (
+    Target("tta", ("tta/tta_demo.json", "tta/tta_demo.md", "tta/tta_demo.png"),
+           (Step("python benchmarks/tta_demo.py -o {out}/tta", "--tiny"),)),
+    Target("calibration", ("calibration.md", "calibration.json"),
+           (Step("python benchmarks/calibration.py --out {out}", "--tiny"),)),
+    Target("study", ("study/summary.txt", "study/claims.csv", *(f"study/{f}" for f in STUDY_FIGURES)),
+           (_study("study", "", "study/summary.txt",
+                   {"study/claims.csv": "study/claims.csv", **{f"study/{f}": f"study/{f}" for f in STUDY_FIGURES}}),),
+           "about 65 min on 2 cores; resumes from {work}/study"),
+    Target("study_2threads", ("study/summary_2threads.txt",),
+           (_study("study_2threads", "--workers 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
+    Target("study_compare", ("study/compare_1_vs_2_threads.txt",),
+           (Step("xbn-eval study-compare {work}/study {work}/study_2threads", "", stdout="study/compare_1_vs_2_threads.txt"),),
+           "reads the results of the study and study_2threads targets (same --work)"),
+)}
+
+
+# Hand-written reference pages (moved out of the README): prose that quotes the tables above, and
+# small tables each of which names the script that printed it. No target writes them.
+PAGES = ("study.md", "models.md", "surgery.md", "commands.md", "tta.md", "testing.md")
+
+
+def run_target(target: Target, out: Path, work: Path, tiny: bool) -> List[Path]:
+    """Run ``target``'s steps; copy and stamp what they write; return its docs files, each checked to name
+    its command."""
+    for step in target.steps:
+        argv = step.argv(out, work, tiny)
+        prov = provenance(shlex.join(["python" if argv[0] == sys.executable else argv[0], *argv[1:]]))
+        print(f"[{target.name}] {prov['command']}", flush=True)
+        (out / (step.stdout or ".")).parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(argv, cwd=ROOT, stdout=subprocess.PIPE if step.stdout else None, text=True)
+        if result.returncode:
+            raise SystemExit(f"{target.name}: `{prov['command']}` exited with {result.returncode}")
+        if step.stdout:
+            write_text_atomic(out / step.stdout, result.stdout)
+            stamp(out / step.stdout, prov)
+        for source, dest in step.copies.items():
+            (out / dest).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / source, out / dest)
+            stamp(out / dest, prov)
+    missing = [f for f in target.files if not (out / f).exists() or read_provenance(out / f) is None]
+    if missing:
+        raise SystemExit(f"{target.name}: no file or no provenance record in {', '.join(missing)}")
+    return [out / f for f in target.files]
+
+
+def describe(target: Target) -> str:
+    commands = "; ".join(s.command for s in target.steps) or "(none)"
+    return f"{target.name}: {', '.join(target.files)}\n    {commands}" + (f"\n    {target.note}" if target.note else "")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="this target only (repeatable)")
+    parser.add_argument("--tiny", action="store_true", help="each command's smoke mode (use with --out elsewhere)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="the docs folder (default: the repository's)")
+    parser.add_argument("--work", type=Path, default=ROOT / "xbn_results" / "regenerate", help="scratch results")
+    parser.add_argument("--list", action="store_true", help="list the targets and their commands, run nothing")
+    args = parser.parse_args(argv)
+    names = args.only or [n for n, t in TARGETS.items() if t.steps]
+    if args.list:
+        print("\n".join(describe(TARGETS[n]) for n in (args.only or TARGETS)))
+        return []
+    if args.tiny and args.out.resolve() == (ROOT / "docs").resolve():
+        parser.error("--tiny would overwrite docs/ with meaningless numbers: give --out another folder")
+    written = []
+    for name in names:
+        written += run_target(TARGETS[name], args.out.resolve(), args.work.resolve(), args.tiny)
+    print(f"wrote {len(written)} files under {args.out}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
