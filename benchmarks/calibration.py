@@ -36,10 +36,10 @@ from timm.models.efficientnet import EfficientNet
 from timm.models.regnet import RegNet, RegNetCfg
 
 import timm_xbn
+from timm_xbn.calibration import REESTIMATE_CHOICES, reestimate_bns
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
-from timm_xbn.surgery import REESTIMATE_CHOICES, reestimate_bns
 
 COMMAND = "python benchmarks/calibration.py"
 OUTPUT_NAME = "calibration.md"

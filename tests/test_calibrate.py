@@ -16,7 +16,8 @@ from timm_xbn.models import create_base_model
 from timm_xbn.cli import convert_app
 from timm_xbn.layers import is_batch_free
 from timm_xbn.models import load_exported
-from timm_xbn.surgery import ChannelRegression, calibration_batches, is_bn, reestimate_bns
+from timm_xbn.calibration import ChannelRegression, calibration_batches, reestimate_bns
+from timm_xbn.surgery import is_bn
 from timm_xbn.training import build_args
 from timm_xbn.training.model import create_train_model
 

@@ -7,13 +7,12 @@ import copy
 import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Union
 
 import torch.nn as nn
 
 from ..layers import create_bfn, is_batch_free
 from .blocks import ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
-from .calibrate import calibrate as calibrate_bfns
 
 __all__ = ["XBNConfig", "Replacement", "ConversionResult", "build_bfn_for", "convert", "parse_position", "replace_module"]
 
@@ -128,9 +127,6 @@ def convert(
     affine: Optional[bool] = None,
     stem: bool = False,
     inplace: bool = False,
-    calibrate: Optional[Iterable] = None,
-    calib_images: Optional[int] = None,
-    progress: bool = False,
 ) -> ConversionResult:
     """Replace the ``position``-th BN of every ``every``-th residual block with a batch-free norm.
 
@@ -148,11 +144,6 @@ def convert(
             IN without affine parameters).
         stem: also replace the stem BNs (the authors' released models do).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
-        calibrate: unlabeled images (a DataLoader or re-iterable of batches, same images on every pass):
-            fit each BFN's affine parameters to the BN it replaces and re-estimate the other BNs on them
-            (``timm_xbn.calibrate``, default re-estimation). BFNs are then affine unless ``affine=False`` (an error).
-        calib_images: calibrate on the first ``calib_images`` images only.
-        progress: show progress bars while calibrating.
 
     Returns:
         ``(model, replaced)``: the converted model (with ``model.xbn_cfg``) and one
@@ -175,8 +166,8 @@ def convert(
 
     targets = [(name, None) for name in find_stem_norms(model, blocks)] if cfg.stem else []
     targets += [(name, block) for block in chosen for name in block.norm_slots[cfg.position - 1]]
-    if cfg.affine is None:  # keep the trained BNs' weight and bias (calibration sets them, so needs them too)
-        kept = calibrate is not None or any(model.get_submodule(name).affine for name, _ in targets)
+    if cfg.affine is None:  # keep the trained BNs' weight and bias
+        kept = any(model.get_submodule(name).affine for name, _ in targets)
         cfg = dataclasses.replace(cfg, affine=kept)
     planned = []
     for name, block in targets:  # build every BFN first, so a bad setting fails before any change
@@ -185,7 +176,6 @@ def convert(
         except ValueError as err:
             raise ValueError(f"cannot replace {name}: {err}") from None
 
-    original = copy.deepcopy(model) if inplace and calibrate is not None else model
     target = model if inplace else copy.deepcopy(model)
     replaced: List[Replacement] = []
     for name, block, bfn in planned:
@@ -199,8 +189,6 @@ def convert(
         ))
     target.xbn_cfg = cfg.to_dict()
     _record_reconstruction(target, cfg)
-    if calibrate is not None:
-        calibrate_bfns(target, original, calibrate, max_images=calib_images, inplace=True, progress=progress)
     return ConversionResult(target, replaced)
 
 

@@ -6,10 +6,10 @@ import timm
 import torch.nn as nn
 from timm.data import resolve_data_config
 
+from ..calibration import calibration_batches, convert
 from ..layers import paper_affine
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
 from ..models.pretrained import check_pretrained
-from ..surgery import calibration_batches, convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
 

@@ -34,20 +34,20 @@ import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import is_batch_free
+from ..stats import recalibrate
 from ..utils.device import eval_mode, model_device
 from ..utils.norms import bns_with_running_stats, is_bn
 
 __all__ = [
     "REESTIMATE_CHOICES", "DEFAULT_REESTIMATE", "ChannelRegression", "LayerFit", "CalibrationResult", "calibrate",
-    "calibration_batches", "reestimate_bns",
+    "reestimate_bns",
 ]
 
 REESTIMATE_CHOICES = ("none", "full", "mix")
@@ -336,8 +336,6 @@ def reestimate_bns(model: nn.Module, images: Iterable, choice: str = DEFAULT_REE
     """Set the BN statistics of ``model`` (in place) from ``images``: ``none`` keeps them, ``full`` takes
     those of the BNs' inputs on the images, ``mix`` takes ``N/(N+n) * trained + n/(N+n) * full`` per
     statistic (mean and variance), n the number of images, N = ``source_images``. Returns ``model``."""
-    from ..stats import recalibrate  # stats imports surgery: import it here, not at module level
-
     _check_reestimate(choice, source_images)
     if choice == "none" or not bns_with_running_stats(model):
         return model
@@ -350,26 +348,3 @@ def reestimate_bns(model: nn.Module, images: Iterable, choice: str = DEFAULT_REE
         return recalibrate(model, images, mode="full", inplace=True, progress=progress)
     return recalibrate(model, images, mode="mix", prior=source_images, mix_count=images.count, inplace=True,
                        progress=progress)
-
-
-def calibration_batches(
-    folder: Union[str, Path],
-    model: nn.Module,
-    num_images: int = 256,
-    batch_size: int = 32,
-    workers: int = 2,
-    seed: int = 0,
-    data_config: Optional[Mapping[str, Any]] = None,
-) -> List[torch.Tensor]:
-    """``num_images`` images of ``folder`` (any tree of images, labels unused; a ``train/`` child is used
-    when present), drawn in a seeded random order, prepared with the eval transform of ``data_config``
-    (default: ``model``'s pretrained config) by timm's data pipeline and decoded once into batches:
-    calibration reads them once per BFN (``num_images x 3 x H x W`` floats: 154 MB for 256 at 224 px).
-    Unreadable images are left out. Not sharded: under torchrun every rank calibrates on the same images."""
-    from ..evaluation.data import create_eval_data, resolve_eval_data_config  # evaluation imports surgery
-
-    if num_images < 1:
-        raise ValueError(f"the number of calibration images must be >= 1, got {num_images}")
-    config = resolve_eval_data_config(model) if data_config is None else data_config
-    data = create_eval_data(folder, config, split="train", batch_size=batch_size, workers=workers)
-    return [batch.images for batch in data.shuffled(seed).loader(limit=num_images, shard=False) if batch.images is not None]

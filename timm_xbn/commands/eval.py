@@ -1,0 +1,348 @@
+"""xbn-eval commands: robustness, adabn, esm, corruption, adapt (study ones in ``commands.study``)."""
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import typer
+
+from .options import (
+    BLOCKS_FLAGS, EVAL_BATCH, EVAL_CHECKPOINT, EVAL_CLASS_MAP, EVAL_CROP_PCT, EVAL_DATASET, EVAL_DATA_DIR,
+    EVAL_DEVICE, EVAL_IMG_SIZE, EVAL_INTERP, EVAL_MEAN, EVAL_MODEL, EVAL_MODEL_KWARGS, EVAL_ORDER, EVAL_OUTPUT,
+    EVAL_PRETRAINED, EVAL_SPLIT, EVAL_STD, EVAL_WORKERS, checked_specs, claimed_output, eval_report, eval_setup,
+    handle_errors, model_num_classes, reword, warn,
+)
+
+
+@handle_errors
+def eval_robustness(
+    model: List[str] = EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
+    pretrained: bool = EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
+    data_dir: Path = EVAL_DATA_DIR,
+    delta: List[float] = typer.Option(..., "--delta", "-d", help="Noise magnitude Δ of Eq. 5 (repeat for a sweep)."),
+    seeds: int = typer.Option(5, "--seeds", help="Number of random seeds per Δ (seeds 0..N-1)."),
+    blocks: str = typer.Option("6", "--blocks", help="Disturb the first BN of the first N residual blocks; or comma-separated block names; or 'all' (every BN)."),
+    dataset: str = EVAL_DATASET,
+    split: str = EVAL_SPLIT,
+    img_size: Optional[int] = EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = EVAL_CROP_PCT,
+    interpolation: Optional[str] = EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = EVAL_STD,
+    batch_size: int = EVAL_BATCH,
+    workers: int = EVAL_WORKERS,
+    device: str = EVAL_DEVICE,
+    output: Optional[Path] = EVAL_OUTPUT,
+    checkpoint_every: int = typer.Option(20, "--checkpoint-every", help="Save partial counts every N batches (resume point)."),
+    class_map: Optional[Path] = EVAL_CLASS_MAP,
+) -> None:
+    """Top-1 with disturbed BN statistics (the paper's Figure 8): clean and mean ± std over seeds per Δ.
+
+    Every model and every (Δ, seed) runs on each decoded batch (one data pass). Writes robustness.json / .csv / .png; an interrupted or extended sweep resumes from --output. Several processes: [cyan]torchrun --nproc_per_node=4 -m timm_xbn.evaluation robustness ...[/cyan]
+
+    [bold]Examples[/bold]
+
+      xbn-eval robustness --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir /data/imagenet/val --delta 0.1 --delta 0.3 --delta 0.5 --seeds 5 --blocks 6
+
+      xbn-eval robustness --model resnet26 --pretrained --data-dir val --delta 0.1
+
+      xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --class-map fmnist_classes.txt --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
+    """
+    from ..evaluation import evaluate_robustness, robustness_table
+
+    chosen = None if blocks.strip().lower() == "all" else int(blocks) if blocks.strip().isdigit() else [b.strip() for b in blocks.split(",") if b.strip()]
+    with eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, specs, data, out):
+        with reword(BLOCKS_FLAGS):
+            results = evaluate_robustness(built, data, delta, seeds=seeds, blocks=chosen, output_dir=out, progress=True,
+                                          checkpoint_every=checkpoint_every, model_specs={s.label: s.fingerprint() for s in specs})
+        eval_report([robustness_table(results)], results, out, ["robustness.json", "robustness.csv", "robustness.png"])
+
+
+@handle_errors
+def eval_adabn(
+    model: List[str] = EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
+    pretrained: bool = EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
+    data_dir: Path = EVAL_DATA_DIR,
+    mode: str = typer.Option("full", "--mode", help="full (AdaBN), prior (Schneider et al.: source mixed with each test batch, see --prior), mix (full mixed once with the source) or batch (prediction-time BN)."),
+    prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior / mix."),
+    calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Adapt on this folder instead of --data-dir."),
+    calib_batches: Optional[int] = typer.Option(None, "--calib-batches", help="Adapt on at most N batches."),
+    order: str = EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order (--order shuffle)."),
+    dataset: str = EVAL_DATASET,
+    split: str = EVAL_SPLIT,
+    img_size: Optional[int] = EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = EVAL_CROP_PCT,
+    interpolation: Optional[str] = EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = EVAL_STD,
+    batch_size: int = EVAL_BATCH,
+    workers: int = EVAL_WORKERS,
+    device: str = EVAL_DEVICE,
+    output: Optional[Path] = EVAL_OUTPUT,
+    class_map: Optional[Path] = EVAL_CLASS_MAP,
+) -> None:
+    """Top-1/top-5 on target data before and after re-estimating the BN statistics on it.
+
+    [bold]Examples[/bold]
+
+      xbn-eval adabn --model resnet50 --checkpoint bn.pth --data-dir imagenet-c/fog/3
+
+      xbn-eval adabn --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir target --mode prior --prior 16
+
+      xbn-eval adabn --model resnet26 --pretrained --data-dir target --mode batch --batch-size 128
+    """
+    from ..evaluation import adabn_table, create_eval_data, evaluate_adabn, validate_data_dir
+    from ..evaluation.data import check_order
+
+    check_order(order)
+    if calib_dir is not None:
+        validate_data_dir(calib_dir, dataset)
+    with eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+        calib = None
+        if calib_dir is not None:  # labels are not used for adaptation: no class mapping needed
+            calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
+        results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
+                                 output_dir=out, progress=True, order=order, order_seed=seed)
+        eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
+
+
+@handle_errors
+def eval_esm(
+    model: List[str] = EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
+    pretrained: bool = EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
+    data_dir: Path = EVAL_DATA_DIR,
+    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Use at most N batches of the test data."),
+    dataset: str = EVAL_DATASET,
+    split: str = EVAL_SPLIT,
+    img_size: Optional[int] = EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = EVAL_CROP_PCT,
+    interpolation: Optional[str] = EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = EVAL_STD,
+    batch_size: int = EVAL_BATCH,
+    workers: int = EVAL_WORKERS,
+    device: str = EVAL_DEVICE,
+    output: Optional[Path] = EVAL_OUTPUT,
+    class_map: Optional[Path] = EVAL_CLASS_MAP,
+) -> None:
+    """Estimation shift magnitude (ESM_μ, ESM_σ) of every BN on the test data, and a plot of ESM_σ vs depth.
+
+    With two models (a BN model and its XBN version) both lines share one plot (esm_sigma.png).
+
+    [bold]Examples[/bold]
+
+      xbn-eval esm --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir /data/imagenet/val
+
+      xbn-eval esm --model resnet26 --pretrained --data-dir test --max-batches 50 -o out/esm
+    """
+    from ..evaluation import esm_tables, evaluate_esm
+
+    with eval_setup("esm", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
+                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+        results = evaluate_esm(built, data, max_batches=max_batches, output_dir=out, progress=True)
+        eval_report(esm_tables(results), results, out, ["esm.json", "esm.csv", "esm_sigma.png"])
+
+
+
+
+_CORR_IMAGENET_C = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize).")
+_CORR_CIFAR_C = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy.")
+_CORR_DATA_DIR = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error.")
+_CORR_CORRUPT = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers).")
+_CORR_CORRUPTIONS = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones).")
+_CORR_CLEAN_DIR = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")
+
+
+def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error) -> tuple:
+    """Exactly one data source, valid corruption and severity lists and --clean-error (checked before any model
+    is built); returns the lists."""
+    from ..corruptions import parse_corruptions, parse_severities
+
+    if clean_error is not None and not 0 <= clean_error <= 100:
+        raise ValueError(f"--clean-error is a top-1 error in percent (0-100), got {clean_error}")
+
+    chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
+    if len(chosen) != 1:
+        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+    return parse_corruptions(corruptions), parse_severities(severities)
+
+
+def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir, class_map,
+                       seed, batch_size, workers, overrides):
+    """The ``CorruptionSource`` of --imagenet-c / --cifar-c / --data-dir, with the models' data config;
+    ``wanted`` / ``sevs`` are the lists ``_check_corruption_inputs`` parsed."""
+    from ..corruptions import CifarC, ImageNetCFolders, OnTheFly
+    from ..evaluation import resolve_eval_data_config
+
+    config = resolve_eval_data_config(built, overrides)
+    common = dict(num_classes=model_num_classes(built), corruptions=wanted, severities=sevs, batch_size=batch_size,
+                  workers=workers)
+    if imagenet_c:
+        source = ImageNetCFolders(imagenet_c, config, clean_dir=clean_dir, class_map=class_map, **common)
+    elif cifar_c:
+        source = CifarC(cifar_c, config, **common)
+    else:
+        source = OnTheFly(data_dir, config, mode=corrupt, seed=seed, class_map=class_map, **common)
+    warn(source.class_warning)
+    return source
+
+
+@handle_errors
+def eval_corruption(
+    model: List[str] = EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
+    pretrained: bool = EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
+    severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
+    clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
+    class_map: Optional[Path] = EVAL_CLASS_MAP,
+    adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
+    order: str = EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
+    img_size: Optional[int] = EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = EVAL_CROP_PCT,
+    interpolation: Optional[str] = EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = EVAL_STD,
+    batch_size: int = EVAL_BATCH,
+    workers: int = EVAL_WORKERS,
+    device: str = EVAL_DEVICE,
+    output: Optional[Path] = EVAL_OUTPUT,
+) -> None:
+    """Top-1 error per corruption x severity, CE, mCE (AlexNet-normalised) and relative mCE.
+
+    Writes corruption-MODEL.json / .csv / .png (heatmap) per model after every corruption x severity; rerunning with the same --output resumes. Missing corruptions or severities are listed and mCE is then left out, never averaged over fewer.
+
+    [bold]Examples[/bold]
+
+      xbn-eval corruption --model resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --clean-dir /data/imagenet/val
+
+      xbn-eval corruption --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --imagenet-c /data/imagenet-c --adapt prior:16
+
+      xbn-eval corruption --model resnet26 --data-dir /data/imagenet/val --corrupt torch --corruptions fog,snow --severities 3,5
+
+      xbn-eval corruption --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --mean 0.49 0.48 0.45 --std 0.25 0.24 0.26
+    """
+    from rich.console import Console
+
+    from ..corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
+    from ..evaluation import create_models, is_main_process
+    from ..evaluation.data import check_order
+    from ..evaluation.distributed import shutdown_distributed
+
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
+    parse_adapt(adapt)
+    check_order(order)
+    dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
+    with claimed_output("corruption", specs, output) as out:
+        built = create_models(specs, dev)
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
+                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                               interpolation=interpolation, mean=mean, std=std))
+        results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
+                                       model_specs={s.label: s.fingerprint() for s in specs}, order=order, order_seed=seed)
+    if is_main_process():
+        console = Console()
+        if source.missing and (wanted or sevs):  # asked for explicitly but absent
+            console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
+        for label, entry in results.items():
+            console.print(corruption_table(entry))
+            skipped = sum(r["count"] for r in entry["skipped_images"].values())
+            if skipped:
+                console.print(f"[yellow]{label}: skipped {skipped} unreadable images[/yellow] (listed in the JSON)")
+        files = [results_path(out, label, suffix) for label in results for suffix in (".json", ".csv", ".png")]
+        console.print(f"wrote {', '.join(str(f) for f in files)}")
+    shutdown_distributed()
+
+
+
+
+@handle_errors
+def eval_adapt(
+    model: List[str] = EVAL_MODEL,
+    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
+    pretrained: bool = EVAL_PRETRAINED,
+    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
+    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
+    protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
+    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
+    cifar_c: Optional[Path] = _CORR_CIFAR_C,
+    data_dir: Optional[Path] = _CORR_DATA_DIR,
+    corrupt: str = _CORR_CORRUPT,
+    corruptions: Optional[str] = _CORR_CORRUPTIONS,
+    severities: Optional[str] = typer.Option("5", "--severities", help="Comma-separated severities 1-5 (default 5, as the TTA benchmarks report; 'all' or 1,2,3,4,5 for mCE)."),
+    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
+    clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
+    class_map: Optional[Path] = EVAL_CLASS_MAP,
+    order: str = EVAL_ORDER,
+    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
+    img_size: Optional[int] = EVAL_IMG_SIZE,
+    crop_pct: Optional[float] = EVAL_CROP_PCT,
+    interpolation: Optional[str] = EVAL_INTERP,
+    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
+    std: Optional[Tuple[float, float, float]] = EVAL_STD,
+    batch_size: int = EVAL_BATCH,
+    workers: int = EVAL_WORKERS,
+    device: str = EVAL_DEVICE,
+    output: Optional[Path] = EVAL_OUTPUT,
+) -> None:
+    """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
+
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order (--order), the same as in xbn-eval corruption and adabn. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+
+    [bold]Examples[/bold]
+
+      xbn-eval adapt -m resnet50 -m xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --imagenet-c /data/imagenet-c --method source --method norm --method prior:16 --method tent
+
+      xbn-eval adapt -m resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --severities 1,2,3,4,5 --clean-error 23.9 --method source --method prior:16
+
+      xbn-eval adapt -m resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --method tent:optimizer=adam,lr=0.001 --method sar --protocol continual -b 200
+
+      xbn-eval adapt -m resnet26 --data-dir /data/imagenet/val --corruptions fog,snow --method norm --method tent
+    """
+    from rich.console import Console
+
+    from ..adapt import PROTOCOLS, parse_method
+    from ..adapt.evaluate import evaluate_adaptation
+    from ..adapt.report import adaptation_table
+    from ..evaluation import create_models, is_main_process
+    from ..evaluation.data import check_order
+    from ..evaluation.distributed import shutdown_distributed
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    for spec in method:
+        parse_method(spec)
+    check_order(order)
+    severities = None if severities == "all" else severities
+    wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
+    dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
+    with claimed_output("adapt", specs, output) as out:
+        built = create_models(specs, dev)
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
+                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
+                                                                               interpolation=interpolation, mean=mean, std=std))
+        if not source.pairs:
+            raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
+        results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
+                                      progress=True, order=order, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
+    if is_main_process():
+        console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
+        if source.missing and corruptions:  # asked for explicitly but absent
+            console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
+        console.print(adaptation_table(results))
+        console.print(f"wrote {out / 'adapt.json'}, {out / 'adapt.csv'}, {out / 'adapt.png'}")
+    shutdown_distributed()
