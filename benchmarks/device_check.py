@@ -24,10 +24,14 @@ section, so a killed run keeps what it measured.
 - robustness_smoke: ``torchrun --nproc_per_node=N -m timm_xbn.evaluation robustness`` on the
   same images; reports its robustness.json. N (``--nproc``) is the number of GPUs (1 on the
   CPU): on one GPU this runs the torchrun launch, not a split across ranks.
+- study: ``xbn-eval study --quick --device D`` (wall seconds, its summary's last lines) and one
+  network job of the default study (BN, seed 0: train on full Fashion-MNIST, then every
+  evaluation), in a subprocess, with its wall/CPU seconds, its steps and top-1. ``--tiny``
+  runs the job at tiny sizes and leaves the quick study out (``quick.not_run``: a minute on a CPU).
 
 The smokes' generated data and outputs stay in ``<out>_files/`` beside the JSON.
 
-    python benchmarks/device_check.py --out device_check.json                 # one GPU, <= 8 min
+    python benchmarks/device_check.py --out device_check.json                 # one GPU, <= 10 min
     python benchmarks/device_check.py --device cpu --tiny --out /tmp/dc.json  # CPU mode (the test)
 """
 import argparse
@@ -243,10 +247,16 @@ def kill_tree(pid: int) -> None:
         _signal(p, signal.SIGKILL)
 
 
+def _one_thread() -> Dict[str, str]:
+    """This environment with OMP_NUM_THREADS=1 unless it sets another count."""
+    return dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+
+
 def run_budgeted(cmd: List[str], budget: Budget, record: Dict[str, Any], env: Optional[Dict[str, str]] = None) -> None:
     """Run ``cmd`` until it exits or the budget runs out (then its whole process tree is killed);
-    its exit code and output tail go into ``record``."""
+    its wall seconds, exit code and output tail go into ``record``."""
     record["command"] = " ".join(cmd[1:])
+    start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=max(budget.left(), 1))
@@ -255,7 +265,7 @@ def run_budgeted(cmd: List[str], budget: Budget, record: Dict[str, Any], env: Op
         output, _ = proc.communicate()
         record["output_tail"] = output[-1500:]
         raise RuntimeError("killed: over the section's time budget") from None
-    record.update(returncode=proc.returncode, output_tail=output[-1500:])
+    record.update(wall_s=time.monotonic() - start, returncode=proc.returncode, output_tail=output[-1500:])
     if proc.returncode:
         raise RuntimeError(f"exit code {proc.returncode}: {output[-500:]}")
 
@@ -263,7 +273,7 @@ def run_budgeted(cmd: List[str], budget: Budget, record: Dict[str, Any], env: Op
 def torchrun(nproc: int, module_args: List[str], budget: Budget, record: Dict[str, Any]) -> None:
     """``torchrun --standalone --nproc_per_node=N`` a module or script under the section's budget."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_args]
-    run_budgeted(cmd, budget, record, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
+    run_budgeted(cmd, budget, record, env=_one_thread())
 
 
 def section_nccl(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
@@ -312,9 +322,50 @@ def collective_worker(device: str) -> None:
     dist.destroy_process_group()
 
 
+def section_study(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    job: Dict[str, Any] = {}
+    record["network_job"] = job
+    run_budgeted([sys.executable, __file__, "--study-job", "--device", device, "--out", str(args.work / "study_job.json")]
+              + (["--tiny"] if args.tiny else []), budget, job, env=_one_thread())
+    job.update(json.loads((args.work / "study_job.json").read_text()))
+    quick: Dict[str, Any] = {}
+    record["quick"] = quick
+    if args.tiny:
+        quick["not_run"] = "--tiny (about a minute on a CPU)"
+    else:
+        run_budgeted([sys.executable, "-m", "timm_xbn.evaluation", "study", "--quick", "--device", device, "--fresh",
+                   "-o", str(args.work / "study_quick")], budget, quick, env=_one_thread())
+    record["summary"] = (f"network job {job['wall_s']:.0f} s ({job['steps']} steps, top-1 {job['top1']:.2f})"
+                         + ("" if args.tiny else f"; --quick {quick['wall_s']:.0f} s"))
+
+
+def study_job(device: str, out: Path, tiny: bool) -> None:
+    """Subprocess of the study section: one network job of the default study (BN, seed 0) on ``device``."""
+    import dataclasses
+
+    from timm_xbn.study import StudyConfig
+    from timm_xbn.study.data import load_dataset
+    from timm_xbn.study.jobs import _run_job, plan_jobs
+
+    cfg = StudyConfig.preset("default", device=device)
+    if tiny:
+        cfg.resnet = dataclasses.replace(cfg.resnet, train_samples=64, min_steps=2, batch_size=16, warmup_steps=1,
+                                         eval_samples=40, calib_samples=16, deltas=(0.9,), perturb_seeds=(0,),
+                                         corruptions=("contrast",))
+    job = next(j for j in plan_jobs(cfg, load_dataset(cfg.dataset, cfg.image_size, cfg.seed)) if j.kind == "network")
+    parts = out.parent / "study_job_parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    result = _run_job(cfg, job, parts)
+    times = json.loads(job.path(parts, ".time.json").read_text())
+    out.write_text(json.dumps({"job": job.describe(), "device": device, "steps": result["steps"], "top1": result["top1"],
+                               "job_wall_s": times["wall_s"], "job_cpu_s": times["cpu_s"]}))
+
+
 SECTIONS: Dict[str, Callable[[argparse.Namespace, Budget, Dict[str, Any]], None]] = {
     "throughput": section_throughput, "profile": section_profile, "corruptions": section_corruptions,
     "nccl": section_nccl, "train_smoke": section_train_smoke, "robustness_smoke": section_robustness_smoke,
+    "study": section_study,
 }
 
 
@@ -401,13 +452,16 @@ def main() -> None:
     parser.add_argument("--ref-images", type=int, default=4, help="reference images (one core)")
     parser.add_argument("--smoke-size", type=int, default=64)
     parser.add_argument("--nproc", type=int, default=None, help="torchrun processes for the smokes (default: the GPUs, 1 on CPU)")
-    parser.add_argument("--budget-s", type=float, default=450, help="the whole run's deadline")
-    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60], metavar="S",
+    parser.add_argument("--budget-s", type=float, default=560, help="the whole run's deadline")
+    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60, 240], metavar="S",
                         help=f"seconds per section: {' '.join(SECTIONS)}")
     parser.add_argument("--collective-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--study-job", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.collective_worker:
         return collective_worker(args.device)
+    if args.study_job:
+        return study_job(args.device, args.out, args.tiny)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("CUDA is not available; use --device cpu")
     for name in args.models:

@@ -36,7 +36,7 @@ def test_cpu_mode_measures_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     sections = report["sections"]
-    assert list(sections) == ["throughput", "profile", "corruptions", "nccl", "train_smoke", "robustness_smoke"]
+    assert list(sections) == ["throughput", "profile", "corruptions", "nccl", "train_smoke", "robustness_smoke", "study"]
     assert {name: r["status"] for name, r in sections.items()} == dict.fromkeys(sections, "ok"), sections
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["device"] == "cpu"
 
@@ -77,6 +77,12 @@ def test_cpu_mode_measures_every_section(tmp_path):
     assert results["num_images"] == robustness["num_images"] == 12
     assert robustness["runs"] == 4  # 2 models x (clean + 1 delta x 1 seed)
     assert all(run["count"] == 12 for run in results["runs"].values())
+
+    study = sections["study"]  # one default-study network job at tiny sizes: 3 epochs x 64 images / batch 16
+    job = study["network_job"]
+    assert job["job"] == "BN seed 0" and job["device"] == "cpu" and job["steps"] == 3 * 64 // 16
+    assert 0 <= job["top1"] <= 100 and 0 < job["job_wall_s"] <= job["wall_s"]
+    assert "not_run" in study["quick"] and "--study-job" in job["command"]
 
 
 def _args(tmp_path, budgets):

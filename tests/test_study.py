@@ -1,8 +1,12 @@
 """Tests of the study package: data readers, the Section 4 MLP, claim criteria and the whole pipeline."""
 import dataclasses
 import gzip
+import hashlib
+import io
 import json
 import math
+import os
+import re
 import struct
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from timm_xbn.study import data as study_data
@@ -17,7 +22,7 @@ from timm_xbn.study import StudyConfig, run_study
 from timm_xbn.study.mlp import MLPConfig, StudyMLP, input_shift, train_full_batch
 from timm_xbn.study.plots import PLOT_FILES
 from timm_xbn.study.data import load_dataset
-from timm_xbn.study.jobs import plan_jobs
+from timm_xbn.study.jobs import eta_seconds, plan_jobs
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, combine_verdicts, paired_effect
 from timm_xbn.study.report import (
     claim_adabn, claim_esm_grows, claim_gn_flattens, claim_table1_full_gn, claim_table1_p2, claim_xbn_robust, growth,
@@ -346,6 +351,7 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     assert saved == json.loads(json.dumps(results))
     assert saved["kind"] == "study" and saved["timm_xbn_version"]
     assert saved["seeds"]["training"] == [0, 1] and saved["seeds"]["perturbation"] == [0]
+    assert saved["device"] == saved["config"]["device"] == "cpu" and "on cpu" in (out / "summary.txt").read_text()
     for name in PLOT_FILES:
         with Image.open(out / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
@@ -417,6 +423,113 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
                                  if j.kind == "small_batch")
 
 
+def _check_claims_printed_when_their_jobs_finish(output: str, results: dict) -> None:
+    """Each claim's verdict line comes right after the last job of the kinds its numbers come from
+    (before the next kind's jobs run), reads as in the final results, and each job kind has its progress line."""
+    lines = output.splitlines()
+    runs = {line[4:]: i for i, line in enumerate(lines) if line.startswith("RUN ")}
+    last = {kind: max(i for key, i in runs.items() if key.startswith(prefix))
+            for kind, prefix in (("network", "net_"), ("mlp", "mlp_"), ("small_batch", "smallbatch_"))}
+    needs = {"xbn_p2_beats_bn": ["network"], "xbn_more_robust_to_delta": ["network"], "xbn_lower_esm_deep_layers": ["network"],
+             "adabn_recovers_shifted_accuracy": ["network"], "bn_esm_grows_with_depth": ["mlp"],
+             "gnbn_lower_test_error_small_s": ["mlp"], "xbn_beats_bn_small_batch": ["small_batch"],
+             "xbn_beats_gn_small_batch": ["small_batch"]}
+    claims = {c["id"]: c for c in results["claims"]}
+    for claim_id, kinds in needs.items():
+        c = claims[claim_id]
+        (printed,) = [i for i, line in enumerate(lines) if line == f"[{c['verdict']}] {c['claim']}  ({c['source']})"]
+        after = max(last[k] for k in kinds)
+        assert after < printed < min([i for i in runs.values() if i > after], default=len(lines)), (claim_id, printed)
+    for label in ("Section 5 networks", "Section 4 MLPs", "Small-batch training"):
+        assert any(line.startswith(label) and "done" in line for line in lines), label
+
+
+def test_eta_is_the_finished_jobs_mean_time_per_round_of_workers():
+    assert eta_seconds([], 5, 2) is None
+    assert eta_seconds([10.0, 20.0], 3, 2) == 30.0  # 2 rounds (2 + 1 jobs) of 15 s
+    assert eta_seconds([10.0, 20.0], 4, 2) == 30.0 and eta_seconds([6.0], 3, 1) == 18.0 and eta_seconds([6.0], 0, 4) == 0
+
+
+def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch):
+    """Train once, evaluate many times: new Deltas, perturbation draws and corruptions re-run the
+    network evaluations on the stored weights, retrain nothing, and give a fresh run's numbers."""
+    import timm_xbn.study.jobs as jobs_module
+    import timm_xbn.study.run as run_module
+
+    monkeypatch.setattr(run_module, "plot_study", lambda *args, **kwargs: [])
+    cfg = tiny_config()
+    cfg.train_seeds = (0,)
+    log = io.StringIO()
+    real_job = jobs_module._run_job
+    monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: log.write(f"RUN {job.key}\n") and real_job(c, job, p))
+    first = run_study(cfg, tmp_path / "a", progress=True, workers=1, console=Console(file=log, width=300))
+    _check_claims_printed_when_their_jobs_finish(log.getvalue(), first)
+    weights = sorted((tmp_path / "a" / "parts").glob("*/net_*.safetensors"))
+    assert len(weights) == len(cfg.resnet.variants)
+    stored = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights}
+    trained, ran = [], []
+    real_train = jobs_module.train_classifier
+    monkeypatch.setattr(jobs_module, "train_classifier", lambda model, *a, **k: trained.append(a[-1]) or real_train(model, *a, **k))
+    monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: ran.append(job.key) or real_job(c, job, p))
+    new = dataclasses.replace(cfg, resnet=dataclasses.replace(
+        cfg.resnet, deltas=(0.3, 0.8), perturb_seeds=(1, 2), corruptions=("contrast", "fog")))
+    reused = run_study(new, tmp_path / "a", progress=False, workers=1)
+    assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
+    assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
+    assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
+    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains the networks again
+    assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
+    monkeypatch.setattr(jobs_module, "train_classifier", real_train)
+    fresh = run_study(new, tmp_path / "b", progress=False, workers=1)
+    assert json.dumps(reused["resnet"], sort_keys=True) == json.dumps(fresh["resnet"], sort_keys=True)
+    assert json.dumps(reused["claims"], sort_keys=True) == json.dumps(fresh["claims"], sort_keys=True)
+
+
+TORCHRUN_STUDY = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_study import tiny_config
+import timm_xbn.study.run as run_module
+from timm_xbn.study import run_study
+import os
+import timm_xbn.study.jobs as jobs_module
+real = jobs_module._run_job
+def logged(cfg, job, parts):
+    with open({out!r} + f"_ran_{{os.environ['RANK']}}.txt", "a") as f:
+        f.write(job.key + "\\n")
+    return real(cfg, job, parts)
+jobs_module._run_job = logged
+run_module.plot_study = lambda *args, **kwargs: []
+result = run_study(tiny_config(), {out!r}, progress=False)
+print("RANK-RESULT", result is not None)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_torchrun_shares_the_jobs_out_by_rank_with_one_process_numbers(tmp_path, monkeypatch):
+    """2 torchrun processes on the CPU: each runs every other job into the same folder, rank 0
+    writes the results, and they equal one process's."""
+    import subprocess
+    import sys
+
+    import timm_xbn.study.run as run_module
+
+    script = tmp_path / "study_rank.py"
+    script.write_text(TORCHRUN_STUDY.format(tests=str(Path(__file__).parent), out=str(tmp_path / "two")))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert sorted(re.findall(r"RANK-RESULT (\w+)", proc.stdout)) == ["False", "True"]  # rank 0 alone returns the results
+    ran = [(tmp_path / f"two_ran_{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert len(ran[0]) == len(ran[1]) == 9 and not set(ran[0]) & set(ran[1])  # 18 jobs, each run once
+    monkeypatch.setattr(run_module, "plot_study", lambda *args, **kwargs: [])
+    one = run_study(tiny_config(), tmp_path / "one", progress=False, workers=1)
+    two = json.loads((tmp_path / "two" / "study.json").read_text())
+    for key in ("mlp", "resnet", "claims", "config"):
+        assert json.dumps(two[key], sort_keys=True) == json.dumps(json.loads(json.dumps(one[key])), sort_keys=True), key
+
+
 def test_cli_study_help_and_errors(tmp_path, monkeypatch):
     """Each bad input is refused before any job runs: the study itself is replaced by one that
     only checks the data set (so a check that regresses fails here instead of starting a study)."""
@@ -431,11 +544,29 @@ def test_cli_study_help_and_errors(tmp_path, monkeypatch):
     runner = CliRunner()
     help_text = runner.invoke(eval_app, ["study", "--help"]).output
     assert "xbn-eval study --quick" in help_text and "--full" in help_text
-    for args in (["--dataset", str(tmp_path / "nowhere")], ["--quick", "--full"], ["--seeds", "1"], ["--threads", "0"],
-                 ["--workers", "0"]):
+    refused = [["--dataset", str(tmp_path / "nowhere")], ["--quick", "--full"], ["--seeds", "1"], ["--threads", "0"],
+               ["--workers", "0"], ["--device", "tpu"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
+    for args in refused + [["--device", "cuda"]]:
         result = runner.invoke(eval_app, ["study", "--quick", *args, "-o", str(tmp_path / "o")])
         assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output, (args, result.output)
         assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "CUDA is not available" in result.output
+
+
+@pytest.mark.parametrize("cuda, choice, device", [(False, "auto", "cpu"), (True, "auto", "cuda"), (True, "cpu", "cpu"),
+                                                  (False, "cpu", "cpu"), (True, "cuda", "cuda")])
+def test_cli_study_device_choice(tmp_path, monkeypatch, cuda, choice, device):
+    """--device auto means cuda exactly when CUDA is available; the choice reaches the study's configuration."""
+    import timm_xbn.study as study_module
+    from timm_xbn.cli import eval_app
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(study_module, "run_study", lambda cfg, output, **kwargs: seen.append(cfg))
+    result = CliRunner().invoke(eval_app, ["study", "--quick", "--device", choice, "-o", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    assert [cfg.device for cfg in seen] == [device] and seen[0].to_dict()["device"] == device
 
 
 def test_study_compare_reports_verdict_changes(quick_run, tmp_path):

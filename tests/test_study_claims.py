@@ -186,13 +186,19 @@ def test_interval_equals_scipy_one_sample_t_interval(n):
 # get): every field not listed here as unused must change the kind's fingerprint.
 STUDY_FIELDS_UNUSED = {"train_seeds"}  # a job's own training seed is in its key, not in its kind's folder
 UNUSED = {
-    "mlp": {"resnet"},
+    "mlp": {"resnet", "device"},  # the MLPs always run on the CPU
     "network": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
                 "resnet.small_batch_iterations"},
     "small_batch": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.epochs",
                     "resnet.min_steps", "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds",
                     "resnet.blocks", "resnet.esm_variants", "resnet.esm_corruption", "resnet.adabn_variants",
                     "resnet.corruptions", "resnet.severity", "resnet.calib_samples"},
+    # the main networks' training (their stored weights): everything but the evaluation settings
+    "train": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
+              "resnet.small_batch_iterations", "resnet.eval_samples", "resnet.eval_batch_size",
+              "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds", "resnet.blocks",
+              "resnet.esm_variants", "resnet.esm_corruption", "resnet.adabn_variants", "resnet.corruptions",
+              "resnet.severity", "resnet.calib_samples"},
 }
 DATA = SimpleNamespace(name="fake", source="memory", train_y=[0] * 50, test_y=[0] * 20)
 
@@ -251,9 +257,13 @@ def test_every_job_of_a_plan_has_its_own_result_file_and_seeds_differ(tmp_path):
     jobs = plan_jobs(cfg, DATA)
     paths = [job.path(tmp_path) for job in jobs]
     assert len(set(paths)) == len(paths)
-    for kind in UNUSED:
+    assert {j.kind for j in jobs} == set(UNUSED) - {"train"}
+    for kind in ("mlp", "network", "small_batch"):
         of_kind = [j for j in jobs if j.kind == kind]
         assert {j.seed for j in of_kind} == {0, 1, 2}
         for a in of_kind:  # jobs that differ only in the training seed never share a stored result
             twins = [b for b in of_kind if (b.variant, b.batch_size) == (a.variant, a.batch_size) and b.seed != a.seed]
             assert len(twins) == 2 and all(b.path(tmp_path) != a.path(tmp_path) for b in twins)
+    networks = [j for j in jobs if j.kind == "network"]  # each network's trained weights have their own file too
+    assert len({j.training_path(tmp_path) for j in networks}) == len(networks)
+    assert all(j.training_path(tmp_path).parent != j.path(tmp_path).parent for j in networks)

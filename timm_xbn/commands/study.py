@@ -21,6 +21,7 @@ def eval_study(
     train_samples: Optional[int] = typer.Option(None, "--train-samples", help="Training images for the ResNets (default: the whole training split)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="ResNet training epochs (default 3, at least 400 SGD steps)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing finished jobs in --output."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda (bf16 autocast, channels_last; part of the configuration: numbers differ across devices)."),
 ) -> None:
     """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions).
 
@@ -36,25 +37,33 @@ def eval_study(
 
       xbn-eval study --full -o xbn_results/study_full
 
+      torchrun --nproc_per_node=4 -m timm_xbn.evaluation study --full --device cuda -o xbn_results/study_full  (jobs shared out by rank)
+
       xbn-eval study --dataset /data/my_images --train-samples 5000 --seeds 5
     """
     import dataclasses
 
-    from ..evaluation.results import claim_output_dir
+    from ..evaluation.results import check_output_dir, claim_output_dir
     from ..study import StudyConfig, run_study
+    from ..study.config import resolve_device
+    from ..study.jobs import torchrun_rank
 
     if quick and full:
         raise ValueError("choose one of --quick and --full")
     if threads < 1 or (workers is not None and workers < 1) or (seeds is not None and seeds < 2):
         raise ValueError("--threads and --workers must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
     cfg = StudyConfig.preset("quick" if quick else "full" if full else "default",
-                             dataset=dataset, image_size=image_size, seed=seed, threads=threads)
+                             dataset=dataset, image_size=image_size, seed=seed, threads=threads,
+                             device=resolve_device(device))
     if seeds is not None:
         cfg.train_seeds = tuple(range(seeds))
     resnet_overrides = {k: v for k, v in (("train_samples", train_samples), ("epochs", epochs)) if v is not None}
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     if train_samples is not None and train_samples < cfg.resnet.batch_size:
         raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
+    if torchrun_rank()[0]:  # torchrun's other ranks share rank 0's folder (and lock)
+        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=workers)
+        return
     with claim_output_dir(output, "--output") as folder:  # before the job pool starts; one run per folder
         run_study(cfg, folder, resume=not fresh, workers=workers)
 

@@ -3,12 +3,24 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Tuple
 
+import torch
+
 from .mlp import MLPConfig
 from .resnet import VARIANTS, ResNetConfig
 
-__all__ = ["PRESETS", "StudyConfig"]
+__all__ = ["DEVICES", "PRESETS", "StudyConfig", "resolve_device"]
 
 PRESETS = ("default", "quick", "full")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> str:
+    """``cpu`` or ``cuda`` for a ``DEVICES`` choice (``auto``: cuda when available)."""
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda: CUDA is not available on this machine (choose cpu, or auto: cuda when available)")
+    return "cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name
 
 
 @dataclass
@@ -20,6 +32,7 @@ class StudyConfig:
     seed: int = 0
     train_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
+    device: str = "cpu"  # the ResNets' (cpu or cuda: bf16 autocast, channels_last); the MLPs always run on the CPU
     mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
 
@@ -49,6 +62,6 @@ class StudyConfig:
     def to_dict(self) -> dict:
         return {
             "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
-            "train_seeds": list(self.train_seeds), "threads": self.threads,
+            "train_seeds": list(self.train_seeds), "threads": self.threads, "device": self.device,
             "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(),
         }

@@ -3,8 +3,7 @@
 A job is one independently seeded unit: the Section 4 MLP runs of one seed, one Section 5
 network trained and evaluated, or one small-batch training run. Each job seeds everything it
 uses (model init, data order, perturbation and corruption draws) from its own settings, runs with
-the configured number of torch threads, and stores its result as ``<key>.json`` (plus the trained
-weights as ``<key>.safetensors`` for the main networks) in the parts folder, so
+the configured number of torch threads, and stores its result as ``<key>.json`` in the parts folder, so
 
 * an interrupted study resumes with the jobs that have no result yet, and
 * the numbers are the same whether the jobs run one after another or in several processes.
@@ -14,9 +13,16 @@ Workers are spawned processes (``--workers``); each loads the data set once.
 Results live in ``<parts>/<fingerprint>/``, one folder per job kind and the settings that kind
 depends on (``job_fingerprints``): changing, say, the small-batch iterations re-runs only the
 small-batch jobs, and the trained main networks are reused.
+
+A network job trains, then evaluates: its training is stored apart, as ``<key>.safetensors`` (the
+weights) and ``<key>.train.json`` (steps and per-epoch history) in the folder of the ``train``
+fingerprint, which holds the training settings only. Changing only an evaluation setting (the
+Deltas, perturbation draws, corruptions, ESM settings) re-runs the evaluations on the stored
+weights and retrains nothing.
 """
 import hashlib
 import json
+import math
 import multiprocessing
 import os
 import resource
@@ -24,9 +30,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
+from safetensors.torch import load_file
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
@@ -38,7 +46,8 @@ from .resnet import (
     prepare_images, robustness_sweep, train_classifier,
 )
 
-__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds"]
+__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds", "eta_seconds",
+           "torchrun_rank", "wait_for_results"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
@@ -46,6 +55,9 @@ _MAIN_NETWORK_ONLY = ("epochs", "min_steps", "robustness_variants", "deltas", "p
                       "esm_corruption", "adabn_variants", "corruptions", "severity", "calib_samples")
 _IGNORED = {"network": ("variants", *_SMALL_BATCH_ONLY),
             "small_batch": ("variants", "small_batch_variants", "small_batch_sizes", *_MAIN_NETWORK_ONLY)}
+# ResNetConfig fields the main networks' trained weights depend on (the ``train`` fingerprint)
+_TRAINING = ("arch", "channels", "stem_width", "gn_groups", "stem_pool", "channels_last", "train_samples", "epochs",
+             "min_steps", "batch_size", "lr", "weight_decay", "warmup_steps")
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class Job:
     variant: str = ""
     batch_size: int = 0
     fingerprint: str = ""  # the folder of its kind's settings (``job_fingerprints``)
+    train_fingerprint: str = ""  # network jobs: the folder of the trained weights (the ``train`` fingerprint)
 
     @property
     def key(self) -> str:
@@ -71,6 +84,10 @@ class Job:
         """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""
         return parts / self.fingerprint / f"{self.key}{suffix}"
 
+    def training_path(self, parts: Path, suffix: str = ".safetensors") -> Path:
+        """Where a network job's trained weights (``.safetensors``) and training record (``.train.json``) are stored."""
+        return parts / self.train_fingerprint / f"{self.key}{suffix}"
+
     def describe(self) -> str:
         if self.kind == "mlp":
             return f"MLP runs, seed {self.seed}"
@@ -81,11 +98,14 @@ class Job:
 
 def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
     """Job kind -> hash of everything its results depend on: its settings, the threads (they change
-    floating-point rounding), the data subsets' seed, the data set and the torch version."""
-    resnet = cfg.resnet.to_dict()
+    floating-point rounding), the data subsets' seed, the data set and the torch version; the ResNets'
+    kinds also the device (CUDA runs in bf16). ``train`` is the main networks' training alone (their
+    stored weights)."""
+    resnet = {**cfg.resnet.to_dict(), "device": cfg.device}
     settings = {
         "mlp": cfg.mlp.to_dict(),
         **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
+        "train": {k: resnet[k] for k in (*_TRAINING, "device")},
     }
     common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
               "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
@@ -96,7 +116,8 @@ def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
 def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     """Every job of the study, longest first (so parallel workers finish close together)."""
     rc, fp = cfg.resnet, job_fingerprints(cfg, data)
-    networks = [Job("network", s, v, fingerprint=fp["network"]) for v in rc.variants for s in cfg.train_seeds]
+    networks = [Job("network", s, v, fingerprint=fp["network"], train_fingerprint=fp["train"])
+                for v in rc.variants for s in cfg.train_seeds]
     networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
     mlp = [Job("mlp", s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
     small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
@@ -104,8 +125,24 @@ def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     return networks + mlp + small
 
 
-def default_workers() -> int:
-    """One worker per available CPU core."""
+def torchrun_rank() -> Tuple[int, int]:
+    """(rank, world size) of this process under torchrun (its RANK / WORLD_SIZE variables); (0, 1) otherwise."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def wait_for_results(jobs: Iterable[Job], parts: Path, poll_s: float = 1.0) -> None:
+    """Block until every job has its stored result (written by other ranks; torchrun stops all
+    ranks when one fails, so a failed job ends the wait too)."""
+    missing = [job for job in jobs if not job.path(parts).is_file()]
+    while missing:
+        time.sleep(poll_s)
+        missing = [job for job in missing if not job.path(parts).is_file()]
+
+
+def default_workers(device: str = "cpu") -> int:
+    """One worker per available CPU core; one process driving the GPU on CUDA."""
+    if device == "cuda":
+        return 1
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
@@ -122,7 +159,7 @@ class _Context:
         self._corrupted: Dict[tuple, torch.Tensor] = {}
 
     def splits(self):
-        """(train, test, calib) image splits for the ResNets, normalized with the training statistics."""
+        """(train, test, calib) image splits for the ResNets, normalized with the training statistics, on the study's device."""
         if self._splits is None:
             rc, size = self.cfg.resnet, self.cfg.image_size
             train_x, train_y = subset(self.data.train_x, self.data.train_y, rc.train_samples, self.cfg.seed)
@@ -131,11 +168,11 @@ class _Context:
             test_x, test_y = subset(self.data.test_x, self.data.test_y, rc.eval_samples, self.cfg.seed)
             calib_idx = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(self.cfg.seed + 1))
             calib_idx = calib_idx[: min(rc.calib_samples, len(train_y))]
-            self._splits = (
+            self._splits = tuple(split.to(self.cfg.device) for split in (
                 ImageSplit(train_x, train_y, mean, std),
                 ImageSplit(prepare_images(test_x, size), test_y, mean, std),
                 ImageSplit(train_x[calib_idx], train_y[calib_idx], mean, std),
-            )
+            ))
         return self._splits
 
     def corrupted(self, split: str, corruption: str) -> torch.Tensor:
@@ -143,10 +180,10 @@ class _Context:
         key = (split, corruption)
         if key not in self._corrupted:
             _, test, calib = self.splits()
-            images = test.x if split == "test" else calib.x
+            images = (test.x if split == "test" else calib.x).cpu()  # drawn on the CPU: the same draws on every device
             index = sorted({*self.cfg.resnet.corruptions, self.cfg.resnet.esm_corruption}).index(corruption)
             seed = self.cfg.seed + 1000 * (split == "calib") + index
-            self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed)
+            self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed).to(self.cfg.device)
         return self._corrupted[key]
 
 
@@ -200,17 +237,33 @@ def _mlp_job(ctx: _Context, seed: int) -> dict:
             "setup_two": {"train_sizes": sizes, "input_esm_sigma": shift, "runs": runs}}
 
 
-def _network_job(ctx: _Context, job: Job, weights: Path) -> dict:
-    """Train one Section 5 network on the training split, then run the evaluations its variant takes part in."""
+def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, dict]:
+    """The Section 5 network of ``job`` trained on the training split, and its training record
+    (steps, history): loaded from an earlier run's stored weights when there are any, else trained
+    and stored (the record is written last, so a record means complete weights)."""
     rc = ctx.cfg.resnet
-    train, test, calib = ctx.splits()
-    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    weights, record = job.training_path(parts), job.training_path(parts, ".train.json")
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
+    if record.is_file() and weights.is_file():
+        model.load_state_dict(load_file(str(weights)))
+        return model.eval(), json.loads(record.read_text())
+    train, _, _ = ctx.splits()
     steps = rc.train_steps(len(train.y))
     history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps)
+    weights.parent.mkdir(parents=True, exist_ok=True)
     save_safetensors_atomic(model.state_dict(), weights)
+    training = {"steps": steps, "history": history}
+    write_json_atomic(record, training)
+    return model, training
+
+
+def _network_job(ctx: _Context, job: Job, parts: Path) -> dict:
+    """One Section 5 network (trained, or loaded from its stored training), then the evaluations its variant takes part in."""
+    rc = ctx.cfg.resnet
+    _, test, calib = ctx.splits()
+    model, training = _trained_network(ctx, job, parts)
     bs = rc.eval_batch_size
-    out = {"variant": job.variant, "seed": job.seed, "steps": steps, "history": history,
-           "top1": evaluate_top1(model, test.batches(bs))}
+    out = {"variant": job.variant, "seed": job.seed, **training, "top1": evaluate_top1(model, test.batches(bs))}
     if job.variant in rc.robustness_variants:
         summary, targets = robustness_sweep({job.variant: model}, test, rc.deltas, rc.perturb_seeds, rc.blocks, bs)
         out["robustness"] = {**summary[job.variant], "targets": targets[job.variant]}
@@ -230,7 +283,7 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
     """Train with ``job.batch_size`` images per step for the fixed number of iterations; test top-1."""
     rc = ctx.cfg.resnet
     train, test, _ = ctx.splits()
-    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed)
+    model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
     lr = rc.small_batch_lr(job.batch_size)
     history = train_classifier(model, train, job.seed, job.batch_size, lr, rc.weight_decay,
                                rc.warmup_steps, rc.small_batch_iterations)
@@ -256,7 +309,7 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
             if job.kind == "mlp":
                 result = _mlp_job(ctx, job.seed)
             elif job.kind == "network":
-                result = _network_job(ctx, job, job.path(parts, ".safetensors"))
+                result = _network_job(ctx, job, parts)
             else:
                 result = _small_batch_job(ctx, job)
     finally:
@@ -265,6 +318,14 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
                       {"wall_s": time.perf_counter() - started_wall, "cpu_s": _cpu_seconds() - started_cpu})
     write_json_atomic(job.path(parts), result)
     return result
+
+
+def eta_seconds(times: Sequence[float], remaining: int, workers: int) -> Optional[float]:
+    """Seconds until ``remaining`` more jobs of a kind finish, ``workers`` at a time, each taking the
+    mean of the finished jobs' ``times`` (None before one has finished)."""
+    if not times:
+        return None
+    return sum(times) / len(times) * math.ceil(remaining / max(1, workers))
 
 
 def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
@@ -283,11 +344,12 @@ def run_jobs(
     jobs: Iterable[Job],
     parts: Path,
     workers: int = 1,
-    on_done: Optional[Callable[[Job], None]] = None,
+    on_done: Optional[Callable[[Job, dict], None]] = None,
     data: Optional[StudyData] = None,
 ) -> Dict[str, dict]:
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
-    here, on ``data`` if the caller has loaded it) and return every job's result by key."""
+    here, on ``data`` if the caller has loaded it) and return every job's result by key; ``on_done``
+    gets each job and its result as it finishes (stored ones first)."""
     jobs = list(jobs)
     for folder in {job.path(parts).parent for job in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
@@ -301,7 +363,7 @@ def run_jobs(
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise ValueError(f"cannot resume: {stored} is damaged ({err}); delete it to run that job again") from None
             if on_done is not None:
-                on_done(job)
+                on_done(job, results[job.key])
         else:
             pending.append(job)
     if workers <= 1 or len(pending) <= 1:
@@ -310,7 +372,7 @@ def run_jobs(
         for job in pending:
             results[job.key] = _run_job(cfg, job, parts)
             if on_done is not None:
-                on_done(job)
+                on_done(job, results[job.key])
         _CONTEXTS.clear()  # free the data this process loaded
         return results
     context = multiprocessing.get_context("spawn")
@@ -323,5 +385,5 @@ def run_jobs(
                 job = futures[future]
                 results[job.key] = future.result()
                 if on_done is not None:
-                    on_done(job)
+                    on_done(job, results[job.key])
     return results

@@ -330,22 +330,44 @@ def claim_adabn(rn: Mapping) -> Claim:
     return claim
 
 
-def evaluate_claims(results: Mapping) -> List[Claim]:
-    """All claims the study's results can speak to, in the order of the paper."""
+JOB_KINDS = ("mlp", "network", "small_batch")
+
+
+def evaluate_claims(results: Mapping, done: Sequence[str] = JOB_KINDS) -> List[Claim]:
+    """All claims the study's results can speak to, in the order of the paper; with ``done``, only
+    those whose numbers come from these job kinds alone (so each can be reported once its jobs finish)."""
     mlp, rn = results["mlp"], results["resnet"]
-    claims = [claim_esm_grows(mlp), claim_gn_flattens(mlp), claim_gnbn_gap(mlp), claim_gnbn_test_error(mlp),
-              claim_table1_p2(rn)]
-    if "GN" in rn["networks"]:
-        claims.append(claim_table1_full_gn(rn))
-    claims.append(claim_xbn_robust(rn))
-    claims += [claim_small_batch(rn, "BN"), claim_small_batch(rn, "GN")]
-    claims += [claim_esm_lower(rn), claim_adabn(rn)]
+    claims = []
+    if "mlp" in done:
+        claims += [claim_esm_grows(mlp), claim_gn_flattens(mlp), claim_gnbn_gap(mlp), claim_gnbn_test_error(mlp)]
+    if "network" in done:
+        claims.append(claim_table1_p2(rn))
+        if "GN" in rn["networks"]:
+            claims.append(claim_table1_full_gn(rn))
+        claims.append(claim_xbn_robust(rn))
+    if "small_batch" in done:
+        claims += [claim_small_batch(rn, "BN"), claim_small_batch(rn, "GN")]
+    if "network" in done:
+        claims += [claim_esm_lower(rn), claim_adabn(rn)]
     return claims
 
 
 def _mean_sd(values: Sequence[float]) -> str:
     sd = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
     return f"{np.mean(values):.2f} ± {sd:.2f}"
+
+
+def claim_lines(c: Mapping, number: str = "") -> List[str]:
+    """One claim (``Claim.to_dict()``): its verdict, criterion and every effect with its interval."""
+    lines = [f"[{c['verdict']}] {number}{c['claim']}  ({c['source']})", f"    criterion: {c['criterion']}"]
+    for e in c["effects"]:
+        mark = "*" if e["counts"] else " "
+        sign = ">" if e["direction"] > 0 else "<"
+        lines.append(
+            f"    {mark} {e['name']}: {e['mean']:+.3f} {e['unit']}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
+            f"sd over {e['n']} seeds {e['sd']:.3f} (paper {sign} 0) -> {e['verdict']}"
+        )
+    return lines
 
 
 def summary_lines(results: Mapping) -> List[str]:
@@ -373,15 +395,7 @@ def summary_lines(results: Mapping) -> List[str]:
         lines.append(f"  {label:7s} " + " | ".join(cells))
     lines.append("")
     for i, c in enumerate(results["claims"], start=1):
-        lines.append(f"[{c['verdict']}] {i}. {c['claim']}  ({c['source']})")
-        lines.append(f"    criterion: {c['criterion']}")
-        for e in c["effects"]:
-            mark = "*" if e["counts"] else " "
-            sign = ">" if e["direction"] > 0 else "<"
-            lines.append(
-                f"    {mark} {e['name']}: {e['mean']:+.3f} {e['unit']}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
-                f"sd over {e['n']} seeds {e['sd']:.3f} (paper {sign} 0) -> {e['verdict']}"
-            )
+        lines += claim_lines(c, f"{i}. ")
     counts = {v: sum(c["verdict"] == v for c in results["claims"]) for v in (HOLDS, CONTRADICTED, INCONCLUSIVE)}
     lines.append("")
     lines.append("(* = effect that decides the verdict; the others are reported beside it)")

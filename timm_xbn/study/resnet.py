@@ -14,6 +14,7 @@ on the clean and on a corrupted test split; AdaBN under ImageNet-C corruptions (
 re-estimated on corrupted training images, evaluated on the corrupted test split).
 """
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -31,7 +32,7 @@ from ..evaluation.sweep import SharedPass, robustness_settings
 from ..layers import paper_affine
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
 from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
-from ..utils.device import eval_mode
+from ..utils.device import eval_mode, model_device
 from ..utils.norms import is_bn
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "robustness_sweep",
     "esm_per_layer",
     "adabn_under_corruption",
+    "autocast",
 ]
 
 # label -> how the variant is made from the BN network of the same seed
@@ -129,6 +131,10 @@ class ImageSplit:
     mean: torch.Tensor
     std: torch.Tensor
 
+    def to(self, device: str) -> "ImageSplit":
+        """This split with its tensors on ``device``."""
+        return ImageSplit(self.x.to(device), self.y.to(device), self.mean.to(device), self.std.to(device))
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean.view(1, -1, 1, 1)) / self.std.view(1, -1, 1, 1)
 
@@ -180,6 +186,12 @@ def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) ->
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
+def autocast(model: nn.Module):
+    """bf16 autocast for a model on CUDA (its convolutions and matmuls at tensor-core speed); nothing on the CPU."""
+    device = model_device(model)
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
 def bn_depths(cfg: ResNetConfig) -> Dict[str, int]:
     """Name -> 1-based position of every BN in the BN network, so variants' BNs line up by depth."""
     model = build_bn_network(cfg, num_classes=10, seed=0)
@@ -215,8 +227,9 @@ def train_classifier(
         for i in range(0, len(order) - batch_size + 1, batch_size):  # full batches only (BN needs > 1 sample)
             idx = order[i:i + batch_size]
             x, y = split.normalize(split.x[idx]), split.y[idx]
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with autocast(model):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -238,11 +251,11 @@ def train_classifier(
 def evaluate_top1(model: nn.Module, batches) -> float:
     """Top-1 (%) of ``model`` in eval mode over ``(images, labels)`` batches."""
     counts = None
-    with eval_mode([model]):
+    with eval_mode([model]), autocast(model):
         for x, y in batches:
-            c = topk_correct(model(x), y)
+            c = topk_correct(model(x).float(), y)
             counts = c if counts is None else counts + c
-    return accuracy_from_counts(counts)["top1"]
+    return accuracy_from_counts(counts.cpu())["top1"]
 
 
 def robustness_sweep(
@@ -261,10 +274,10 @@ def robustness_sweep(
     targets = {label: select_perturbation_targets(m, blocks=blocks, scope="first") for label, m in models.items()}
     settings = robustness_settings(list(models), deltas, seeds)
     sweep = SharedPass(models, settings, targets)
-    with eval_mode(models.values()):
+    with eval_mode(models.values()), autocast(next(iter(models.values()))):
         for x, y in split.batches(batch_size):
             sweep.update(x, y)
-    runs = {s.key: accuracy_from_counts(sweep.counts[s.key]) for s in settings}
+    runs = {s.key: accuracy_from_counts(sweep.counts[s.key].cpu()) for s in settings}
     return summarize_robustness(runs, settings), targets
 
 

@@ -9,7 +9,10 @@ data and the torch version, so stale parts are never reused and a change to one 
 settings re-runs only those jobs. The same configuration gives the same numbers with any number
 of workers.
 """
+import json
+import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -21,37 +24,40 @@ from ..utils.files import write_text_atomic
 from ..evaluation.results import make_results, write_csv, write_json_atomic
 from .config import PRESETS, StudyConfig
 from .data import StudyData, load_dataset
-from .jobs import Job, default_workers, job_seconds, plan_jobs, run_jobs
+from .jobs import Job, default_workers, eta_seconds, job_seconds, plan_jobs, run_jobs, torchrun_rank, wait_for_results
 from .plots import plot_study
-from .report import evaluate_claims, summary_lines
+from .report import JOB_KINDS, claim_lines, evaluate_claims, summary_lines
 from .resnet import build_bn_network
 
 __all__ = ["StudyConfig", "PRESETS", "run_study", "RESULTS_FILE", "SUMMARY_FILE"]
 
 RESULTS_FILE = "study.json"
 SUMMARY_FILE = "summary.txt"
+KIND_LABELS = {"network": "Section 5 networks", "mlp": "Section 4 MLPs", "small_batch": "Small-batch training"}
+VERDICT_STYLES = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
 
 
 def _by_seed(results: Dict[str, dict], jobs: List[Job], kind: str) -> Dict[str, Dict[str, dict]]:
     """variant -> seed -> result for the jobs of ``kind``."""
     out: Dict[str, Dict[str, dict]] = {}
     for job in jobs:
-        if job.kind == kind:
+        if job.kind == kind and job.key in results:
             out.setdefault(job.variant, {})[str(job.seed)] = results[job.key]
     return out
 
 
 def _collect(cfg: StudyConfig, data: StudyData, results: Dict[str, dict], jobs: List[Job]) -> Tuple[dict, dict]:
-    """The ``mlp`` and ``resnet`` sections of study.json from the job results."""
-    per_seed = [results[j.key] for j in jobs if j.kind == "mlp"]
-    first = per_seed[0]
-    mlp = {"config": cfg.mlp.to_dict(), "test_samples": first["test_samples"], "seeds": list(cfg.train_seeds),
-           "setup_one": first["setup_one"], "setup_two": first["setup_two"], "by_seed": per_seed}
+    """The ``mlp`` and ``resnet`` sections of study.json from the job results (of the finished jobs
+    only while the study runs: a kind without results has empty entries)."""
+    per_seed = [results[j.key] for j in jobs if j.kind == "mlp" and j.key in results]
+    first = per_seed[0] if per_seed else {}
+    mlp = {"config": cfg.mlp.to_dict(), "test_samples": first.get("test_samples"), "seeds": list(cfg.train_seeds),
+           "setup_one": first.get("setup_one"), "setup_two": first.get("setup_two"), "by_seed": per_seed}
     rc = cfg.resnet
     networks = _by_seed(results, jobs, "network")
     small: Dict[str, Dict[str, Dict[str, float]]] = {}
     for job in jobs:
-        if job.kind == "small_batch":
+        if job.kind == "small_batch" and job.key in results:
             small.setdefault(job.variant, {}).setdefault(str(job.batch_size), {})[str(job.seed)] = results[job.key]["top1"]
     bn = build_bn_network(rc, data.num_classes, 0)
     train_images = len(data.train_y) if rc.train_samples is None else min(rc.train_samples, len(data.train_y))
@@ -132,6 +138,47 @@ def _csv_tables(results: dict) -> Dict[str, List[dict]]:
     }
 
 
+def _print_lines(console: Console, lines: List[str]) -> None:
+    """Plain lines, a claim's verdict line in its verdict's colour."""
+    for line in lines:
+        style = next((v for k, v in VERDICT_STYLES.items() if line.startswith(k)), None)
+        console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+class _Progress:
+    """One progress line per job kind with an ETA from its finished jobs' times, and each claim
+    printed as soon as the job kinds its numbers come from have finished."""
+
+    def __init__(self, bar: Progress, cfg: StudyConfig, data: StudyData, jobs: List[Job], parts: Path, workers: int):
+        self.bar, self.cfg, self.data, self.jobs, self.parts, self.workers = bar, cfg, data, jobs, parts, workers
+        self.left = Counter(j.kind for j in jobs)
+        self.times: Dict[str, List[float]] = {kind: [] for kind in self.left}
+        self.tasks = {kind: bar.add_task(KIND_LABELS[kind], total=self.left[kind], eta="")
+                      for kind in JOB_KINDS if kind in self.left}
+        self.results: Dict[str, dict] = {}
+        self.reported: set = set()
+
+    def __call__(self, job: Job, result: dict) -> None:
+        self.results[job.key] = result
+        self.left[job.kind] -= 1
+        timing = job.path(self.parts, ".time.json")
+        if timing.is_file():
+            self.times[job.kind].append(json.loads(timing.read_text())["wall_s"])
+        eta = eta_seconds(self.times[job.kind], self.left[job.kind], self.workers)
+        self.bar.update(self.tasks[job.kind], advance=1,
+                        eta="done" if not self.left[job.kind] else "" if eta is None else f"ETA {eta / 60:.1f} min")
+        if not self.left[job.kind]:
+            self._report_claims()
+
+    def _report_claims(self) -> None:
+        done = [kind for kind in JOB_KINDS if not self.left[kind]]
+        mlp, resnet = _collect(self.cfg, self.data, self.results, self.jobs)
+        for claim in evaluate_claims({"mlp": mlp, "resnet": resnet}, done):
+            if claim.id not in self.reported:
+                self.reported.add(claim.id)
+                _print_lines(self.bar.console, claim_lines(claim.to_dict()))
+
+
 def run_study(
     config: Optional[StudyConfig] = None,
     output_dir: Union[str, Path] = "xbn_results/study",
@@ -139,20 +186,29 @@ def run_study(
     progress: bool = True,
     console: Optional[Console] = None,
     workers: Optional[int] = None,
-) -> Dict[str, Any]:
+) -> Optional[Dict[str, Any]]:
     """Run the study, write its artefacts into ``output_dir`` and return the ``study`` results dict.
+
+    Under torchrun the jobs are shared out by rank (job ``i`` runs on rank ``i % world size``), each
+    rank writing its results into the same ``output_dir`` (a shared folder across machines); rank 0
+    waits for every result, then writes the artefacts and returns the results (the others return None).
+    Every rank runs its jobs with the same settings, so the numbers are those of one process.
 
     Args:
         config: ``StudyConfig.preset()`` by default (``StudyConfig.preset("quick")`` for CI).
         output_dir: where ``study.json``, the CSV tables, the PNG figures and ``summary.txt`` go.
         resume: reuse finished jobs stored in ``output_dir/parts`` by an earlier run of the same config.
         progress: show a rich progress bar (on ``console``).
-        workers: processes running jobs in parallel (default: one per CPU core); does not change the numbers.
+        workers: processes running jobs in parallel (default: one per CPU core, one per rank under
+            torchrun); does not change the numbers.
     """
     cfg = config or StudyConfig.preset()
     output_dir = Path(output_dir)
     console = console or Console(stderr=True)
-    workers = default_workers() if workers is None else max(1, int(workers))
+    rank, world = torchrun_rank()
+    if world > 1 and cfg.device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is each rank's own GPU
+    workers = (1 if world > 1 else default_workers(cfg.device)) if workers is None else max(1, int(workers))
     started = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
     console.print(f"[bold]Study data[/bold]: {data.describe()}")
@@ -161,15 +217,25 @@ def run_study(
                       "`apt-get install dataset-fashion-mnist` gives it the full Fashion-MNIST[/yellow]")
     parts = output_dir / "parts"
     jobs = plan_jobs(cfg, data)
+    share = jobs[rank::world]
     if not resume:
-        for job in jobs:
+        for job in share:
             job.path(parts).unlink(missing_ok=True)
+            if job.kind == "network":
+                job.training_path(parts, ".train.json").unlink(missing_ok=True)
     reused = sum(j.path(parts).is_file() for j in jobs)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    if world > 1:
+        run_jobs(cfg, share, parts, workers, data=data)
+        if rank:
+            return None
+        wait_for_results(jobs, parts)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[eta]}"))
+    if progress:
+        console.print(f"Study jobs: {workers} worker{'s' if workers > 1 else ''}, {cfg.threads} thread(s) each, on {cfg.device}")
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task(f"Study jobs ({workers} worker{'s' if workers > 1 else ''}, {cfg.threads} thread(s) each)",
-                            total=len(jobs))
-        outputs = run_jobs(cfg, jobs, parts, workers, on_done=lambda job: bar.advance(task), data=data)
+        on_done = _Progress(bar, cfg, data, jobs, parts, workers) if progress else None
+        outputs = run_jobs(cfg, jobs, parts, workers, on_done=on_done, data=data)
     mlp, resnet = _collect(cfg, data, outputs, jobs)
     results = make_results("study", {
         "dataset": {"name": data.name, "source": data.source, "description": data.describe(),
@@ -179,6 +245,7 @@ def run_study(
         "seeds": {"training": list(cfg.train_seeds), "data_and_corruptions": cfg.seed,
                   "perturbation": list(cfg.resnet.perturb_seeds)},
         "threads": cfg.threads,
+        "device": cfg.device,
         "torch_version": torch.__version__,
         "mlp": mlp,
         "resnet": resnet,
@@ -191,13 +258,10 @@ def run_study(
     wall = time.perf_counter() - started
     lines = summary_lines(results)
     spent = job_seconds(jobs, parts)
-    lines.append(f"Wall time: {wall:.0f} s with {workers} worker(s) x {cfg.threads} thread(s) "
+    lines.append(f"Wall time: {wall:.0f} s with {workers} worker(s) x {cfg.threads} thread(s) on {cfg.device} "
                  f"({reused} of {len(jobs)} jobs reused from an earlier run); the jobs took {spent['cpu_s']:.0f} "
                  f"CPU-seconds ({spent['wall_s']:.0f} s of job wall time); results in {output_dir}/")
     lines.append("Figures: " + ", ".join(str(p) for p in plots))
     write_text_atomic(output_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
-    styles = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
-    for line in lines:
-        style = next((v for k, v in styles.items() if line.startswith(k)), None)
-        console.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+    _print_lines(console, lines)
     return results
