@@ -88,7 +88,7 @@ class FakeHub:
         request.read()
         path = request.url.path
         if path == "/api/agent-harnesses":  # huggingface_hub's own once-per-process probe, not part of a push
-            return httpx2.Response(200, json=[])
+            return httpx2.Response(404)
         self.requests.append(request)
         if path == "/api/repos/create":
             body = json.loads(request.content)
