@@ -1,5 +1,5 @@
 """benchmarks/calibration.py: the tiny mode writes a well-formed table, and the re-estimation default rule."""
-import importlib.util
+import importlib
 import json
 import math
 import re
@@ -12,16 +12,12 @@ from scipy import stats
 
 from timm_xbn.study.data import StudyData
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "calibration.py"
 CELL = re.compile(r"^(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]$")
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("calibration_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("benchmarks.calibration")  # benchmarks/ is a package (python -m benchmarks.regenerate)
 
 
 def _synthetic_fashion_mnist() -> StudyData:
