@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
-from .norms import prepare_norm_adaptation
+from .norms import ParameterSelection, norm_affine_parameters, prepare_norm_adaptation
 
 __all__ = ["AffineAdapter", "Adapter", "PassCounts", "make_optimizer"]
 
@@ -91,9 +91,10 @@ class AffineAdapter(Adapter):
     stateful = True
     extra_state: Tuple[str, ...] = ()
 
-    def __init__(self, model: nn.Module, lr: float, optimizer: str = "sgd", momentum: float = 0.9):
+    def __init__(self, model: nn.Module, lr: float, optimizer: str = "sgd", momentum: float = 0.9,
+                 select: ParameterSelection = norm_affine_parameters):
         super().__init__(model)
-        self.params = prepare_norm_adaptation(self.model)
+        self.params = prepare_norm_adaptation(self.model, select)
         self.optimizer = make_optimizer(self.params, optimizer, lr, momentum)
 
     def state(self) -> Dict[str, Any]:

@@ -1,13 +1,22 @@
 """SAR (Niu et al., ICLR 2023): reliable-entropy filtering, a sharpness-aware step, and model recovery.
 
-Per test batch (mr-eyes/SAR's ``forward_and_adapt_sar``):
+Per test batch, as the reference code (mr-eggplant/SAR, ``forward_and_adapt_sar``):
   1. logits with every BN on batch statistics; keep the reliable samples, entropy < E0 = 0.4 ln C;
   2. SAM: gradient g of their mean entropy; move the affine parameters to w + rho g / ||g||;
   3. forward again there; of the step-1 samples keep those still below E0; the gradient of their mean
-     entropy, taken at the perturbed point, updates the original w with SGD;
-  4. an EMA (0.9) of that second loss; when it falls below ``reset_constant`` (0.2) the model has
-     collapsed onto confident predictions and is reset to the source weights (model recovery).
-Unlike SAR's ResNet-50 setting, all norm layers are adapted (SAR leaves out layer4).
+     entropy, taken at the perturbed point, updates the original w with SGD. The step is taken even
+     when a filter keeps nothing (a zero gradient: the momentum still moves the weights);
+  4. an EMA (0.9) of that second loss (when it has samples); when it is below ``reset_constant`` (0.2)
+     the model has collapsed onto confident predictions and the model and optimizer go back to the
+     source state (model recovery). The EMA is kept across a recovery, as the reference's
+     ``SAR.forward`` does (its ``reset`` clears it, then the caller writes the old value back).
+
+Defaults are the reference's. Its two knobs that depend on the setting are options here:
+``layers`` (``"reference"``: its name rules, which leave out ResNet's ``layer4`` and ViT-Base's last
+three blocks and final norm; ``"all"``: every BN / GN / LN / IN, for networks whose top the rules do
+not name) and ``lr`` (0: its rule from the batch size, ``sar_learning_rate``; else a fixed rate).
+Not as the reference: the copy is in eval mode (dropout off; the reference runs train mode), and E0
+is 0.4 ln C for the model's C classes (the reference fixes C = 1000, ImageNet).
 """
 import math
 from typing import List, Optional
@@ -16,30 +25,54 @@ import torch
 import torch.nn as nn
 
 from .base import AffineAdapter
+from .norms import norm_affine_parameters, sar_affine_parameters
 from .tent import softmax_entropy
 
-__all__ = ["SAR"]
+__all__ = ["SAR", "sar_learning_rate"]
+
+LAYERS = {"reference": sar_affine_parameters, "all": norm_affine_parameters}
+
+
+def sar_learning_rate(batch_size: int, vit: bool) -> float:
+    """The reference's ``main.py`` rule: ViT 0.001 * bs / 64; other models (ResNet-50 BN / GN)
+    0.00025 * 2 * bs / 64 when bs < 32, else 0.00025."""
+    if vit:
+        return 0.001 / 64 * batch_size
+    return 0.00025 / 64 * batch_size * 2 if batch_size < 32 else 0.00025
+
+
+def _is_vit(model: nn.Module) -> bool:
+    from timm.models.vision_transformer import VisionTransformer
+
+    return isinstance(model, VisionTransformer)
 
 
 class SAR(AffineAdapter):
-    """SAR on the affine parameters of every BN / GN / LN / IN. Defaults: SAR's (SGD lr 0.00025,
-    momentum 0.9, rho 0.05, E0 = 0.4 ln C, reset when the loss EMA < 0.2)."""
+    """SAR on the affine parameters ``layers`` selects. Defaults: the reference's (SGD with momentum
+    0.9, its learning-rate rule, rho 0.05, E0 = 0.4 ln C, recovery when the loss EMA < 0.2)."""
 
     extra_state = ("ema",)
 
-    def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, rho: float = 0.05,
-                 margin: float = 0.4, reset_constant: float = 0.2):
+    def __init__(self, model: nn.Module, lr: float = 0.0, momentum: float = 0.9, rho: float = 0.05,
+                 margin: float = 0.4, reset_constant: float = 0.2, layers: str = "reference"):
         if not rho > 0:
             raise ValueError(f"rho must be > 0, got {rho}")
-        super().__init__(model, lr, "sgd", momentum)
+        if layers not in LAYERS:
+            raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+        if lr < 0:
+            raise ValueError(f"lr must be > 0 (or 0: the reference's rule), got {lr}")
+        super().__init__(model, lr or 0.00025, "sgd", momentum, select=LAYERS[layers])
         self.rho, self.margin, self.reset_constant = rho, margin, reset_constant
+        self.lr_rule = lr == 0
+        self.vit = _is_vit(self.model)
+        self.batch_size: Optional[int] = None  # the stream's, from the first batch (sets the rule's rate)
         self.ema: Optional[float] = None
         self.resets = 0
         self.snapshot()
 
     def _reliable_entropy_backward(self, x: torch.Tensor, keep: Optional[torch.Tensor]) -> tuple:
-        """Forward ``x``; backpropagate the mean entropy of the samples (among ``keep``) below E0.
-        Returns (logits, reliable mask, loss value or None when no sample is reliable)."""
+        """Forward ``x``; backpropagate the mean entropy of the samples (among ``keep``) below E0, a
+        zero gradient when there are none. Returns (logits, reliable mask, loss value or None)."""
         logits = self.model(x)
         entropy = softmax_entropy(logits)
         reliable = entropy < self.margin * math.log(logits.shape[1])
@@ -48,6 +81,8 @@ class SAR(AffineAdapter):
         self.passes.forward += x.shape[0]
         self.optimizer.zero_grad(set_to_none=True)
         if not reliable.any():
+            for p in self.params:
+                p.grad = torch.zeros_like(p)
             return logits, reliable, None
         loss = entropy[reliable].mean()
         loss.backward()
@@ -56,27 +91,41 @@ class SAR(AffineAdapter):
 
     @torch.no_grad()
     def _ascend(self) -> List[torch.Tensor]:
-        """SAM's first step: w <- w + rho g / ||g|| (global norm); returns the offsets to undo."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norm = torch.norm(torch.stack([g.norm(2) for g in grads]), 2)
-        offsets = [g * (self.rho / (norm + 1e-12)) for g in grads]
-        for p, e in zip(self.params, offsets):
-            p.add_(e)
-        return offsets
+        """SAM's first step: w <- w + rho g / ||g|| (global norm); returns the original weights."""
+        original = [p.detach().clone() for p in self.params]
+        norm = torch.norm(torch.stack([p.grad.norm(2) for p in self.params]), 2)
+        for p in self.params:
+            p.add_(p.grad * (self.rho / (norm + 1e-12)))
+        return original
+
+    def _set_learning_rate(self, batch_size: int) -> None:
+        """The rule's rate at the stream's batch size (the first batch's: a shorter last one keeps it)."""
+        if self.batch_size is None:
+            self.batch_size = batch_size
+        if self.lr_rule:  # again after a reset, whose optimizer state holds the placeholder rate
+            for group in self.optimizer.param_groups:
+                group["lr"] = sar_learning_rate(self.batch_size, self.vit)
+
+    def _recover(self) -> None:
+        """Model recovery: the source model and optimizer, the loss EMA kept (as the reference)."""
+        ema = self.ema
+        self.reset()
+        self.ema = ema
+        self.resets += 1
+        self._set_learning_rate(self.batch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._set_learning_rate(x.shape[0])
         with torch.enable_grad():
-            logits, reliable, loss = self._reliable_entropy_backward(x, None)
-            if loss is not None:
-                offsets = self._ascend()
-                _, _, second = self._reliable_entropy_backward(x, reliable)
-                with torch.no_grad():
-                    for p, e in zip(self.params, offsets):
-                        p.sub_(e)
-                if second is not None:
-                    self.optimizer.step()
-                    self.ema = second if self.ema is None else 0.9 * self.ema + 0.1 * second
+            logits, reliable, _ = self._reliable_entropy_backward(x, None)
+            original = self._ascend()
+            _, _, second = self._reliable_entropy_backward(x, reliable)
+            with torch.no_grad():
+                for p, w in zip(self.params, original):
+                    p.copy_(w)
+            self.optimizer.step()
+        if second is not None:
+            self.ema = second if self.ema is None else 0.9 * self.ema + 0.1 * second
         if self.ema is not None and self.ema < self.reset_constant:
-            self.reset()
-            self.resets += 1
+            self._recover()
         return logits.detach()
