@@ -36,6 +36,7 @@ from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from .base import Adapter
 from .methods import STATEFUL_METHODS, create_adapter, parse_method
 from .protocol import check_protocol, counts_record
+from .streams import check_stream, stream_data, stream_record
 
 __all__ = ["RESULTS_FILE", "entry_key", "evaluate_adaptation"]
 
@@ -70,7 +71,7 @@ def _summary(label: str, method: str, pairs: Sequence[tuple[str, int]], runs: Ma
 def _check_same_run(previous: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
     for key, value in meta.items():  # a file without the key (an older version's) is another run too
         if previous.get(key) != value:
-            raise ValueError(f"{path} holds results for {key}={previous[key]!r}, this run has {key}={value!r}; "
+            raise ValueError(f"{path} holds results for {key}={previous.get(key)!r}, this run has {key}={value!r}; "
                              "use another output folder")
 
 
@@ -98,6 +99,8 @@ def evaluate_adaptation(
     order_seed: int = 0,
     model_specs: Optional[Mapping[str, Mapping[str, Any]]] = None,
     order: str = "shuffle",
+    stream: str = "iid",
+    dirichlet: Optional[float] = None,
 ) -> dict[str, Any]:
     """Top-1 error of every model x method on each pair of ``source``; returns the ``adapt`` results dict.
 
@@ -112,8 +115,11 @@ def evaluate_adaptation(
         order_seed: seed of the shuffled order (``order="shuffle"``).
         order: ``"shuffle"`` (default) or ``"folder"``, the order in which each pair's images are
             read (``EvalData.ordered``), recorded.
+        stream: ``"iid"`` (``order``) or ``"label-shift"`` (Dirichlet ``dirichlet`` label order, seeded
+            by ``order_seed``; ``timm_xbn.adapt.streams``), recorded.
     """
     check_protocol(protocol)
+    check_stream(stream, dirichlet)
     if not models or not methods:
         raise ValueError("give at least one model and one method")
     parsed = [parse_method(m) for m in methods]
@@ -126,7 +132,7 @@ def evaluate_adaptation(
                          f"each of the {world} ranks would adapt its own copy on its shard (independent, shorter "
                          "streams: another method). Run them in one process")
     out = Path(output_dir) if output_dir is not None else None
-    meta = {"dataset": source.source, "source": source.kind, "protocol": protocol, **order_record(order, order_seed),
+    meta = {"dataset": source.source, "source": source.kind, "protocol": protocol, **order_record(order, order_seed), **stream_record(stream, dirichlet),
             "seed": int(source.info.get("seed", 0)), "data_config": jsonable_config(source.data_config),
             "batch_size": source.batch_size,
             "models": {label: {"weights_sha1": weights_sha1(m), "spec": dict((model_specs or {}).get(label, {})) or None}
@@ -172,7 +178,7 @@ def evaluate_adaptation(
         pending = {key: a for key, a in adapters.items() if pair not in runs[key]}
         if not pending:
             continue
-        data = source.pair_data(corruption, severity).ordered(order, order_seed)
+        data = stream_data(source.pair_data(corruption, severity), stream, order_seed, dirichlet, order)
         prep = BatchPrep(source.data_config, device, (corruption, severity) if source.on_device else None, meta["seed"])
         start = {key: a.passes.as_dict() for key, a in pending.items()}
         for adapter in pending.values():

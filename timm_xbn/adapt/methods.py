@@ -1,7 +1,8 @@
 """Method names -> adapters: ``create_adapter(model, "tent:lr=0.001,optimizer=adam")``.
 
 A method spec is ``NAME`` or ``NAME:KEY=VALUE,...`` with the keyword arguments of the adapter
-class; ``prior:N`` is short for ``prior:prior=N`` (as ``xbn-eval corruption --adapt prior:N``).
+class; ``prior:N`` is short for ``prior:prior=N`` (as ``xbn-eval corruption --adapt prior:N``) and
+``rbn:M`` for ``rbn:momentum=M``.
 """
 import inspect
 from typing import Any, Dict, Tuple, Type
@@ -11,13 +12,14 @@ import torch.nn as nn
 from .base import Adapter
 from .eata import EATA
 from .sar import SAR
-from .statistics import Batch, Norm, Prior, Source
+from .statistics import Batch, Norm, Prior, RobustBN, Source
 from .tent import Tent
 
 __all__ = ["METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method"]
 
 METHODS: Dict[str, Type[Adapter]] = {"source": Source, "norm": Norm, "prior": Prior, "batch": Batch, "tent": Tent, "eata": EATA,
-                                     "sar": SAR}
+                                     "sar": SAR, "rbn": RobustBN}
+SHORTHANDS = {"prior": "prior", "rbn": "momentum"}  # NAME:VALUE -> NAME:KEY=VALUE
 STATEFUL_METHODS = tuple(name for name, cls in METHODS.items() if cls.stateful)
 
 
@@ -41,8 +43,8 @@ def parse_method(spec: str) -> Tuple[str, Dict[str, Any]]:
     cls, kwargs = METHODS[name], {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
-        if not eq and name == "prior" and not kwargs:
-            key, value = "prior", key
+        if not eq and name in SHORTHANDS and not kwargs:
+            key, value = SHORTHANDS[name], key
         elif not eq:
             raise ValueError(f"{spec!r}: options are KEY=VALUE, got {item!r}")
         kwargs[key.strip()] = _convert(cls, key.strip(), value.strip(), spec)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from ..corruptions.names import ALL_CORRUPTIONS  # noqa: E402
-from ..evaluation.data import order_label  # noqa: E402
+from .streams import stream_label  # noqa: E402
 from ..evaluation.plots import save_figure  # noqa: E402
 
 __all__ = ["adaptation_rows", "adaptation_table", "plot_adaptation", "table_severity"]
@@ -56,7 +56,7 @@ def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None)
     rows = adaptation_rows(results, severity)
     table = Table(title=f"top-1 error (%) on {results['dataset']}, {results['protocol']} adaptation, "
                         f"per corruption at severity {severity or table_severity(results)}, "
-                        f"{order_label(results.get('order'), results.get('order_seed'))}")
+                        f"{stream_label(results)}, batch size {results.get('batch_size', 'not recorded')}")
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     for row in rows:

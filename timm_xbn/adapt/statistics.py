@@ -1,4 +1,5 @@
-"""Adapters that only change BN statistics: source, norm (AdaBN), prior (Schneider et al.), batch.
+"""Adapters that only change BN statistics: source, norm (AdaBN), prior (Schneider et al.), batch,
+rbn (RoTTA's robust BN).
 
 A model without BatchNorm running statistics (an all-GN network) has nothing for them to adapt:
 they then predict exactly as the source model (and ``norm`` skips its calibration pass).
@@ -12,7 +13,7 @@ from ..stats import recalibrate
 from ..utils.norms import bns_with_running_stats
 from .base import Adapter
 
-__all__ = ["Source", "Norm", "Prior", "Batch"]
+__all__ = ["Source", "Norm", "Prior", "Batch", "RobustBN"]
 
 
 class Source(Adapter):
@@ -54,3 +55,31 @@ class Batch(Adapter):
         super().__init__(model)
         if bns_with_running_stats(self.model):
             recalibrate(self.model, mode="batch", inplace=True)
+
+
+class RobustBN(Adapter):
+    """RoTTA's robust BN (Yuan et al., CVPR 2023, ``RobustBN2d``): every BN keeps test statistics as an
+    EMA of the batch statistics, ``mu <- (1 - m) mu + m mu_batch`` and the same for the (biased) variance,
+    starting from the source running statistics, and normalizes each batch with the updated EMA. Built
+    for non-i.i.d. streams: one batch of one class moves the statistics by ``m`` only. Alone here, without
+    RoTTA's memory bank and teacher; ``m`` = 0.05, RoTTA's ``ALPHA``. Works at batch size 1 (a batch
+    variance of 0 only pulls the EMA down by ``m``)."""
+
+    stateful = True
+
+    def __init__(self, model: nn.Module, momentum: float = 0.05):
+        super().__init__(model)
+        if not 0 < momentum <= 1:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self.momentum = momentum
+        for _, bn in bns_with_running_stats(self.model):
+            bn.register_forward_pre_hook(self._update)
+        self.snapshot()
+
+    @torch.no_grad()
+    def _update(self, bn: nn.Module, args: tuple) -> None:
+        """Forward pre-hook (eval mode): fold this batch's statistics into the BN's running ones."""
+        x = args[0]
+        var, mean = torch.var_mean(x, [0] + list(range(2, x.dim())), unbiased=False)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), self.momentum)
+        bn.running_var.lerp_(var.to(bn.running_var.dtype), self.momentum)

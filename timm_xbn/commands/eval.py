@@ -276,7 +276,7 @@ def eval_adapt(
     checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
     pretrained: bool = EVAL_PRETRAINED,
     model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
+    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), rbn[:M] (RoTTA's robust BN, EMA momentum M), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
     protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
     imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
     cifar_c: Optional[Path] = _CORR_CIFAR_C,
@@ -289,6 +289,8 @@ def eval_adapt(
     class_map: Optional[Path] = EVAL_CLASS_MAP,
     order: str = EVAL_ORDER,
     seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
+    stream: str = typer.Option("iid", "--stream", help="iid (the --order read order) or label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet), seeded by --seed."),
+    dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet concentration ALPHA of --stream label-shift (0.1: batches of one or two classes; larger: closer to i.i.d.)."),
     img_size: Optional[int] = EVAL_IMG_SIZE,
     crop_pct: Optional[float] = EVAL_CROP_PCT,
     interpolation: Optional[str] = EVAL_INTERP,
@@ -318,6 +320,7 @@ def eval_adapt(
     from ..adapt import PROTOCOLS, parse_method
     from ..adapt.evaluate import evaluate_adaptation
     from ..adapt.report import adaptation_table
+    from ..adapt.streams import check_stream
     from ..evaluation import create_models, is_main_process
     from ..evaluation.data import check_order
     from ..evaluation.distributed import shutdown_distributed
@@ -327,6 +330,7 @@ def eval_adapt(
     for spec in method:
         parse_method(spec)
     check_order(order)
+    check_stream(stream, dirichlet)
     severities = None if severities == "all" else severities
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
@@ -338,7 +342,7 @@ def eval_adapt(
         if not source.pairs:
             raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
         results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
-                                      progress=True, order=order, order_seed=seed, model_specs={s.label: s.fingerprint() for s in specs})
+                                      progress=True, order=order, order_seed=seed, stream=stream, dirichlet=dirichlet, model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
         console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
         if source.missing and corruptions:  # asked for explicitly but absent
