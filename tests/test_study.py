@@ -29,6 +29,7 @@ from timm_xbn.study.report import (
     spearman,
 )
 from timm_xbn.study.resnet import VARIANTS, ResNetConfig, build_variant
+from timm_xbn.study.tta import TTAConfig
 from timm_xbn.surgery import is_bn
 
 
@@ -323,7 +324,7 @@ def test_training_length_has_a_floor_for_small_data_sets():
 
 
 def tiny_config(dataset: str = "auto") -> StudyConfig:
-    """The smallest study that still has every kind of job and every evaluation (2 seeds, 18 jobs)."""
+    """The smallest study that still has every kind of job and every evaluation (2 seeds, 22 jobs)."""
     cfg = StudyConfig(dataset=dataset, train_seeds=(0, 1))
     cfg.mlp = MLPConfig(depth=6, width=8, epochs=2, test_samples=60, train_sizes=(16,))
     cfg.resnet = ResNetConfig(
@@ -332,6 +333,7 @@ def tiny_config(dataset: str = "auto") -> StudyConfig:
         corruptions=("contrast",), esm_corruption="contrast", variants=("BN", "XBN-GN"), robustness_variants=("BN", "XBN-GN"),
         esm_variants=("BN", "XBN-GN"), small_batch_variants=("BN", "GN", "XBN-GN"), small_batch_sizes=(2, 4), small_batch_iterations=1,
     )
+    cfg.tta = TTAConfig(test_samples=12, batch_size=4)
     return cfg
 
 
@@ -356,12 +358,20 @@ def test_quick_run_writes_sane_artefacts(quick_run):
         with Image.open(out / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     for name in ("mlp_history.csv", "mlp_esm.csv", "resnet_top1.csv", "resnet_robustness.csv", "resnet_esm.csv",
-                 "resnet_adabn.csv", "resnet_small_batch.csv", "claims.csv"):
+                 "resnet_adabn.csv", "resnet_small_batch.csv", "tta.csv", "claims.csv"):
         assert (out / name).read_text().count("\n") > 1
     summary = (out / "summary.txt").read_text()
     verdicts = sum(summary.count(f"[{v}]") for v in (HOLDS, CONTRADICTED, INCONCLUSIVE))
-    assert verdicts == len(saved["claims"]) == 11
-    assert "CPU-seconds" in summary and len(list(out.glob("parts/*/*.time.json"))) == 22
+    assert verdicts == len(saved["claims"]) == 12
+    assert "CPU-seconds" in summary and len(list(out.glob("parts/*/*.time.json"))) == 28
+    # test-time adaptation: BN, XBN-GN, GN x 2 seeds x 3 streams x 5 methods; source does not depend on the batches
+    tta = saved["tta"]["models"]
+    assert sorted(tta) == ["BN", "GN", "XBN-GN"] and all(sorted(s) == ["0", "1"] for s in tta.values())
+    for seeds in tta.values():
+        for streams in seeds.values():
+            assert sorted(streams) == ["batch-1", "iid", "label-shift"]
+            assert len({streams[s]["source"] for s in streams}) == 1
+            assert all(0.0 <= e <= 100.0 for m in streams.values() for e in m.values())
     mlp = saved["mlp"]
     assert [r["seed"] for r in mlp["by_seed"]] == [0, 1] and mlp["setup_one"] == mlp["by_seed"][0]["setup_one"]
     for seed_runs in mlp["by_seed"]:
@@ -414,7 +424,7 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
     resumed = run_study(cfg, tmp_path / "a", progress=False, workers=1)
     assert ran == ["smallbatch_xbn_gn_b4_seed1"]
     assert json.dumps(resumed, sort_keys=True) == json.dumps(inline, sort_keys=True)
-    assert "(17 of 18 jobs reused" in (tmp_path / "a" / "summary.txt").read_text()
+    assert "(21 of 22 jobs reused" in (tmp_path / "a" / "summary.txt").read_text()
     # a changed setting re-runs only the jobs that depend on it (every field: test_study_claims.py's fingerprint test)
     ran.clear()
     run_study(dataclasses.replace(cfg, resnet=dataclasses.replace(cfg.resnet, small_batch_iterations=2)),
@@ -429,18 +439,18 @@ def _check_claims_printed_when_their_jobs_finish(output: str, results: dict) -> 
     lines = output.splitlines()
     runs = {line[4:]: i for i, line in enumerate(lines) if line.startswith("RUN ")}
     last = {kind: max(i for key, i in runs.items() if key.startswith(prefix))
-            for kind, prefix in (("network", "net_"), ("mlp", "mlp_"), ("small_batch", "smallbatch_"))}
+            for kind, prefix in (("network", "net_"), ("mlp", "mlp_"), ("small_batch", "smallbatch_"), ("tta", "tta_"))}
     needs = {"xbn_p2_beats_bn": ["network"], "xbn_more_robust_to_delta": ["network"], "xbn_lower_esm_deep_layers": ["network"],
              "adabn_recovers_shifted_accuracy": ["network"], "bn_esm_grows_with_depth": ["mlp"],
              "gnbn_lower_test_error_small_s": ["mlp"], "xbn_beats_bn_small_batch": ["small_batch"],
-             "xbn_beats_gn_small_batch": ["small_batch"]}
+             "xbn_beats_gn_small_batch": ["small_batch"], "xbn_tta_loses_less_non_iid": ["tta"]}
     claims = {c["id"]: c for c in results["claims"]}
     for claim_id, kinds in needs.items():
         c = claims[claim_id]
         (printed,) = [i for i, line in enumerate(lines) if line == f"[{c['verdict']}] {c['claim']}  ({c['source']})"]
         after = max(last[k] for k in kinds)
         assert after < printed < min([i for i in runs.values() if i > after], default=len(lines)), (claim_id, printed)
-    for label in ("Section 5 networks", "Section 4 MLPs", "Small-batch training"):
+    for label in ("Section 5 networks", "Section 4 MLPs", "Small-batch training", "Test-time adaptation"):
         assert any(line.startswith(label) and "done" in line for line in lines), label
 
 
@@ -477,6 +487,12 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
     assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
     assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
     assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
+    ran.clear()  # new test-time adaptation settings: only the tta jobs, on the stored weights
+    shifted = run_study(dataclasses.replace(new, tta=dataclasses.replace(new.tta, dirichlet=1.0)), tmp_path / "a",
+                        progress=False, workers=1, parts=["tta"])
+    assert sorted(ran) == ["tta_bn_seed0", "tta_xbn_gn_seed0"] and trained == []
+    assert shifted["parts"] == ["tta"] and [c["id"] for c in shifted["claims"]] == ["xbn_tta_loses_less_non_iid"]
+    assert "dirichlet alpha 1)" in shifted["claims"][0]["criterion"].lower()
     run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains the networks again
     assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)
@@ -522,11 +538,11 @@ def test_torchrun_shares_the_jobs_out_by_rank_with_one_process_numbers(tmp_path,
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert sorted(re.findall(r"RANK-RESULT (\w+)", proc.stdout)) == ["False", "True"]  # rank 0 alone returns the results
     ran = [(tmp_path / f"two_ran_{rank}.txt").read_text().split() for rank in (0, 1)]
-    assert len(ran[0]) == len(ran[1]) == 9 and not set(ran[0]) & set(ran[1])  # 18 jobs, each run once
+    assert len(ran[0]) == len(ran[1]) == 11 and not set(ran[0]) & set(ran[1])  # 22 jobs, each run once
     monkeypatch.setattr(run_module, "plot_study", lambda *args, **kwargs: [])
     one = run_study(tiny_config(), tmp_path / "one", progress=False, workers=1)
     two = json.loads((tmp_path / "two" / "study.json").read_text())
-    for key in ("mlp", "resnet", "claims", "config"):
+    for key in ("mlp", "resnet", "tta", "claims", "config"):
         assert json.dumps(two[key], sort_keys=True) == json.dumps(json.loads(json.dumps(one[key])), sort_keys=True), key
 
 

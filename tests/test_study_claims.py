@@ -18,6 +18,7 @@ from scipy import stats
 from timm_xbn.study import StudyConfig
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, paired_effect
 from timm_xbn.study.jobs import job_fingerprints, plan_jobs
+from timm_xbn.study.tta import TTAConfig
 from timm_xbn.study.mlp import MLPConfig
 from timm_xbn.study.report import evaluate_claims
 from timm_xbn.study.resnet import ResNetConfig
@@ -185,20 +186,22 @@ def test_interval_equals_scipy_one_sample_t_interval(n):
 # What each job kind reads (from jobs.py's _mlp_job / _network_job / _small_batch_job and the data they
 # get): every field not listed here as unused must change the kind's fingerprint.
 STUDY_FIELDS_UNUSED = {"train_seeds"}  # a job's own training seed is in its key, not in its kind's folder
+_EVALUATION = {"resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.small_batch_iterations",
+               "resnet.eval_samples", "resnet.eval_batch_size", "resnet.robustness_variants", "resnet.deltas",
+               "resnet.perturb_seeds", "resnet.blocks", "resnet.esm_variants", "resnet.esm_corruption",
+               "resnet.adabn_variants", "resnet.corruptions", "resnet.severity", "resnet.calib_samples"}
 UNUSED = {
-    "mlp": {"resnet", "device"},  # the MLPs always run on the CPU
-    "network": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
+    "mlp": {"resnet", "device", "tta"},  # the MLPs always run on the CPU
+    "network": {"mlp", "tta", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
                 "resnet.small_batch_iterations"},
-    "small_batch": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.epochs",
+    "small_batch": {"mlp", "tta", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.epochs",
                     "resnet.min_steps", "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds",
                     "resnet.blocks", "resnet.esm_variants", "resnet.esm_corruption", "resnet.adabn_variants",
                     "resnet.corruptions", "resnet.severity", "resnet.calib_samples"},
     # the main networks' training (their stored weights): everything but the evaluation settings
-    "train": {"mlp", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
-              "resnet.small_batch_iterations", "resnet.eval_samples", "resnet.eval_batch_size",
-              "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds", "resnet.blocks",
-              "resnet.esm_variants", "resnet.esm_corruption", "resnet.adabn_variants", "resnet.corruptions",
-              "resnet.severity", "resnet.calib_samples"},
+    "train": {"mlp", "tta", *_EVALUATION},
+    # test-time adaptation of the stored networks: its own settings and the networks' training
+    "tta": {"mlp", "tta.variants", *_EVALUATION},
 }
 DATA = SimpleNamespace(name="fake", source="memory", train_y=[0] * 50, test_y=[0] * 20)
 
@@ -226,9 +229,9 @@ def _variations():
     """(field path, changed StudyConfig) for every field of StudyConfig, MLPConfig and ResNetConfig."""
     base = StudyConfig()
     for f in dataclasses.fields(StudyConfig):
-        if f.name not in ("mlp", "resnet"):
+        if f.name not in ("mlp", "resnet", "tta"):
             yield f.name, dataclasses.replace(base, **{f.name: _changed(getattr(base, f.name))})
-    for section, cls in (("mlp", MLPConfig), ("resnet", ResNetConfig)):
+    for section, cls in (("mlp", MLPConfig), ("resnet", ResNetConfig), ("tta", TTAConfig)):
         for f in dataclasses.fields(cls):
             inner = getattr(base, section)
             yield f"{section}.{f.name}", dataclasses.replace(base, **{section: dataclasses.replace(
@@ -245,8 +248,8 @@ def test_every_field_a_job_kind_reads_changes_its_fingerprint_and_no_other():
             unused = path in STUDY_FIELDS_UNUSED or path in UNUSED[kind] or path.split(".")[0] in UNUSED[kind]
             assert (after[kind] == before[kind]) == unused, (kind, path)
         covered += 1
-    assert covered == len(dataclasses.fields(StudyConfig)) - 2 + len(dataclasses.fields(MLPConfig)) + len(
-        dataclasses.fields(ResNetConfig))
+    assert covered == len(dataclasses.fields(StudyConfig)) - 3 + len(dataclasses.fields(MLPConfig)) + len(
+        dataclasses.fields(ResNetConfig)) + len(dataclasses.fields(TTAConfig))
     # the data set itself and the torch version: every kind
     for data in (SimpleNamespace(**{**vars(DATA), "name": "other"}), SimpleNamespace(**{**vars(DATA), "test_y": [0] * 21})):
         assert all(a != b for a, b in zip(job_fingerprints(StudyConfig(), data).values(), before.values()))

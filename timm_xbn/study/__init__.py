@@ -14,14 +14,14 @@ Notebook use::
 from .config import PRESETS, StudyConfig
 from .data import DATASET_NAMES, StudyData, load_dataset
 from .mlp import MLPConfig, StudyMLP, train_full_batch
-from .report import Claim, compare_lines, evaluate_claims, summary_lines
+from .report import Claim, claims_from_csv, compare_lines, evaluate_claims, summary_lines
 from .resnet import VARIANTS, ResNetConfig, build_variant
 from .run import RESULTS_FILE, SUMMARY_FILE, run_study
 
 __all__ = [
     "DATASET_NAMES", "StudyData", "load_dataset",
     "MLPConfig", "StudyMLP", "train_full_batch",
-    "Claim", "compare_lines", "evaluate_claims", "summary_lines",
+    "Claim", "claims_from_csv", "compare_lines", "evaluate_claims", "summary_lines",
     "VARIANTS", "ResNetConfig", "build_variant",
     "RESULTS_FILE", "SUMMARY_FILE", "PRESETS", "StudyConfig", "run_study",
 ]

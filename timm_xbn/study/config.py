@@ -7,10 +7,12 @@ import torch
 
 from .mlp import MLPConfig
 from .resnet import VARIANTS, ResNetConfig
+from .tta import TTAConfig
 
-__all__ = ["DEVICES", "PRESETS", "StudyConfig", "resolve_device"]
+__all__ = ["DEVICES", "JOB_KINDS", "PRESETS", "StudyConfig", "resolve_device"]
 
 PRESETS = ("default", "quick", "full")
+JOB_KINDS = ("mlp", "network", "small_batch", "tta")  # the study's parts (``xbn-eval study --part``)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,6 +37,7 @@ class StudyConfig:
     device: str = "cpu"  # the ResNets' (cpu or cuda: bf16 autocast, channels_last); the MLPs always run on the CPU
     mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
+    tta: TTAConfig = field(default_factory=TTAConfig)
 
     @classmethod
     def preset(cls, name: str = "default", **overrides: Any) -> "StudyConfig":
@@ -51,6 +54,7 @@ class StudyConfig:
                 batch_size=64, deltas=(0.9,), perturb_seeds=(0,), corruptions=("gaussian_noise",),
                 small_batch_sizes=(4, 16), small_batch_iterations=8,
             )
+            cfg.tta = dataclasses.replace(cfg.tta, test_samples=48, batch_size=16)
         elif name == "full":
             cfg.train_seeds = tuple(range(10))
             cfg.resnet = dataclasses.replace(
@@ -63,5 +67,5 @@ class StudyConfig:
         return {
             "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
             "train_seeds": list(self.train_seeds), "threads": self.threads, "device": self.device,
-            "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(),
+            "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(), "tta": self.tta.to_dict(),
         }

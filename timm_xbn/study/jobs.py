@@ -14,6 +14,9 @@ Results live in ``<parts>/<fingerprint>/``, one folder per job kind and the sett
 depends on (``job_fingerprints``): changing, say, the small-batch iterations re-runs only the
 small-batch jobs, and the trained main networks are reused.
 
+Test-time adaptation jobs (``tta``, ``timm_xbn.study.tta``) evaluate the same stored networks; they
+run after the network jobs (``run_study`` runs them as a second phase), so nothing is trained twice.
+
 A network job trains, then evaluates: its training is stored apart, as ``<key>.safetensors`` (the
 weights) and ``<key>.train.json`` (steps and per-epoch history) in the folder of the ``train``
 fingerprint, which holds the training settings only. Changing only an evaluation setting (the
@@ -38,9 +41,10 @@ from safetensors.torch import load_file
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
-from .config import StudyConfig
+from .config import JOB_KINDS, StudyConfig
 from .data import StudyData, load_dataset, subset
 from .mlp import build_mlp, input_shift, train_full_batch
+from .tta import tta_errors
 from .resnet import (
     ImageSplit, adabn_under_corruption, bn_depths, build_variant, corrupted, esm_per_layer, evaluate_top1,
     prepare_images, robustness_sweep, train_classifier,
@@ -62,23 +66,30 @@ _TRAINING = ("arch", "channels", "stem_width", "gn_groups", "stem_pool", "channe
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``kind`` is ``mlp``, ``network`` (main training + evaluations) or ``small_batch``."""
+    """One unit of work: ``kind`` is ``mlp``, ``network`` (main training + evaluations), ``small_batch`` or
+    ``tta`` (test-time adaptation of a main network's stored weights)."""
 
     kind: str
     seed: int
     variant: str = ""
     batch_size: int = 0
     fingerprint: str = ""  # the folder of its kind's settings (``job_fingerprints``)
-    train_fingerprint: str = ""  # network jobs: the folder of the trained weights (the ``train`` fingerprint)
+    train_fingerprint: str = ""  # network and tta jobs: the folder of the trained weights (the ``train`` fingerprint)
+
+    @property
+    def network_key(self) -> str:
+        """The key of the main network this job trains or uses."""
+        return f"net_{self.variant.lower().replace('-', '_')}_seed{self.seed}"
 
     @property
     def key(self) -> str:
-        name = self.variant.lower().replace("-", "_")
         if self.kind == "mlp":
             return f"mlp_seed{self.seed}"
         if self.kind == "network":
-            return f"net_{name}_seed{self.seed}"
-        return f"smallbatch_{name}_b{self.batch_size}_seed{self.seed}"
+            return self.network_key
+        if self.kind == "tta":
+            return f"tta_{self.network_key[4:]}"
+        return f"smallbatch_{self.variant.lower().replace('-', '_')}_b{self.batch_size}_seed{self.seed}"
 
     def path(self, parts: Path, suffix: str = ".json") -> Path:
         """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""
@@ -86,13 +97,15 @@ class Job:
 
     def training_path(self, parts: Path, suffix: str = ".safetensors") -> Path:
         """Where a network job's trained weights (``.safetensors``) and training record (``.train.json``) are stored."""
-        return parts / self.train_fingerprint / f"{self.key}{suffix}"
+        return parts / self.train_fingerprint / f"{self.network_key}{suffix}"
 
     def describe(self) -> str:
         if self.kind == "mlp":
             return f"MLP runs, seed {self.seed}"
         if self.kind == "network":
             return f"{self.variant} seed {self.seed}"
+        if self.kind == "tta":
+            return f"{self.variant} seed {self.seed}, test-time adaptation"
         return f"{self.variant} batch {self.batch_size} seed {self.seed}"
 
 
@@ -108,14 +121,17 @@ def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
         **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
         "train": {**{k: resnet[k] for k in _TRAINING}, **device},
     }
+    tta = {k: v for k, v in cfg.tta.to_dict().items() if k != "variants"}  # a job's variant is in its key
+    settings["tta"] = {**tta, "train": settings["train"]}  # it adapts the stored networks
     common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
               "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
     return {kind: hashlib.sha1(json.dumps({"kind": kind, "settings": s, **common}, sort_keys=True).encode()).hexdigest()[:12]
             for kind, s in settings.items()}
 
 
-def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
-    """Every job of the study, longest first (so parallel workers finish close together)."""
+def plan_jobs(cfg: StudyConfig, data: StudyData, kinds: Sequence[str] = JOB_KINDS) -> List[Job]:
+    """The study's jobs of ``kinds``, longest first (so parallel workers finish close together); the
+    ``tta`` jobs last (they use the networks the ``network`` jobs train)."""
     rc, fp = cfg.resnet, job_fingerprints(cfg, data)
     networks = [Job("network", s, v, fingerprint=fp["network"], train_fingerprint=fp["train"])
                 for v in rc.variants for s in cfg.train_seeds]
@@ -123,7 +139,8 @@ def plan_jobs(cfg: StudyConfig, data: StudyData) -> List[Job]:
     mlp = [Job("mlp", s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
     small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
              for v in rc.small_batch_variants for s in cfg.train_seeds]
-    return networks + mlp + small
+    tta = [Job("tta", s, v, fingerprint=fp["tta"], train_fingerprint=fp["train"]) for v in cfg.tta.variants if v in rc.variants for s in cfg.train_seeds]
+    return [job for job in networks + mlp + small + tta if job.kind in kinds]
 
 
 def torchrun_rank() -> Tuple[int, int]:
@@ -158,6 +175,7 @@ class _Context:
         self.data: StudyData = data if data is not None else load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
         self._splits: Optional[tuple] = None
         self._corrupted: Dict[tuple, torch.Tensor] = {}
+        self._tta: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
     def splits(self):
         """(train, test, calib) image splits for the ResNets, normalized with the training statistics, on the study's device."""
@@ -186,6 +204,17 @@ class _Context:
             seed = self.cfg.seed + 1000 * (split == "calib") + index
             self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed).to(self.cfg.device)
         return self._corrupted[key]
+
+    def tta_images(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The test-time adaptation images (normalized model inputs, on the study's device) and labels:
+        ``tta.test_samples`` test images (a seeded subset) under ``tta.corruption``, the same for every network."""
+        if self._tta is None:
+            tc = self.cfg.tta
+            train, _, _ = self.splits()
+            x, y = subset(self.data.test_x, self.data.test_y, tc.test_samples, self.cfg.seed + 2)
+            x = corrupted(prepare_images(x, self.cfg.image_size), tc.corruption, tc.severity, self.cfg.seed + 2000)
+            self._tta = (train.normalize(x.to(self.cfg.device)), y.to(self.cfg.device))
+        return self._tta
 
 
 _CONTEXTS: Dict[str, _Context] = {}
@@ -280,6 +309,13 @@ def _network_job(ctx: _Context, job: Job, parts: Path) -> dict:
     return out
 
 
+def _tta_job(ctx: _Context, job: Job, parts: Path) -> dict:
+    """Test-time adaptation of one stored main network on the i.i.d., label-shift and batch-1 streams."""
+    model, _ = _trained_network(ctx, job, parts)
+    images, labels = ctx.tta_images()
+    return {"variant": job.variant, "seed": job.seed, "errors": tta_errors(model, images, labels, ctx.cfg.tta, ctx.cfg.seed)}
+
+
 def _small_batch_job(ctx: _Context, job: Job) -> dict:
     """Train with ``job.batch_size`` images per step for the fixed number of iterations; test top-1."""
     rc = ctx.cfg.resnet
@@ -311,6 +347,8 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
                 result = _mlp_job(ctx, job.seed)
             elif job.kind == "network":
                 result = _network_job(ctx, job, parts)
+            elif job.kind == "tta":
+                result = _tta_job(ctx, job, parts)
             else:
                 result = _small_batch_job(ctx, job)
     finally:

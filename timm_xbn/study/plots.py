@@ -1,6 +1,6 @@
 """The study's figures (matplotlib, Agg backend), drawn from the results dict alone."""
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Sequence
 
 import matplotlib
 
@@ -9,20 +9,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..evaluation.plots import save_figure  # noqa: E402
+from .config import JOB_KINDS  # noqa: E402
 from .report import esm_profiles  # noqa: E402
 
 __all__ = ["plot_study", "PLOT_FILES"]
 
-PLOT_FILES = (
-    "mlp_setup_one.png",
-    "mlp_esm_vs_depth.png",
-    "mlp_setup_two_errors.png",
-    "resnet_top1.png",
-    "resnet_robustness.png",
-    "resnet_esm_vs_depth.png",
-    "resnet_adabn.png",
-    "resnet_small_batch.png",
-)
 MODEL_STYLE = {"BN": dict(color="tab:red", linestyle="-", marker="o"), "GNBN": dict(color="tab:blue", linestyle="--", marker="s")}
 
 
@@ -246,12 +237,48 @@ def plot_resnet_small_batch(resnet: Mapping, path: Path) -> Path:
     return save_figure(fig, path, dpi=110)
 
 
-def plot_study(results: Mapping[str, Any], output_dir: Path) -> List[Path]:
-    """Write every figure of ``PLOT_FILES`` into ``output_dir``; returns their paths."""
+def plot_tta(tta: Mapping, path: Path) -> Path:
+    """Test-time adaptation: top-1 error per method, one panel per stream, bars per variant (mean ± sd over seeds)."""
+    cfg = tta["config"]
+    methods, variants, seeds = cfg["methods"], list(tta["models"]), [str(s) for s in tta["seeds"]]
+    streams = ("iid", "label-shift", "batch-1")
+    fig, axes = plt.subplots(1, len(streams), figsize=(13, 4.2), sharey=True)
+    width = 0.8 / len(variants)
+    x = np.arange(len(methods))
+    for ax, stream in zip(axes, streams):
+        for i, variant in enumerate(variants):
+            values = np.array([[tta["models"][variant][s][stream][m] for s in seeds] for m in methods])
+            sd = values.std(1, ddof=1) if values.shape[1] > 1 else np.zeros(len(methods))
+            ax.bar(x - 0.4 + width * (i + 0.5), values.mean(1), width, yerr=sd, capsize=2, label=variant)
+        ax.set_xticks(x)
+        ax.set_xticklabels(methods, fontsize=8)
+        ax.set_title(stream, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("top-1 error (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Test-time adaptation on {cfg['test_samples']} test images under {cfg['corruption']} (severity "
+                 f"{cfg['severity']}): i.i.d. / label-shift (Dirichlet {cfg['dirichlet']:g}) batches of "
+                 f"{cfg['batch_size']}, and batch size 1; mean ± sd over training seeds", fontsize=10)
+    return save_figure(fig, path, dpi=110)
+
+
+# figure -> (writer, the section of the results it draws, the job kind its numbers come from)
+_FIGURES = {
+    "mlp_setup_one.png": (plot_mlp_setup_one, "mlp", "mlp"),
+    "mlp_esm_vs_depth.png": (plot_mlp_esm_vs_depth, "mlp", "mlp"),
+    "mlp_setup_two_errors.png": (plot_mlp_setup_two_errors, "mlp", "mlp"),
+    "resnet_top1.png": (plot_resnet_top1, "resnet", "network"),
+    "resnet_robustness.png": (plot_resnet_robustness, "resnet", "network"),
+    "resnet_esm_vs_depth.png": (plot_resnet_esm, "resnet", "network"),
+    "resnet_adabn.png": (plot_resnet_adabn, "resnet", "network"),
+    "resnet_small_batch.png": (plot_resnet_small_batch, "resnet", "small_batch"),
+    "tta_streams.png": (plot_tta, "tta", "tta"),
+}
+PLOT_FILES = tuple(_FIGURES)
+
+
+def plot_study(results: Mapping[str, Any], output_dir: Path, kinds: Sequence[str] = JOB_KINDS) -> List[Path]:
+    """Write the figures of ``PLOT_FILES`` whose job kinds are in ``kinds`` into ``output_dir``; returns their paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    mlp, resnet = results["mlp"], results["resnet"]
-    writers = (plot_mlp_setup_one, plot_mlp_esm_vs_depth, plot_mlp_setup_two_errors)
-    paths = [w(mlp, output_dir / name) for w, name in zip(writers, PLOT_FILES)]
-    writers = (plot_resnet_top1, plot_resnet_robustness, plot_resnet_esm, plot_resnet_adabn, plot_resnet_small_batch)
-    return paths + [w(resnet, output_dir / name) for w, name in zip(writers, PLOT_FILES[3:])]
+    return [write(results[section], output_dir / name) for name, (write, section, kind) in _FIGURES.items() if kind in kinds]

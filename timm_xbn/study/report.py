@@ -12,20 +12,23 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from .config import JOB_KINDS
 from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, paired_effect
 
-__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines"]
+__all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines",
+           "claims_from_csv"]
 
 
 @dataclass
 class Claim:
-    """One paper claim: the criterion, the effects measured for it and the verdict."""
+    """One claim (of the paper, or a hypothesis of this project): the criterion, the effects measured for it and the verdict."""
 
     id: str
     claim: str
     source: str
     criterion: str
     effects: List[Tuple[Effect, bool]] = field(default_factory=list)  # (effect, counts toward the verdict)
+    predicted_by: str = "paper"  # who predicts the effects' direction: "paper" or "hypothesis"
 
     def add(self, effect: Effect, counts: bool = True) -> None:
         self.effects.append((effect, counts))
@@ -36,6 +39,7 @@ class Claim:
 
     def to_dict(self) -> dict:
         return {"id": self.id, "claim": self.claim, "source": self.source, "criterion": self.criterion,
+                "predicted_by": self.predicted_by,
                 "verdict": self.verdict, "effects": [{**e.to_dict(), "counts": counts} for e, counts in self.effects]}
 
 
@@ -330,7 +334,43 @@ def claim_adabn(rn: Mapping) -> Claim:
     return claim
 
 
-JOB_KINDS = ("mlp", "network", "small_batch")
+# ---- test-time adaptation (``tta``) ---------------------------------------------------------------
+
+
+def _stream_loss(errors: Mapping, stream: str, methods: Sequence[str]) -> float:
+    """Error on ``stream`` minus the i.i.d. error, mean over ``methods``."""
+    return float(np.mean([errors[stream][m] - errors["iid"][m] for m in methods]))
+
+
+def claim_tta_non_iid(tta: Mapping) -> Claim:
+    cfg = tta["config"]
+    adapting = [m for m in cfg["methods"] if m != "source"]
+    claim = Claim(
+        "xbn_tta_loses_less_non_iid",
+        "XBNBlock networks lose less accuracy than BN under test-time adaptation when test batches are not i.i.d.",
+        "estimation shift at test time (this project's question; SAR's wild settings, NOTE, TTAB)",
+        f"loss = top-1 error on a stream - error on i.i.d. batches of {cfg['batch_size']}, same {cfg['test_samples']} "
+        f"test images under {cfg['corruption']} (severity {cfg['severity']}), mean over {', '.join(adapting)}; "
+        f"effect = loss(XBN-GN) - loss(BN) per training seed on the label-shift stream (Dirichlet alpha "
+        f"{cfg['dirichlet']:g}); CI < 0. Batch size 1, all-GN and each method beside it",
+        predicted_by="hypothesis",
+    )
+    seeds = [str(s) for s in tta["seeds"]]
+    models = tta["models"]
+
+    def losses(variant: str, stream: str, methods: Sequence[str]) -> List[float]:
+        return [_stream_loss(models[variant][s], stream, methods) for s in seeds]
+
+    for stream, label in (("label-shift", f"label shift (alpha {cfg['dirichlet']:g})"), ("batch-1", "batch size 1")):
+        for variant in [v for v in models if v != "BN"]:
+            claim.add(paired_effect(f"{label}: loss {variant} - BN, mean over methods", losses(variant, stream, adapting),
+                                    losses("BN", stream, adapting), -1),
+                      counts=stream == "label-shift" and variant == "XBN-GN")
+        for method in adapting:
+            if "XBN-GN" in models:
+                claim.add(paired_effect(f"{label}: loss XBN-GN - BN, {method}", losses("XBN-GN", stream, [method]),
+                                        losses("BN", stream, [method]), -1), counts=False)
+    return claim
 
 
 def evaluate_claims(results: Mapping, done: Sequence[str] = JOB_KINDS) -> List[Claim]:
@@ -349,6 +389,8 @@ def evaluate_claims(results: Mapping, done: Sequence[str] = JOB_KINDS) -> List[C
         claims += [claim_small_batch(rn, "BN"), claim_small_batch(rn, "GN")]
     if "network" in done:
         claims += [claim_esm_lower(rn), claim_adabn(rn)]
+    if "tta" in done and results.get("tta", {}).get("models"):
+        claims.append(claim_tta_non_iid(results["tta"]))
     return claims
 
 
@@ -365,8 +407,26 @@ def claim_lines(c: Mapping, number: str = "") -> List[str]:
         sign = ">" if e["direction"] > 0 else "<"
         lines.append(
             f"    {mark} {e['name']}: {e['mean']:+.3f} {e['unit']}, 95% CI [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
-            f"sd over {e['n']} seeds {e['sd']:.3f} (paper {sign} 0) -> {e['verdict']}"
+            f"sd over {e['n']} seeds {e['sd']:.3f} ({c.get('predicted_by', 'paper')} {sign} 0) -> {e['verdict']}"
         )
+    return lines
+
+
+def tta_lines(tta: Mapping) -> List[str]:
+    """The test-time adaptation errors: stream x variant rows, one column per method (empty without results)."""
+    if not tta.get("models"):
+        return []
+    cfg = tta["config"]
+    seeds = [str(s) for s in tta["seeds"]]
+    lines = [f"Test-time adaptation ({cfg['test_samples']} test images under {cfg['corruption']}, severity "
+             f"{cfg['severity']}; each method reset per stream), top-1 error (%) mean ± sd over training seeds:",
+             f"  {'stream':12s} {'variant':7s} " + " ".join(f"{m:>13s}" for m in cfg["methods"])]
+    for stream in ("iid", "label-shift", "batch-1"):
+        for variant, by_seed in tta["models"].items():
+            cells = [_mean_sd([by_seed[s][stream][m] for s in seeds]) for m in cfg["methods"]]
+            lines.append(f"  {stream:12s} {variant:7s} " + " ".join(f"{c:>13s}" for c in cells))
+    lines.append(f"  (iid and label-shift: batches of {cfg['batch_size']}; label-shift: Dirichlet alpha {cfg['dirichlet']:g}; "
+                 "batch-1: the iid order one image at a time)")
     return lines
 
 
@@ -393,23 +453,42 @@ def summary_lines(results: Mapping) -> List[str]:
     for label, sizes in sb["models"].items():
         cells = [f"b{b} {_mean_sd([sizes[str(b)][s] for s in _seeds(rn)])}" for b in sorted(sb["batch_sizes"])]
         lines.append(f"  {label:7s} " + " | ".join(cells))
+    lines += tta_lines(results.get("tta", {}))
     lines.append("")
     for i, c in enumerate(results["claims"], start=1):
         lines += claim_lines(c, f"{i}. ")
     counts = {v: sum(c["verdict"] == v for c in results["claims"]) for v in (HOLDS, CONTRADICTED, INCONCLUSIVE)}
     lines.append("")
     lines.append("(* = effect that decides the verdict; the others are reported beside it)")
-    lines.append(f"{len(results['claims'])} paper claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    lines.append(f"{len(results['claims'])} claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
     return lines
+
+
+def claims_from_csv(rows: Sequence[Mapping[str, str]], label: str) -> dict:
+    """The comparable part of a study result (``compare_lines``) from the rows of its ``claims.csv``
+    (e.g. the committed ``docs/study/claims.csv``); ``label`` names it in the comparison."""
+    claims: Dict[str, dict] = {}
+    for row in rows:
+        claim = claims.setdefault(row["claim"], {"id": row["claim"], "claim": row["claim"], "verdict": row["verdict"], "effects": []})
+        claim["effects"].append({"name": row["effect"], "verdict": row["effect_verdict"],
+                                 **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}})
+    return {"label": label, "claims": list(claims.values())}
+
+
+def _run_label(results: Mapping) -> str:
+    if "label" in results:
+        return results["label"]
+    return f"threads {results['threads']}, {results['dataset']['name']}"
 
 
 def compare_lines(first: Mapping, second: Mapping) -> List[str]:
     """Two study results side by side: each claim's verdicts and each effect's means and intervals,
-    e.g. to check that a run with another thread count or on another machine reaches the same verdicts."""
+    e.g. to check that a run with another thread count, on another machine or of a changed design
+    reaches the same verdicts. An effect whose means differ by more than the half-width of A's
+    interval is marked MOVED."""
     other = {c["id"]: c for c in second["claims"]}
-    lines = [f"A: threads {first['threads']}, {first['dataset']['name']}; B: threads {second['threads']}, "
-             f"{second['dataset']['name']}"]
-    same = 0
+    lines = [f"A: {_run_label(first)}; B: {_run_label(second)}"]
+    same = moved = 0
     for claim in first["claims"]:
         match = other.get(claim["id"])
         if match is None:
@@ -422,8 +501,12 @@ def compare_lines(first: Mapping, second: Mapping) -> List[str]:
         for e in claim["effects"]:
             b = effects_b.get(e["name"])
             if b is not None:
+                shift, half = e["mean"] - b["mean"], (e["ci_high"] - e["ci_low"]) / 2
+                moved += abs(shift) > half
                 lines.append(f"    {e['name']}: A {e['mean']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}] {e['verdict']}; "
                              f"B {b['mean']:+.3f} [{b['ci_low']:+.3f}, {b['ci_high']:+.3f}] {b['verdict']}; "
-                             f"A - B {e['mean'] - b['mean']:+.3f}")
-    lines.append(f"{same} of {len(first['claims'])} claims have the same verdict in both runs.")
+                             f"A - B {shift:+.3f}" + (f"  MOVED (more than A's CI half-width {half:.3f})" if abs(shift) > half else ""))
+    lines += [f"[only in B] {c['claim']}" for c in second["claims"] if c["id"] not in {c["id"] for c in first["claims"]}]
+    lines.append(f"{same} of {len(first['claims'])} claims have the same verdict in both runs; "
+                 f"{moved} effect(s) moved by more than A's CI half-width.")
     return lines

@@ -75,7 +75,7 @@ class ResNetConfig:
     # main training (every variant, every seed)
     variants: Tuple[str, ...] = ("BN", "XBN-GN", "XBN-IN", "GN")
     train_samples: Optional[int] = None
-    epochs: float = 2.0
+    epochs: float = 3.0  # 2 epochs reach 89.3 % for BN (seeds 0, 1), below the study's 89.5 % floor
     min_steps: int = 400  # small data sets (the MNIST-5k fallback) train for this many updates at least
     batch_size: int = 128
     lr: float = 0.1

@@ -14,7 +14,7 @@ import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from rich.console import Console
@@ -22,18 +22,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..utils.files import write_text_atomic
 from ..evaluation.results import make_results, write_csv, write_json_atomic
-from .config import PRESETS, StudyConfig
+from .config import JOB_KINDS, PRESETS, StudyConfig
 from .data import StudyData, load_dataset
 from .jobs import Job, default_workers, eta_seconds, job_seconds, plan_jobs, run_jobs, torchrun_rank, wait_for_results
 from .plots import plot_study
-from .report import JOB_KINDS, claim_lines, evaluate_claims, summary_lines
+from .report import claim_lines, evaluate_claims, summary_lines
 from .resnet import build_bn_network
 
 __all__ = ["StudyConfig", "PRESETS", "run_study", "RESULTS_FILE", "SUMMARY_FILE"]
 
 RESULTS_FILE = "study.json"
 SUMMARY_FILE = "summary.txt"
-KIND_LABELS = {"network": "Section 5 networks", "mlp": "Section 4 MLPs", "small_batch": "Small-batch training"}
+KIND_LABELS = {"network": "Section 5 networks", "mlp": "Section 4 MLPs", "small_batch": "Small-batch training",
+               "tta": "Test-time adaptation"}
 VERDICT_STYLES = {"[HOLDS]": "green", "[CONTRADICTED]": "red", "[INCONCLUSIVE]": "yellow"}
 
 
@@ -91,6 +92,12 @@ def _collect(cfg: StudyConfig, data: StudyData, results: Dict[str, dict], jobs: 
     return mlp, resnet
 
 
+def _collect_tta(cfg: StudyConfig, results: Dict[str, dict], jobs: List[Job]) -> dict:
+    """The ``tta`` section of study.json: variant -> seed -> stream -> method -> top-1 error (%)."""
+    return {"config": cfg.tta.to_dict(), "seeds": list(cfg.train_seeds),
+            "models": {v: {s: r["errors"] for s, r in seeds.items()} for v, seeds in _by_seed(results, jobs, "tta").items()}}
+
+
 def _csv_tables(results: dict) -> Dict[str, List[dict]]:
     mlp, rn = results["mlp"], results["resnet"]
     history, esm_rows = [], []
@@ -130,6 +137,9 @@ def _csv_tables(results: dict) -> Dict[str, List[dict]]:
             {"model": m, "batch_size": int(b), "train_seed": s, "top1": top1}
             for m, sizes in rn["small_batch"]["models"].items() for b, seeds in sizes.items() for s, top1 in seeds.items()
         ],
+        "tta.csv": [{"model": m, "train_seed": s, "stream": stream, "method": method, "top1_error": error}
+                    for m, seeds in results["tta"]["models"].items() for s, streams in seeds.items()
+                    for stream, methods in streams.items() for method, error in methods.items()],
         "claims.csv": [
             {"claim": c["id"], "verdict": c["verdict"], "effect": e["name"], "counts": e["counts"], "mean": e["mean"],
              "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": e["sd"], "n": e["n"], "effect_verdict": e["verdict"]}
@@ -152,6 +162,7 @@ class _Progress:
     def __init__(self, bar: Progress, cfg: StudyConfig, data: StudyData, jobs: List[Job], parts: Path, workers: int):
         self.bar, self.cfg, self.data, self.jobs, self.parts, self.workers = bar, cfg, data, jobs, parts, workers
         self.left = Counter(j.kind for j in jobs)
+        self.kinds = [kind for kind in JOB_KINDS if kind in self.left]
         self.times: Dict[str, List[float]] = {kind: [] for kind in self.left}
         self.tasks = {kind: bar.add_task(KIND_LABELS[kind], total=self.left[kind], eta="")
                       for kind in JOB_KINDS if kind in self.left}
@@ -171,9 +182,10 @@ class _Progress:
             self._report_claims()
 
     def _report_claims(self) -> None:
-        done = [kind for kind in JOB_KINDS if not self.left[kind]]
+        done = [kind for kind in self.kinds if not self.left[kind]]
         mlp, resnet = _collect(self.cfg, self.data, self.results, self.jobs)
-        for claim in evaluate_claims({"mlp": mlp, "resnet": resnet}, done):
+        tta = _collect_tta(self.cfg, self.results, self.jobs)
+        for claim in evaluate_claims({"mlp": mlp, "resnet": resnet, "tta": tta}, done):
             if claim.id not in self.reported:
                 self.reported.add(claim.id)
                 _print_lines(self.bar.console, claim_lines(claim.to_dict()))
@@ -186,6 +198,7 @@ def run_study(
     progress: bool = True,
     console: Optional[Console] = None,
     workers: Optional[int] = None,
+    parts: Sequence[str] = JOB_KINDS,
 ) -> Optional[Dict[str, Any]]:
     """Run the study, write its artefacts into ``output_dir`` and return the ``study`` results dict.
 
@@ -201,7 +214,13 @@ def run_study(
         progress: show a rich progress bar (on ``console``).
         workers: processes running jobs in parallel (default: one per CPU core, one per rank under
             torchrun); does not change the numbers.
+        parts: the job kinds to run (``JOB_KINDS``: ``mlp``, ``network``, ``small_batch``, ``tta``); the
+            summary and claims cover these. ``tta`` alone trains only the networks it adapts that
+            have no stored weights yet.
     """
+    unknown = [p for p in parts if p not in JOB_KINDS]
+    if unknown or not parts:
+        raise ValueError(f"unknown study part(s) {unknown}; choose from {', '.join(JOB_KINDS)}")
     cfg = config or StudyConfig.preset()
     output_dir = Path(output_dir)
     console = console or Console(stderr=True)
@@ -215,27 +234,32 @@ def run_study(
     if cfg.dataset == "auto" and data.name != "fashion-mnist":
         console.print("[yellow]note: Fashion-MNIST is not installed, so the study uses its fallback data; on Debian/Ubuntu "
                       "`apt-get install dataset-fashion-mnist` gives it the full Fashion-MNIST[/yellow]")
-    parts = output_dir / "parts"
-    jobs = plan_jobs(cfg, data)
-    share = jobs[rank::world]
+    kinds = [kind for kind in JOB_KINDS if kind in parts]
+    store = output_dir / "parts"
+    jobs = plan_jobs(cfg, data, kinds)
+    # the tta jobs adapt the networks that the network jobs train: a second phase, so nothing trains twice
+    phases = [[j for j in jobs if j.kind != "tta"], [j for j in jobs if j.kind == "tta"]]
     if not resume:
-        for job in share:
-            job.path(parts).unlink(missing_ok=True)
+        for job in jobs[rank::world]:
+            job.path(store).unlink(missing_ok=True)
             if job.kind == "network":
-                job.training_path(parts, ".train.json").unlink(missing_ok=True)
-    reused = sum(j.path(parts).is_file() for j in jobs)
+                job.training_path(store, ".train.json").unlink(missing_ok=True)
+    reused = sum(j.path(store).is_file() for j in jobs)
     if world > 1:
-        run_jobs(cfg, share, parts, workers, data=data)
+        for phase in phases:
+            run_jobs(cfg, phase[rank::world], store, workers, data=data)
+            wait_for_results(phase, store)
         if rank:
             return None
-        wait_for_results(jobs, parts)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[eta]}"))
     if progress:
         console.print(f"Study jobs: {workers} worker{'s' if workers > 1 else ''}, {cfg.threads} thread(s) each, on {cfg.device}")
     with Progress(*columns, console=console, disable=not progress) as bar:
-        on_done = _Progress(bar, cfg, data, jobs, parts, workers) if progress else None
-        outputs = run_jobs(cfg, jobs, parts, workers, on_done=on_done, data=data)
+        on_done = _Progress(bar, cfg, data, jobs, store, workers) if progress else None
+        outputs = {}
+        for phase in phases:
+            outputs.update(run_jobs(cfg, phase, store, workers, on_done=on_done, data=data))
     mlp, resnet = _collect(cfg, data, outputs, jobs)
     results = make_results("study", {
         "dataset": {"name": data.name, "source": data.source, "description": data.describe(),
@@ -247,17 +271,19 @@ def run_study(
         "threads": cfg.threads,
         "device": cfg.device,
         "torch_version": torch.__version__,
+        "parts": kinds,
         "mlp": mlp,
         "resnet": resnet,
+        "tta": _collect_tta(cfg, outputs, jobs),
     })
-    results["claims"] = [c.to_dict() for c in evaluate_claims(results)]
+    results["claims"] = [c.to_dict() for c in evaluate_claims(results, kinds)]
     write_json_atomic(output_dir / RESULTS_FILE, results)
     for name, rows in _csv_tables(results).items():
         write_csv(output_dir / name, rows)
-    plots = plot_study(results, output_dir)
+    plots = plot_study(results, output_dir, kinds)
     wall = time.perf_counter() - started
     lines = summary_lines(results)
-    spent = job_seconds(jobs, parts)
+    spent = job_seconds(jobs, store)
     lines.append(f"Wall time: {wall:.0f} s with {workers} worker(s) x {cfg.threads} thread(s) on {cfg.device} "
                  f"({reused} of {len(jobs)} jobs reused from an earlier run); the jobs took {spent['cpu_s']:.0f} "
                  f"CPU-seconds ({spent['wall_s']:.0f} s of job wall time); results in {output_dir}/")
