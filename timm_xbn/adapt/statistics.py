@@ -19,11 +19,14 @@ __all__ = ["Source", "Norm", "Prior", "Batch", "RobustBN"]
 class Source(Adapter):
     """No adaptation: the model as trained."""
 
+    name = "source"
+
 
 class Norm(Adapter):
     """AdaBN (Li et al. 2016): before predicting a test stream, every BN's statistics become those
     of the whole stream (``recalibrate(mode="full")``, one extra forward pass over it)."""
 
+    name = "norm"
     needs_data = True
 
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
@@ -42,6 +45,8 @@ class Prior(Adapter):
     """Schneider et al. (2020): each test batch of n samples is normalized in every BN with
     N/(N+n) * source + n/(N+n) * batch statistics (``recalibrate(mode="prior")``)."""
 
+    name = "prior"
+
     def __init__(self, model: nn.Module, prior: float = 16.0):
         super().__init__(model)
         if bns_with_running_stats(self.model):
@@ -50,6 +55,8 @@ class Prior(Adapter):
 
 class Batch(Adapter):
     """Prediction-time BN (Nado et al. 2020): every BN normalizes each test batch with its own statistics."""
+
+    name = "batch"
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -65,6 +72,7 @@ class RobustBN(Adapter):
     RoTTA's memory bank and teacher; ``m`` = 0.05, RoTTA's ``ALPHA``. Works at batch size 1 (a batch
     variance of 0 only pulls the EMA down by ``m``)."""
 
+    name = "rbn"
     stateful = True
 
     def __init__(self, model: nn.Module, momentum: float = 0.05):
