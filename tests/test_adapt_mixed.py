@@ -133,7 +133,7 @@ def test_cli_mixed_stream(tree, tmp_path):  # noqa: F811
     for entry in saved["entries"].values():
         assert set(entry["runs"]) == set(PAIRS) and entry["mixed"]["count"] == sum(r["count"] for r in entry["runs"].values()) == 48
     text = " ".join(ok.output.split())
-    assert "one mixed stream, never reset" in text and "stream mixed, Dirichlet alpha n/a, order seed 5, batch size 4" in text
+    assert "one mixed stream, never reset" in text and "stream mixed, order seed 5, Dirichlet alpha n/a, batch size 4" in text
     assert "mixed stream" in text  # the column of the whole stream's error
     rows = (tmp_path / "out" / "adapt.csv").read_text().splitlines()
     assert sum(r.split(",")[2] == "mixed" for r in rows) == 2  # one whole-stream row per method

@@ -80,9 +80,9 @@ def test_iid_stream_is_the_shuffled_order_and_label_shift_reads_its_labels(tree)
 
 
 @pytest.mark.parametrize("stream, alpha, header", [
-    ("iid", None, "stream iid (shuffled), Dirichlet alpha n/a, order seed 2, batch size 4"),
-    ("label-shift", 0.1, "stream label-shift, Dirichlet alpha 0.1, order seed 2, batch size 4"),
-    ("mixed", None, "stream mixed, Dirichlet alpha n/a, order seed 2, batch size 4"),
+    ("iid", None, "stream iid, read shuffled (seed 2), Dirichlet alpha n/a, batch size 4"),
+    ("label-shift", 0.1, "stream label-shift, order seed 2, Dirichlet alpha 0.1, batch size 4"),
+    ("mixed", None, "stream mixed, order seed 2, Dirichlet alpha n/a, batch size 4"),
 ])
 def test_stream_is_recorded_and_printed(tree, tmp_path, stream, alpha, header):  # noqa: F811
     _, root = tree
@@ -98,7 +98,7 @@ def test_folder_order_header_has_no_seed(tree):  # noqa: F811
     _, root = tree
     results = evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), order="folder", order_seed=2)
     assert (results["order"], results["order_seed"]) == ("folder", None)
-    assert adaptation_table(results).title.endswith("stream iid (folder order), Dirichlet alpha n/a, order seed n/a, batch size 4")
+    assert adaptation_table(results).title.endswith("stream iid, read in folder order, Dirichlet alpha n/a, batch size 4")
 
 
 def test_cli_label_shift_stream(tree, tmp_path):  # noqa: F811
@@ -112,4 +112,4 @@ def test_cli_label_shift_stream(tree, tmp_path):  # noqa: F811
     assert ok.exit_code == 0, ok.output
     saved = json.loads((tmp_path / "out" / "adapt.json").read_text())
     assert (saved["stream"], saved["dirichlet"]) == ("label-shift", 0.1)
-    assert "stream label-shift, Dirichlet alpha 0.1, order seed 0, batch size 2" in " ".join(ok.output.split())
+    assert "stream label-shift, order seed 0, Dirichlet alpha 0.1, batch size 2" in " ".join(ok.output.split())

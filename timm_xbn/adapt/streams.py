@@ -19,12 +19,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..evaluation.data import EvalData
+from ..evaluation.data import EvalData, order_label
 
 __all__ = ["STREAMS", "check_stream", "dataset_labels", "dirichlet_order", "stream_data", "stream_label", "stream_record"]
 
 STREAMS = ("iid", "label-shift", "mixed")
-IID_ORDERS = {"shuffle": "shuffled", "folder": "folder order"}  # how an i.i.d. stream was read (``EvalData.ordered``)
 
 
 def check_stream(stream: str, dirichlet: Optional[float], protocol: Optional[str] = None, order: str = "shuffle") -> None:
@@ -93,10 +92,11 @@ def stream_record(stream: str, dirichlet: Optional[float]) -> dict[str, Any]:
 
 
 def stream_label(results: Mapping[str, Any]) -> str:
-    """For table titles: the stream, its Dirichlet alpha, its order seed and the batch size, e.g.
-    ``"stream label-shift, Dirichlet alpha 0.1, order seed 0, batch size 64"`` (an i.i.d. stream also
-    says its read order; results files written before streams were recorded are i.i.d.)."""
+    """For table titles: the stream, how it was ordered, its Dirichlet alpha and the batch size, e.g.
+    ``"stream label-shift, order seed 0, Dirichlet alpha 0.1, batch size 64"``; an i.i.d. stream gives
+    its read order as ``xbn-eval corruption`` and ``adabn`` do (``order_label``: ``"read shuffled (seed 0)"``).
+    Results files written before streams were recorded are i.i.d."""
     stream, alpha, seed = results.get("stream", "iid"), results.get("dirichlet"), results.get("order_seed")
-    kind = f"iid ({IID_ORDERS.get(results.get('order'), 'order not recorded')})" if stream == "iid" else stream
-    return (f"stream {kind}, Dirichlet alpha {'n/a' if alpha is None else f'{alpha:g}'}, "
-            f"order seed {'n/a' if seed is None else seed}, batch size {results.get('batch_size', 'not recorded')}")
+    order = order_label(results.get("order"), seed) if stream == "iid" else f"order seed {seed}"
+    return (f"stream {stream}, {order}, Dirichlet alpha {'n/a' if alpha is None else f'{alpha:g}'}, "
+            f"batch size {results.get('batch_size', 'not recorded')}")
