@@ -20,7 +20,7 @@ from timm_xbn.corruptions import ImageNetCFolders
 from timm_xbn.corruptions.evaluate import BatchPrep
 
 TINY = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
-STATISTICS_OF_THE_BATCH = ("norm", "batch", "tent", "eata", "sar")  # they normalize with the batch's own statistics
+FROM_THE_BATCH = ("norm", "batch", "tent", "eata", "sar", "rbn", "prior:0")  # BN statistics from the batch (rbn: into its EMA)
 
 
 def tiny_resnet() -> nn.Module:
@@ -70,18 +70,18 @@ def test_every_method_at_batch_size_one_on_a_tiny_timm_resnet(image_folder, tmp_
     assert runs["tent"]["backward"] == 6 and runs["norm"]["forward"] == 12
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(METHODS) + ["prior:0"])
 def test_a_bn_given_one_value_per_channel(tree, method):  # noqa: F811
-    """At 32 px layer4 gets 1 x 1 maps: the methods that normalize with the batch's statistics stop at
-    its first BN with a one-line error naming it and the method; source, prior (mixed with the source
-    statistics) and rbn (an EMA starting from them) predict."""
+    """At 32 px layer4 gets 1 x 1 maps: the methods whose BN statistics come from the batch stop at its
+    first BN with a one-line error naming it and the method; source and prior:16 (mixed with the source
+    statistics) predict."""
     _, root = tree
     source = ImageNetCFolders(root, CONFIG, num_classes=3, corruptions=["fog"], severities=[1], batch_size=1, workers=0)
     model = tiny_resnet()
-    if method in STATISTICS_OF_THE_BATCH:
+    if method in FROM_THE_BATCH:
         with pytest.raises(ValueError) as err:
             evaluate_adaptation({"r": model}, [method], source)
-        assert re.match(rf"{method}: layer4\.0\.bn1 \(BatchNorm2d\) normalizes with the statistics of the batch, and a "
+        assert re.match(rf"{method.split(':')[0]}: layer4\.0\.bn1 \(BatchNorm2d\) takes its statistics from the batch, and a "
                         r"batch of 1 gives it 1 value per channel \(input \(1, 64, 1, 1\)\)", str(err.value))
         assert "\n" not in str(err.value)
         return
@@ -96,16 +96,16 @@ def bn1d_net() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(75, 4), nn.BatchNorm1d(4), nn.LayerNorm(4), nn.Linear(4, 3)).double().eval()
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", list(METHODS) + ["prior:0"])
 def test_batchnorm1d_after_pooling_at_batch_size_one(method):
     """A BN2d with H x W > 1 values per channel works for every method; a BatchNorm1d gets one value per
     channel from a single image, and the batch-statistics methods name it."""
     x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
-    for net, fails in [(tiny_net(), False), (bn1d_net(), method in STATISTICS_OF_THE_BATCH)]:
+    for net, fails in [(tiny_net(), False), (bn1d_net(), method in FROM_THE_BATCH)]:
         adapter = create_adapter(net, method)
         run = (lambda: adapter.prepare([x])) if adapter.needs_data else (lambda: adapter(x))
         if fails:
-            with pytest.raises(ValueError, match=rf"^{method}: 2 \(BatchNorm1d\) .* 1 value per channel \(input \(1, 4\)\)"):
+            with pytest.raises(ValueError, match=rf"^{method.split(':')[0]}: 2 \(BatchNorm1d\) .* 1 value per channel \(input \(1, 4\)\)"):
                 run()
             continue
         run()

@@ -6,7 +6,8 @@ returns it to its state at creation (episodic protocol). It counts the samples t
 forward and backward passes, as EATA reports them.
 """
 import copy
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import functools
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ import torch.nn as nn
 from ..utils.norms import bn_modules
 from .norms import ParameterSelection, norm_affine_parameters, prepare_norm_adaptation
 
-__all__ = ["AffineAdapter", "Adapter", "PassCounts", "batch_size_guard", "make_optimizer"]
+__all__ = ["AffineAdapter", "Adapter", "PassCounts", "make_optimizer"]
 
 
 class PassCounts:
@@ -32,23 +33,25 @@ class Adapter(nn.Module):
     """Base class: ``forward(x)`` -> logits of ``x`` (adapting on it first where the method does).
 
     Subclasses set ``name`` (the method's name in ``METHODS``), ``stateful`` when updates carry over
-    from batch to batch (their results then depend on the batch order), and ``needs_data`` when
-    ``prepare(batches)`` must see the whole test stream before predicting it.
+    from batch to batch (their results then depend on the batch order), ``needs_data`` when
+    ``prepare(batches)`` must see the whole test stream before predicting it, and ``batch_statistics``
+    when their BNs take statistics from every batch while in eval mode with running statistics.
 
-    A BN that normalizes with the statistics of the batch it is given needs more than one value per
-    channel (N x H x W > 1); given one (batch size 1 where a BN sees 1 x 1 maps, or a BatchNorm1d),
-    the copy stops with a one-line ``ValueError`` naming the layer and the method (``batch_size_guard``).
+    A BN whose statistics come from the batch it is given needs more than one value per channel
+    (N x H x W > 1): the variance of one value is 0. Given one (batch size 1 where a BN sees 1 x 1 maps,
+    or a BatchNorm1d), the copy stops with a one-line ``ValueError`` naming the layer and the method.
     """
 
     name: str = ""
     stateful: bool = False
     needs_data: bool = False
+    batch_statistics: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
         for name, bn in bn_modules(self.model):
-            bn.register_forward_pre_hook(batch_size_guard(self.name or type(self).__name__, name))
+            bn.register_forward_pre_hook(functools.partial(self._check_values_per_channel, name))
         self.passes = PassCounts()
         self._initial: Optional[Dict[str, Any]] = None
 
@@ -72,27 +75,23 @@ class Adapter(nn.Module):
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
         """See the test inputs before predicting them (only methods with ``needs_data``)."""
 
+    def _check_values_per_channel(self, layer: str, bn: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of every BN: a ``ValueError`` naming it and the method when its statistics are
+        about to come from this input (train mode, no running statistics, or ``batch_statistics``) and
+        the input holds one value per channel (where torch would raise without naming the layer, or, in
+        eval mode, the statistics would silently get a variance of 0)."""
+        x = args[0]
+        if (self.batch_statistics or bn.training or bn.running_mean is None) and x.numel() <= x.shape[1]:
+            raise ValueError(f"{self.name}: {layer} ({type(bn).__name__}) takes its statistics from the batch, "
+                             f"and a batch of {x.shape[0]} gives it 1 value per channel (input {tuple(x.shape)}); "
+                             "use a batch size of 2 or more, or a method that keeps the source statistics "
+                             "(source, prior:N with N > 0)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` from the (adapted) copy; adapting methods override this."""
         self.passes.forward += x.shape[0]
         with torch.no_grad():
             return self.model(x)
-
-
-def batch_size_guard(method: str, layer: str) -> Callable[[nn.Module, tuple], None]:
-    """A forward pre-hook for BN ``layer``: a ``ValueError`` naming it and ``method`` when the BN is about
-    to normalize with the statistics of its input (train mode, or no running statistics) and that input
-    holds one value per channel, where torch would raise its own error without saying which layer."""
-
-    def check(bn: nn.Module, args: tuple) -> None:
-        x = args[0]
-        if (bn.training or bn.running_mean is None) and x.numel() <= x.shape[1]:
-            raise ValueError(f"{method}: {layer} ({type(bn).__name__}) normalizes with the statistics of the batch, "
-                             f"and a batch of {x.shape[0]} gives it 1 value per channel (input {tuple(x.shape)}); "
-                             "use a batch size of 2 or more, or a method that keeps the source statistics "
-                             "(source, prior, rbn)")
-
-    return check
 
 
 def make_optimizer(params: List[nn.Parameter], optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
