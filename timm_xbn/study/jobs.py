@@ -101,11 +101,12 @@ def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
     floating-point rounding), the data subsets' seed, the data set and the torch version; the ResNets'
     kinds also the device (CUDA runs in bf16). ``train`` is the main networks' training alone (their
     stored weights)."""
-    resnet = {**cfg.resnet.to_dict(), "device": cfg.device}
+    device = {} if cfg.device == "cpu" else {"device": cfg.device}  # CPU runs keep the fingerprints they had before devices
+    resnet = {**cfg.resnet.to_dict(), **device}
     settings = {
         "mlp": cfg.mlp.to_dict(),
         **{kind: {k: v for k, v in resnet.items() if k not in ignored} for kind, ignored in _IGNORED.items()},
-        "train": {k: resnet[k] for k in (*_TRAINING, "device")},
+        "train": {**{k: resnet[k] for k in _TRAINING}, **device},
     }
     common = {"dataset": cfg.dataset, "image_size": cfg.image_size, "seed": cfg.seed, "threads": cfg.threads,
               "data": [data.name, data.source, len(data.train_y), len(data.test_y)], "torch": torch.__version__}
