@@ -11,7 +11,7 @@ methods that finished it and runs the others through all of it.
 
 Sharding under torchrun: the statistics methods (source, norm, prior, batch) give the same numbers
 as one process, since each batch holds the same images and norm's statistics are all-reduced. TENT,
-EATA and SAR update the model after every batch, in stream order; under torchrun each rank would adapt
+EATA, SAR and rbn update the model after every batch, in stream order; under torchrun each rank would adapt
 its own copy on every world-th batch, i.e. ``world`` independent, shorter streams: a different
 method whose numbers depend on the world size. They are therefore refused when ``world > 1``.
 """
