@@ -1,18 +1,15 @@
 """Adaptation streams (issue 24): the label-shift (Dirichlet) stream against its definition, the i.i.d.
-stream equal to the existing shuffled order, the stream recorded and printed, and batch size 1."""
+stream equal to the existing shuffled order, the stream settings recorded in the JSON and printed in the
+table header (the mixed stream: ``test_adapt_mixed.py``; batch size 1: ``test_adapt_batch_size_one.py``)."""
 import json
 from collections import Counter
 
 import numpy as np
 import pytest
-import torch
-import torch.nn as nn
 from typer.testing import CliRunner
 
-from test_adapt import tiny_net
 from test_adapt_evaluate import source_of, tree  # noqa: F401 (fixture)
 from test_corruptions_data import tiny_model
-from timm_xbn.adapt import METHODS, create_adapter
 from timm_xbn.adapt.evaluate import evaluate_adaptation
 from timm_xbn.adapt.report import adaptation_table
 from timm_xbn.adapt.streams import check_stream, dataset_labels, dirichlet_order, stream_data
@@ -57,12 +54,17 @@ def test_small_alpha_correlates_labels_in_time_and_large_alpha_spreads_classes_o
 
 
 def test_check_stream():
-    check_stream("iid", None)
-    check_stream("label-shift", 0.1)
-    for stream, alpha, match in [("mixed", None, "--stream"), ("label-shift", None, "--dirichlet"),
-                                 ("label-shift", 0.0, "--dirichlet"), ("iid", 0.1, "only applies")]:
+    check_stream("iid", None, "continual", "folder")
+    check_stream("label-shift", 0.1, "episodic")
+    check_stream("mixed", None)
+    for args, match in [(("drift", None), "--stream"), (("label-shift", None), "--dirichlet"),
+                        (("label-shift", 0.0), "--dirichlet"), (("iid", 0.1), "only applies"),
+                        (("mixed", 0.1), "only applies to --stream label-shift"),
+                        (("mixed", None, "episodic"), "--protocol does not apply to --stream mixed"),
+                        (("mixed", None, None, "folder"), "--order folder only applies to --stream iid"),
+                        (("label-shift", 0.1, None, "folder"), "--order folder only applies")]:
         with pytest.raises(ValueError, match=match):
-            check_stream(stream, alpha)
+            check_stream(*args)
 
 
 def test_iid_stream_is_the_shuffled_order_and_label_shift_reads_its_labels(tree):  # noqa: F811
@@ -77,13 +79,26 @@ def test_iid_stream_is_the_shuffled_order_and_label_shift_reads_its_labels(tree)
     assert read == [labels[i] for i in dirichlet_order(labels, 0.1, 5)]
 
 
-def test_stream_is_recorded_and_printed(tree):  # noqa: F811
+@pytest.mark.parametrize("stream, alpha, header", [
+    ("iid", None, "stream iid, read shuffled (seed 2), Dirichlet alpha n/a, batch size 4"),
+    ("label-shift", 0.1, "stream label-shift, order seed 2, Dirichlet alpha 0.1, batch size 4"),
+    ("mixed", None, "stream mixed, order seed 2, Dirichlet alpha n/a, batch size 4"),
+])
+def test_stream_is_recorded_and_printed(tree, tmp_path, stream, alpha, header):  # noqa: F811
     _, root = tree
-    results = evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), stream="label-shift", dirichlet=0.1,
-                                  order_seed=2)
-    assert (results["stream"], results["dirichlet"], results["order_seed"], results["batch_size"]) == ("label-shift", 0.1, 2, 4)
-    title = adaptation_table(results).title
-    assert "label-shift stream (Dirichlet alpha 0.1, seed 2)" in title and "batch size 4" in title
+    evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), stream=stream, dirichlet=alpha, order_seed=2,
+                        output_dir=tmp_path)
+    saved = json.loads((tmp_path / "adapt.json").read_text())
+    assert (saved["stream"], saved["dirichlet"], saved["order_seed"], saved["batch_size"]) == (stream, alpha, 2, 4)
+    assert saved["protocol"] == (None if stream == "mixed" else "episodic")
+    assert adaptation_table(saved).title.endswith(header)
+
+
+def test_folder_order_header_has_no_seed(tree):  # noqa: F811
+    _, root = tree
+    results = evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), order="folder", order_seed=2)
+    assert (results["order"], results["order_seed"]) == ("folder", None)
+    assert adaptation_table(results).title.endswith("stream iid, read in folder order, Dirichlet alpha n/a, batch size 4")
 
 
 def test_cli_label_shift_stream(tree, tmp_path):  # noqa: F811
@@ -97,28 +112,4 @@ def test_cli_label_shift_stream(tree, tmp_path):  # noqa: F811
     assert ok.exit_code == 0, ok.output
     saved = json.loads((tmp_path / "out" / "adapt.json").read_text())
     assert (saved["stream"], saved["dirichlet"]) == ("label-shift", 0.1)
-    assert "label-shift stream (Dirichlet alpha 0.1, seed 0), batch size 2" in " ".join(ok.output.split())
-
-
-def bn1d_net() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(75, 4), nn.BatchNorm1d(4), nn.LayerNorm(4), nn.Linear(4, 3)).double().eval()
-
-
-@pytest.mark.parametrize("method", list(METHODS))
-def test_batch_size_one(method):
-    """Every method adapts on single images when each BN channel has several values (H x W > 1);
-    where a BN gets one value per channel, those that normalize with the batch's own statistics stop
-    with torch's one-line error (prior mixes in eval mode and works; source never uses the batch)."""
-    x = torch.randn(1, 3, 5, 5, dtype=torch.float64)
-    for net, fails in [(tiny_net(), False), (bn1d_net(), method in ("norm", "batch", "tent", "eata", "sar"))]:
-        adapter = create_adapter(net, method)
-        if adapter.needs_data:
-            batches = [x]
-        if fails:
-            with pytest.raises(ValueError, match="more than 1 value per channel"):
-                adapter.prepare(batches) if adapter.needs_data else adapter(x)
-            continue
-        if adapter.needs_data:
-            adapter.prepare(batches)
-        assert adapter(x).isfinite().all()
+    assert "stream label-shift, order seed 0, Dirichlet alpha 0.1, batch size 2" in " ".join(ok.output.split())

@@ -6,11 +6,13 @@ returns it to its state at creation (episodic protocol). It counts the samples t
 forward and backward passes, as EATA reports them.
 """
 import copy
+import functools
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from ..utils.norms import bn_modules
 from .norms import ParameterSelection, norm_affine_parameters, prepare_norm_adaptation
 
 __all__ = ["AffineAdapter", "Adapter", "PassCounts", "make_optimizer"]
@@ -30,17 +32,26 @@ class PassCounts:
 class Adapter(nn.Module):
     """Base class: ``forward(x)`` -> logits of ``x`` (adapting on it first where the method does).
 
-    Subclasses set ``stateful`` when updates carry over from batch to batch (their results then
-    depend on the batch order), and ``needs_data`` when ``prepare(batches)`` must see the whole
-    test stream before predicting it.
+    Subclasses set ``name`` (the method's name in ``METHODS``), ``stateful`` when updates carry over
+    from batch to batch (their results then depend on the batch order), ``needs_data`` when
+    ``prepare(batches)`` must see the whole test stream before predicting it, and ``batch_statistics``
+    when their BNs take statistics from every batch while in eval mode with running statistics.
+
+    A BN whose statistics come from the batch it is given needs more than one value per channel
+    (N x H x W > 1): the variance of one value is 0. Given one (batch size 1 where a BN sees 1 x 1 maps,
+    or a BatchNorm1d), the copy stops with a one-line ``ValueError`` naming the layer and the method.
     """
 
+    name: str = ""
     stateful: bool = False
     needs_data: bool = False
+    batch_statistics: bool = False
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
+        for name, bn in bn_modules(self.model):
+            bn.register_forward_pre_hook(functools.partial(self._check_values_per_channel, name))
         self.passes = PassCounts()
         self._initial: Optional[Dict[str, Any]] = None
 
@@ -63,6 +74,18 @@ class Adapter(nn.Module):
 
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
         """See the test inputs before predicting them (only methods with ``needs_data``)."""
+
+    def _check_values_per_channel(self, layer: str, bn: nn.Module, args: tuple) -> None:
+        """Forward pre-hook of every BN: a ``ValueError`` naming it and the method when its statistics are
+        about to come from this input (train mode, no running statistics, or ``batch_statistics``) and
+        the input holds one value per channel (where torch would raise without naming the layer, or, in
+        eval mode, the statistics would silently get a variance of 0)."""
+        x = args[0]
+        if (self.batch_statistics or bn.training or bn.running_mean is None) and x.numel() <= x.shape[1]:
+            raise ValueError(f"{self.name}: {layer} ({type(bn).__name__}) takes its statistics from the batch, "
+                             f"and a batch of {x.shape[0]} gives it 1 value per channel (input {tuple(x.shape)}); "
+                             "use a batch size of 2 or more, or a method that keeps the source statistics "
+                             "(source, prior:N with N > 0)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` from the (adapted) copy; adapting methods override this."""

@@ -25,6 +25,7 @@ class EATA(AffineAdapter):
     """EATA on the affine parameters of every BN / GN / LN / IN. Defaults: EATA's ImageNet-C setting
     (SGD lr 0.00025, momentum 0.9, E0 = 0.4 ln C, ``d_margin`` 0.05)."""
 
+    name = "eata"
     extra_state = ("model_probs",)
 
     def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, margin: float = 0.4,

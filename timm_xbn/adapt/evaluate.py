@@ -6,10 +6,12 @@ Each pair is read in the evaluation order of ``EvalData.ordered``: a seeded shuf
 ``evaluate_corruptions`` and ``evaluate_adabn``, so a method gives the same numbers there. Results are written after every pair and a rerun with the same output folder skips the
 pairs done (resume at pair granularity); in the continual protocol the state of the TENT / EATA /
 SAR adapters is saved after every pair too (``adapt-state/``, loaded with ``weights_only=True``).
+A mixed stream (``stream="mixed"``, every pair in one shuffled stream) is one unit: a rerun skips the
+methods that finished it and runs the others through all of it.
 
 Sharding under torchrun: the statistics methods (source, norm, prior, batch) give the same numbers
 as one process, since each batch holds the same images and norm's statistics are all-reduced. TENT,
-EATA and SAR update the model after every batch, in stream order; under torchrun each rank would adapt
+EATA, SAR and rbn update the model after every batch, in stream order; under torchrun each rank would adapt
 its own copy on every world-th batch, i.e. ``world`` independent, shorter streams: a different
 method whose numbers depend on the world size. They are therefore refused when ``world > 1``.
 """
@@ -35,6 +37,7 @@ from ..utils.device import model_device
 from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from .base import Adapter
 from .methods import STATEFUL_METHODS, create_adapter, parse_method
+from .mixed import MixedPass, MixedPrep, mixed_data
 from .protocol import check_protocol, counts_record
 from .streams import check_stream, stream_data, stream_record
 
@@ -43,6 +46,7 @@ __all__ = ["RESULTS_FILE", "entry_key", "evaluate_adaptation"]
 RESULTS_FILE = "adapt.json"
 STATE_DIR = "adapt-state"
 CLEAN = "clean"
+MIXED = "mixed"
 
 
 def entry_key(label: str, method: str) -> str:
@@ -55,17 +59,53 @@ def _state_path(out: Path, key: str) -> Path:
 
 
 def _summary(label: str, method: str, pairs: Sequence[tuple[str, int]], runs: Mapping[str, Any],
-             clean_error: Optional[float]) -> dict[str, Any]:
+             clean_error: Optional[float], mixed: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     errors: dict[str, dict[str, float]] = {}
     for corruption, severity in pairs:
         run = runs.get(f"{corruption}/{severity}")
         if run is not None:
             errors.setdefault(corruption, {})[str(severity)] = run["top1_error"]
-    count = sum(r["count"] for r in runs.values()) or 1
+    passed = [mixed] if mixed is not None else list(runs.values())  # a mixed stream counts its passes as a whole
+    count = sum(r["count"] for r in passed) or 1
     return {"model": label, "method": method, "clean_error": clean_error, "errors": errors,
             **summarize(errors, clean_error),
-            "passes_per_image": {k: sum(r[k] for r in runs.values()) / count for k in ("forward", "backward")},
-            "runs": dict(runs)}
+            "passes_per_image": {k: sum(r[k] for r in passed) / count for k in ("forward", "backward")},
+            "runs": dict(runs), **({"mixed": dict(mixed)} if mixed is not None else {})}
+
+
+def _csv_rows(label: str, method: str, runs: Mapping[str, Any], mixed: Optional[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per pair (and one for a whole mixed stream, corruption ``mixed``)."""
+    named = [(*k.split("/"), r) for k, r in runs.items()] + ([("mixed", "", mixed)] if mixed is not None else [])
+    return [{"model": label, "method": method, "corruption": corruption, "severity": severity,
+             **{f: r[f] for f in ("top1_error", "top5_error", "count", "forward", "backward")}}
+            for corruption, severity, r in named]
+
+
+def _passes(adapters: Mapping[str, Adapter], start: Mapping[str, Mapping[str, int]]) -> list[tuple[int, int]]:
+    """(forward, backward) samples of each adapter since ``start``, summed over ranks."""
+    return [tuple(p) for p in all_reduce_sum(torch.tensor(
+        [[a.passes.forward - start[k]["forward"], a.passes.backward - start[k]["backward"]] for k, a in adapters.items()],
+        dtype=torch.int64)).tolist()]
+
+
+def _adapt_mixed(adapters: Mapping[str, Adapter], source: CorruptionSource, seed: int, device: torch.device,
+                 progress: bool, runs: dict[str, Any], mixed: dict[str, Any]) -> None:
+    """Every adapter, from its state at creation, through the mixed stream of ``source`` (``mixed_data``):
+    fills ``runs[key]`` with the counts per pair and ``mixed[key]`` with the whole stream's."""
+    if not adapters:
+        return
+    data = mixed_data(source, seed)
+    prep = MixedPrep(source, device, int(source.info.get("seed", 0)))
+    start = {key: a.passes.as_dict() for key, a in adapters.items()}
+    for adapter in adapters.values():
+        adapter.reset()
+        if adapter.needs_data:
+            adapter.prepare(prep(b.images, b.targets[:, 1]) for b in data.loader() if b.images is not None)
+    evaluator = MixedPass(adapters, prep, [f"{c}/{s}" for c, s in source.pairs])
+    result = run_pass(evaluator, data, progress=progress, description=MIXED)
+    for (key, split), (fwd, bwd) in zip(evaluator.split(result.counts).items(), _passes(adapters, start)):
+        runs[key] = {pair: counts_record(counts, None, None) for pair, counts in split.items()}
+        mixed[key] = counts_record(sum(split.values()), fwd, bwd)
 
 
 def _check_same_run(previous: Mapping[str, Any], meta: Mapping[str, Any], path: Path) -> None:
@@ -92,7 +132,7 @@ def evaluate_adaptation(
     models: Mapping[str, nn.Module],
     methods: Sequence[str],
     source: CorruptionSource,
-    protocol: str = "episodic",
+    protocol: Optional[str] = None,
     clean_error: Optional[Union[float, Mapping[str, float]]] = None,
     output_dir: Optional[Union[str, Path]] = None,
     progress: bool = False,
@@ -107,19 +147,24 @@ def evaluate_adaptation(
     Args:
         models: label -> model (on its device); never modified (each method works on a copy).
         methods: method specs (``timm_xbn.adapt.parse_method``), e.g. ``["source", "norm", "tent"]``.
-        protocol: ``"episodic"`` (every adapter reset before each pair) or ``"continual"`` (one
-            stream through the pairs in ``source.pairs`` order, never reset).
+        protocol: ``"episodic"`` (default: every adapter reset before each pair) or ``"continual"``
+            (one stream through the pairs in ``source.pairs`` order, never reset).
         clean_error: known clean top-1 error (%) of the source models (relative mCE), one for all
             or per label; otherwise measured on the source's clean data when it has some.
         output_dir: write ``adapt.json`` / ``adapt.csv`` / ``adapt.png`` there after every pair; resume from them.
         order_seed: seed of the shuffled order (``order="shuffle"``).
         order: ``"shuffle"`` (default) or ``"folder"``, the order in which each pair's images are
             read (``EvalData.ordered``), recorded.
-        stream: ``"iid"`` (``order``) or ``"label-shift"`` (Dirichlet ``dirichlet`` label order, seeded
-            by ``order_seed``; ``timm_xbn.adapt.streams``), recorded.
+        stream: ``"iid"`` (``order``), ``"label-shift"`` (Dirichlet ``dirichlet`` label order, seeded
+            by ``order_seed``; ``timm_xbn.adapt.streams``) or ``"mixed"`` (every pair shuffled
+            together into one stream, seeded by ``order_seed``; ``timm_xbn.adapt.mixed``), recorded.
+            A mixed stream takes no ``protocol`` (recorded as ``None``); its entries hold the errors
+            per pair under ``runs`` (pass counts ``None``) and the whole stream's under ``mixed``.
     """
-    check_protocol(protocol)
-    check_stream(stream, dirichlet)
+    check_stream(stream, dirichlet, protocol, order)
+    if stream != "mixed":
+        protocol = protocol or "episodic"
+        check_protocol(protocol)
     if not models or not methods:
         raise ValueError("give at least one model and one method")
     parsed = [parse_method(m) for m in methods]
@@ -147,6 +192,7 @@ def evaluate_adaptation(
     old_entries = previous.get("entries", {}) if previous else {}
     keys = {entry_key(label, method): (label, method) for label in models for method in methods}
     runs = {key: dict(old_entries.get(key, {}).get("runs", {})) for key in keys}
+    mixed = {key: old_entries[key]["mixed"] for key in keys if "mixed" in old_entries.get(key, {})}
     adapters: dict[str, Adapter] = {key: create_adapter(models[label], method) for key, (label, method) in keys.items()}
     for key, adapter in adapters.items():
         path = _state_path(out, key) if out else None
@@ -160,19 +206,22 @@ def evaluate_adaptation(
     def write() -> dict[str, Any]:
         results = make_results("adapt", {**meta, "methods": list(methods), "pairs": [f"{c}/{s}" for c, s in source.pairs],
                                           "clean_error": clean, "entries": {
-            key: _summary(label, method, source.pairs, runs[key], clean[label]) for key, (label, method) in keys.items()}})
+            key: _summary(label, method, source.pairs, runs[key], clean[label], mixed.get(key))
+            for key, (label, method) in keys.items()}})
         if out is not None and is_main_process():
             from .report import plot_adaptation
 
             write_json_atomic(out / RESULTS_FILE, results)
-            write_csv(out / "adapt.csv", [{"model": label, "method": method, "corruption": k.split("/")[0],
-                                           "severity": int(k.split("/")[1]), **{f: r[f] for f in (
-                                               "top1_error", "top5_error", "count", "forward", "backward")}}
-                                          for key, (label, method) in keys.items() for k, r in runs[key].items()])
+            write_csv(out / "adapt.csv", [row for key, (label, method) in keys.items()
+                                          for row in _csv_rows(label, method, runs[key], mixed.get(key))])
             plot_adaptation(results, out / "adapt.png")
         return results
 
     device = model_device(next(iter(models.values())))
+    if stream == "mixed":
+        _adapt_mixed({key: a for key, a in adapters.items() if key not in mixed}, source, order_seed, device, progress,
+                     runs, mixed)
+        return write()
     for corruption, severity in source.pairs:
         pair = f"{corruption}/{severity}"
         pending = {key: a for key, a in adapters.items() if pair not in runs[key]}
@@ -187,9 +236,7 @@ def evaluate_adaptation(
             if adapter.needs_data:
                 adapter.prepare(prep(b.images) for b in data.loader() if b.images is not None)
         result = run_pass(CorruptionPass(pending, prep), data, progress=progress, description=pair)
-        passes = all_reduce_sum(torch.tensor([[a.passes.forward - start[k]["forward"], a.passes.backward - start[k]["backward"]]
-                                              for k, a in pending.items()], dtype=torch.int64))
-        for (key, adapter), (fwd, bwd) in zip(pending.items(), passes.tolist()):
+        for (key, adapter), (fwd, bwd) in zip(pending.items(), _passes(pending, start)):
             runs[key][pair] = counts_record(result.counts[Setting(key).key], fwd, bwd)
             if protocol == "continual" and adapter.stateful and out is not None and is_main_process():
                 with atomic_write(_state_path(out, key)) as tmp:

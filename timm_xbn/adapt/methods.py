@@ -17,8 +17,7 @@ from .tent import Tent
 
 __all__ = ["METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method"]
 
-METHODS: Dict[str, Type[Adapter]] = {"source": Source, "norm": Norm, "prior": Prior, "batch": Batch, "tent": Tent, "eata": EATA,
-                                     "sar": SAR, "rbn": RobustBN}
+METHODS: Dict[str, Type[Adapter]] = {cls.name: cls for cls in (Source, Norm, Prior, Batch, Tent, EATA, SAR, RobustBN)}
 SHORTHANDS = {"prior": "prior", "rbn": "momentum"}  # NAME:VALUE -> NAME:KEY=VALUE
 STATEFUL_METHODS = tuple(name for name, cls in METHODS.items() if cls.stateful)
 

@@ -1,6 +1,6 @@
 """Run adapters over a sequence of test streams: ``episodic`` (reset before each stream) or
 ``continual`` (one stream through them all, never reset)."""
-from typing import Any, Callable, Dict, Iterable, Mapping, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
@@ -17,8 +17,9 @@ def check_protocol(protocol: str) -> None:
         raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
-def counts_record(counts: torch.Tensor, forward: int, backward: int) -> Dict[str, Any]:
-    """One stream's result: ``[correct@1, correct@5, samples]`` counts, errors (%) and pass counts."""
+def counts_record(counts: torch.Tensor, forward: Optional[int], backward: Optional[int]) -> Dict[str, Any]:
+    """One stream's result: ``[correct@1, correct@5, samples]`` counts, errors (%) and pass counts
+    (``None`` for a pair's share of a mixed stream, whose passes are counted for the stream as a whole)."""
     acc = accuracy_from_counts(counts)
     c1, c5, n = (int(v) for v in counts.tolist())
     return {"correct1": c1, "correct5": c5, "count": n, "top1_error": 100.0 - acc["top1"],

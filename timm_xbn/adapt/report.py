@@ -16,7 +16,7 @@ from ..corruptions.names import ALL_CORRUPTIONS  # noqa: E402
 from .streams import stream_label  # noqa: E402
 from ..evaluation.plots import save_figure  # noqa: E402
 
-__all__ = ["adaptation_rows", "adaptation_table", "plot_adaptation", "table_severity"]
+__all__ = ["adaptation_rows", "adaptation_table", "plot_adaptation", "protocol_label", "table_severity"]
 
 
 def table_severity(results: Mapping[str, Any]) -> int:
@@ -31,7 +31,8 @@ def _mean(entry: Mapping[str, Any], severity: Optional[int]) -> Optional[float]:
 
 def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) -> list[dict[str, Any]]:
     """One row per model x method: the source model's clean error, error (%) per corruption at
-    ``severity``, its mean, the mean over all pairs, mCE / relative mCE (complete ImageNet-C only) and passes per image."""
+    ``severity``, its mean, the mean over all pairs, mCE / relative mCE (complete ImageNet-C only), the
+    error over the whole stream of a mixed stream, and passes per image."""
     severity = severity or table_severity(results)
     corruptions = [c for c in ALL_CORRUPTIONS if any(p.startswith(c + "/") for p in results["pairs"])]
     rows = []
@@ -40,9 +41,16 @@ def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) 
         row.update({c: entry["errors"].get(c, {}).get(str(severity)) for c in corruptions})
         row.update({f"mean@{severity}": _mean(entry, severity), "mean": _mean(entry, None),
                     "mCE": entry["mce"], "rel. mCE": entry["relative_mce"],
+                    **({"mixed stream": entry["mixed"]["top1_error"]} if "mixed" in entry else {}),
                     "fwd/img": entry["passes_per_image"]["forward"], "bwd/img": entry["passes_per_image"]["backward"]})
         rows.append(row)
     return rows
+
+
+def protocol_label(results: Mapping[str, Any]) -> str:
+    """``"episodic adaptation"``, ``"continual adaptation"``, or for a mixed stream (no protocol)
+    ``"one mixed stream, never reset"``."""
+    return f"{results['protocol']} adaptation" if results.get("protocol") else "one mixed stream, never reset"
 
 
 def _fmt(value: Any) -> str:
@@ -54,9 +62,8 @@ def _fmt(value: Any) -> str:
 def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None) -> Table:
     """Rich table of ``adaptation_rows`` (printed by ``xbn-eval adapt``)."""
     rows = adaptation_rows(results, severity)
-    table = Table(title=f"top-1 error (%) on {results['dataset']}, {results['protocol']} adaptation, "
-                        f"per corruption at severity {severity or table_severity(results)}, "
-                        f"{stream_label(results)}, batch size {results.get('batch_size', 'not recorded')}")
+    table = Table(title=f"top-1 error (%) on {results['dataset']}, {protocol_label(results)}, "
+                        f"per corruption at severity {severity or table_severity(results)}; {stream_label(results)}")
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     for row in rows:
@@ -81,6 +88,6 @@ def plot_adaptation(results: Mapping[str, Any], path: Union[str, Path], severity
     ax.set_xticks(range(len(methods)), methods, fontsize=8)
     ax.set_ylabel(f"mean top-1 error (%), severity {severity}")
     ax.set_ylim(0, 100)
-    ax.set_title(f"{results['protocol']} test-time adaptation", fontsize=9)
+    ax.set_title(f"test-time adaptation, {protocol_label(results)}", fontsize=9)
     ax.legend(fontsize=7)
     return save_figure(fig, path)

@@ -51,6 +51,7 @@ class SAR(AffineAdapter):
     """SAR on the affine parameters ``layers`` selects. Defaults: the reference's (SGD with momentum
     0.9, its learning-rate rule, rho 0.05, E0 = 0.4 ln C, recovery when the loss EMA < 0.2)."""
 
+    name = "sar"
     extra_state = ("ema",)
 
     def __init__(self, model: nn.Module, lr: float = 0.0, momentum: float = 0.9, rho: float = 0.05,

@@ -19,11 +19,14 @@ __all__ = ["Source", "Norm", "Prior", "Batch", "RobustBN"]
 class Source(Adapter):
     """No adaptation: the model as trained."""
 
+    name = "source"
+
 
 class Norm(Adapter):
     """AdaBN (Li et al. 2016): before predicting a test stream, every BN's statistics become those
     of the whole stream (``recalibrate(mode="full")``, one extra forward pass over it)."""
 
+    name = "norm"
     needs_data = True
 
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
@@ -42,14 +45,19 @@ class Prior(Adapter):
     """Schneider et al. (2020): each test batch of n samples is normalized in every BN with
     N/(N+n) * source + n/(N+n) * batch statistics (``recalibrate(mode="prior")``)."""
 
+    name = "prior"
+
     def __init__(self, model: nn.Module, prior: float = 16.0):
         super().__init__(model)
+        self.batch_statistics = prior == 0  # N = 0: the batch's statistics alone (``batch``)
         if bns_with_running_stats(self.model):
             recalibrate(self.model, mode="prior", prior=prior, inplace=True)
 
 
 class Batch(Adapter):
     """Prediction-time BN (Nado et al. 2020): every BN normalizes each test batch with its own statistics."""
+
+    name = "batch"
 
     def __init__(self, model: nn.Module):
         super().__init__(model)
@@ -62,10 +70,14 @@ class RobustBN(Adapter):
     EMA of the batch statistics, ``mu <- (1 - m) mu + m mu_batch`` and the same for the (biased) variance,
     starting from the source running statistics, and normalizes each batch with the updated EMA. Built
     for non-i.i.d. streams: one batch of one class moves the statistics by ``m`` only. Alone here, without
-    RoTTA's memory bank and teacher; ``m`` = 0.05, RoTTA's ``ALPHA``. Works at batch size 1 (a batch
-    variance of 0 only pulls the EMA down by ``m``)."""
+    RoTTA's memory bank and teacher; ``m`` = 0.05, RoTTA's ``ALPHA``. Works at batch size 1 where every
+    BN gets several values per channel; a BN given one value per channel (1 x 1 maps) would fold a
+    variance of 0 into its EMA at every batch, decaying it towards 0, so it stops with the one-line
+    error of ``Adapter``, as the methods that normalize with the batch's statistics do."""
 
+    name = "rbn"
     stateful = True
+    batch_statistics = True
 
     def __init__(self, model: nn.Module, momentum: float = 0.05):
         super().__init__(model)

@@ -8,6 +8,8 @@ order) are split over the slots with proportions drawn from Dirichlet(alpha, ...
 holds its classes' pieces one after another, in a random class order. Small alpha: each class sits in
 few slots, so a batch holds one or two classes; alpha -> infinity: every class spread evenly, each
 slot still class by class. Every image is read exactly once.
+``mixed``: SAR's "mixed distribution shifts" (Niu et al. 2023): every pair's images shuffled together
+into one stream (``timm_xbn.adapt.mixed``), read once, never reset inside it.
 """
 from __future__ import annotations
 
@@ -21,17 +23,24 @@ from ..evaluation.data import EvalData, order_label
 
 __all__ = ["STREAMS", "check_stream", "dataset_labels", "dirichlet_order", "stream_data", "stream_label", "stream_record"]
 
-STREAMS = ("iid", "label-shift")
+STREAMS = ("iid", "label-shift", "mixed")
 
 
-def check_stream(stream: str, dirichlet: Optional[float]) -> None:
-    """``ValueError`` for an unknown stream, or a Dirichlet alpha missing / not > 0 / given to ``iid``."""
+def check_stream(stream: str, dirichlet: Optional[float], protocol: Optional[str] = None, order: str = "shuffle") -> None:
+    """``ValueError`` for an unknown stream, a Dirichlet alpha missing / not > 0 / given to another
+    stream, ``order`` other than the shuffle for a stream that sets its own order, or a ``protocol``
+    given to ``mixed`` (one stream through every pair: nothing to reset between pairs)."""
     if stream not in STREAMS:
         raise ValueError(f"--stream must be one of {', '.join(STREAMS)}, got {stream!r}")
     if stream == "label-shift" and not (dirichlet is not None and dirichlet > 0):
         raise ValueError(f"--stream label-shift needs --dirichlet ALPHA > 0 (e.g. 0.1), got {dirichlet}")
-    if stream == "iid" and dirichlet is not None:
+    if stream != "label-shift" and dirichlet is not None:
         raise ValueError("--dirichlet only applies to --stream label-shift")
+    if stream != "iid" and order != "shuffle":
+        raise ValueError(f"--order {order} only applies to --stream iid; --stream {stream} sets its own order, seeded by --seed")
+    if stream == "mixed" and protocol is not None:
+        raise ValueError("--protocol does not apply to --stream mixed: it is one stream through every corruption x "
+                         "severity, and the adapters are never reset inside it")
 
 
 def dirichlet_order(labels: Sequence[int], alpha: float, seed: int, slots: Optional[int] = None) -> list[int]:
@@ -83,8 +92,11 @@ def stream_record(stream: str, dirichlet: Optional[float]) -> dict[str, Any]:
 
 
 def stream_label(results: Mapping[str, Any]) -> str:
-    """For table titles: the read order of an i.i.d. stream (``order_label``; also for results files
-    written before streams were recorded), or ``"label-shift stream (Dirichlet alpha 0.1, seed 0)"``."""
-    if results.get("stream", "iid") == "iid":
-        return order_label(results.get("order"), results.get("order_seed"))
-    return f"label-shift stream (Dirichlet alpha {results['dirichlet']:g}, seed {results['order_seed']})"
+    """For table titles: the stream, how it was ordered, its Dirichlet alpha and the batch size, e.g.
+    ``"stream label-shift, order seed 0, Dirichlet alpha 0.1, batch size 64"``; an i.i.d. stream gives
+    its read order as ``xbn-eval corruption`` and ``adabn`` do (``order_label``: ``"read shuffled (seed 0)"``).
+    Results files written before streams were recorded are i.i.d."""
+    stream, alpha, seed = results.get("stream", "iid"), results.get("dirichlet"), results.get("order_seed")
+    order = order_label(results.get("order"), seed) if stream == "iid" else f"order seed {seed}"
+    return (f"stream {stream}, {order}, Dirichlet alpha {'n/a' if alpha is None else f'{alpha:g}'}, "
+            f"batch size {results.get('batch_size', 'not recorded')}")

@@ -20,6 +20,8 @@ class Tent(AffineAdapter):
     (DequanWang/tent). Defaults are its ImageNet-C setting (SGD, lr 0.00025, momentum 0.9, batch 64).
     """
 
+    name = "tent"
+
     def __init__(self, model: nn.Module, lr: float = 0.00025, optimizer: str = "sgd", momentum: float = 0.9):
         super().__init__(model, lr, optimizer, momentum)
         self.snapshot()

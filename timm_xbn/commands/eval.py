@@ -277,7 +277,7 @@ def eval_adapt(
     pretrained: bool = EVAL_PRETRAINED,
     model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
     method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), rbn[:M] (RoTTA's robust BN, EMA momentum M), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
-    protocol: str = typer.Option("episodic", "--protocol", help="episodic (reset before each corruption x severity) or continual (one stream through all of them)."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="episodic (the default: reset before each corruption x severity) or continual (one stream through all of them, in order). Refused with --stream mixed, which is one stream already."),
     imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
     cifar_c: Optional[Path] = _CORR_CIFAR_C,
     data_dir: Optional[Path] = _CORR_DATA_DIR,
@@ -289,7 +289,7 @@ def eval_adapt(
     class_map: Optional[Path] = EVAL_CLASS_MAP,
     order: str = EVAL_ORDER,
     seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
-    stream: str = typer.Option("iid", "--stream", help="iid (the --order read order) or label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet), seeded by --seed."),
+    stream: str = typer.Option("iid", "--stream", help="iid (each corruption x severity in the --order read order), label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet) or mixed (SAR's mixed shifts: every corruption x severity shuffled together into one stream, never reset; errors per pair and over the stream; no --protocol, --dirichlet or --order folder); seeded by --seed."),
     dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet concentration ALPHA of --stream label-shift (0.1: batches of one or two classes; larger: closer to i.i.d.)."),
     img_size: Optional[int] = EVAL_IMG_SIZE,
     crop_pct: Optional[float] = EVAL_CROP_PCT,
@@ -303,7 +303,7 @@ def eval_adapt(
 ) -> None:
     """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
 
-    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order (--order), the same as in xbn-eval corruption and adabn. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata and sar adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard.
+    Every method works on a copy of each model. Each corruption x severity is read in a seeded random order (--order), the same as in xbn-eval corruption and adabn. Writes adapt.json, adapt.csv and adapt.png (mean error per method and model) after every corruption x severity; rerunning with the same --output resumes. tent, eata, sar and rbn adapt batch after batch in stream order, so they refuse torchrun (each rank would adapt its own copy on its shard); the other methods shard. The table title and the JSON give the stream, its Dirichlet alpha, its order seed and the batch size. At --batch-size 1 a method whose BN statistics come from the batch (norm, batch, tent, eata, sar, rbn, prior:0) stops with an error naming the BN that would get one value per channel (1 x 1 maps, BatchNorm1d).
 
     [bold]Examples[/bold]
 
@@ -314,6 +314,10 @@ def eval_adapt(
       xbn-eval adapt -m resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint c10.safetensors --cifar-c CIFAR-10-C --method tent:optimizer=adam,lr=0.001 --method sar --protocol continual -b 200
 
       xbn-eval adapt -m resnet26 --data-dir /data/imagenet/val --corruptions fog,snow --method norm --method tent
+
+      xbn-eval adapt -m resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --stream label-shift --dirichlet 0.1 --method norm --method rbn --method sar
+
+      xbn-eval adapt -m resnet50 --checkpoint bn.pth --imagenet-c /data/imagenet-c --stream mixed -b 1 --method source --method sar
     """
     from rich.console import Console
 
@@ -325,12 +329,12 @@ def eval_adapt(
     from ..evaluation.data import check_order
     from ..evaluation.distributed import shutdown_distributed
 
-    if protocol not in PROTOCOLS:
+    if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     for spec in method:
         parse_method(spec)
     check_order(order)
-    check_stream(stream, dirichlet)
+    check_stream(stream, dirichlet, protocol, order)
     severities = None if severities == "all" else severities
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
