@@ -8,6 +8,7 @@ per-seed differences are small numbers of both signs. So a claim whose predicted
 flipped in the code reads CONTRADICTED where HOLDS is expected, and the other way round.
 """
 import dataclasses
+import json
 import math
 from types import SimpleNamespace
 
@@ -20,7 +21,7 @@ from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, paired_ef
 from timm_xbn.study.jobs import job_fingerprints, plan_jobs
 from timm_xbn.study.tta import TTAConfig
 from timm_xbn.study.mlp import MLPConfig
-from timm_xbn.study.report import evaluate_claims
+from timm_xbn.study.report import compare_lines, evaluate_claims
 from timm_xbn.study.resnet import ResNetConfig
 
 SEEDS = (0, 1, 2)
@@ -270,3 +271,59 @@ def test_every_job_of_a_plan_has_its_own_result_file_and_seeds_differ(tmp_path):
     networks = [j for j in jobs if j.kind == "network"]  # each network's trained weights have their own file too
     assert len({j.training_path(tmp_path) for j in networks}) == len(networks)
     assert all(j.training_path(tmp_path).parent != j.path(tmp_path).parent for j in networks)
+
+
+# ---- study-compare --------------------------------------------------------------------------------
+
+
+def _claim(claim_id: str, verdict: str, effects) -> dict:
+    return {"id": claim_id, "claim": f"claim {claim_id}", "verdict": verdict,
+            "effects": [{"name": n, "mean": m, "ci_low": lo, "ci_high": hi, "verdict": v} for n, m, lo, hi, v in effects]}
+
+
+def test_compare_marks_effects_that_moved_more_than_the_half_width_of_a():
+    a = {"threads": 1, "dataset": {"name": "d"}, "claims": [
+        _claim("x", "HOLDS", [("e1", 1.0, 0.5, 1.5, "HOLDS"), ("e2", 2.0, 1.0, 3.0, "HOLDS")])]}
+    b = {"threads": 2, "dataset": {"name": "d"}, "claims": [
+        _claim("x", "HOLDS", [("e1", 1.6, 1.1, 2.1, "HOLDS"), ("e2", 2.9, 2.0, 3.8, "HOLDS")]),
+        _claim("y", "INCONCLUSIVE", [("e3", 0.0, -1.0, 1.0, "INCONCLUSIVE")])]}
+    lines = compare_lines(a, b)
+    (e1,) = [line for line in lines if line.strip().startswith("e1:")]
+    (e2,) = [line for line in lines if line.strip().startswith("e2:")]
+    assert "MOVED" in e1 and "half-width 0.500" in e1  # |1.0 - 1.6| = 0.6 > 0.5
+    assert "MOVED" not in e2  # |2.0 - 2.9| = 0.9 < 1.0
+    assert "[only in B] claim y" in lines and lines[-1].startswith("1 of 1 claims") and "1 effect(s) moved" in lines[-1]
+
+
+def test_claims_csv_compares_like_the_results_it_was_written_from(tmp_path):
+    """The committed claims.csv stands for its run: read back, it compares as study.json does."""
+    import csv
+
+    results = {"threads": 1, "dataset": {"name": "d"}, "claims": [
+        _claim("x", "HOLDS", [("e1", 1.0, 0.5, 1.5, "HOLDS")]), _claim("y", "CONTRADICTED", [("e2", -2.0, -3.0, -1.0, "CONTRADICTED")])]}
+    rows = [{"claim": c["id"], "verdict": c["verdict"], "effect": e["name"], "counts": True, "mean": e["mean"],
+             "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": 0.1, "n": 5, "effect_verdict": e["verdict"]}
+            for c in results["claims"] for e in c["effects"]]
+    path = tmp_path / "claims.csv"
+    with path.open("w", newline="") as f:
+        f.write("# Written by `xbn-eval study` at commit abc on a machine.\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    from timm_xbn.cli import eval_app
+    from typer.testing import CliRunner
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"kind": "study", **results}))
+    printed = CliRunner().invoke(eval_app, ["study-compare", str(path), str(out)])
+    assert printed.exit_code == 0, printed.output
+    expected = compare_lines(results, results)
+    got = printed.output.splitlines()
+    assert [line for line in got if line.startswith("    ")] == [line for line in expected if line.startswith("    ")]
+    assert got[-1] == expected[-1] and got[1] == "[same] x: A HOLDS, B HOLDS"  # a CSV names a claim by its id
+    assert printed.output.splitlines()[0] == f"A: {path}; B: threads 1, d"
+    bad = tmp_path / "other.csv"
+    bad.write_text("a,b\n1,2\n")
+    refused = CliRunner().invoke(eval_app, ["study-compare", str(bad), str(out)])
+    assert refused.exit_code == 2 and "not a study claims.csv" in refused.output
