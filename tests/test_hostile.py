@@ -475,3 +475,46 @@ def test_permission_and_disk_errors_anywhere_are_one_line_naming_the_path():
     for code in (errno.EACCES, errno.ENOSPC, errno.EROFS):
         assert _error_line(runner.invoke(app, [str(code)])) == f"error: {os.strerror(code)}: /results/x.json"
     assert isinstance(runner.invoke(app, [str(errno.EBADF)]).exception, OSError)  # a bug, not the machine: traceback
+
+
+KILLED_PARENT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+import multiprocessing
+from timm_xbn.study.jobs import _exit_with_parent
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
+        print(pool.submit(os.getpid).result(), flush=True)
+        pool.submit(time.sleep, 120)
+        time.sleep(120)
+"""
+
+
+def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
+    """SIGKILL (or a SIGTERM that skips the pool's shutdown) of the study process must not leave its
+    workers training on for nobody: each worker watches its parent and exits when it is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(KILLED_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, OMP_NUM_THREADS="1"))
+    worker = int(parent.stdout.readline())
+    assert Path(f"/proc/{worker}").exists()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists() and "Z" not in _state(worker):
+        time.sleep(0.2)
+    assert not Path(f"/proc/{worker}").exists() or "Z" in _state(worker), "the worker outlived its study process"
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"

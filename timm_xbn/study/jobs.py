@@ -29,6 +29,7 @@ import math
 import multiprocessing
 import os
 import resource
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass
@@ -329,6 +330,18 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
             "top1": evaluate_top1(model, test.batches(rc.eval_batch_size))}
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker once the study process that started it is gone (killed
+    without the chance to stop its pool), instead of going on with jobs nobody collects."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -415,7 +428,8 @@ def run_jobs(
         _CONTEXTS.clear()  # free the data this process loaded
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_job, cfg, job, parts): job for job in pending}
         remaining = set(futures)
         while remaining:
