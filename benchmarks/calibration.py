@@ -19,9 +19,6 @@ one with more cells above zero wins, ties going to ``mix`` (it moves the statist
 import argparse
 import copy
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -40,8 +37,9 @@ from timm_xbn.calibration import REESTIMATE_CHOICES, reestimate_bns
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
+from timm_xbn.utils.files import write_text_atomic
+from timm_xbn.utils.provenance import provenance, script_command, stamp
 
-COMMAND = "python benchmarks/calibration.py"
 OUTPUT_NAME = "calibration.md"
 
 
@@ -203,22 +201,10 @@ def choose_default(results: Dict[str, dict]) -> str:
     return max(candidates, key=lambda c: (candidates[c], c == "mix"))
 
 
-def _provenance() -> str:
-    root = Path(__file__).resolve().parent.parent
-    git = lambda *args: subprocess.run(["git", *args], cwd=root, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--untracked-files=no"):
-        commit += " (with uncommitted changes)"
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return (f"commit {commit}; machine: {platform.node()}, {cpu}, {os.cpu_count()} cores, 1 torch thread, "
-            f"torch {torch.__version__}, timm {timm.__version__}")
-
-
-def render(results: Dict[str, dict], setting: Setting, command: str, provenance: str, seconds: float) -> str:
-    """The markdown page: a header naming the command, commit and machine, the settings, one table per family
-    and the re-estimation effects with the chosen default."""
-    lines = [f"Written by `{command}` ({provenance}; {seconds:.0f} s wall).", "",
+def render(results: Dict[str, dict], setting: Setting, seconds: float, cpu_seconds: float) -> str:
+    """The markdown page (``stamp`` adds the line naming the command, commit and machine): the settings, one
+    table per family and the re-estimation effects with the chosen default."""
+    lines = [f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU-seconds, 1 torch thread.", "",
              f"Setting: {setting.train_samples} Fashion-MNIST training images at {setting.image_size} px, "
              f"{setting.epochs} epoch(s), batch {setting.batch_size}, SGD lr {setting.lr} cosine; one network per "
              f"training seed ({len(setting.seeds)} seeds). Calibration and re-estimation: {setting.calib_images} "
@@ -263,19 +249,20 @@ def main(argv: Optional[List[str]] = None) -> Path:
     setting = TINY if args.tiny else FULL
     if args.out is None:  # a smoke run never overwrites the documented table
         args.out = Path("xbn_results/calibration_tiny") if args.tiny else Path(__file__).resolve().parent.parent / "docs"
-    command = COMMAND + (" --tiny" if args.tiny else "")
-    provenance = _provenance()  # of the code that runs, before anything changes during the run
-    start = time.perf_counter()
+    prov = provenance(script_command(__file__, argv))  # of the code that runs, before anything changes during the run
+    start, cpu_start = time.perf_counter(), time.process_time()
     results = run(setting, log=lambda message: print(message, file=sys.stderr, flush=True))
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     args.out.mkdir(parents=True, exist_ok=True)
-    page = render(results, setting, command, provenance, seconds)
-    (args.out / OUTPUT_NAME).write_text(page)
-    (args.out / "calibration.json").write_text(json.dumps(
-        {"command": command, "provenance": provenance, "setting": asdict(setting), "results": results, "default": choose_default(results)},
-        indent=1))
-    print(page)
-    return args.out / OUTPUT_NAME
+    page = args.out / OUTPUT_NAME
+    write_text_atomic(page, render(results, setting, seconds, cpu_seconds))
+    data = args.out / "calibration.json"
+    write_text_atomic(data, json.dumps({"setting": asdict(setting), "results": results, "default": choose_default(results),
+                                        "wall_s": round(seconds), "cpu_s": round(cpu_seconds)}, indent=1))
+    for path in (page, data):
+        stamp(path, prov)
+    print(page.read_text())
+    return page
 
 
 if __name__ == "__main__":

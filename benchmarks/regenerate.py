@@ -24,7 +24,8 @@ from timm_xbn.utils.files import write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY_FIGURES = ("mlp_esm_vs_depth.png", "mlp_setup_one.png", "mlp_setup_two_errors.png", "resnet_adabn.png",
-                 "resnet_esm_vs_depth.png", "resnet_robustness.png", "resnet_small_batch.png", "resnet_top1.png")
+                 "resnet_esm_vs_depth.png", "resnet_robustness.png", "resnet_small_batch.png", "resnet_top1.png",
+                 "tta_streams.png")
 
 
 def _shown(path: Path) -> Path:

@@ -11,6 +11,7 @@ import torch
 from scipy import stats
 
 from timm_xbn.study.data import StudyData
+from timm_xbn.utils.provenance import read_provenance
 
 CELL = re.compile(r"^(-?\d+\.\d+) \[(-?\d+\.\d+), (-?\d+\.\d+)\]$")
 
@@ -31,8 +32,9 @@ def test_tiny_mode_writes_a_well_formed_table(script, tmp_path, monkeypatch):
     monkeypatch.setattr(script, "load_fashion_mnist", _synthetic_fashion_mnist)
     page = script.main(["--tiny", "--out", str(tmp_path)]).read_text()
     lines = page.splitlines()
-    assert lines[0].startswith("Written by `python benchmarks/calibration.py --tiny` (commit ")
-    assert "machine: " in lines[0] and "1 torch thread" in lines[0]
+    assert read_provenance(tmp_path / "calibration.md")["command"].startswith("python benchmarks/calibration.py --tiny --out ")
+    assert read_provenance(tmp_path / "calibration.json") == read_provenance(tmp_path / "calibration.md")
+    assert "CPU-seconds, 1 torch thread" in lines[1]
     data = json.loads((tmp_path / "calibration.json").read_text())
     tiny = script.TINY
     assert list(data["results"]) == ["ResNet", "RegNet", "EfficientNet"] and data["default"] in ("none", "full", "mix")

@@ -47,10 +47,3 @@ def test_the_record_names_this_checkout_and_the_script():
     assert script_command(ROOT / "benchmarks" / "tta_demo.py", ["--tiny", "-o", "a b"]).endswith(
         "benchmarks/tta_demo.py --tiny -o 'a b'")
 
-
-def test_calibration_benchmarks_own_form_reads_back(tmp_path):
-    """benchmarks/calibration.py writes ``Written by `cmd` (commit X; machine: M; N s wall).`` and a JSON string."""
-    (tmp_path / "c.md").write_text("Written by `python b.py` (commit 97d25a7; machine: vm, 2 cores; 1812 s wall).\n\n| a |\n")
-    (tmp_path / "c.json").write_text(json.dumps({"command": "python b.py", "provenance": "commit 97d25a7; machine: vm, 2 cores"}))
-    expected = {"command": "python b.py", "commit": "97d25a7", "machine": "vm, 2 cores"}
-    assert read_provenance(tmp_path / "c.md") == expected and read_provenance(tmp_path / "c.json") == expected

@@ -118,22 +118,13 @@ def stamp(path: Union[str, Path], prov: Provenance) -> Path:
     return path
 
 
-def _parse_inner(command: str, inner: str) -> Optional[Provenance]:
-    """The record of the ``commit X; machine: M[; ...]`` form (``benchmarks/calibration.py`` writes it)."""
-    if not (command and inner.startswith("commit ") and "; machine: " in inner):
-        return None
-    commit, machine_ = inner[len("commit "):].split("; machine: ", 1)
-    return {"command": command, "commit": commit, "machine": machine_.split("; ", 1)[0]}
-
-
 def read_provenance(path: Union[str, Path]) -> Optional[Provenance]:
     """The record ``stamp`` wrote into ``path``, or None."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
         data = json.loads(path.read_text())
-        prov = data.get("provenance")
-        return _parse_inner(data.get("command", ""), prov) if isinstance(prov, str) else prov
+        return data.get("provenance")
     if suffix == ".png":
         from PIL import Image
 
@@ -144,9 +135,6 @@ def read_provenance(path: Union[str, Path]) -> Optional[Provenance]:
     prefix = _TEXT_PREFIX.get(suffix, "") + _LEAD
     if not first.startswith(prefix + "`"):
         return None
-    if "` (commit " in first:  # benchmarks/calibration.py's own form
-        command, rest = first[len(prefix) + 1:].split("` (", 1)
-        return _parse_inner(command, rest.rstrip(".)"))
     command, rest = first[len(prefix) + 1:].split("` at commit ", 1)
     commit, machine_ = rest.split(" on ", 1)
     return {"command": command, "commit": commit, "machine": machine_.removesuffix(".")}
