@@ -78,7 +78,7 @@ TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("study", ("study/summary.txt", "study/claims.csv", *(f"study/{f}" for f in STUDY_FIGURES)),
            (_study("study", "", "study/summary.txt",
                    {"study/claims.csv": "study/claims.csv", **{f"study/{f}": f"study/{f}" for f in STUDY_FIGURES}}),),
-           "about 65 min on 2 cores; resumes from {work}/study"),
+           "65-100 min on 2 cores (7,200-9,700 CPU-s); resumes from {work}/study"),
     Target("study_2threads", ("study/summary_2threads.txt",),
            (_study("study_2threads", "--workers 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
     Target("study_compare", ("study/compare_1_vs_2_threads.txt",),

