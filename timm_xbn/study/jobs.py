@@ -78,9 +78,13 @@ class Job:
     train_fingerprint: str = ""  # network and tta jobs: the folder of the trained weights (the ``train`` fingerprint)
 
     @property
+    def _name(self) -> str:
+        return self.variant.lower().replace("-", "_")
+
+    @property
     def network_key(self) -> str:
         """The key of the main network this job trains or uses."""
-        return f"net_{self.variant.lower().replace('-', '_')}_seed{self.seed}"
+        return f"net_{self._name}_seed{self.seed}"
 
     @property
     def key(self) -> str:
@@ -89,8 +93,8 @@ class Job:
         if self.kind == "network":
             return self.network_key
         if self.kind == "tta":
-            return f"tta_{self.network_key[4:]}"
-        return f"smallbatch_{self.variant.lower().replace('-', '_')}_b{self.batch_size}_seed{self.seed}"
+            return f"tta_{self._name}_seed{self.seed}"
+        return f"smallbatch_{self._name}_b{self.batch_size}_seed{self.seed}"
 
     def path(self, parts: Path, suffix: str = ".json") -> Path:
         """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""

@@ -11,6 +11,7 @@ import numpy as np  # noqa: E402
 from ..evaluation.plots import save_figure  # noqa: E402
 from .config import JOB_KINDS  # noqa: E402
 from .report import esm_profiles  # noqa: E402
+from .tta import TTA_STREAMS  # noqa: E402
 
 __all__ = ["plot_study", "PLOT_FILES"]
 
@@ -241,11 +242,10 @@ def plot_tta(tta: Mapping, path: Path) -> Path:
     """Test-time adaptation: top-1 error per method, one panel per stream, bars per variant (mean ± sd over seeds)."""
     cfg = tta["config"]
     methods, variants, seeds = cfg["methods"], list(tta["models"]), [str(s) for s in tta["seeds"]]
-    streams = ("iid", "label-shift", "batch-1")
-    fig, axes = plt.subplots(1, len(streams), figsize=(13, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(TTA_STREAMS), figsize=(13, 4.2), sharey=True)
     width = 0.8 / len(variants)
     x = np.arange(len(methods))
-    for ax, stream in zip(axes, streams):
+    for ax, stream in zip(axes, TTA_STREAMS):
         for i, variant in enumerate(variants):
             values = np.array([[tta["models"][variant][s][stream][m] for s in seeds] for m in methods])
             sd = values.std(1, ddof=1) if values.shape[1] > 1 else np.zeros(len(methods))

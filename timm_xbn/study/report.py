@@ -13,6 +13,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from .config import JOB_KINDS
+from .tta import TTA_STREAMS
 from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, paired_effect
 
 __all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines",
@@ -421,7 +422,7 @@ def tta_lines(tta: Mapping) -> List[str]:
     lines = [f"Test-time adaptation ({cfg['test_samples']} test images under {cfg['corruption']}, severity "
              f"{cfg['severity']}; each method reset per stream), top-1 error (%) mean ± sd over training seeds:",
              f"  {'stream':12s} {'variant':7s} " + " ".join(f"{m:>13s}" for m in cfg["methods"])]
-    for stream in ("iid", "label-shift", "batch-1"):
+    for stream in TTA_STREAMS:
         for variant, by_seed in tta["models"].items():
             cells = [_mean_sd([by_seed[s][stream][m] for s in seeds]) for m in cfg["methods"]]
             lines.append(f"  {stream:12s} {variant:7s} " + " ".join(f"{c:>13s}" for c in cells))
