@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
             times = {"pure forward": [], "naive": [], "shared": []}
             for _ in range(args.repeats):
                 times["pure forward"].append(timed(pure_forward)[0])
-                elapsed, shared = timed(lambda: run_pass(SharedPass(models, settings, targets), data))
+                elapsed, shared = timed(lambda: run_pass(SharedPass.of_settings(models, settings, targets), data))
                 times["shared"].append(elapsed)
                 elapsed, naive = timed(lambda: naive_sweep(models, settings, targets, data.loader))
                 times["naive"].append(elapsed)

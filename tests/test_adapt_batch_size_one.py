@@ -14,13 +14,13 @@ from test_adapt import tiny_net
 from test_adapt_evaluate import CLASSES, tree  # noqa: F401 (fixture)
 from test_corruptions_data import CONFIG, folder_samples, make_imagenet_c, manual_error
 from timm_xbn.adapt import METHODS, create_adapter, run_protocol
-from timm_xbn.adapt.evaluate import evaluate_adaptation
+from timm_xbn.grid import evaluate_adaptation
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import ImageNetCFolders
-from timm_xbn.corruptions.evaluate import BatchPrep
+from timm_xbn.corruptions.prep import BatchPrep
 
 TINY = dict(layers=[1, 1, 1, 1], channels=[8, 16, 32, 64], stem_width=8, num_classes=3)
-FROM_THE_BATCH = ("norm", "batch", "tent", "eata", "sar", "rbn", "prior:0")  # BN statistics from the batch (rbn: into its EMA)
+FROM_THE_BATCH = ("norm", "mix", "batch", "tent", "eata", "sar", "rbn", "prior:0")  # BN statistics from the batch (rbn: into its EMA)
 
 
 def tiny_resnet() -> nn.Module:
@@ -50,16 +50,16 @@ def test_every_method_at_batch_size_one_on_a_tiny_timm_resnet(image_folder, tmp_
     source = ImageNetCFolders(root, config, num_classes=3, batch_size=1, workers=0)
     model = tiny_resnet()
     results = evaluate_adaptation({"r": model}, list(METHODS), source, order_seed=4)
-    assert results["batch_size"] == 1
+    assert results["run"]["batch_size"] == 1
     data = source.pair_data("fog", 1).shuffled(4)
     prep = BatchPrep(config, torch.device("cpu"))
     stream = {"fog/1": lambda: [(prep(b.images), b.targets) for b in data.loader()]}
     for method in METHODS:
-        run = results["entries"][f"r | {method}"]["runs"]["fog/1"]
+        run = results["results"]["entries"][f"r | {method}"]["runs"]["fog/1"]
         assert run == run_protocol(create_adapter(model, method), stream)["fog/1"], method  # a plain loop of single images
         assert run["count"] == 6
     images, targets = folder_samples(root / "fog" / "1", CLASSES)
-    runs = {m: results["entries"][f"r | {m}"]["runs"]["fog/1"] for m in METHODS}
+    runs = {m: results["results"]["entries"][f"r | {m}"]["runs"]["fog/1"] for m in METHODS}
     assert runs["source"]["top1_error"] == pytest.approx(manual_error(model, images, targets))
     assert runs["batch"]["top1_error"] == pytest.approx(manual_error(instance_norm_copy(model), images, targets))
     x = stream["fog/1"]()[0][0]
@@ -85,7 +85,7 @@ def test_a_bn_given_one_value_per_channel(tree, method):  # noqa: F811
                         r"batch of 1 gives it 1 value per channel \(input \(1, 64, 1, 1\)\)", str(err.value))
         assert "\n" not in str(err.value)
         return
-    run = evaluate_adaptation({"r": model}, [method], source)["entries"][f"r | {method}"]["runs"]["fog/1"]
+    run = evaluate_adaptation({"r": model}, [method], source)["results"]["entries"][f"r | {method}"]["runs"]["fog/1"]
     assert run["count"] == 12
     if method == "source":
         assert run["top1_error"] == pytest.approx(manual_error(model, *folder_samples(root / "fog" / "1", CLASSES)))

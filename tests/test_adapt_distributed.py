@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from test_corruptions_data import CONFIG, make_imagenet_c, tiny_model
-from timm_xbn.adapt.evaluate import evaluate_adaptation
+from timm_xbn.grid import evaluate_adaptation
 from timm_xbn.corruptions import ImageNetCFolders
 from timm_xbn.evaluation import init_distributed, is_main_process
 from timm_xbn.evaluation.distributed import shutdown_distributed
@@ -40,11 +40,11 @@ def test_two_gloo_processes_equal_one_process_for_the_statistics_methods(image_f
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp.json").read_text())
-    for key, entry in single["entries"].items():
-        assert ddp["entries"][key]["runs"] == entry["runs"], key
-    norm = single["entries"]["bn | norm"]["runs"]["fog/5"]
+    for key, entry in single["results"]["entries"].items():
+        assert ddp["results"]["entries"][key]["runs"] == entry["runs"], key
+    norm = single["results"]["entries"]["bn | norm"]["runs"]["fog/5"]
     assert norm["forward"] == 2 * norm["count"] == 24  # the calibration pass counted on both ranks
-    errors = {m: single["entries"][f"bn | {m}"]["runs"]["fog/5"]["top1_error"] for m in METHODS}
+    errors = {m: single["results"]["entries"][f"bn | {m}"]["runs"]["fog/5"]["top1_error"] for m in METHODS}
     assert len(set(errors.values())) > 1  # not vacuous: the methods differ
 
 

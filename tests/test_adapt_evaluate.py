@@ -8,11 +8,12 @@ from typer.testing import CliRunner
 
 from test_corruptions_data import CONFIG, folder_samples, make_imagenet_c, manual_error, tiny_model
 from timm_xbn.adapt import Tent, run_protocol
-from timm_xbn.adapt import evaluate as adapt_evaluate
-from timm_xbn.adapt.evaluate import evaluate_adaptation
+from timm_xbn.grid import adapt as adapt_evaluate
+from timm_xbn.grid import runner as grid_runner
+from timm_xbn.grid import evaluate_adaptation
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import ImageNetCFolders
-from timm_xbn.corruptions.evaluate import BatchPrep
+from timm_xbn.corruptions.prep import BatchPrep
 from timm_xbn.evaluation.models import weights_sha1
 from timm_xbn.stats import recalibrate
 
@@ -36,18 +37,18 @@ def test_errors_match_per_image_evaluation_and_models_are_untouched(tree, tmp_pa
     results = evaluate_adaptation({"bn": model}, ["source", "norm", "tent:lr=0.01"], source_of(root, clean),
                                   output_dir=tmp_path / "out")
     assert weights_sha1(model) == sha
-    assert results["clean_error"]["bn"] == pytest.approx(manual_error(model, *folder_samples(clean, CLASSES)))
+    assert results["results"]["clean_error"]["bn"] == pytest.approx(manual_error(model, *folder_samples(clean, CLASSES)))
     for corruption, severity in [("fog", 1), ("contrast", 2)]:
         images, targets = folder_samples(root / corruption / str(severity), CLASSES)
-        source = results["entries"]["bn | source"]["runs"][f"{corruption}/{severity}"]
+        source = results["results"]["entries"]["bn | source"]["runs"][f"{corruption}/{severity}"]
         assert source["top1_error"] == pytest.approx(manual_error(model, images, targets))
         from test_corruptions_data import normalize
 
         adabn = recalibrate(model, [normalize(images)], mode="full")  # full statistics: batching-independent
-        norm = results["entries"]["bn | norm"]["runs"][f"{corruption}/{severity}"]
+        norm = results["results"]["entries"]["bn | norm"]["runs"][f"{corruption}/{severity}"]
         assert norm["top1_error"] == pytest.approx(manual_error(adabn, images, targets))
         assert norm["forward"] == 2 * norm["count"] and source["forward"] == source["count"]
-        tent = results["entries"]["bn | tent:lr=0.01"]["runs"][f"{corruption}/{severity}"]
+        tent = results["results"]["entries"]["bn | tent:lr=0.01"]["runs"][f"{corruption}/{severity}"]
         assert tent["forward"] == tent["backward"] == tent["count"] == 12
     for name in ("adapt.json", "adapt.csv", "adapt.png"):
         assert (tmp_path / "out" / name).is_file()
@@ -70,8 +71,8 @@ def test_episodic_and_continual_tent_equal_plain_runs_in_the_seeded_order(tree):
     assert expected["episodic"] != expected["continual"]
     for protocol, runs in expected.items():
         results = evaluate_adaptation({"bn": model}, ["tent:lr=2.0"], source_of(root), protocol=protocol)
-        assert results["pairs"] == list(streams)
-        assert results["entries"]["bn | tent:lr=2.0"]["runs"] == runs, protocol
+        assert results["grid"]["pairs"] == list(streams)
+        assert results["results"]["entries"]["bn | tent:lr=2.0"]["runs"] == runs, protocol
 
 
 def test_continual_resume_continues_the_saved_stream(tree, tmp_path):
@@ -82,10 +83,10 @@ def test_continual_resume_continues_the_saved_stream(tree, tmp_path):
     first = ImageNetCFolders(root, CONFIG, num_classes=3, corruptions=["fog"], batch_size=4, workers=0)
     evaluate_adaptation({"bn": model}, methods, first, protocol="continual", output_dir=tmp_path / "b")  # "interrupted"
     resumed = evaluate_adaptation({"bn": model}, methods, source_of(root), protocol="continual", output_dir=tmp_path / "b")
-    for key in whole["entries"]:
-        assert resumed["entries"][key]["runs"] == whole["entries"][key]["runs"], key
+    for key in whole["results"]["entries"]:
+        assert resumed["results"]["entries"][key]["runs"] == whole["results"]["entries"][key]["runs"], key
     episodic = evaluate_adaptation({"bn": model}, methods[:1], source_of(root))
-    assert episodic["entries"]["bn | tent:lr=2.0"]["runs"] != whole["entries"]["bn | tent:lr=2.0"]["runs"]
+    assert episodic["results"]["entries"]["bn | tent:lr=2.0"]["runs"] != whole["results"]["entries"]["bn | tent:lr=2.0"]["runs"]
     (tmp_path / "b" / "adapt-state" / "bn___tent_lr=2.0.pt").unlink()
     bigger = ImageNetCFolders(root, CONFIG, num_classes=3, corruptions=["fog", "contrast", "snow"], batch_size=4, workers=0)
     with pytest.raises(ValueError, match="cannot resume the continual stream"):
@@ -96,7 +97,7 @@ def test_continual_resume_continues_the_saved_stream(tree, tmp_path):
 
 def test_sharding_is_refused_for_stream_order_methods(tree, monkeypatch):
     clean, root = tree
-    monkeypatch.setattr(adapt_evaluate, "world_info", lambda: (0, 2))
+    monkeypatch.setattr(grid_runner, "world_info", lambda: (0, 2))
     with pytest.raises(ValueError, match="tent:lr=0.1, sar update the model after every batch"):
         evaluate_adaptation({"bn": tiny_model()}, ["norm", "tent:lr=0.1", "sar"], source_of(root))
 
@@ -111,8 +112,8 @@ def test_cli_adapt_on_released_folders(tree, tmp_path):
     assert result.exit_code == 0, result.output
     assert "severity 2" in result.output and "fwd/img" in result.output and "tent" in result.output
     saved = json.loads((tmp_path / "out" / "adapt.json").read_text())
-    assert set(saved["entries"]) == {"resnet18 | source", "resnet18 | prior:8", "resnet18 | tent"}
-    assert saved["entries"]["resnet18 | tent"]["passes_per_image"] == {"forward": 1.0, "backward": 1.0}
+    assert set(saved["results"]["entries"]) == {"resnet18 | source", "resnet18 | prior:8", "resnet18 | tent"}
+    assert saved["results"]["entries"]["resnet18 | tent"]["passes_per_image"] == {"forward": 1.0, "backward": 1.0}
     for extra, message in ((["--method", "tentative"], "unknown adaptation method"),
                            (["--method", "tent:lr=-1", "--severities", "1"], "lr must be > 0"),
                            (["--protocol", "online"], "--protocol must be"),

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from test_adapt_evaluate import CLASSES, source_of, tree  # noqa: F401 (fixture)
 from test_corruptions_data import CONFIG, folder_samples, manual_error, normalize, tiny_model
 from timm_xbn.adapt import Tent
-from timm_xbn.adapt import evaluate as adapt_evaluate
-from timm_xbn.adapt.evaluate import evaluate_adaptation
+from timm_xbn.grid import adapt as adapt_evaluate
+from timm_xbn.grid import evaluate_adaptation
 from timm_xbn.adapt.mixed import MixedPrep, mixed_data
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import OnTheFly
-from timm_xbn.corruptions.evaluate import BatchPrep
+from timm_xbn.corruptions.prep import BatchPrep
 from timm_xbn.stats import recalibrate
 
 PAIRS = ["fog/1", "fog/2", "contrast/1", "contrast/2"]  # source_of's pairs, in benchmark order
@@ -52,13 +52,13 @@ def test_mixed_errors_per_pair_against_independent_computations(tree):  # noqa: 
     clean, root = tree
     model = tiny_model(fit=clean)
     results = evaluate_adaptation({"bn": model}, ["source", "norm", "tent:lr=2.0"], source_of(root), stream="mixed", order_seed=1)
-    assert results["pairs"] == PAIRS and results["protocol"] is None
+    assert results["grid"]["pairs"] == PAIRS and results["run"]["protocol"] is None
     samples = {pair: folder_samples(root / pair, CLASSES) for pair in PAIRS}
     adabn = recalibrate(model, [normalize([im for images, _ in samples.values() for im in images])], mode="full")
     for pair, (images, targets) in samples.items():
-        source = results["entries"]["bn | source"]["runs"][pair]
+        source = results["results"]["entries"]["bn | source"]["runs"][pair]
         assert source["top1_error"] == pytest.approx(manual_error(model, images, targets))  # per-image: order-free
-        norm = results["entries"]["bn | norm"]["runs"][pair]
+        norm = results["results"]["entries"]["bn | norm"]["runs"][pair]
         assert norm["top1_error"] == pytest.approx(manual_error(adabn, images, targets))  # statistics of all 48 images
         assert (source["count"], source["forward"], source["backward"]) == (12, None, None)
 
@@ -70,14 +70,14 @@ def test_mixed_errors_per_pair_against_independent_computations(tree):  # noqa: 
         for (label, p), guess in zip(batch.targets.tolist(), predicted.tolist()):
             correct[PAIRS[p]] += guess == label
             count[PAIRS[p]] += 1
-    entry = results["entries"]["bn | tent:lr=2.0"]
+    entry = results["results"]["entries"]["bn | tent:lr=2.0"]
     assert {pair: (r["correct1"], r["count"]) for pair, r in entry["runs"].items()} == {p: (correct[p], count[p]) for p in PAIRS}
     whole = entry["mixed"]
     for field in ("correct1", "correct5", "count"):
         assert whole[field] == sum(r[field] for r in entry["runs"].values())
     assert whole["count"] == 48 and whole["top1_error"] == pytest.approx(100 * (1 - sum(correct.values()) / 48))
     assert (whole["forward"], whole["backward"]) == (48, 48) and entry["passes_per_image"] == {"forward": 1.0, "backward": 1.0}
-    assert results["entries"]["bn | norm"]["mixed"]["forward"] == 96  # calibration pass + prediction pass
+    assert results["results"]["entries"]["bn | norm"]["mixed"]["forward"] == 96  # calibration pass + prediction pass
 
 
 def test_mixed_on_the_fly_corrupts_each_image_with_its_own_pair(image_folder):
@@ -109,8 +109,8 @@ def test_mixed_stream_resumes_per_method(tree, tmp_path, monkeypatch):  # noqa: 
     monkeypatch.setattr(adapt_evaluate, "MixedPass", recording)
     second = evaluate_adaptation({"bn": model}, ["source", "batch"], source_of(root), stream="mixed", output_dir=tmp_path)
     assert ran == ["bn | batch"]  # the finished method is not run again
-    assert second["entries"]["bn | source"] == first["entries"]["bn | source"]
-    assert second["entries"]["bn | batch"]["mixed"]["count"] == 48
+    assert second["results"]["entries"]["bn | source"] == first["results"]["entries"]["bn | source"]
+    assert second["results"]["entries"]["bn | batch"]["mixed"]["count"] == 48
     with pytest.raises(ValueError, match="protocol"):  # the file is a mixed stream's: another protocol is another run
         evaluate_adaptation({"bn": model}, ["source"], source_of(root), output_dir=tmp_path)
 
@@ -129,8 +129,8 @@ def test_cli_mixed_stream(tree, tmp_path):  # noqa: F811
     ok = CliRunner().invoke(eval_app, args + ["--seed", "5", "-o", str(tmp_path / "out")])
     assert ok.exit_code == 0, ok.output
     saved = json.loads((tmp_path / "out" / "adapt.json").read_text())
-    assert (saved["stream"], saved["dirichlet"], saved["order_seed"], saved["batch_size"], saved["protocol"]) == ("mixed", None, 5, 4, None)
-    for entry in saved["entries"].values():
+    assert (saved["run"]["stream"], saved["run"]["dirichlet"], saved["run"]["order_seed"], saved["run"]["batch_size"], saved["run"]["protocol"]) == ("mixed", None, 5, 4, None)
+    for entry in saved["results"]["entries"].values():
         assert set(entry["runs"]) == set(PAIRS) and entry["mixed"]["count"] == sum(r["count"] for r in entry["runs"].values()) == 48
     text = " ".join(ok.output.split())
     assert "one mixed stream, never reset" in text and "stream mixed, order seed 5, Dirichlet alpha n/a, batch size 4" in text

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from test_adapt_evaluate import source_of, tree  # noqa: F401 (fixture)
 from test_corruptions_data import tiny_model
-from timm_xbn.adapt.evaluate import evaluate_adaptation
+from timm_xbn.grid import evaluate_adaptation
 from timm_xbn.adapt.report import adaptation_table
 from timm_xbn.adapt.streams import check_stream, dataset_labels, dirichlet_order, stream_data
 from timm_xbn.cli import eval_app
@@ -89,15 +89,15 @@ def test_stream_is_recorded_and_printed(tree, tmp_path, stream, alpha, header): 
     evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), stream=stream, dirichlet=alpha, order_seed=2,
                         output_dir=tmp_path)
     saved = json.loads((tmp_path / "adapt.json").read_text())
-    assert (saved["stream"], saved["dirichlet"], saved["order_seed"], saved["batch_size"]) == (stream, alpha, 2, 4)
-    assert saved["protocol"] == (None if stream == "mixed" else "episodic")
+    assert (saved["run"]["stream"], saved["run"]["dirichlet"], saved["run"]["order_seed"], saved["run"]["batch_size"]) == (stream, alpha, 2, 4)
+    assert saved["run"]["protocol"] == (None if stream == "mixed" else "episodic")
     assert adaptation_table(saved).title.endswith(header)
 
 
 def test_folder_order_header_has_no_seed(tree):  # noqa: F811
     _, root = tree
     results = evaluate_adaptation({"bn": tiny_model()}, ["source"], source_of(root), order="folder", order_seed=2)
-    assert (results["order"], results["order_seed"]) == ("folder", None)
+    assert (results["run"]["order"], results["run"]["order_seed"]) == ("folder", None)
     assert adaptation_table(results).title.endswith("stream iid, read in folder order, Dirichlet alpha n/a, batch size 4")
 
 
@@ -111,5 +111,5 @@ def test_cli_label_shift_stream(tree, tmp_path):  # noqa: F811
     ok = CliRunner().invoke(eval_app, args + ["--stream", "label-shift", "--dirichlet", "0.1", "-o", str(tmp_path / "out")])
     assert ok.exit_code == 0, ok.output
     saved = json.loads((tmp_path / "out" / "adapt.json").read_text())
-    assert (saved["stream"], saved["dirichlet"]) == ("label-shift", 0.1)
+    assert (saved["run"]["stream"], saved["run"]["dirichlet"]) == ("label-shift", 0.1)
     assert "stream label-shift, order seed 0, Dirichlet alpha 0.1, batch size 2" in " ".join(ok.output.split())

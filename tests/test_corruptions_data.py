@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import (
-    CifarC, ImageNetCFolders, OnTheFly, corrupt_batch, corrupt_reference, discover_imagenet_c, evaluate_corruptions,
-    resolve_class_map, results_path,
+    CifarC, ImageNetCFolders, OnTheFly, corrupt_batch, corrupt_reference, discover_imagenet_c, resolve_class_map,
 )
-from timm_xbn.corruptions.evaluate import BatchPrep
+from timm_xbn.grid import evaluate_corruptions, results_path
+from timm_xbn.corruptions.prep import BatchPrep
 from timm_xbn.corruptions.seeding import pixel_seed
 from timm_xbn.stats import recalibrate
 
@@ -150,14 +150,15 @@ def test_imagenet_c_errors_match_a_per_image_evaluation(tree, tmp_path):
     results = evaluate_corruptions({"tiny": model}, source, output_dir=tmp_path / "out")["tiny"]
     for c, s in source.pairs:
         images, targets = folder_samples(root / c / str(s), source.class_map)
-        assert results["errors"][c][str(s)] == pytest.approx(manual_error(model, images, targets))
-    assert results["clean_error"] == pytest.approx(manual_error(model, *folder_samples(clean, source.class_map)))
-    assert results["complete"] is False and results["mce"] is None and results["ce"] == {}
-    assert results["missing"][0] == "gaussian_noise" and "fog/5" in results["missing"]
+        assert results["results"]["errors"][c][str(s)] == pytest.approx(manual_error(model, images, targets))
+    assert results["results"]["clean_error"] == pytest.approx(manual_error(model, *folder_samples(clean, source.class_map)))
+    assert results["results"]["complete"] is False and results["results"]["mce"] is None and results["results"]["ce"] == {}
+    assert results["results"]["missing"][0] == "gaussian_noise" and "fog/5" in results["results"]["missing"]
     on_disk = json.loads(results_path(tmp_path / "out", "tiny").read_text())
-    assert on_disk["kind"] == "corruption" and on_disk["model"] == "tiny" and on_disk["errors"] == results["errors"]
-    for key in ("timm_xbn_version", "dataset", "clean_error", "ce", "mce", "relative_mce", "complete", "missing"):
-        assert key in on_disk
+    assert on_disk["kind"] == "corruption" and on_disk["model"] == "tiny" and on_disk["results"]["errors"] == results["results"]["errors"]
+    assert on_disk["schema"] == 2 and on_disk["run"]["dataset"] == str(root) and "timm_xbn_version" in on_disk
+    for key in ("clean_error", "ce", "mce", "relative_mce", "complete", "missing"):
+        assert key in on_disk["results"]
     assert len(results_path(tmp_path / "out", "tiny", ".csv").read_text().splitlines()) == 1 + 4
     assert results_path(tmp_path / "out", "tiny", ".png").stat().st_size > 1000
 
@@ -175,8 +176,8 @@ def test_resume_evaluates_only_new_pairs(tree, tmp_path):
     resumed = evaluate_corruptions({"tiny": model}, both, output_dir=tmp_path / "out")["tiny"]
     assert sum(seen) == 2 * 9  # only the two severity-2 pairs
     fresh = evaluate_corruptions({"tiny": model}, both, output_dir=tmp_path / "fresh")["tiny"]
-    assert resumed["errors"] == fresh["errors"]
-    with pytest.raises(ValueError, match="weights_sha1=.*use another output folder"):
+    assert resumed["results"]["errors"] == fresh["results"]["errors"]
+    with pytest.raises(ValueError, match="other weights_sha1; use another output folder"):
         evaluate_corruptions({"tiny": tiny_model(seed=1)}, both, output_dir=tmp_path / "out")
 
 
@@ -190,10 +191,10 @@ def test_adaptation_works_on_copies(tree, tmp_path):
         assert torch.equal(v, before[k]), k
     images, targets = folder_samples(root / "fog" / "2", source.class_map)
     manual = recalibrate(model, [normalize(images)], mode="full")
-    assert adapted["errors"]["fog"]["2"] == pytest.approx(manual_error(manual, images, targets))
-    assert adapted["adapt"] == "full"
+    assert adapted["results"]["errors"]["fog"]["2"] == pytest.approx(manual_error(manual, images, targets))
+    assert adapted["run"]["adapt"] == "norm"  # 0.1's "full" is AdaBN's one name now
     plain = evaluate_corruptions({"tiny": model}, source)["tiny"]
-    assert plain["errors"]["fog"]["2"] == pytest.approx(manual_error(model, images, targets))
+    assert plain["results"]["errors"]["fog"]["2"] == pytest.approx(manual_error(model, images, targets))
 
 
 def test_on_the_fly_reference_matches_per_image_corruption(image_folder):
@@ -210,8 +211,8 @@ def test_on_the_fly_reference_matches_per_image_corruption(image_folder):
         # seeded by the image's (3, H, W) pixels, as the torch mode
         images = [corrupt_reference(image, name, 4, seed=pixel_seed(5, name, 4, image.transpose(2, 0, 1)) & 0xFFFFFFFF)
                   for image in pixels]
-        assert results["errors"][name]["4"] == pytest.approx(manual_error(model, images, [t for _, t in samples]))
-    assert results["clean_error"] == pytest.approx(manual_error(model, *folder_samples(clean, source.class_map)))
+        assert results["results"]["errors"][name]["4"] == pytest.approx(manual_error(model, images, [t for _, t in samples]))
+    assert results["results"]["clean_error"] == pytest.approx(manual_error(model, *folder_samples(clean, source.class_map)))
 
 
 def test_on_the_fly_torch_is_seeded(image_folder):
@@ -221,7 +222,7 @@ def test_on_the_fly_torch_is_seeded(image_folder):
                                      severities=[5], seed=seed, batch_size=bs, workers=0)
     a = evaluate_corruptions({"tiny": model}, make(0, 4))["tiny"]
     b = evaluate_corruptions({"tiny": model}, make(0, 4))["tiny"]
-    assert a["errors"] == b["errors"] and a["runs"] == b["runs"]
+    assert a["results"]["errors"] == b["results"]["errors"] and a["cells"] == b["cells"]
     with pytest.raises(ValueError, match="torch implementation covers the 15 benchmark corruptions"):
         OnTheFly(clean, CONFIG, corruptions=["spatter"])
 
@@ -242,7 +243,7 @@ def test_cifar_c_arrays(tmp_path):
     results = evaluate_corruptions({"tiny": model}, source)["tiny"]
     for s in range(1, 6):
         expected = manual_error(model, list(fog[(s - 1) * per:s * per]), labels.tolist())
-        assert results["errors"]["fog"][str(s)] == pytest.approx(expected)
+        assert results["results"]["errors"]["fog"][str(s)] == pytest.approx(expected)
     (tmp_path / "smog.npy").write_bytes((tmp_path / "fog.npy").read_bytes())
     with pytest.raises(ValueError, match=r"unknown corruption files \['smog'\]"):
         CifarC(tmp_path, CONFIG)
@@ -265,7 +266,7 @@ def test_cli_runs_and_reports_errors(tree, tmp_path):
     assert result.exit_code == 0, result.output
     assert "mCE (incomplete)" in result.output and "not found in" in result.output
     saved = json.loads((tmp_path / "out" / "corruption-resnet18.json").read_text())
-    assert set(saved["errors"]) == {"fog", "contrast"} and saved["clean_error"] is not None
+    assert set(saved["results"]["errors"]) == {"fog", "contrast"} and saved["results"]["clean_error"] is not None
     for extra, message in ((["--imagenet-c", str(root / "fog")], "point at its parent"),
                            (["--imagenet-c", str(root), "--corruptions", "smog"], "unknown corruption 'smog'"),
                            (["--imagenet-c", str(root), "--severities", "7"], "severity must be an integer in 1..5"),

@@ -1,4 +1,5 @@
 """ImageNet-C metrics against hand computations and the published AlexNet normalisation."""
+import inspect
 import math
 
 import pytest
@@ -7,7 +8,8 @@ from timm_xbn.corruptions import (
     ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CORRUPTIONS, corruption_error, mean_corruption_error, parse_corruptions,
     parse_severities, relative_corruption_error, summarize,
 )
-from timm_xbn.corruptions.evaluate import parse_adapt
+from timm_xbn.adapt import Prior
+from timm_xbn.grid import parse_adapt
 
 
 def alexnet_errors():
@@ -87,11 +89,12 @@ def test_parsing_names_severities_and_adapt():
     for bad in ("0", "6", "two", "1.5"):
         with pytest.raises(ValueError, match="severity must be an integer in 1..5"):
             parse_severities(bad)
-    assert parse_adapt("full") == ("full", 0.0)
-    assert parse_adapt("batch") == ("batch", 0.0)
-    assert parse_adapt("prior:32") == ("prior", 32.0)
-    assert parse_adapt(None) is None
-    for bad in ("prior:-1", "prior:x", "adabn", "full:3"):
+    with pytest.warns(DeprecationWarning, match="now called 'norm'"):
+        assert parse_adapt("full") == "norm"  # 0.1's name of AdaBN
+    assert parse_adapt("norm") == "norm" and parse_adapt("batch") == "batch"
+    assert parse_adapt("prior:32") == "prior:32" and parse_adapt("mix:4") == "mix:4"
+    assert parse_adapt(None) is None and parse_adapt("none") is None
+    for bad in ("prior:-1", "prior:x", "adabn", "full:3", "tent"):
         with pytest.raises(ValueError, match="--adapt must be"):
             parse_adapt(bad)
-    assert math.isclose(parse_adapt("prior")[1], 16.0)
+    assert math.isclose(inspect.signature(Prior).parameters["prior"].default, 16.0)  # "prior" alone: N = 16

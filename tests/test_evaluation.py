@@ -9,10 +9,10 @@ import torch.nn as nn
 
 import timm_xbn
 from timm_xbn.evaluation import (
-    SharedPass, ShardSampler, Setting, accuracy_from_counts, build_model_specs, create_eval_data, create_eval_model,
-    evaluate_adabn, evaluate_esm, evaluate_robustness, naive_sweep, resolve_eval_data_config, robustness_settings,
-    topk_correct,
+    SharedPass, ShardSampler, Setting, accuracy_from_counts, build_model_specs, create_eval_data,
+    create_eval_model, evaluate_esm, naive_sweep, resolve_eval_data_config, robustness_settings, topk_correct,
 )
+from timm_xbn.grid import evaluate_adabn, evaluate_robustness, perturbation_spec
 from timm_xbn.evaluation import sweep as sweep_module
 from timm_xbn.stats import estimation_shift, recalibrate
 
@@ -93,14 +93,20 @@ def test_shard_sampler_deals_whole_batches(length, world, block, start):
     assert [len(ShardSampler(length, r, world, start, block)) for r in range(world)] == [len(s) for s in shards]
 
 
+def setting_cell(results, setting):
+    """The stored cell of a robustness ``Setting`` (method ``source`` or ``perturb:DELTA,SEED`` on the clean data)."""
+    method = "source" if setting.clean else perturbation_spec(setting.delta, setting.seed)
+    return next(c for c in results["cells"] if (c["model"], c["method"], c["pair"]) == (setting.model, method, "clean"))
+
+
 def test_shared_pass_equals_naive_loop(two_models):
     models, data, _ = two_models
     before = {k: bn_buffers(m) for k, m in models.items()}
     results = evaluate_robustness(models, data, deltas=[0.3, 0.9], seeds=3, blocks=2)
     settings = robustness_settings(list(models), [0.3, 0.9], [0, 1, 2])
-    targets = {k: results["model_info"][k]["targets"] for k in models}
+    targets = {k: results["models"][k]["targets"] for k in models}
     naive = naive_sweep(models, settings, targets, data.loader)
-    got = {s.key: [results["runs"][s.key][k] for k in ("correct1", "correct5", "count")] for s in settings}
+    got = {s.key: [setting_cell(results, s)[k] for k in ("correct1", "correct5", "count")] for s in settings}
     assert got == {s.key: naive[s.key].tolist() for s in settings}
     # the sweep is not vacuous: the disturbance changes the BN model's accuracy, differently per seed
     bn_top1 = [got[s.key][0] for s in settings if s.model == "bn"]
@@ -108,7 +114,7 @@ def test_shared_pass_equals_naive_loop(two_models):
     # targets follow the paper's rule: first BN of blocks 1 and 2; the XBN model's bn1 is still BN (P2)
     assert targets["bn"] == ["layer1.0.bn1", "layer1.1.bn1"] == targets["xbn"]
     # summary: mean / sample std of the per-seed top-1
-    d = results["models"]["bn"]["deltas"]["0.9"]
+    d = results["results"]["bn"]["deltas"]["0.9"]
     per_seed = [100.0 * got[f"bn|delta=0.9|seed={s}"][0] / 40 for s in range(3)]
     assert d["per_seed"] == per_seed
     assert d["mean"] == pytest.approx(sum(per_seed) / 3)
@@ -124,7 +130,7 @@ def test_shared_pass_any_setting_order(two_models):
     model = {"bn": models["bn"]}
     clean, noisy = robustness_settings(["bn"], [0.9], [1])
     order = [noisy, clean, Setting("bn", 0.9, 2)]
-    evaluator = SharedPass(model, order, {"bn": ["layer1.0.bn1", "layer1.1.bn1"]})
+    evaluator = SharedPass.of_settings(model, order, {"bn": ["layer1.0.bn1", "layer1.1.bn1"]})
     for batch in data.loader():
         evaluator.update(batch.images, batch.targets)
     naive = naive_sweep(model, order, {"bn": ["layer1.0.bn1", "layer1.1.bn1"]}, data.loader)
@@ -136,7 +142,7 @@ def test_shared_pass_restores_buffers_on_error(two_models):
     models, data, _ = two_models
     model = models["bn"]
     before = bn_buffers(model)
-    evaluator = SharedPass({"bn": model}, robustness_settings(["bn"], [0.9], [0]), {"bn": ["layer1.0.bn1"]})
+    evaluator = SharedPass.of_settings({"bn": model}, robustness_settings(["bn"], [0.9], [0]), {"bn": ["layer1.0.bn1"]})
     with pytest.raises(RuntimeError):
         evaluator.update(torch.zeros(2, 5, IMG, IMG), torch.zeros(2, dtype=torch.long))  # wrong channels
     assert all(torch.equal(before[n], v) for n, v in bn_buffers(model).items())
@@ -209,7 +215,7 @@ def test_a_partial_pass_of_the_wrong_shape_is_discarded_with_a_warning(two_model
     capsys.readouterr()
     resumed = evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
     assert f"warning: discarded the damaged partial pass {state_file}" in capsys.readouterr().err
-    assert resumed["runs"] == full["runs"]
+    assert resumed["cells"] == full["cells"]
 
 
 def test_resume_skips_done_settings_and_continues_a_partial_pass(two_models, image_folder, tmp_path, monkeypatch):
@@ -221,7 +227,7 @@ def test_resume_skips_done_settings_and_continues_a_partial_pass(two_models, ima
     real_update = SharedPass.update
 
     def counting_update(self, images, labels):
-        calls.append(len(self.settings))
+        calls.append(len(self.keys))
         if len(calls) == 3 and interrupt:
             raise KeyboardInterrupt
         return real_update(self, images, labels)
@@ -241,10 +247,10 @@ def test_resume_skips_done_settings_and_continues_a_partial_pass(two_models, ima
     calls[:] = []
     second = evaluate_robustness(models, data, deltas=[0.5, 0.9], seeds=2, blocks=2, output_dir=out)
     assert calls == [2] * 7
-    assert second["runs"] == full["runs"]
-    assert first["models"]["bn"]["deltas"]["0.5"] == full["models"]["bn"]["deltas"]["0.5"]
+    assert second["cells"] == full["cells"]
+    assert first["results"]["bn"]["deltas"]["0.5"] == full["results"]["bn"]["deltas"]["0.5"]
     saved = json.loads((out / "robustness.json").read_text())
-    assert saved["kind"] == "robustness" and saved["models"] == full["models"]
+    assert saved["kind"] == "robustness" and saved["results"] == full["results"] and saved["schema"] == 2
     assert (out / "robustness.png").stat().st_size > 0
     rows = (out / "robustness.csv").read_text().splitlines()
     assert rows[0].startswith("model,delta,seed,top1,top5") and len(rows) == 1 + 5
@@ -264,10 +270,10 @@ def test_unreadable_images_are_skipped_and_reported(image_folder):
     data = create_eval_data(root, clean_data.data_config, batch_size=6, workers=0)
     assert len(data) == 42
     results = evaluate_robustness({"m": model}, data, deltas=[0.9], seeds=2, blocks=2)
-    assert results["skipped_images"]["count"] == 2
-    assert sorted(Path(f["file"]).name for f in results["skipped_images"]["files"]) == ["broken.jpg", "truncated.jpg"]
+    assert results["skipped_images"]["clean"]["count"] == 2
+    assert sorted(Path(f["file"]).name for f in results["skipped_images"]["clean"]["files"]) == ["broken.jpg", "truncated.jpg"]
     # the remaining 40 images give exactly the counts of the folder without the bad files
-    assert results["runs"] == reference["runs"]
+    assert results["cells"] == reference["cells"]
 
 
 def test_adabn_matches_independent_recalibration(two_models, tmp_path):
@@ -282,7 +288,7 @@ def test_adabn_matches_independent_recalibration(two_models, tmp_path):
     for tag, m in (("before", model), ("after", adapted)):
         counts = sum(topk_correct(m(b.images), b.targets) for b in data.loader())
         expected[tag] = accuracy_from_counts(counts)["top1"]
-    entry = results["models"]["bn"]
+    entry = results["results"]["bn"]
     assert (entry["before_top1"], entry["after_top1"]) == (expected["before"], expected["after"])
     assert entry["after_top1"] != entry["before_top1"]
     assert all(torch.equal(before[n], v) for n, v in bn_buffers(model).items())  # caller's model untouched
@@ -299,7 +305,7 @@ def test_adabn_matches_independent_recalibration(two_models, tmp_path):
             m.train()
     with torch.no_grad():
         counts = sum(topk_correct(reference(b.images), b.targets) for b in data.shuffled(seed=0).loader())
-    assert batch["models"]["bn"]["after_top1"] == accuracy_from_counts(counts)["top1"]
+    assert batch["results"]["bn"]["after_top1"] == accuracy_from_counts(counts)["top1"]
 
 
 def test_shuffled_order_reads_every_image_once(image_folder):

@@ -45,8 +45,8 @@ def test_robustness_single_delta(checkpoint_and_data, tmp_path):
     assert "Δ=0.1" in result.stdout and "resnet18" in result.stdout
     saved = json.loads((tmp_path / "out" / "robustness.json").read_text())
     assert saved["kind"] == "robustness" and saved["timm_xbn_version"] == "0.1.0"
-    assert saved["blocks"] == 2 and saved["seeds"] == [0, 1] and saved["dataset"] == str(root)
-    entry = saved["models"]["resnet18"]
+    assert saved["run"]["blocks"] == 2 and saved["grid"]["seeds"] == [0, 1] and saved["run"]["dataset"] == str(root)
+    entry = saved["results"]["resnet18"]
     assert set(entry["deltas"]) == {"0.1"} and len(entry["deltas"]["0.1"]["per_seed"]) == 2
     with torch.no_grad():  # clean top-1 by a plain loop over the same data
         counts = sum(topk_correct(model(b.images), b.targets) for b in data.loader())
@@ -62,8 +62,8 @@ def test_adabn_and_esm_commands(checkpoint_and_data, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((tmp_path / "a" / "adabn.json").read_text())
     assert saved["kind"] == "adabn"
-    assert set(saved["models"]["resnet18"]) >= {"mode", "before_top1", "after_top1"}
-    assert saved["models"]["resnet18"]["mode"] == "prior" and saved["models"]["resnet18"]["prior"] == 8
+    assert set(saved["results"]["resnet18"]) >= {"mode", "before_top1", "after_top1"}
+    assert saved["results"]["resnet18"]["mode"] == "prior" and saved["results"]["resnet18"]["prior"] == 8
 
     result = invoke("esm", *common(root, ckpt, tmp_path / "e"))
     assert result.exit_code == 0, result.output
@@ -120,8 +120,8 @@ def test_a_second_run_on_a_busy_output_fails_and_the_first_results_stay(checkpoi
         assert holder.wait(timeout=60) == 0
     # once it is done, the same command runs and keeps both runs' results
     assert invoke("robustness", *common(root, ckpt, out), "--delta", 0.3, *sweep).exit_code == 0
-    runs = json.loads((out / "robustness.json").read_text())["runs"]
-    assert sorted({r["delta"] for r in runs.values()}, key=str) == sorted({None, 0.1, 0.3}, key=str)
+    cells = json.loads((out / "robustness.json").read_text())["cells"]
+    assert sorted({c["method"] for c in cells}) == ["perturb:0.1,0", "perturb:0.3,0", "source"]
 
 
 def test_a_damaged_partial_pass_is_discarded_with_a_warning(checkpoint_and_data, tmp_path):
@@ -135,7 +135,7 @@ def test_a_damaged_partial_pass_is_discarded_with_a_warning(checkpoint_and_data,
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith(f"warning: discarded the damaged partial pass {out / 'robustness.partial.json'} (not valid JSON")
     fresh = json.loads((tmp_path / "fresh" / "robustness.json").read_text())
-    assert json.loads((out / "robustness.json").read_text())["runs"] == fresh["runs"]
+    assert json.loads((out / "robustness.json").read_text())["cells"] == fresh["cells"]
 
 
 def always_one(tmp_path: Path) -> Path:
@@ -170,7 +170,7 @@ def test_class_folders_holding_some_classes_map_to_the_models_indices(image_fold
         args += ["--class-map", tmp_path / "classes.txt"]
     result = invoke("robustness", *args)
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["models"]["resnet18"]["clean_top1"] == top1
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["results"]["resnet18"]["clean_top1"] == top1
     warning = " ".join(result.stderr.split())
     assert (f"warning: {root} has 1 class folders for a model with 3 classes" in warning) == warns
     assert ("pass --class-map" in warning) == warns

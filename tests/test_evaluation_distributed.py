@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 
 import timm_xbn
 from timm_xbn.evaluation import (
-    SharedPass, create_eval_data, evaluate_adabn, evaluate_esm, evaluate_robustness, init_distributed, is_main_process,
-    resolve_eval_data_config,
+    SharedPass, create_eval_data, evaluate_esm, init_distributed, is_main_process, resolve_eval_data_config,
 )
+from timm_xbn.grid import evaluate_adabn, evaluate_robustness
 from timm_xbn.evaluation.distributed import barrier, shutdown_distributed
 
 CLASSES, IMG, BATCH = 8, 32, 6

@@ -14,11 +14,11 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from test_corruptions_data import CONFIG, fit_to, make_imagenet_c
-from timm_xbn.adapt.evaluate import evaluate_adaptation
 from timm_xbn.cli import eval_app
-from timm_xbn.corruptions import CORRUPTIONS, ImageNetCFolders, OnTheFly, corrupt_batch, evaluate_corruptions
+from timm_xbn.corruptions import CORRUPTIONS, ImageNetCFolders, OnTheFly, corrupt_batch
+from timm_xbn.grid import evaluate_adabn, evaluate_adaptation, evaluate_corruptions
 from timm_xbn.corruptions.seeding import corrupt_images, pixel_seed
-from timm_xbn.evaluation import create_eval_data, evaluate_adabn
+from timm_xbn.evaluation import create_eval_data
 
 
 def two_bn_model(fit=None) -> nn.Module:
@@ -62,6 +62,11 @@ def counts(run):
     return {k: run[k] for k in COUNTS}
 
 
+def cell(document, model, method, pair):
+    """The stored cell of ``model`` x ``method`` on ``pair`` in a results document of any view."""
+    return next(c for c in document["cells"] if (c["model"], c["method"], c["pair"]) == (model, method, pair))
+
+
 def test_adapt_methods_equal_corruption_adapt_on_the_fly(image_folder):
     clean = image_folder("clean", classes=3, per_class=6, size=32, ext="PNG")
     model = two_bn_model(fit=clean)
@@ -70,8 +75,8 @@ def test_adapt_methods_equal_corruption_adapt_on_the_fly(image_folder):
     adapted = evaluate_adaptation({"m": model}, list(SAME_METHOD), source)
     for method, spec in SAME_METHOD.items():
         corrupted = evaluate_corruptions({"m": model}, source, adapt=spec)["m"]
-        for pair, run in adapted["entries"][f"m | {method}"]["runs"].items():
-            assert counts(run) == counts(corrupted["runs"][pair]), (method, pair)
+        for pair, run in adapted["results"]["entries"][f"m | {method}"]["runs"].items():
+            assert counts(run) == counts(cell(corrupted, "m", method, pair)), (method, pair)
 
 
 def test_adapt_norm_equals_corruption_full_and_adabn_full(image_folder, tmp_path):
@@ -82,9 +87,9 @@ def test_adapt_norm_equals_corruption_full_and_adabn_full(image_folder, tmp_path
     data = create_eval_data(root / "contrast" / "3", CONFIG, batch_size=4, workers=0, num_classes=3)
     top1 = {}
     for order in ("shuffle", "folder"):
-        norm = evaluate_adaptation({"m": model}, ["norm"], source, order=order)["entries"]["m | norm"]["runs"]["contrast/3"]
-        full = evaluate_corruptions({"m": model}, source, adapt="full", order=order)["m"]["runs"]["contrast/3"]
-        adabn = evaluate_adabn({"m": model}, data, mode="full", order=order)["models"]["m"]
+        norm = evaluate_adaptation({"m": model}, ["norm"], source, order=order)["results"]["entries"]["m | norm"]["runs"]["contrast/3"]
+        full = cell(evaluate_corruptions({"m": model}, source, adapt="norm", order=order)["m"], "m", "norm", "contrast/3")
+        adabn = evaluate_adabn({"m": model}, data, mode="norm", order=order)["results"]["m"]
         assert counts(norm) == counts(full), order
         # adabn normalises with timm's transform (x / 255 - mean) / std: the same images up to float rounding
         assert 100 * norm["correct1"] / norm["count"] == pytest.approx(adabn["after_top1"], abs=1e-9), order
@@ -115,11 +120,11 @@ def test_cli_commands_share_the_order_and_record_it(image_folder, tmp_path):
         corruption = json.loads((tmp_path / f"c-{order}" / "corruption-resnet18.json").read_text())
         expected = {"order": order, "order_seed": 0 if order == "shuffle" else None}
         for saved in (adapt, corruption):
-            assert {k: saved[k] for k in expected} == expected
-        runs[order] = counts(adapt["entries"]["resnet18 | batch"]["runs"]["fog/3"])
-        assert runs[order] == counts(corruption["runs"]["fog/3"]), order
+            assert {k: saved["run"][k] for k in expected} == expected
+        runs[order] = counts(cell(adapt, "resnet18", "batch", "fog/3"))
+        assert runs[order] == counts(cell(corruption, "resnet18", "batch", "fog/3")), order
     assert "read shuffled (seed 2)" in invoke("adabn", *common, "--data-dir", clean, "--mode", "batch", "--seed", 2,
                                               "-o", tmp_path / "b")
-    assert json.loads((tmp_path / "b" / "adabn.json").read_text())["order_seed"] == 2
+    assert json.loads((tmp_path / "b" / "adabn.json").read_text())["run"]["order_seed"] == 2
     result = CliRunner().invoke(eval_app, ["corruption", *common, *on_the_fly, "--order", "sorted", "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and result.stderr == "error: --order must be one of shuffle, folder, got 'sorted'\n"

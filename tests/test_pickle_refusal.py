@@ -70,7 +70,7 @@ def exported_folder(tmp, marker):
 
 def continual_adaptation_resume(tmp, marker):
     from conftest import write_image_folder
-    from timm_xbn.adapt.evaluate import evaluate_adaptation
+    from timm_xbn.grid import evaluate_adaptation
     from timm_xbn.corruptions import ImageNetCFolders
 
     clean = write_image_folder(tmp / "clean", classes=3, per_class=2, size=32, ext="PNG")

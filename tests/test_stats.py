@@ -487,7 +487,7 @@ def test_perturbation_and_shared_pass_sweep_leave_the_global_rng_untouched():
     factors = perturbation_factors([4, 5], delta=0.5, seed=3)
     with perturb_bn_stats(net, delta=0.5, seed=3, targets=targets):
         net(x)
-    sweep = SharedPass({"net": net}, robustness_settings(["net"], [0.3, 0.9], [0, 1]), {"net": targets})
+    sweep = SharedPass.of_settings({"net": net}, robustness_settings(["net"], [0.3, 0.9], [0, 1]), {"net": targets})
     sweep.update(x, y)
     assert torch.equal(torch.get_rng_state(), state)
     # and the same factors whatever the global state (independent of it, not merely restored)

@@ -15,11 +15,11 @@ from .methods import METHODS, STATEFUL_METHODS, create_adapter, parse_method
 from .norms import NORM_TYPES, norm_affine_parameters, prepare_norm_adaptation
 from .protocol import PROTOCOLS, counts_record, run_protocol
 from .sar import SAR
-from .statistics import Batch, Norm, Prior, RobustBN, Source
+from .statistics import Batch, Mix, Norm, Prior, RobustBN, Source
 from .tent import Tent, softmax_entropy
 
 __all__ = [
     "Adapter", "AffineAdapter", "PassCounts", "EATA", "METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method",
     "NORM_TYPES", "norm_affine_parameters", "prepare_norm_adaptation", "PROTOCOLS", "counts_record", "run_protocol",
-    "SAR", "Batch", "Norm", "Prior", "RobustBN", "Source", "Tent", "softmax_entropy",
+    "SAR", "Batch", "Mix", "Norm", "Prior", "RobustBN", "Source", "Tent", "softmax_entropy",
 ]

@@ -1,8 +1,7 @@
 """Method names -> adapters: ``create_adapter(model, "tent:lr=0.001,optimizer=adam")``.
 
 A method spec is ``NAME`` or ``NAME:KEY=VALUE,...`` with the keyword arguments of the adapter
-class; ``prior:N`` is short for ``prior:prior=N`` (as ``xbn-eval corruption --adapt prior:N``) and
-``rbn:M`` for ``rbn:momentum=M``.
+class; ``prior:N`` is short for ``prior:prior=N`` (likewise ``mix:N``) and ``rbn:M`` for ``rbn:momentum=M``.
 """
 import inspect
 from typing import Any, Dict, Tuple, Type
@@ -12,13 +11,13 @@ import torch.nn as nn
 from .base import Adapter
 from .eata import EATA
 from .sar import SAR
-from .statistics import Batch, Norm, Prior, RobustBN, Source
+from .statistics import Batch, Mix, Norm, Prior, RobustBN, Source
 from .tent import Tent
 
 __all__ = ["METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method"]
 
-METHODS: Dict[str, Type[Adapter]] = {cls.name: cls for cls in (Source, Norm, Prior, Batch, Tent, EATA, SAR, RobustBN)}
-SHORTHANDS = {"prior": "prior", "rbn": "momentum"}  # NAME:VALUE -> NAME:KEY=VALUE
+METHODS: Dict[str, Type[Adapter]] = {cls.name: cls for cls in (Source, Norm, Mix, Prior, Batch, Tent, EATA, SAR, RobustBN)}
+SHORTHANDS = {"prior": "prior", "mix": "prior", "rbn": "momentum"}  # NAME:VALUE -> NAME:KEY=VALUE
 STATEFUL_METHODS = tuple(name for name, cls in METHODS.items() if cls.stateful)
 
 
@@ -47,7 +46,7 @@ def parse_method(spec: str) -> Tuple[str, Dict[str, Any]]:
         elif not eq:
             raise ValueError(f"{spec!r}: options are KEY=VALUE, got {item!r}")
         kwargs[key.strip()] = _convert(cls, key.strip(), value.strip(), spec)
-    if name == "prior" and not kwargs.get("prior", 0.0) >= 0:
+    if name in ("prior", "mix") and not kwargs.get("prior", 0.0) >= 0:
         raise ValueError(f"{spec!r}: prior (the source strength N) must be >= 0")
     return name, kwargs
 

@@ -16,15 +16,14 @@ import dataclasses
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn as nn
 from torch.utils.data import Dataset
 
 from ..corruptions.datasets import CorruptionSource
-from ..corruptions.evaluate import BatchPrep
+from ..corruptions.prep import BatchPrep
 from ..evaluation.data import EvalData, SkippedSample
 from ..evaluation.metrics import topk_correct
-from ..evaluation.sweep import Setting
 from ..utils.device import model_device
-from .base import Adapter
 
 __all__ = ["MixedDataset", "MixedPass", "MixedPrep", "mixed_data"]
 
@@ -88,14 +87,14 @@ class MixedPrep:
 
 
 class MixedPass:
-    """What ``run_pass`` drives over a mixed stream: every adapter on each batch, with its correct@1,
-    correct@5 and sample counts split by the pair each image came from. Its settings are one per
-    adapter x pair (keys ``"<adapter key> @ <pair>"``), so that ``run_pass`` sums them over ranks."""
+    """What ``run_pass`` drives over a mixed stream: every predictor (a model or an ``Adapter``) on each
+    batch, with its correct@1, correct@5 and sample counts split by the pair each image came from. Its keys
+    are one per predictor x pair (``"<predictor key> @ <pair>"``), so that ``run_pass`` sums them over ranks."""
 
-    def __init__(self, adapters: Mapping[str, Adapter], prep: MixedPrep, pairs: Sequence[str]):
+    def __init__(self, adapters: Mapping[str, nn.Module], prep: MixedPrep, pairs: Sequence[str]):
         self.adapters, self.prep, self.pairs = dict(adapters), prep, list(pairs)
-        self.settings = [Setting(f"{key} @ {pair}") for key in self.adapters for pair in self.pairs]
-        self.devices = {key: model_device(a.model) for key, a in self.adapters.items()}
+        self.keys = [f"{key} @ {pair}" for key in self.adapters for pair in self.pairs]
+        self.devices = {key: model_device(a) for key, a in self.adapters.items()}
         self.counts = torch.zeros(len(self.adapters), len(self.pairs), 3, dtype=torch.int64)
 
     @torch.no_grad()
@@ -109,9 +108,9 @@ class MixedPass:
                 self.counts[i, pair] += topk_correct(logits[chosen], labels[chosen])
 
     def counts_tensor(self) -> torch.Tensor:
-        """(adapters x pairs, 3) int64, in ``settings`` order."""
+        """(adapters x pairs, 3) int64, in ``keys`` order."""
         return self.counts.view(-1, 3).clone()
 
     def split(self, counts: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """``run_pass``'s counts per setting key -> adapter key -> pair -> counts."""
-        return {key: {pair: counts[Setting(f"{key} @ {pair}").key] for pair in self.pairs} for key in self.adapters}
+        return {key: {pair: counts[f"{key} @ {pair}"] for pair in self.pairs} for key in self.adapters}

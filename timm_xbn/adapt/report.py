@@ -15,12 +15,14 @@ from rich.table import Table  # noqa: E402
 from ..corruptions.names import ALL_CORRUPTIONS  # noqa: E402
 from .streams import stream_label  # noqa: E402
 from ..evaluation.plots import save_figure  # noqa: E402
+from ..evaluation.store import legacy_layout  # noqa: E402
 
 __all__ = ["adaptation_rows", "adaptation_table", "plot_adaptation", "protocol_label", "table_severity"]
 
 
 def table_severity(results: Mapping[str, Any]) -> int:
     """The severity the tables show: the highest one evaluated (5 when it is there, as the benchmarks report)."""
+    results = legacy_layout(results)
     return max(int(p.split("/")[1]) for p in results["pairs"])
 
 
@@ -33,6 +35,7 @@ def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) 
     """One row per model x method: the source model's clean error, error (%) per corruption at
     ``severity``, its mean, the mean over all pairs, mCE / relative mCE (complete ImageNet-C only), the
     error over the whole stream of a mixed stream, and passes per image."""
+    results = legacy_layout(results)
     severity = severity or table_severity(results)
     corruptions = [c for c in ALL_CORRUPTIONS if any(p.startswith(c + "/") for p in results["pairs"])]
     rows = []
@@ -50,6 +53,7 @@ def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) 
 def protocol_label(results: Mapping[str, Any]) -> str:
     """``"episodic adaptation"``, ``"continual adaptation"``, or for a mixed stream (no protocol)
     ``"one mixed stream, never reset"``."""
+    results = legacy_layout(results)
     return f"{results['protocol']} adaptation" if results.get("protocol") else "one mixed stream, never reset"
 
 
@@ -61,6 +65,7 @@ def _fmt(value: Any) -> str:
 
 def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None) -> Table:
     """Rich table of ``adaptation_rows`` (printed by ``xbn-eval adapt``)."""
+    results = legacy_layout(results)
     rows = adaptation_rows(results, severity)
     table = Table(title=f"top-1 error (%) on {results['dataset']}, {protocol_label(results)}, "
                         f"per corruption at severity {severity or table_severity(results)}; {stream_label(results)}")
@@ -73,6 +78,7 @@ def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None)
 
 def plot_adaptation(results: Mapping[str, Any], path: Union[str, Path], severity: Optional[int] = None) -> Path:
     """Grouped bars: mean error at ``severity`` (highest by default) per method, one bar per model."""
+    results = legacy_layout(results)
     severity = severity or table_severity(results)
     entries = list(results["entries"].values())
     methods = list(dict.fromkeys(e["method"] for e in entries))

@@ -1,5 +1,5 @@
-"""Adapters that only change BN statistics: source, norm (AdaBN), prior (Schneider et al.), batch,
-rbn (RoTTA's robust BN).
+"""Adapters that only change BN statistics: source, norm (AdaBN), mix (AdaBN mixed once with the source),
+prior (Schneider et al.), batch, rbn (RoTTA's robust BN).
 
 A model without BatchNorm running statistics (an all-GN network) has nothing for them to adapt:
 they then predict exactly as the source model (and ``norm`` skips its calibration pass).
@@ -13,7 +13,7 @@ from ..stats import recalibrate
 from ..utils.norms import bns_with_running_stats
 from .base import Adapter
 
-__all__ = ["Source", "Norm", "Prior", "Batch", "RobustBN"]
+__all__ = ["Source", "Norm", "Mix", "Prior", "Batch", "RobustBN"]
 
 
 class Source(Adapter):
@@ -28,17 +28,36 @@ class Norm(Adapter):
 
     name = "norm"
     needs_data = True
+    mode = "full"
+    prior = 0.0
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model)
+        self.snapshot()  # reset() (episodic protocol) returns to the source statistics
+
+    def _counted(self, batches: Iterable[torch.Tensor]) -> Iterable[torch.Tensor]:
+        for x in batches:
+            self.passes.forward += x.shape[0]
+            yield x
 
     def prepare(self, batches: Iterable[torch.Tensor]) -> None:
-        if not bns_with_running_stats(self.model):
-            return
+        if bns_with_running_stats(self.model):
+            recalibrate(self.model, self._counted(batches), mode=self.mode, prior=self.prior, inplace=True)
 
-        def counted() -> Iterable[torch.Tensor]:
-            for x in batches:
-                self.passes.forward += x.shape[0]
-                yield x
 
-        recalibrate(self.model, counted(), mode="full", inplace=True)
+class Mix(Norm):
+    """``norm``'s statistics of the whole stream mixed once with the source ones,
+    ``N/(N+n) * source + n/(N+n) * stream`` with n the batch size (``recalibrate(mode="mix")``; fixed
+    statistics, not Schneider et al.'s per-batch ``prior``)."""
+
+    name = "mix"
+    mode = "mix"
+
+    def __init__(self, model: nn.Module, prior: float = 16.0):
+        super().__init__(model)
+        if not prior >= 0:
+            raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+        self.prior = prior
 
 
 class Prior(Adapter):

@@ -48,7 +48,8 @@ def eval_robustness(
 
       xbn-eval robustness --model resnet18 --model-kwargs '{"num_classes": 10}' --checkpoint r18.safetensors --data-dir fmnist/val --class-map fmnist_classes.txt --img-size 64 --delta 0.2 --blocks layer1.0,layer2.0 -o out/r18
     """
-    from ..evaluation import evaluate_robustness, robustness_table
+    from ..evaluation import robustness_table
+    from ..grid import evaluate_robustness
 
     chosen = None if blocks.strip().lower() == "all" else int(blocks) if blocks.strip().isdigit() else [b.strip() for b in blocks.split(",") if b.strip()]
     with eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
@@ -95,7 +96,8 @@ def eval_adabn(
 
       xbn-eval adabn --model resnet26 --pretrained --data-dir target --mode batch --batch-size 128
     """
-    from ..evaluation import adabn_table, create_eval_data, evaluate_adabn, validate_data_dir
+    from ..evaluation import adabn_table, create_eval_data, validate_data_dir
+    from ..grid import evaluate_adabn
     from ..evaluation.data import check_order
 
     check_order(order)
@@ -238,7 +240,8 @@ def eval_corruption(
     """
     from rich.console import Console
 
-    from ..corruptions import corruption_table, evaluate_corruptions, parse_adapt, results_path
+    from ..corruptions import corruption_table
+    from ..grid import evaluate_corruptions, parse_adapt, results_path
     from ..evaluation import create_models, is_main_process
     from ..evaluation.data import check_order
     from ..evaluation.distributed import shutdown_distributed
@@ -260,7 +263,7 @@ def eval_corruption(
             console.print(f"[yellow]not found in {source.source}:[/yellow] {', '.join(source.missing)}")
         for label, entry in results.items():
             console.print(corruption_table(entry))
-            skipped = sum(r["count"] for r in entry["skipped_images"].values())
+            skipped = sum(r["count"] for r in entry["skipped_images"].values())  # per corruption x severity
             if skipped:
                 console.print(f"[yellow]{label}: skipped {skipped} unreadable images[/yellow] (listed in the JSON)")
         files = [results_path(out, label, suffix) for label in results for suffix in (".json", ".csv", ".png")]
@@ -322,7 +325,7 @@ def eval_adapt(
     from rich.console import Console
 
     from ..adapt import PROTOCOLS, parse_method
-    from ..adapt.evaluate import evaluate_adaptation
+    from ..grid import evaluate_adaptation
     from ..adapt.report import adaptation_table
     from ..adapt.streams import check_stream
     from ..evaluation import create_models, is_main_process

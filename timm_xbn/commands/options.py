@@ -182,14 +182,14 @@ def eval_report(tables, results, out: Path, files: List[str]) -> None:
     """Print tables, skipped images and written files on rank 0; leave the process group."""
     from rich.console import Console
 
-    from ..evaluation import is_main_process
+    from ..evaluation import is_main_process, legacy_layout
     from ..evaluation.distributed import shutdown_distributed
 
     if is_main_process():
         console = Console()
         for table in tables:
             console.print(table)
-        skipped = results.get("skipped_images", {})
+        skipped = legacy_layout(results).get("skipped_images", {})
         if skipped.get("count"):
             shown = ", ".join(f["file"] for f in skipped["files"][:5])
             console.print(f"[yellow]skipped {skipped['count']} unreadable images[/yellow] (e.g. {shown}); listed in the JSON")

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..evaluation.plots import save_figure  # noqa: E402
+from ..evaluation.store import legacy_layout  # noqa: E402
 from .names import CORRUPTIONS, EXTRA_CORRUPTIONS, SEVERITIES  # noqa: E402
 
 __all__ = ["plot_corruption_heatmap"]
@@ -18,6 +19,7 @@ __all__ = ["plot_corruption_heatmap"]
 
 def plot_corruption_heatmap(results: Mapping[str, Any], path: Union[str, Path]) -> Path:
     """Rows: corruptions (benchmark order), columns: severities 1-5 and the CE; missing cells grey."""
+    results = legacy_layout(results)
     errors = results["errors"]
     rows = list(CORRUPTIONS) + [c for c in EXTRA_CORRUPTIONS if c in errors]  # absent ones shown as n/a
     grid = np.array([[errors.get(c, {}).get(str(s), np.nan) for s in SEVERITIES] for c in rows], dtype=float)

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 from rich.table import Table
 
 from ..evaluation.data import order_label
+from ..evaluation.store import legacy_layout
 from .names import ALL_CORRUPTIONS, SEVERITIES
 
 __all__ = ["corruption_table"]
@@ -17,6 +18,7 @@ def _pct(value: Any) -> str:
 
 def corruption_table(results: Mapping[str, Any]) -> Table:
     """One row per corruption: top-1 error (%) per severity, CE and relative CE; mCE in the footer."""
+    results = legacy_layout(results)
     errors, ce, rel = results["errors"], results.get("ce", {}), results.get("relative_ce", {})
     title = (f"{results['model']} on {results['dataset']}: top-1 error (%)"
              + (f", clean {_pct(results['clean_error'])}" if results.get("clean_error") is not None else "")

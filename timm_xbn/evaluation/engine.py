@@ -82,7 +82,7 @@ def run_pass(
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every}")
-    keys = [s.key for s in evaluator.settings]
+    keys = list(evaluator.keys)
     meta = dict(meta or {})
     path = Path(state_file) if state_file is not None else None
     state = _load_state(path, keys, meta, len(data))

@@ -5,6 +5,7 @@ from typing import Any, Mapping, Union
 import matplotlib
 
 from ..utils.files import atomic_write
+from .store import legacy_layout
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -14,6 +15,7 @@ __all__ = ["plot_robustness", "plot_esm", "save_figure"]
 
 def plot_robustness(results: Mapping[str, Any], path: Union[str, Path]) -> Path:
     """Top-1 vs Delta per model, mean over seeds with std error bars; Delta = 0 is the clean accuracy."""
+    results = legacy_layout(results)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, entry in results["models"].items():
         deltas = sorted(entry["deltas"], key=float)

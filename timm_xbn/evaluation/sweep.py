@@ -1,10 +1,10 @@
 """Shared-pass sweeps: every model and every (delta, seed) setting is evaluated on each decoded batch.
 
 A Delta x seed robustness sweep naively costs one data pass per setting. Here each batch is
-decoded and transformed once; for each model the disturbed BN statistics of every setting
-(Eq. 5, factors from ``timm_xbn.stats.perturbation_factors``) are precomputed once and copied into
-the target buffers before that setting's forward, and the clean buffers are copied back after
-the model's last setting. ``naive_sweep`` is the straightforward reference (one pass per setting,
+decoded and transformed once (``SharedPass``, which runs any set of predictors: models, test-time
+adapters, ``Perturbed`` models); for each disturbed setting Eq. 5's statistics (factors from
+``timm_xbn.stats.perturbation_factors``) are precomputed once and copied into the target buffers of
+the shared model for that setting's forward only. ``naive_sweep`` is the straightforward reference (one pass per setting,
 ``timm_xbn.stats.perturb_bn_stats``) used by the tests and the benchmark.
 """
 from contextlib import nullcontext
@@ -19,7 +19,8 @@ from ..stats.perturb import disturbed_values
 from ..utils.device import eval_mode, model_device
 from .metrics import topk_correct
 
-__all__ = ["Setting", "SharedPass", "eval_mode", "model_device", "naive_sweep", "robustness_settings"]
+__all__ = ["Perturbed", "Setting", "SharedPass", "eval_mode", "model_device", "naive_sweep", "robustness_settings",
+           "setting_predictors"]
 
 BufferValues = List[Tuple[torch.Tensor, torch.Tensor]]  # (buffer, value to copy into it)
 
@@ -54,84 +55,100 @@ def _disturbed_values(model: nn.Module, targets: Sequence[str], delta: float, se
     return disturbed_values(bns, perturbation_factors([bn.num_features for bn in bns], delta, seed))
 
 
-class SharedPass:
-    """Accumulate top-k counts of many settings over batches that are decoded once.
+class Perturbed(nn.Module):
+    """``model`` with Eq. 5's noise of magnitude ``delta`` and ``seed`` in the statistics of the BNs
+    ``targets``, for the duration of each forward only: the model is shared, not copied (a sweep over
+    many (delta, seed) settings keeps one copy of the weights), and its buffers are restored bit-exactly
+    after every forward, also on an exception."""
 
-    Args:
-        models: label -> model (on its device; all must accept the same input batch).
-        settings: the settings to evaluate; ``Setting.model`` refers to a label of ``models``.
-        targets: label -> qualified names of the BNs to disturb (needed for disturbed settings).
-
-    ``update(images, targets)`` runs every setting on one batch; ``counts`` maps ``Setting.key``
-    to ``[correct@1, correct@5, samples]``. The target buffers are restored bit-exactly after each
-    model's settings, also on an exception. Put the models in eval mode (``eval_mode``) first.
-    """
-
-    def __init__(self, models: Mapping[str, nn.Module], settings: Sequence[Setting],
-                 targets: Optional[Mapping[str, Sequence[str]]] = None):
-        unknown = sorted({s.model for s in settings} - set(models))
-        if unknown:
-            raise ValueError(f"settings refer to unknown models {unknown}; models: {list(models)}")
-        keys = [s.key for s in settings]
-        if len(set(keys)) != len(keys):
-            raise ValueError("settings contain duplicates")
-        self.models = dict(models)
-        self.settings = list(settings)
-        self.plan: Dict[str, List[Tuple[Setting, Optional[BufferValues]]]] = {}
-        self.originals: Dict[str, BufferValues] = {}
+    def __init__(self, model: nn.Module, targets: Sequence[str], delta: float, seed: int):
+        super().__init__()
+        if not targets:
+            raise ValueError("a disturbed setting needs perturbation targets (the BNs to disturb)")
+        self.model = model
         with torch.no_grad():
-            for label in self.models:
-                mine = [s for s in settings if s.model == label]
-                if not mine:
-                    continue
-                model = self.models[label]
-                disturbed = [s for s in mine if not s.clean]
-                names = list((targets or {}).get(label, ()))
-                if disturbed and not names:
-                    raise ValueError(f"disturbed settings for {label!r} need perturbation targets")
-                self.plan[label] = [(s, None if s.clean else _disturbed_values(model, names, s.delta, s.seed)) for s in mine]
-                if disturbed:
-                    self.originals[label] = [
-                        (buf, buf.detach().clone()) for t in names
-                        for buf in (model.get_submodule(t).running_mean, model.get_submodule(t).running_var)
-                    ]
-        self.devices = {label: model_device(self.models[label]) for label in self.plan}
-        self.counts: Dict[str, torch.Tensor] = {
-            s.key: torch.zeros(3, dtype=torch.int64, device=self.devices[s.model]) for s in self.settings
-        }
+            self.values = _disturbed_values(model, targets, delta, seed)
+            self.originals = [(buf, value) for buf, value in
+                              ((buf, buf.detach().clone()) for buf, _ in self.values)]
 
     @staticmethod
     def _copy(values: BufferValues) -> None:
-        for buf, value in values:
-            buf.copy_(value)
+        with torch.no_grad():
+            for buf, value in values:
+                buf.copy_(value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._copy(self.values)
+        try:
+            return self.model(x)
+        finally:
+            self._copy(self.originals)
+
+
+def setting_predictors(models: Mapping[str, nn.Module], settings: Sequence[Setting],
+                       targets: Optional[Mapping[str, Sequence[str]]] = None) -> Dict[str, nn.Module]:
+    """``Setting.key`` -> the module that predicts it: the model itself (clean) or ``Perturbed``."""
+    unknown = sorted({s.model for s in settings} - set(models))
+    if unknown:
+        raise ValueError(f"settings refer to unknown models {unknown}; models: {list(models)}")
+    predictors: Dict[str, nn.Module] = {}
+    for s in settings:
+        if s.key in predictors:
+            raise ValueError("settings contain duplicates")
+        model = models[s.model]
+        if s.clean:
+            predictors[s.key] = model
+            continue
+        names = list((targets or {}).get(s.model, ()))
+        if not names:
+            raise ValueError(f"disturbed settings for {s.model!r} need perturbation targets")
+        predictors[s.key] = Perturbed(model, names, s.delta, s.seed)
+    return predictors
+
+
+class SharedPass:
+    """Accumulate top-k counts of many predictors over batches that are decoded once.
+
+    Args:
+        predictors: key -> a module mapping an input batch to logits (a model, a ``Perturbed`` model,
+            a test-time ``Adapter``), each on its device; all accept the same input batch.
+        prep: optional function applied to each uint8 / float batch first (corruption, normalisation).
+
+    ``update(images, targets)`` runs every predictor on one batch and adds its counts; ``counts`` maps
+    each key to ``[correct@1, correct@5, samples]``. Put the models in eval mode (``eval_mode``) first.
+    ``SharedPass.of_settings(models, settings, targets)`` builds one over robustness ``Setting``s.
+    """
+
+    def __init__(self, predictors: Mapping[str, nn.Module], prep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+        self.predictors = dict(predictors)
+        self.keys = list(self.predictors)
+        self.prep = prep
+        self.devices = {key: model_device(p) for key, p in self.predictors.items()}
+        self.counts: Dict[str, torch.Tensor] = {
+            key: torch.zeros(3, dtype=torch.int64, device=self.devices[key]) for key in self.keys}
+
+    @classmethod
+    def of_settings(cls, models: Mapping[str, nn.Module], settings: Sequence[Setting],
+                    targets: Optional[Mapping[str, Sequence[str]]] = None) -> "SharedPass":
+        """Every (clean or disturbed) robustness setting of ``models`` in one pass."""
+        return cls(setting_predictors(models, settings, targets))
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        """Run every setting on one batch and add its counts."""
+        """Run every predictor on one batch and add its counts."""
+        if self.prep is not None:
+            images = self.prep(images)
         on_device: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
-        for label, plan in self.plan.items():
-            model, device = self.models[label], self.devices[label]
-            if device not in on_device:  # one host-to-device copy per device, shared by its models
+        for key, predictor in self.predictors.items():
+            device = self.devices[key]
+            if device not in on_device:  # one host-to-device copy per device, shared by its predictors
                 on_device[device] = (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
             x, y = on_device[device]
-            originals = self.originals.get(label)
-            dirty = False
-            try:
-                for setting, values in plan:
-                    if values is not None:
-                        self._copy(values)
-                        dirty = True
-                    elif dirty:
-                        self._copy(originals)
-                        dirty = False
-                    self.counts[setting.key] += topk_correct(model(x), y)
-            finally:
-                if dirty:
-                    self._copy(originals)
+            self.counts[key] += topk_correct(predictor(x), y)
 
     def counts_tensor(self) -> torch.Tensor:
-        """All counts as an (settings, 3) int64 CPU tensor, in ``settings`` order."""
-        return torch.stack([self.counts[s.key].cpu() for s in self.settings])
+        """All counts as a (predictors, 3) int64 CPU tensor, in ``keys`` order."""
+        return torch.stack([self.counts[key].cpu() for key in self.keys])
 
 
 def naive_sweep(

@@ -4,12 +4,14 @@ from typing import Any, List, Mapping
 from rich.table import Table
 
 from .data import order_label
+from .store import legacy_layout
 
 __all__ = ["robustness_table", "adabn_table", "esm_tables"]
 
 
 def robustness_table(results: Mapping[str, Any]) -> Table:
     """One row per model: clean top-1, then top-1 mean ± std over seeds for each Delta."""
+    results = legacy_layout(results)
     deltas = [str(float(d)) for d in results["deltas"]]
     table = Table(title=f"Top-1 (%) with disturbed BN statistics: blocks {results['blocks']}, "
                         f"seeds {results['seeds']}, {results['num_images']} images")
@@ -25,6 +27,7 @@ def robustness_table(results: Mapping[str, Any]) -> Table:
 
 def adabn_table(results: Mapping[str, Any]) -> Table:
     """One row per model: top-1/top-5 before and after recalibration."""
+    results = legacy_layout(results)
     table = Table(title=f"BN recalibration on {results['dataset']}, "
                         f"{order_label(results.get('order'), results.get('order_seed'))}")
     for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after"):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
 
 from ..evaluation.results import NUMBER, OPTIONAL_NUMBER, shape_error
+from ..evaluation.store import legacy_layout
 
 __all__ = ["CARD_KINDS", "ResultsFile", "load_results", "for_weights", "base_name", "select_entry"]
 
@@ -49,6 +50,7 @@ def _load_one(path: Path) -> ResultsFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"results file {path} is not valid JSON: {err}") from None
+    data = legacy_layout(data) if isinstance(data, dict) else data  # xbn-eval's schema 2 or 0.1's layout
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "study":
         raise ValueError(

@@ -273,7 +273,7 @@ def robustness_sweep(
     """
     targets = {label: select_perturbation_targets(m, blocks=blocks, scope="first") for label, m in models.items()}
     settings = robustness_settings(list(models), deltas, seeds)
-    sweep = SharedPass(models, settings, targets)
+    sweep = SharedPass.of_settings(models, settings, targets)
     with eval_mode(models.values()), autocast(next(iter(models.values()))):
         for x, y in split.batches(batch_size):
             sweep.update(x, y)
