@@ -54,12 +54,10 @@ def canonical_method(spec: str) -> str:
 def parse_perturbation(spec: str) -> Perturbation:
     """``"perturb:0.5,3"`` or ``"perturb:delta=0.5,seed=3"`` -> ``Perturbation(0.5, 3)``."""
     name, _, rest = spec.partition(":")
-    values = {}
-    for i, item in enumerate(filter(None, rest.split(","))):
-        key, eq, value = item.partition("=")
-        key, value = (key.strip(), value.strip()) if eq else (("delta", "seed")[min(i, 1)], key.strip())
-        values[key] = value
-    if name != PERTURB or set(values) != {"delta", "seed"}:
+    items = [item.partition("=") for item in filter(None, rest.split(","))]
+    values = {key.strip() if eq else ("delta", "seed")[i]: (value if eq else key).strip()
+              for i, (key, eq, value) in enumerate(items[:2])}
+    if name != PERTURB or len(items) != 2 or set(values) != {"delta", "seed"}:
         raise ValueError(f"{spec!r}: a perturbation is perturb:DELTA,SEED (e.g. perturb:0.5,0)")
     try:
         delta, seed = float(values["delta"]), int(values["seed"])
