@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..corruptions.datasets import CorruptionSource
 from ..corruptions.prep import BatchPrep
 from ..evaluation.data import EvalData, SkippedSample
-from ..evaluation.metrics import topk_correct
+from ..evaluation.metrics import SCORE_SIZE, score_batch
 from ..utils.device import model_device
 
 __all__ = ["MixedDataset", "MixedPass", "MixedPrep", "mixed_data"]
@@ -95,7 +95,7 @@ class MixedPass:
         self.adapters, self.prep, self.pairs = dict(adapters), prep, list(pairs)
         self.keys = [f"{key} @ {pair}" for key in self.adapters for pair in self.pairs]
         self.devices = {key: model_device(a) for key, a in self.adapters.items()}
-        self.counts = torch.zeros(len(self.adapters), len(self.pairs), 3, dtype=torch.int64)
+        self.counts = torch.zeros(len(self.adapters), len(self.pairs), SCORE_SIZE, dtype=torch.int64)
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, targets: torch.Tensor) -> None:
@@ -105,11 +105,11 @@ class MixedPass:
             logits = adapter(x.to(self.devices[key])).cpu()
             for pair in pairs.unique().tolist():
                 chosen = pairs == pair
-                self.counts[i, pair] += topk_correct(logits[chosen], labels[chosen])
+                self.counts[i, pair] += score_batch(logits[chosen], labels[chosen])
 
     def counts_tensor(self) -> torch.Tensor:
-        """(adapters x pairs, 3) int64, in ``keys`` order."""
-        return self.counts.view(-1, 3).clone()
+        """(adapters x pairs, ``SCORE_SIZE``) int64, in ``keys`` order."""
+        return self.counts.view(-1, SCORE_SIZE).clone()
 
     def split(self, counts: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """``run_pass``'s counts per setting key -> adapter key -> pair -> counts."""

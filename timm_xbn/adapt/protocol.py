@@ -4,7 +4,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 
-from ..evaluation.metrics import accuracy_from_counts, topk_correct
+from ..evaluation.metrics import SCORE_SIZE, accuracy_from_counts, calibration_from_scores, score_batch
 from .base import Adapter
 
 __all__ = ["PROTOCOLS", "check_protocol", "counts_record", "run_protocol"]
@@ -18,12 +18,13 @@ def check_protocol(protocol: str) -> None:
 
 
 def counts_record(counts: torch.Tensor, forward: Optional[int], backward: Optional[int]) -> Dict[str, Any]:
-    """One stream's result: ``[correct@1, correct@5, samples]`` counts, errors (%) and pass counts
-    (``None`` for a pair's share of a mixed stream, whose passes are counted for the stream as a whole)."""
+    """One stream's result from its summed ``score_batch`` scores: counts, errors (%), pass counts (``None`` for
+    a pair's share of a mixed stream, whose passes are counted for the stream as a whole) and calibration."""
     acc = accuracy_from_counts(counts)
-    c1, c5, n = (int(v) for v in counts.tolist())
+    c1, c5, n = (int(v) for v in counts[:3].tolist())
     return {"correct1": c1, "correct5": c5, "count": n, "top1_error": 100.0 - acc["top1"],
-            "top5_error": 100.0 - acc["top5"], "forward": forward, "backward": backward}
+            "top5_error": 100.0 - acc["top5"], "forward": forward, "backward": backward,
+            **calibration_from_scores(counts.tolist())}
 
 
 def run_protocol(
@@ -44,9 +45,9 @@ def run_protocol(
         start = adapter.passes.as_dict()
         if adapter.needs_data:
             adapter.prepare(x for x, _ in batches())
-        counts = torch.zeros(3, dtype=torch.int64)
+        counts = torch.zeros(SCORE_SIZE, dtype=torch.int64)
         for x, y in batches():
-            counts += topk_correct(adapter(x), y).cpu()
+            counts += score_batch(adapter(x), y).cpu()
         end = adapter.passes.as_dict()
         results[key] = counts_record(counts, end["forward"] - start["forward"], end["backward"] - start["backward"])
     return results

@@ -14,17 +14,18 @@ import torch
 
 from ..utils.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_info
 from .data import EvalData, SkippedSample
+from .metrics import SCORE_SIZE
 from .results import shape_error, write_json_atomic
 from .sweep import SharedPass
 
 __all__ = ["PassResult", "run_pass"]
 
-STATE_SHAPE = {"next_index": int, "counts": [[int]], "skipped": [list]}
+STATE_SHAPE = {"next_index": int, "counts": [[int]], "skipped": [list]}  # counts: SCORE_SIZE scores per key
 
 
 @dataclass
 class PassResult:
-    """Summed counts per setting key (``[correct@1, correct@5, samples]``) and the skipped images."""
+    """Summed scores per key (``[correct@1, correct@5, samples, ...]``, ``metrics.SCORE_LAYOUT``) and the skipped images."""
 
     counts: Dict[str, torch.Tensor]
     skipped: List[SkippedSample]
@@ -53,7 +54,7 @@ def _load_state(state_file: Optional[Path], keys: Sequence[str], meta: Mapping[s
         return None  # another run's partial pass: start over
     error = shape_error(state, STATE_SHAPE)
     fits = error is None and 0 <= state["next_index"] <= length and all(len(s) == 3 for s in state["skipped"]) \
-        and [len(c) for c in state["counts"]] == [3] * len(keys)
+        and [len(c) for c in state["counts"]] == [SCORE_SIZE] * len(keys)
     if error is None and not fits:
         error = f"its next_index, counts or skipped images do not fit {length} images and {len(keys)} settings"
     if error:
@@ -87,7 +88,7 @@ def run_pass(
     path = Path(state_file) if state_file is not None else None
     state = _load_state(path, keys, meta, len(data))
     start = int(state["next_index"]) if state else 0
-    base = torch.tensor(state["counts"], dtype=torch.int64) if state else torch.zeros(len(keys), 3, dtype=torch.int64)
+    base = torch.tensor(state["counts"], dtype=torch.int64) if state else torch.zeros(len(keys), SCORE_SIZE, dtype=torch.int64)
     base_skipped = [SkippedSample(*s) for s in state["skipped"]] if state else []
 
     _, world = world_info()

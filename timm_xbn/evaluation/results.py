@@ -172,7 +172,7 @@ def write_csv(path: Union[str, Path], rows: Sequence[Mapping[str, Any]]) -> None
 def run_record(setting: Setting, counts: torch.Tensor) -> Dict[str, Any]:
     """One entry of ``"runs"``: the setting, its raw counts and its accuracies in percent."""
     acc = accuracy_from_counts(counts)
-    c1, c5, n = (int(v) for v in counts.tolist())
+    c1, c5, n = (int(v) for v in counts[:3].tolist())
     return {"model": setting.model, "delta": None if setting.clean else setting.delta, "seed": setting.seed,
             "correct1": c1, "correct5": c5, "count": n, "top1": acc["top1"], "top5": acc["top5"]}
 

@@ -17,7 +17,7 @@ The file::
      "grid": {"methods": [...], "pairs": [...], ...},
      "results": {...},               # the numbers, as the view summarises them
      "cells": [{"model", "method", "pair", "correct1", "correct5", "count", "top1", "top5",
-                "forward", "backward"}, ...],
+                "nll", "brier", "ece", "forward", "backward", "scores"}, ...],
      "skipped_images": {pair: {"count": n, "files": [...]}}}
 
 ``legacy_layout`` reads a file of either schema (0.1 wrote ``schema`` 1, without the field) in the 0.1
@@ -34,13 +34,12 @@ import torch
 
 from ..utils.distributed import is_main_process
 from .data import SkippedSample
-from .metrics import accuracy_from_counts
+from .metrics import accuracy_from_counts, calibration_from_scores
 from .results import NUMBER, load_results, make_results, shape_error, skipped_report, write_csv, write_json_atomic
 
 __all__ = ["SCHEMA", "Cell", "ResultsStore", "cell_record", "legacy_layout", "safe_name"]
 
 SCHEMA = 2
-CELL_FIELDS = ("model", "method", "pair", "correct1", "correct5", "count", "top1", "top5", "forward", "backward")
 _SHAPE = {"schema": int, "run": dict, "models": {"*": {"weights_sha1": str}},
           "cells": [{"model": str, "method": str, "pair": str, "correct1": int, "correct5": int, "count": int,
                      "top1": NUMBER, "top5": NUMBER, "forward": (int, type(None)), "backward": (int, type(None))}],
@@ -61,14 +60,16 @@ class Cell:
         return f"{self.model} | {self.method} | {self.pair}"
 
 
-def cell_record(cell: Cell, counts: torch.Tensor, forward: Optional[int] = None,
+def cell_record(cell: Cell, scores: torch.Tensor, forward: Optional[int] = None,
                 backward: Optional[int] = None) -> Dict[str, Any]:
-    """The stored record of a cell: its raw ``[correct@1, correct@5, samples]``, accuracies (%) and the
-    samples that went through forward and backward passes (``None`` where the method does not count them)."""
-    acc = accuracy_from_counts(counts)
-    c1, c5, n = (int(v) for v in counts.tolist())
+    """The stored record of a cell: its counts, accuracies (%), calibration (NLL, Brier, ECE %; ``None`` where
+    not scored), the samples that went through forward and backward passes (``None`` where the method does
+    not count them) and its raw scores (``metrics.SCORE_LAYOUT``), from which every other field follows."""
+    acc = accuracy_from_counts(scores)
+    c1, c5, n = (int(v) for v in scores[:3].tolist())
     return {"model": cell.model, "method": cell.method, "pair": cell.pair, "correct1": c1, "correct5": c5,
-            "count": n, "top1": acc["top1"], "top5": acc["top5"], "forward": forward, "backward": backward}
+            "count": n, "top1": acc["top1"], "top5": acc["top5"], **calibration_from_scores(scores.tolist()),
+            "forward": forward, "backward": backward, "scores": [int(v) for v in scores.tolist()]}
 
 
 def safe_name(label: str) -> str:

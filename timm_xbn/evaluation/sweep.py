@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..stats import perturb_bn_stats, perturbation_factors
 from ..stats.perturb import disturbed_values
 from ..utils.device import eval_mode, model_device
-from .metrics import topk_correct
+from .metrics import SCORE_SIZE, score_batch
 
 __all__ = ["Perturbed", "Setting", "SharedPass", "eval_mode", "model_device", "naive_sweep", "robustness_settings",
            "setting_predictors"]
@@ -113,19 +113,23 @@ class SharedPass:
         predictors: key -> a module mapping an input batch to logits (a model, a ``Perturbed`` model,
             a test-time ``Adapter``), each on its device; all accept the same input batch.
         prep: optional function applied to each uint8 / float batch first (corruption, normalisation).
+        scorer: ``(logits, targets) -> scores`` of one batch (default ``score_batch``: top-k counts and the
+            calibration sums; a shift set's subset or multi-label scorer, ``timm_xbn.evaluation.shift``).
 
-    ``update(images, targets)`` runs every predictor on one batch and adds its counts; ``counts`` maps
-    each key to ``[correct@1, correct@5, samples]``. Put the models in eval mode (``eval_mode``) first.
+    ``update(images, targets)`` runs every predictor on one batch and adds its scores; ``counts`` maps
+    each key to its summed scores (``[correct@1, correct@5, samples, ...]``, ``metrics.SCORE_LAYOUT``).
+    Put the models in eval mode (``eval_mode``) first.
     ``SharedPass.of_settings(models, settings, targets)`` builds one over robustness ``Setting``s.
     """
 
-    def __init__(self, predictors: Mapping[str, nn.Module], prep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None):
+    def __init__(self, predictors: Mapping[str, nn.Module], prep: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                 scorer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = score_batch):
         self.predictors = dict(predictors)
         self.keys = list(self.predictors)
-        self.prep = prep
+        self.prep, self.scorer = prep, scorer
         self.devices = {key: model_device(p) for key, p in self.predictors.items()}
         self.counts: Dict[str, torch.Tensor] = {
-            key: torch.zeros(3, dtype=torch.int64, device=self.devices[key]) for key in self.keys}
+            key: torch.zeros(SCORE_SIZE, dtype=torch.int64, device=self.devices[key]) for key in self.keys}
 
     @classmethod
     def of_settings(cls, models: Mapping[str, nn.Module], settings: Sequence[Setting],
@@ -144,10 +148,10 @@ class SharedPass:
             if device not in on_device:  # one host-to-device copy per device, shared by its predictors
                 on_device[device] = (images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
             x, y = on_device[device]
-            self.counts[key] += topk_correct(predictor(x), y)
+            self.counts[key] += self.scorer(predictor(x), y)
 
     def counts_tensor(self) -> torch.Tensor:
-        """All counts as a (predictors, 3) int64 CPU tensor, in ``keys`` order."""
+        """All scores as a (predictors, ``SCORE_SIZE``) int64 CPU tensor, in ``keys`` order."""
         return torch.stack([self.counts[key].cpu() for key in self.keys])
 
 
@@ -165,12 +169,12 @@ def naive_sweep(
         for setting in settings:
             model = models[setting.model]
             device = model_device(model)
-            total = torch.zeros(3, dtype=torch.int64)
+            total = torch.zeros(SCORE_SIZE, dtype=torch.int64)
             ctx = nullcontext() if setting.clean else perturb_bn_stats(model, setting.delta, setting.seed, targets[setting.model])
             with ctx:
                 for images, labels, *_ in make_batches():
                     if images is None:
                         continue
-                    total += topk_correct(model(images.to(device)), labels.to(device)).cpu()
+                    total += score_batch(model(images.to(device)), labels.to(device)).cpu()
             counts[setting.key] = total
     return counts

@@ -86,6 +86,8 @@ def evaluate_adabn(
         before, after = store.get(label, "source", TARGET), store.get(label, method, TARGET)
         entries[label] = {"mode": name, "before_top1": before["top1"], "after_top1": after["top1"],
                           "before_top5": before["top5"], "after_top5": after["top5"], "count": before["count"],
+                          **{f"{tag}_{k}": cell[k] for tag, cell in (("before", before), ("after", after))
+                             for k in ("ece", "nll", "brier")},
                           **({"prior": float(prior)} if name in ("prior", "mix") else {})}
     results = store.document({"methods": ["source", method], "pairs": [TARGET]}, entries)
     store.write(results, csv_rows=[{"model": label, **entry} for label, entry in entries.items()])

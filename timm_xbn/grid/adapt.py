@@ -46,7 +46,8 @@ def entry_key(label: str, method: str) -> str:
 def _with_errors(cell: Mapping[str, Any]) -> dict[str, Any]:
     """A cell as one stream's result (``timm_xbn.adapt.counts_record``: counts, errors (%), passes)."""
     return {**{k: cell[k] for k in ("correct1", "correct5", "count")}, "top1_error": 100.0 - cell["top1"],
-            "top5_error": 100.0 - cell["top5"], "forward": cell["forward"], "backward": cell["backward"]}
+            "top5_error": 100.0 - cell["top5"], "forward": cell["forward"], "backward": cell["backward"],
+            **{k: cell[k] for k in ("ece", "nll", "brier")}}
 
 
 def _summary(store: ResultsStore, label: str, method: str, pairs: Sequence[str],
@@ -59,8 +60,9 @@ def _summary(store: ResultsStore, label: str, method: str, pairs: Sequence[str],
     mixed = store.get(label, method, MIXED)
     passed = [mixed] if mixed is not None else list(runs.values())  # a mixed stream counts its passes as a whole
     count = sum(r["count"] for r in passed) or 1
+    eces = [r["ece"] for r in runs.values() if r["ece"] is not None]
     return {"model": label, "method": method, "clean_error": clean_error, "errors": errors,
-            **summarize(errors, clean_error),
+            **summarize(errors, clean_error), "mean_ece": sum(eces) / len(eces) if eces else None,
             "passes_per_image": {k: sum(r[k] for r in passed) / count for k in ("forward", "backward")},
             "runs": runs, **({"mixed": _with_errors(mixed)} if mixed is not None else {})}
 
@@ -70,7 +72,7 @@ def _csv_rows(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     named = [(*k.split("/"), r) for k, r in summary["runs"].items()]
     named += [(MIXED, "", summary["mixed"])] if "mixed" in summary else []
     return [{"model": summary["model"], "method": summary["method"], "corruption": corruption, "severity": severity,
-             **{f: r[f] for f in ("top1_error", "top5_error", "count", "forward", "backward")}}
+             **{f: r[f] for f in ("top1_error", "top5_error", "count", "forward", "backward", "ece", "nll", "brier")}}
             for corruption, severity, r in named]
 
 

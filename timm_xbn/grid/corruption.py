@@ -72,16 +72,21 @@ def _model_results(label: str, source: CorruptionSource, store: ResultsStore, me
                    clean_error: Optional[float]) -> dict[str, Any]:
     errors: dict[str, dict[str, float]] = {}
     top5: dict[str, dict[str, float]] = {}
+    calibration: dict[str, dict[str, dict[str, Optional[float]]]] = {k: {} for k in ("ece", "nll", "brier")}
     for corruption, severity in source.pairs:
         cell = store.get(label, method, f"{corruption}/{severity}")
         if cell is not None:
             errors.setdefault(corruption, {})[str(severity)] = 100.0 - cell["top1"]
             top5.setdefault(corruption, {})[str(severity)] = 100.0 - cell["top5"]
+            for k, values in calibration.items():
+                values.setdefault(corruption, {})[str(severity)] = cell[k]
     clean = store.get(label, "source", CLEAN)
     if clean_error is None and clean is not None:
         clean_error = 100.0 - clean["top1"]
+    eces = [v for sev in calibration["ece"].values() for v in sev.values() if v is not None]
     return {"clean_error": clean_error, "errors": errors, **summarize(errors, clean_error),
-            "not_found": list(source.missing), "top5_errors": top5, "batch_size": source.batch_size}
+            "not_found": list(source.missing), "top5_errors": top5, **calibration,
+            "mean_ece": sum(eces) / len(eces) if eces else None, "batch_size": source.batch_size}
 
 
 def evaluate_corruptions(
@@ -135,7 +140,7 @@ def evaluate_corruptions(
             results = document(label)
             store.write(results, plot=plot_corruption_heatmap, csv_rows=[
                 {"corruption": c, "severity": s, "top1_error": 100.0 - cell["top1"], "top5_error": 100.0 - cell["top5"],
-                 **{k: cell[k] for k in ("correct1", "correct5", "count")}}
+                 **{k: cell[k] for k in ("correct1", "correct5", "count", "ece", "nll", "brier")}}
                 for c, s in source.pairs if (cell := store.get(label, method, f"{c}/{s}")) is not None])
 
     device = model_device(next(iter(models.values())))

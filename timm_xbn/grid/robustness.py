@@ -33,15 +33,17 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
 
 
 def _summary(store: ResultsStore, label: str, deltas: Sequence[float], seeds: Sequence[int]) -> Dict[str, Any]:
-    """Clean top-1/top-5 of ``label``, and per Delta the mean and (sample) std of top-1 over the seeds,
-    the per-seed top-1 values (seed order) and the mean top-5."""
+    """Clean top-1/top-5 and calibration (ECE %, NLL, Brier) of ``label``, and per Delta the mean and (sample)
+    std of top-1 over the seeds, the per-seed top-1 values (seed order), the mean top-5 and the mean ECE."""
     clean = store.get(label, "source", CLEAN)
-    entry: Dict[str, Any] = {"clean_top1": clean["top1"], "clean_top5": clean["top5"], "deltas": {}}
+    entry: Dict[str, Any] = {"clean_top1": clean["top1"], "clean_top5": clean["top5"],
+                             **{f"clean_{k}": clean[k] for k in ("ece", "nll", "brier")}, "deltas": {}}
     for delta in deltas:
         cells = [store.get(label, perturbation_spec(delta, seed), CLEAN) for seed in seeds]
         top1 = [c["top1"] for c in cells]
         entry["deltas"][str(delta)] = {**_mean_std(top1), "per_seed": top1, "seeds": list(seeds),
-                                       "top5_mean": statistics.fmean(c["top5"] for c in cells)}
+                                       "top5_mean": statistics.fmean(c["top5"] for c in cells),
+                                       "ece_mean": statistics.fmean(c["ece"] for c in cells)}
     return entry
 
 
@@ -103,7 +105,8 @@ def evaluate_robustness(
     results = document()
     store.write(results, csv_rows=[
         {"model": label, "delta": None if method == "source" else delta, "seed": None if method == "source" else seed,
-         **{k: store.get(label, method, CLEAN)[k] for k in ("top1", "top5", "correct1", "correct5", "count")}}
+         **{k: store.get(label, method, CLEAN)[k] for k in ("top1", "top5", "correct1", "correct5", "count", "ece", "nll",
+                                                             "brier")}}
         for label in models for method, delta, seed in
         [("source", None, None)] + [(perturbation_spec(d, s), d, s) for d in deltas for s in seed_list]],
         plot=plot_robustness)
