@@ -21,6 +21,7 @@ from .metrics import accuracy_from_counts, topk_correct
 from .models import ModelSpec, build_model_specs, create_eval_model, create_models, weights_sha1
 from .plots import plot_esm, plot_robustness
 from .results import load_results, make_results, summarize_robustness
+from .shift import SHIFT_SETS, create_shift_data
 from .store import SCHEMA, Cell, ResultsStore, legacy_layout
 from .tables import adabn_table, esm_tables, robustness_table
 from .sweep import Perturbed, Setting, SharedPass, eval_mode, naive_sweep, robustness_settings, setting_predictors
@@ -31,7 +32,7 @@ __all__ = [
     "ShardSampler", "init_distributed", "is_main_process", "world_info",
     "PassResult", "run_pass",
     "Perturbed", "Setting", "SharedPass", "eval_mode", "naive_sweep", "robustness_settings", "setting_predictors",
-    "SCHEMA", "Cell", "ResultsStore", "legacy_layout",
+    "SCHEMA", "Cell", "ResultsStore", "legacy_layout", "SHIFT_SETS", "create_shift_data",
     "accuracy_from_counts", "topk_correct",
     "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "weights_sha1",
     "load_results", "make_results", "summarize_robustness",

@@ -79,7 +79,7 @@ def evaluate_adabn(
                          output_dir, RESULTS_FILE)
     name = method.partition(":")[0]
     GridRunner(models, ["source", method], store, progress=progress).run(
-        [Unit(TARGET, data, calibration=lambda: unit_inputs(calib, max_batches=calib_batches))])
+        [Unit(TARGET, data, adaptation_batches=lambda: unit_inputs(calib, max_batches=calib_batches))])
 
     entries = {}
     for label in models:

@@ -25,8 +25,10 @@ from ..evaluation.models import weights_sha1
 from ..evaluation.results import jsonable_config
 from ..evaluation.store import ResultsStore, safe_name
 from ..utils.device import model_device
+from ..utils.distributed import is_main_process
 from .adabn import require_bn_statistics
 from .methods import canonical_method
+from .robustbench import write_robustbench
 from .runner import GridRunner, Unit
 
 __all__ = ["CLEAN", "corruption_units", "evaluate_corruptions", "parse_adapt", "results_path"]
@@ -111,7 +113,8 @@ def evaluate_corruptions(
         clean_error: known clean top-1 error (%) for relative mCE, one for all models or per label;
             otherwise the clean data of ``source`` (if any) is evaluated, without adaptation.
         output_dir: write ``corruption-<label>.json`` / ``.csv`` / ``.png`` there after every pair;
-            pairs already in those files are not evaluated again (resume).
+            pairs already in those files are not evaluated again (resume); at the end RobustBench's
+            ``robustbench/<label>.json`` and ``unaggregated_results.csv`` (``grid.robustbench``).
         model_specs: optional label -> how the model was built (name, checkpoint, ...), recorded.
         order, order_seed: the order in which every pass reads its images (``EvalData.ordered``), recorded.
 
@@ -153,4 +156,7 @@ def evaluate_corruptions(
     units += corruption_units(source, device, order, order_seed)
     GridRunner(models, [method], store, progress=progress, on_unit=write).run(units)
     write()
-    return {label: document(label) for label in models}
+    documents = {label: document(label) for label in models}
+    if output_dir is not None and is_main_process():
+        write_robustbench(Path(output_dir) / "robustbench", documents)
+    return documents

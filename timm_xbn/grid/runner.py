@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..evaluation.data import EvalData
 from ..evaluation.engine import PassResult, run_pass
+from ..evaluation.metrics import score_batch
 from ..evaluation.store import Cell, ResultsStore
 from ..evaluation.sweep import SharedPass
 from ..utils.device import eval_mode, model_device
@@ -29,8 +30,9 @@ from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from ..adapt.protocol import check_protocol
 from .methods import is_stateful, method_predictor
 
-__all__ = ["GridRunner", "Unit", "unit_inputs"]
+__all__ = ["GridRunner", "Scorer", "Unit", "unit_inputs"]
 
+Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Prep = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -38,19 +40,21 @@ Prep = Callable[[torch.Tensor], torch.Tensor]
 class Unit:
     """One unit of data: its name in the results (``pair``), its batches in reading order, the function
     that turns a loaded batch into the models' input (corruption, normalisation; ``None``: as loaded), the
-    batches the data-hungry methods prepare on (default: the unit's own), and the methods and models
-    evaluated on it (default: every one of the grid)."""
+    batches the methods that see the data first (AdaBN) prepare on (default: the unit's own), the methods and models evaluated on
+    it (default: every one of the grid), and how a batch is scored (default ``score_batch``; a shift set's
+    subset or ReaL scorer, ``timm_xbn.evaluation.shift``)."""
 
     pair: str
     data: EvalData
     prep: Optional[Prep] = None
-    calibration: Optional[Callable[[], Iterable[torch.Tensor]]] = None
+    adaptation_batches: Optional[Callable[[], Iterable[torch.Tensor]]] = None
     methods: Optional[Sequence[str]] = None
     models: Optional[Sequence[str]] = None
+    scorer: Scorer = score_batch
 
-    def calibration_inputs(self) -> Iterable[torch.Tensor]:
-        if self.calibration is not None:
-            return self.calibration()
+    def adaptation_inputs(self) -> Iterable[torch.Tensor]:
+        if self.adaptation_batches is not None:
+            return self.adaptation_batches()
         return unit_inputs(self.data, self.prep)
 
 
@@ -154,11 +158,11 @@ class GridRunner:
             if self.protocol == "episodic":
                 adapter.reset()
             if adapter.needs_data:
-                adapter.prepare(unit.calibration_inputs())
+                adapter.prepare(unit.adaptation_inputs())
         meta = {"kind": self.store.kind, "pair": unit.pair, "cells": [c.key for c in cells], "run": self.store.run,
                 "models": {label: self.store.models[label]["weights_sha1"] for label in {c.model for c in cells}}}
         with eval_mode(self.models.values()):
-            result = run_pass(SharedPass(predictors, unit.prep), unit.data, progress=self.progress,
+            result = run_pass(SharedPass(predictors, unit.prep, unit.scorer), unit.data, progress=self.progress,
                               state_file=self.store.partial_path, meta=meta, checkpoint_every=self.checkpoint_every,
                               description=unit.pair)
         passes = _passes(adapters, start)
