@@ -236,7 +236,7 @@ class RoTTA(Adapter):
         if state["memory"] is not None:
             self.memory = self._new_memory(state["num_classes"])
             self.memory.load_state(state["memory"])
-        self.seen, self.updates, self.rng_state = state["seen"], state["updates"], state["rng_state"].clone()
+        self.seen, self.updates, self.rng_state = state["seen"], state["updates"], state["rng_state"].cpu().clone()
 
     def _new_memory(self, num_classes: int) -> CategoryBalancedMemory:
         return CategoryBalancedMemory(self.capacity, num_classes, self.lambda_t, self.lambda_u)
