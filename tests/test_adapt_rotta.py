@@ -73,6 +73,30 @@ def test_memory_evicts_from_the_fullest_class_when_the_bank_is_full():
     assert classes_of(memory) == [[("b", 5), ("h", 1)], [("g", 2)]]
 
 
+def test_memory_ties_evict_the_last_item():
+    """lambda_t = 0: the score is the uncertainty alone; a and b tie, and the reference's ``>=`` takes the last."""
+    memory = CategoryBalancedMemory(capacity=4, num_classes=2, lambda_t=0.0)  # 2 slots per class
+    memory.add("a", 0, 0.5)
+    memory.add("b", 0, 0.5)
+    assert memory.add("c", 0, 0.1)
+    assert classes_of(memory) == [[("a", 3), ("c", 1)], []]
+
+
+def test_bank_uncertainty_is_the_teachers_entropy_with_the_reference_epsilon():
+    net = tiny_net()
+    x, _ = batch(n=3)
+    rotta = RoTTA(net, update_every=100)
+    with torch.no_grad():
+        p = manual_tiny_logits(net, net[1].running_mean, net[1].running_var, x).softmax(1)
+    expected = -(p * torch.log(p + 1e-6)).sum(1)  # the reference's entropy, 1e-6 inside the log
+    rotta(x)
+    stored = {round(float(item[0].sum()), 9): item[1] for items in rotta.memory.items for item in items}
+    for i in range(3):
+        assert stored[round(float(x[i].sum()), 9)] == pytest.approx(float(expected[i]), rel=0, abs=1e-12)
+        assert p[i].argmax().item() == next(c for c, items in enumerate(rotta.memory.items)
+                                            for item in items if torch.equal(item[0], x[i]))
+
+
 def test_memory_state_round_trip_and_contents_order():
     memory = CategoryBalancedMemory(capacity=4, num_classes=3)
     for i, label in enumerate([2, 0, 2, 1]):
