@@ -360,3 +360,24 @@ def test_rotta_spec_and_bad_options():
     for spec, match in [("rotta:alpha=0", "alpha"), ("rotta:capacity=0", "capacity"), ("rotta:augment=weak", "augment")]:
         with pytest.raises(ValueError, match=match):
             create_adapter(tiny_net(), spec)
+
+
+def test_rotta_resumes_a_continual_run_of_evaluate_adaptation(image_folder, tmp_path):
+    """The saved state (weights_only) carries the bank, the teacher and the generator: an interrupted
+    continual run, resumed, gives the errors of the whole run; episodic gives others."""
+    from test_adapt_evaluate import source_of
+    from test_corruptions_data import CONFIG, make_imagenet_c, tiny_model
+    from timm_xbn.adapt.evaluate import evaluate_adaptation
+    from timm_xbn.corruptions import ImageNetCFolders
+
+    clean = image_folder("clean", classes=3, per_class=4, size=32, ext="PNG")
+    root = make_imagenet_c(clean, tmp_path / "imagenet-c")
+    model, methods = tiny_model(), ["rotta:capacity=6,update_every=4,lr=0.5,nu=0.5"]
+    whole = evaluate_adaptation({"bn": model}, methods, source_of(root), protocol="continual", output_dir=tmp_path / "a")
+    first = ImageNetCFolders(root, CONFIG, num_classes=3, corruptions=["fog"], batch_size=4, workers=0)
+    evaluate_adaptation({"bn": model}, methods, first, protocol="continual", output_dir=tmp_path / "b")
+    resumed = evaluate_adaptation({"bn": model}, methods, source_of(root), protocol="continual", output_dir=tmp_path / "b")
+    key = f"bn | {methods[0]}"
+    assert resumed["entries"][key]["runs"] == whole["entries"][key]["runs"]
+    episodic = evaluate_adaptation({"bn": model}, methods, source_of(root))
+    assert episodic["entries"][key]["runs"] != whole["entries"][key]["runs"]
