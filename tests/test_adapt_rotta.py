@@ -70,7 +70,7 @@ def test_memory_evicts_from_the_fullest_class_when_the_bank_is_full():
     assert classes_of(memory) == [[("b", 4)], [("d", 2), ("g", 1)]]
     # class 0 (1 item) has room but the bank is full: the majority class 1 gives up d (older than g)
     assert memory.add("h", 0, 0.2)
-    assert classes_of(memory) == [[("b", 5), ("h", 1)], [("g", 2)]]
+    assert classes_of(memory) == [[("b", 5), ("h", 1)], [("g", 2)]] and len(memory) == 3
 
 
 def test_memory_ties_evict_the_last_item():
@@ -105,7 +105,7 @@ def test_memory_state_round_trip_and_contents_order():
     assert [int(x) for x in images] == [1, 3, 0, 2] and ages == [3, 1, 4, 2]  # class by class, insertion order
     other = CategoryBalancedMemory(capacity=4, num_classes=3)
     other.load_state(memory.state())
-    assert classes_of(other) == classes_of(memory)
+    assert classes_of(other) == classes_of(memory) and len(other) == len(memory) == 4
 
 
 def test_timeliness_weights():

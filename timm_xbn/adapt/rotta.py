@@ -55,9 +55,10 @@ class CategoryBalancedMemory:
         self.per_class = capacity / num_classes
         self.lambda_t, self.lambda_u = lambda_t, lambda_u
         self.items: List[List[list]] = [[] for _ in range(num_classes)]
+        self.size = 0
 
     def __len__(self) -> int:
-        return sum(len(items) for items in self.items)
+        return self.size
 
     def score(self, age: int, uncertainty: float) -> float:
         """Eviction score: old and uncertain items go first."""
@@ -69,6 +70,7 @@ class CategoryBalancedMemory:
         added = self._make_room(label, self.score(0, uncertainty))
         if added:
             self.items[label].append([data, uncertainty, 0])
+            self.size += 1
         for items in self.items:
             for item in items:
                 item[2] += 1
@@ -95,6 +97,7 @@ class CategoryBalancedMemory:
             return True
         if worst[0] > new_score:
             del self.items[worst[1]][worst[2]]
+            self.size -= 1
             return True
         return False
 
@@ -111,6 +114,7 @@ class CategoryBalancedMemory:
         self.items = [[] for _ in range(self.num_classes)]
         for label, data, uncertainty, age in zip(state["label"], state["data"], state["uncertainty"], state["age"]):
             self.items[label].append([data, uncertainty, age])
+        self.size = len(state["label"])
 
 
 def timeliness_weights(ages: List[int], capacity: int, device: torch.device) -> torch.Tensor:
@@ -253,7 +257,7 @@ class RoTTA(Adapter):
         if self.memory is None:
             self.memory = self._new_memory(logits.shape[1])
         for sample, label, u in zip(x, labels, uncertainty):
-            self.memory.add(sample.detach(), label, u)
+            self.memory.add(sample.detach().clone(), label, u)  # a copy: a view would keep the whole batch alive
             self.seen += 1
             if self.seen % self.update_every == 0:
                 self._update()
