@@ -226,15 +226,16 @@ class RoTTA(Adapter):
         self.snapshot()
 
     def state(self) -> Dict[str, Any]:
+        memory = self.memory
         return {"model": self.model.state_dict(), "teacher": self.teacher.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer else {},
-                "memory": self.memory.state() if self.memory else None, "num_classes": self.memory.num_classes if self.memory else 0,
+                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else {},
+                "memory": None if memory is None else memory.state(), "num_classes": 0 if memory is None else memory.num_classes,
                 "seen": self.seen, "updates": self.updates, "rng_state": self.rng_state}
 
     def load_state(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.teacher.load_state_dict(state["teacher"])
-        if self.optimizer:
+        if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.memory = None
         if state["memory"] is not None:
