@@ -111,7 +111,7 @@ def test_mixed_stream_resumes_per_method(tree, tmp_path, monkeypatch):  # noqa: 
     assert ran == ["bn | batch"]  # the finished method is not run again
     assert second["results"]["entries"]["bn | source"] == first["results"]["entries"]["bn | source"]
     assert second["results"]["entries"]["bn | batch"]["mixed"]["count"] == 48
-    with pytest.raises(ValueError, match="protocol"):  # the file is a mixed stream's: another protocol is another run
+    with pytest.raises(ValueError, match="holds results for order='mixed', this run has order='shuffle'"):  # another run
         evaluate_adaptation({"bn": model}, ["source"], source_of(root), output_dir=tmp_path)
 
 

@@ -1,15 +1,17 @@
-"""SAR as its reference code (Niu et al. 2023, github.com/mr-eggplant/SAR), point by point (issue 24).
+"""SAR as its reference code (Niu et al. 2023, github.com/mr-eggplant/SAR), point by point (issues 24, 32).
 
 Each expectation is written out by hand from the reference: which layers ``collect_params`` adapts,
-its ``main.py`` learning-rate rule, and the SGD step it takes even when no sample passes a filter.
+its ``main.py`` learning-rate rules (for TENT and EATA too, and SAR's doubling at batch size 1), TENT's
+Nesterov option, and the SGD step SAR takes even when no sample passes a filter.
 (The EMA kept across a recovery is pinned in test_adapt_values.py.)
 """
 import pytest
 import torch
 import torch.nn as nn
 
-from test_adapt import AFFINE, affine_of, batch, tiny_net
-from timm_xbn.adapt import SAR
+from test_adapt import AFFINE, affine_of, batch, entropies, manual_logits, tiny_net
+from timm_xbn.adapt import EATA, SAR, Tent, create_adapter
+from timm_xbn.adapt.learning_rate import harness_learning_rate
 from timm_xbn.adapt.norms import norm_affine_parameters, sar_affine_parameters
 from timm_xbn.adapt.sar import sar_learning_rate
 
@@ -49,11 +51,63 @@ def test_sar_layers_option():
         SAR(net, layers="top")
 
 
-@pytest.mark.parametrize("bs,vit,lr", [(1, False, 0.00025 / 32), (16, False, 0.000125), (31, False, 0.00025 * 31 / 32),
-                                        (32, False, 0.00025), (64, False, 0.00025),
-                                        (1, True, 0.001 / 64), (64, True, 0.001), (128, True, 0.002)])
+@pytest.mark.parametrize("bs,vit,lr", [(1, False, 0.00025 / 16), (2, False, 0.00025 / 16), (16, False, 0.000125),
+                                        (31, False, 0.00025 * 31 / 32), (32, False, 0.00025), (64, False, 0.00025),
+                                        (1, True, 0.001 / 32), (16, True, 0.00025), (64, True, 0.001), (128, True, 0.002)])
 def test_sar_learning_rate_rule(bs, vit, lr):
+    """main.py: 0.00025 / 64 * bs * 2 below 32 (ViT 0.001 / 64 * bs), doubled for SAR's bs-1 experiment."""
     assert sar_learning_rate(bs, vit) == pytest.approx(lr, rel=1e-15)
+
+
+@pytest.mark.parametrize("bs,vit,lr", [(1, False, 0.00025 / 32), (16, False, 0.000125), (64, False, 0.00025),
+                                        (1, True, 0.001 / 64), (16, True, 0.00025), (64, True, 0.001)])
+def test_tent_and_eata_learning_rate_rule(bs, vit, lr):
+    """The same rule without the doubling (the harness doubles for SAR only)."""
+    for method in ("tent", "eata"):
+        assert harness_learning_rate(bs, vit, method) == pytest.approx(lr, rel=1e-15)
+
+
+@pytest.mark.parametrize("spec,rule,lr", [("tent:lr=0", "sar-harness", 0.00025 * 6 / 32),
+                                          ("eata:lr=0", "sar-harness", 0.00025 * 6 / 32),
+                                          ("sar", "sar-harness", 0.00025 * 6 / 32),
+                                          ("tent", "fixed", 0.00025), ("eata:lr=0.01", "fixed", 0.01)])
+def test_rule_is_applied_at_the_stream_batch_size_and_recorded(spec, rule, lr):
+    adapter = create_adapter(tiny_net(), spec)
+    assert adapter.lr_record() == {"lr_rule": rule, "lr": None if rule == "sar-harness" else lr}
+    x, _ = batch(n=6)
+    adapter(x)
+    adapter.reset()  # the optimizer state goes back to the placeholder rate; the next batch sets the rule's again
+    adapter(x[:2])  # a shorter last batch keeps the stream's rate
+    assert adapter.optimizer.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-15)
+    assert adapter.lr_record() == {"lr_rule": rule, "lr": pytest.approx(lr, rel=1e-15)}
+
+
+def test_sar_doubles_its_rate_at_batch_size_one():
+    sar = SAR(tiny_net())
+    x, _ = batch(n=1)
+    sar(x)
+    assert sar.optimizer.param_groups[0]["lr"] == pytest.approx(0.00025 / 64 * 2 * 2, rel=1e-15)
+    tent = Tent(tiny_net(), lr=0)
+    tent(x)
+    assert tent.optimizer.param_groups[0]["lr"] == pytest.approx(0.00025 / 64 * 2, rel=1e-15)
+
+
+def test_tent_nesterov_step():
+    """SGD with Nesterov momentum, first step from a zero buffer: b = g, d = g + mu b, so
+    w1 = w0 - lr (1 + mu) g (plain momentum: w0 - lr g); g from autograd through the written-out forward."""
+    net = tiny_net()
+    x, _ = batch()
+    affine = {k: v.detach().clone().requires_grad_(True) for k, v in affine_of(net).items()}
+    entropies(manual_logits(net, affine, x)).mean().backward()
+    tent = create_adapter(net, "tent:optimizer=nesterov,lr=0.1,momentum=0.9")
+    tent(x)
+    for name in AFFINE:
+        torch.testing.assert_close(affine_of(tent.model)[name], affine[name].detach() - 0.1 * 1.9 * affine[name].grad,
+                                   rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="momentum"):
+        Tent(net, optimizer="nesterov", momentum=0.0)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        EATA(net, lr=-1.0)
 
 
 def tiny_vit():
@@ -69,6 +123,7 @@ def test_sar_uses_the_rule_at_the_stream_batch_size_and_after_a_recovery():
     assert sar.resets == 1
     sar(x[:2])  # a shorter last batch keeps the stream's rate
     assert sar.optimizer.param_groups[0]["lr"] == pytest.approx(0.00025 * 6 / 32, rel=1e-15)
+    assert sar.lr_record() == {"lr_rule": "sar-harness", "lr": pytest.approx(0.00025 * 6 / 32, rel=1e-15)}
     assert SAR(tiny_net(), lr=0.01).optimizer.param_groups[0]["lr"] == 0.01
     vit = SAR(tiny_vit())
     vit(torch.randn(4, 3, 8, 8))

@@ -16,26 +16,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import AffineAdapter
+from .learning_rate import LearningRateRule
 from .tent import softmax_entropy
 
 __all__ = ["EATA"]
 
 
-class EATA(AffineAdapter):
+class EATA(LearningRateRule, AffineAdapter):
     """EATA on the affine parameters of every BN / GN / LN / IN. Defaults: EATA's ImageNet-C setting
-    (SGD lr 0.00025, momentum 0.9, E0 = 0.4 ln C, ``d_margin`` 0.05)."""
+    (SGD lr 0.00025, momentum 0.9, E0 = 0.4 ln C, ``d_margin`` 0.05); ``lr=0``: the SAR harness's rule
+    from the batch size (``timm_xbn.adapt.learning_rate``)."""
 
     name = "eata"
     extra_state = ("model_probs",)
 
     def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, margin: float = 0.4,
                  d_margin: float = 0.05):
-        super().__init__(model, lr, "sgd", momentum)
+        super().__init__(model, lr if lr > 0 else 0.00025, "sgd", momentum)
+        self.init_rule(lr)
         self.margin, self.d_margin = margin, d_margin
         self.model_probs: Optional[torch.Tensor] = None
         self.snapshot()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.apply_rule(x.shape[0])
         with torch.enable_grad():
             logits = self.model(x)
             entropy = softmax_entropy(logits)

@@ -10,13 +10,15 @@ import torch.nn as nn
 
 from .base import Adapter
 from .eata import EATA
+from .rotta import RoTTA
 from .sar import SAR
 from .statistics import Batch, Mix, Norm, Prior, RobustBN, Source
 from .tent import Tent
 
 __all__ = ["METHODS", "STATEFUL_METHODS", "create_adapter", "parse_method"]
 
-METHODS: Dict[str, Type[Adapter]] = {cls.name: cls for cls in (Source, Norm, Mix, Prior, Batch, Tent, EATA, SAR, RobustBN)}
+METHODS: Dict[str, Type[Adapter]] = {cls.name: cls for cls in (Source, Norm, Mix, Prior, Batch, Tent, EATA, SAR, RobustBN,
+                                                                RoTTA)}
 SHORTHANDS = {"prior": "prior", "mix": "prior", "rbn": "momentum"}  # NAME:VALUE -> NAME:KEY=VALUE
 STATEFUL_METHODS = tuple(name for name, cls in METHODS.items() if cls.stateful)
 

@@ -14,7 +14,8 @@ Per test batch, as the reference code (mr-eggplant/SAR, ``forward_and_adapt_sar`
 Defaults are the reference's. Its two knobs that depend on the setting are options here:
 ``layers`` (``"reference"``: its name rules, which leave out ResNet's ``layer4`` and ViT-Base's last
 three blocks and final norm; ``"all"``: every BN / GN / LN / IN, for networks whose top the rules do
-not name) and ``lr`` (0: its rule from the batch size, ``sar_learning_rate``; else a fixed rate).
+not name) and ``lr`` (0: its harness's rule from the batch size, doubled at batch size 1 as its
+batch-size-1 experiment does, ``sar_learning_rate``; else a fixed rate).
 Not as the reference: the copy is in eval mode (dropout off; the reference runs train mode), and E0
 is 0.4 ln C for the model's C classes (the reference fixes C = 1000, ImageNet).
 """
@@ -25,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from .base import AffineAdapter
+from .learning_rate import LearningRateRule, harness_learning_rate
 from .norms import norm_affine_parameters, sar_affine_parameters
 from .tent import softmax_entropy
 
@@ -34,20 +36,12 @@ LAYERS = {"reference": sar_affine_parameters, "all": norm_affine_parameters}
 
 
 def sar_learning_rate(batch_size: int, vit: bool) -> float:
-    """The reference's ``main.py`` rule: ViT 0.001 * bs / 64; other models (ResNet-50 BN / GN)
-    0.00025 * 2 * bs / 64 when bs < 32, else 0.00025."""
-    if vit:
-        return 0.001 / 64 * batch_size
-    return 0.00025 / 64 * batch_size * 2 if batch_size < 32 else 0.00025
+    """The reference's ``main.py`` rule for SAR: ViT 0.001 * bs / 64; other models (ResNet-50 BN / GN)
+    0.00025 * 2 * bs / 64 when bs < 32, else 0.00025; twice that at batch size 1."""
+    return harness_learning_rate(batch_size, vit, "sar")
 
 
-def _is_vit(model: nn.Module) -> bool:
-    from timm.models.vision_transformer import VisionTransformer
-
-    return isinstance(model, VisionTransformer)
-
-
-class SAR(AffineAdapter):
+class SAR(LearningRateRule, AffineAdapter):
     """SAR on the affine parameters ``layers`` selects. Defaults: the reference's (SGD with momentum
     0.9, its learning-rate rule, rho 0.05, E0 = 0.4 ln C, recovery when the loss EMA < 0.2)."""
 
@@ -60,13 +54,9 @@ class SAR(AffineAdapter):
             raise ValueError(f"rho must be > 0, got {rho}")
         if layers not in LAYERS:
             raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
-        if lr < 0:
-            raise ValueError(f"lr must be > 0 (or 0: the reference's rule), got {lr}")
-        super().__init__(model, lr or 0.00025, "sgd", momentum, select=LAYERS[layers])
+        super().__init__(model, lr if lr > 0 else 0.00025, "sgd", momentum, select=LAYERS[layers])
+        self.init_rule(lr)
         self.rho, self.margin, self.reset_constant = rho, margin, reset_constant
-        self.lr_rule = lr == 0
-        self.vit = _is_vit(self.model)
-        self.batch_size: Optional[int] = None  # the stream's, from the first batch (sets the rule's rate)
         self.ema: Optional[float] = None
         self.resets = 0
         self.snapshot()
@@ -99,24 +89,16 @@ class SAR(AffineAdapter):
             p.add_(p.grad * (self.rho / (norm + 1e-12)))
         return original
 
-    def _set_learning_rate(self, batch_size: int) -> None:
-        """The rule's rate at the stream's batch size (the first batch's: a shorter last one keeps it)."""
-        if self.batch_size is None:
-            self.batch_size = batch_size
-        if self.lr_rule:  # again after a reset, whose optimizer state holds the placeholder rate
-            for group in self.optimizer.param_groups:
-                group["lr"] = sar_learning_rate(self.batch_size, self.vit)
-
     def _recover(self) -> None:
         """Model recovery: the source model and optimizer, the loss EMA kept (as the reference)."""
         ema = self.ema
         self.reset()
         self.ema = ema
         self.resets += 1
-        self._set_learning_rate(self.batch_size)
+        self.apply_rule(self.batch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._set_learning_rate(x.shape[0])
+        self.apply_rule(x.shape[0])
         with torch.enable_grad():
             logits, reliable, _ = self._reliable_entropy_backward(x, None)
             original = self._ascend()

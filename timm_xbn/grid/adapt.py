@@ -119,6 +119,7 @@ def evaluate_adaptation(
     order: str = "shuffle",
     stream: str = "iid",
     dirichlet: Optional[float] = None,
+    per_domain: bool = False,
 ) -> dict[str, Any]:
     """Top-1 error of every model x method on each pair of ``source``; returns the ``adapt`` results document
     (its ``results``: ``clean_error`` per model, ``entries`` per model x method).
@@ -131,18 +132,20 @@ def evaluate_adaptation(
         clean_error: known clean top-1 error (%) of the source models (relative mCE), one for all
             or per label; otherwise measured on the source's clean data when it has some.
         output_dir: write ``adapt.json`` / ``adapt.csv`` / ``adapt.png`` there after every pair; resume from them.
-        order_seed: seed of the shuffled order and of the stream.
+        order_seed: seed of the stream (its shuffled order, its Dirichlet draw); the on-the-fly corruptions
+            keep their own seed, ``source``'s.
         order: ``"shuffle"`` (default) or ``"folder"``, the order in which each pair's images are read (iid).
         stream: ``"iid"``, ``"label-shift"`` (Dirichlet ``dirichlet`` label order) or ``"mixed"`` (every pair
             shuffled together into one stream; no ``protocol``; its entries hold the errors per pair under
             ``runs`` and the whole stream's under ``mixed``), recorded.
+        per_domain: a label-shift stream drawn anew for each (corruption, severity), as RoTTA draws per domain.
     """
-    check_stream(stream, dirichlet, protocol, order)
+    check_stream(stream, dirichlet, protocol, order, per_domain)
     if stream != "mixed":
         protocol = protocol or "episodic"
     methods = [canonical_method(m) for m in methods]
     run = {"dataset": source.source, "source": source.kind, "protocol": protocol, **order_record(order, order_seed),
-           **stream_record(stream, dirichlet), "seed": int(source.info.get("seed", 0)),
+           **stream_record(stream, dirichlet, per_domain), "seed": int(source.info.get("seed", 0)),
            "data_config": jsonable_config(source.data_config), "batch_size": source.batch_size}
     provenance = {label: {"weights_sha1": weights_sha1(m), "spec": dict((model_specs or {}).get(label, {})) or None}
                   for label, m in models.items()}
@@ -158,7 +161,7 @@ def evaluate_adaptation(
     def document() -> dict[str, Any]:
         return store.document({"methods": list(methods), "pairs": pairs}, {
             "clean_error": {label: clean(label) for label in models},
-            "entries": {entry_key(label, m): _summary(store, label, m, pairs, clean(label))
+            "entries": {entry_key(label, m): {**_summary(store, label, m, pairs, clean(label)), **learning_rate(label, m)}
                         for label in models for m in methods}})
 
     def write(_: str = "") -> dict[str, Any]:
@@ -168,6 +171,12 @@ def evaluate_adaptation(
         return results
 
     runner = GridRunner(models, methods, store, protocol=protocol or "episodic", progress=progress, on_unit=write)
+
+    def learning_rate(label: str, method: str) -> dict[str, Any]:
+        """The learning-rate rule and rate of a gradient adapter (TENT, EATA, SAR), as it ran."""
+        adapter = runner.predictor(label, method)
+        return adapter.lr_record() if hasattr(adapter, "lr_record") else {}
+
     device = model_device(next(iter(models.values())))
     clean_data = source.clean_data()
     todo = [label for label in models if known[label] is None]
@@ -177,5 +186,6 @@ def evaluate_adaptation(
         _run_mixed(runner, source, order_seed, device, progress)
     else:
         runner.run(corruption_units(source, device, order, order_seed,
-                                    stream=lambda data: stream_data(data, stream, order_seed, dirichlet, order)))
+                                    stream=lambda data, pair: stream_data(data, stream, order_seed, dirichlet, order,
+                                                                          domain=pair if per_domain else None)))
     return write()

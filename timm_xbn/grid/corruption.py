@@ -60,12 +60,13 @@ def results_path(output_dir: Union[str, Path], label: str, suffix: str = ".json"
 
 def corruption_units(source: CorruptionSource, device, order: str, order_seed: int, stream=None) -> list[Unit]:
     """One unit per (corruption, severity) of ``source``, in ``source.pairs`` order, read in ``order``
-    (``stream(data)`` instead, when given) and corrupted / normalised on ``device``."""
+    (``stream(data, pair)`` instead, when given) and corrupted / normalised on ``device``."""
     seed = int(source.info.get("seed", 0))
     units = []
     for corruption, severity in source.pairs:
         data = source.pair_data(corruption, severity)
-        units.append(Unit(f"{corruption}/{severity}", stream(data) if stream else data.ordered(order, order_seed),
+        pair = f"{corruption}/{severity}"
+        units.append(Unit(pair, stream(data, pair) if stream else data.ordered(order, order_seed),
                           BatchPrep(source.data_config, device, (corruption, severity) if source.on_device else None, seed)))
     return units
 
