@@ -13,6 +13,7 @@ from timm_xbn.evaluation import (
     create_eval_model, evaluate_esm, naive_sweep, resolve_eval_data_config, robustness_settings, topk_correct,
 )
 from timm_xbn.grid import evaluate_adabn, evaluate_robustness, perturbation_spec
+from timm_xbn.evaluation import robustness_table
 from timm_xbn.evaluation import sweep as sweep_module
 from timm_xbn.stats import estimation_shift, recalibrate
 
@@ -274,6 +275,9 @@ def test_unreadable_images_are_skipped_and_reported(image_folder):
     assert sorted(Path(f["file"]).name for f in results["skipped_images"]["clean"]["files"]) == ["broken.jpg", "truncated.jpg"]
     # the remaining 40 images give exactly the counts of the folder without the bad files
     assert results["cells"] == reference["cells"]
+    # counts are the images scored, in the JSON and in the table title (issue 33: 42 files, 40 scored)
+    assert results["run"]["files"] == 42 and results["results"]["m"]["count"] == 40
+    assert robustness_table(results).title.endswith("40 images scored (2 unreadable skipped)")
 
 
 def test_adabn_matches_independent_recalibration(two_models, tmp_path):

@@ -206,7 +206,9 @@ def legacy_layout(document: Mapping[str, Any]) -> Dict[str, Any]:
     kind, run, results = document.get("kind"), document.get("run", {}), document.get("results", {})
     base = {"kind": kind, "timm_xbn_version": document.get("timm_xbn_version"), **run}
     if kind == "robustness":
+        scored = next((entry.get("count") for entry in results.values()), None)
         return {**base, **{k: document["grid"].get(k) for k in ("deltas", "seeds")}, "models": dict(results),
+                "num_images": scored,
                 "skipped_images": _only_skipped(document), "model_info": document.get("models", {})}
     if kind == "adabn":
         return {**base, "models": dict(results), "skipped_images": _only_skipped(document)}

@@ -1,5 +1,5 @@
 """Rich tables of results dicts (printed by the CLI; they also render in notebooks)."""
-from typing import Any, List, Mapping
+from typing import Any, List, Mapping, Optional
 
 from rich.table import Table
 
@@ -9,19 +9,31 @@ from .store import legacy_layout
 __all__ = ["robustness_table", "adabn_table", "esm_tables"]
 
 
+def _pct(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _num(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def robustness_table(results: Mapping[str, Any]) -> Table:
-    """One row per model: clean top-1, then top-1 mean ± std over seeds for each Delta."""
+    """One row per model: clean top-1 and ECE, then top-1 mean ± std over seeds for each Delta; the title counts
+    the images scored (unreadable files are skipped and listed in the JSON)."""
     results = legacy_layout(results)
     deltas = [str(float(d)) for d in results["deltas"]]
+    skipped = results.get("skipped_images", {}).get("count", 0)
     table = Table(title=f"Top-1 (%) with disturbed BN statistics: blocks {results['blocks']}, "
-                        f"seeds {results['seeds']}, {results['num_images']} images")
+                        f"seeds {results['seeds']}, {results['num_images']} images scored"
+                        + (f" ({skipped} unreadable skipped)" if skipped else ""))
     table.add_column("model")
     table.add_column("clean", justify="right")
+    table.add_column("clean ECE", justify="right")
     for d in deltas:
         table.add_column(f"Δ={d}", justify="right")
     for label, entry in results["models"].items():
         cells = [f"{entry['deltas'][d]['mean']:.2f} ± {entry['deltas'][d]['std']:.2f}" for d in deltas]
-        table.add_row(label, f"{entry['clean_top1']:.2f}", *cells)
+        table.add_row(label, f"{entry['clean_top1']:.2f}", _pct(entry.get("clean_ece")), *cells)
     return table
 
 
@@ -30,12 +42,15 @@ def adabn_table(results: Mapping[str, Any]) -> Table:
     results = legacy_layout(results)
     table = Table(title=f"BN recalibration on {results['dataset']}, "
                         f"{order_label(results.get('order'), results.get('order_seed'))}")
-    for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after"):
+    for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after",
+                   "ECE before", "ECE after", "NLL before", "NLL after"):
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")
     for label, e in results["models"].items():
         mode = e["mode"] + (f" (N={e['prior']:g})" if "prior" in e else "")
         table.add_row(label, mode, f"{e['before_top1']:.2f}", f"{e['after_top1']:.2f}",
-                      f"{e['after_top1'] - e['before_top1']:+.2f}", f"{e['before_top5']:.2f}", f"{e['after_top5']:.2f}")
+                      f"{e['after_top1'] - e['before_top1']:+.2f}", f"{e['before_top5']:.2f}", f"{e['after_top5']:.2f}",
+                      *(_pct(e.get(k)) for k in ("before_ece", "after_ece")),
+                      *(_num(e.get(k)) for k in ("before_nll", "after_nll")))
     return table
 
 

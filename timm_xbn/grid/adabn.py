@@ -72,7 +72,7 @@ def evaluate_adabn(
     require_bn_statistics(models)
     data = data.ordered(order, order_seed)
     calib = calib_data.ordered(order, order_seed) if calib_data is not None else data
-    run = {"dataset": data.source, "num_images": len(data), "data_config": jsonable_config(data.data_config),
+    run = {"dataset": data.source, "files": len(data), "data_config": jsonable_config(data.data_config),
            **order_record(order, order_seed),
            "calibration": {"dataset": calib.source, "max_batches": calib_batches, "batch_size": calib.batch_size}}
     store = ResultsStore("adabn", run, {label: {"weights_sha1": weights_sha1(m)} for label, m in models.items()},

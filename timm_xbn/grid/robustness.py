@@ -33,10 +33,10 @@ def _mean_std(values: Sequence[float]) -> Dict[str, float]:
 
 
 def _summary(store: ResultsStore, label: str, deltas: Sequence[float], seeds: Sequence[int]) -> Dict[str, Any]:
-    """Clean top-1/top-5 and calibration (ECE %, NLL, Brier) of ``label``, and per Delta the mean and (sample)
+    """The images scored (the data's files less the unreadable ones), clean top-1/top-5 and calibration (ECE %, NLL, Brier) of ``label``, and per Delta the mean and (sample)
     std of top-1 over the seeds, the per-seed top-1 values (seed order), the mean top-5 and the mean ECE."""
     clean = store.get(label, "source", CLEAN)
-    entry: Dict[str, Any] = {"clean_top1": clean["top1"], "clean_top5": clean["top5"],
+    entry: Dict[str, Any] = {"count": clean["count"], "clean_top1": clean["top1"], "clean_top5": clean["top5"],
                              **{f"clean_{k}": clean[k] for k in ("ece", "nll", "brier")}, "deltas": {}}
     for delta in deltas:
         cells = [store.get(label, perturbation_spec(delta, seed), CLEAN) for seed in seeds]
@@ -87,7 +87,7 @@ def evaluate_robustness(
             targets[label] = select_perturbation_targets(model, blocks, scope)
         except ValueError as err:
             raise ValueError(f"{label}: {err}") from None
-    run = {"dataset": data.source, "num_images": len(data), "data_config": jsonable_config(data.data_config),
+    run = {"dataset": data.source, "files": len(data), "data_config": jsonable_config(data.data_config),
            "blocks": blocks if blocks is None or isinstance(blocks, int) else list(blocks), "scope": scope}
     provenance = {label: {"weights_sha1": weights_sha1(m), "targets": targets[label],
                           **({"spec": dict(model_specs[label])} if model_specs and label in model_specs else {})}
