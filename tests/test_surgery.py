@@ -183,7 +183,14 @@ def test_mobilenetv2_p2_replaces_the_depthwise_bn_of_every_block_as_the_authors_
     assert replaced[0].name == "blocks.0.0.bn1" and len(replaced) == 17
 
 
-@pytest.mark.parametrize("position", ["P0", "P", "X2", -1])
+def test_a_block_without_a_bn_is_an_error():
+    model = timm.create_model("resnet18")
+    model.layer2[1].bn1, model.layer2[1].bn2 = nn.Identity(), nn.Identity()
+    with pytest.raises(ValueError, match=r"layer2.1 \(BasicBlock\) has no BatchNorm on its main path"):
+        timm_xbn.convert(model)
+
+
+@pytest.mark.parametrize("position", ["P0", "P", "X2", -1, "P4"])
 def test_bad_position(position):
     with pytest.raises(ValueError, match="position must be"):
         timm_xbn.convert(timm.create_model("resnet18"), position=position)

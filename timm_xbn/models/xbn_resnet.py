@@ -153,7 +153,7 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
         raise
 
 
-STEM_TEXT = {True: "batch-free stem (the authors' layout)", False: "BatchNorm stem (this project's variant)"}
+_STEM_TEXT = {True: "batch-free stem (the authors' layout)", False: "BatchNorm stem (this project's variant)"}
 
 
 def _entrypoint(name: str) -> Callable[..., XBNResNet]:
@@ -165,7 +165,7 @@ def _entrypoint(name: str) -> Callable[..., XBNResNet]:
     entrypoint.__doc__ = (
         f"{settings['base']} with XBNBlock-P{settings['position']} ({settings['bfn'].upper()}) in every "
         f"{'' if settings['every'] == 1 else str(settings['every']) + '-th '}bottleneck"
-        f", {STEM_TEXT[settings['stem']]}."
+        f", {_STEM_TEXT[settings['stem']]}."
     )
     return entrypoint
 

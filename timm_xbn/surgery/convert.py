@@ -134,8 +134,8 @@ def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[s
         if name not in sizes:  # not on the forward path (e.g. an unused head)
             continue
         grouped = isinstance(bfn, nn.GroupNorm)
-        channels = bfn.num_channels // bfn.num_groups if grouped else 1  # InstanceNorm: one channel per group
-        if channels * torch.Size(sizes[name]).numel() == 1:
+        per_group = bfn.num_channels // bfn.num_groups if grouped else 1  # InstanceNorm: one channel per group
+        if per_group * torch.Size(sizes[name]).numel() == 1:
             shape = "x".join(map(str, sizes[name]))
             kind, more = (("GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)")
                           if grouped else ("InstanceNorm", "GroupNorm with several channels per group (bfn gn)"))
@@ -176,7 +176,7 @@ def convert(
     input_size: Optional[Sequence[int]] = None,
     force: bool = False,
 ) -> ConversionResult:
-    """Replace the ``position``-th BN of every ``every``-th residual block with a batch-free norm.
+    """Replace the BN at ``position`` (P1 / P2 / P3) of every ``every``-th residual block with a batch-free norm.
 
     Args:
         model: a timm CNN whose residual blocks use BatchNorm (see ``supported_families_text()``).
@@ -210,6 +210,9 @@ def convert(
     blocks = find_residual_blocks(model)
     _check_convertible(model, blocks)
     chosen = [b for b in blocks if b.index % cfg.every == 0]
+    for block in chosen:
+        if not block.norm_slots:
+            raise ValueError(f"{block.name} ({type(block.module).__name__}) has no BatchNorm on its main path to replace")
     if not chosen:
         raise ValueError(f"every={cfg.every} selects no block: the model has only {len(blocks)} residual blocks")
 
