@@ -137,8 +137,10 @@ def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[s
         per_group = bfn.num_channels // bfn.num_groups if grouped else 1  # InstanceNorm: one channel per group
         if per_group * torch.Size(sizes[name]).numel() == 1:
             shape = "x".join(map(str, sizes[name]))
-            kind, more = (("GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)")
-                          if grouped else ("InstanceNorm", "GroupNorm with several channels per group (bfn gn)"))
+            if grouped:
+                kind, more = "GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)"
+            else:
+                kind, more = "InstanceNorm", "GroupNorm with several channels per group (bfn gn)"
             raise ValueError(
                 f"{name} gets {shape} maps at input size {'x'.join(map(str, input_size[1:]))}, where {kind} normalizes a "
                 f"single value per sample and outputs a constant: use another position, a larger input, or {more}; "
