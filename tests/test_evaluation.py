@@ -68,7 +68,7 @@ def two_models(image_folder):
     """A BN resnet18 and its XBNBlock conversion, both with discriminative heads, and the data."""
     root = image_folder(classes=CLASSES, per_class=5, size=40)
     bn, data = make_model(root)
-    xbn = fit_ncm_head(timm_xbn.convert(bn).model, data)
+    xbn = fit_ncm_head(timm_xbn.convert(bn, position="P3").model, data)  # a BasicBlock's P3 is bn2
     return {"bn": bn, "xbn": xbn}, data, root
 
 
@@ -112,7 +112,7 @@ def test_shared_pass_equals_naive_loop(two_models):
     # the sweep is not vacuous: the disturbance changes the BN model's accuracy, differently per seed
     bn_top1 = [got[s.key][0] for s in settings if s.model == "bn"]
     assert len(set(bn_top1)) > 2 and got["bn|clean"][0] == 40
-    # targets follow the paper's rule: first BN of blocks 1 and 2; the XBN model's bn1 is still BN (P2)
+    # targets follow the paper's rule: first BN of blocks 1 and 2; the XBN model's bn1 is still BN (P3)
     assert targets["bn"] == ["layer1.0.bn1", "layer1.1.bn1"] == targets["xbn"]
     # summary: mean / sample std of the per-seed top-1
     d = results["results"]["bn"]["deltas"]["0.9"]

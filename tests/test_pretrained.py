@@ -41,7 +41,7 @@ def test_offline_without_cached_weights_is_one_line_and_immediate(hub_cache, mon
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     elapsed = _one_line_error("xbn_resnet26", "timm-xbn/xbn_resnet26.in1k", "is not in the local Hub cache and HF_HUB_OFFLINE is set")
     assert elapsed < 10  # huggingface_hub's own path fails the same way, after its retries
-    _one_line_error("xbn_resnet50_bfnstem.authors_in1k", "timm-xbn/xbn_resnet50_bfnstem.authors_in1k", "is not in the local Hub cache")
+    _one_line_error("xbn_resnet50.authors_in1k", "timm-xbn/xbn_resnet50.authors_in1k", "is not in the local Hub cache")
 
 
 def test_unreachable_hub_fails_without_retries(hub_cache, monkeypatch):

@@ -124,6 +124,37 @@ def test_bn_baseline_differs_only_in_the_model(arch, variant):
     assert xbn == bn
 
 
+def _decay_counts(optimizer: torch.optim.Optimizer) -> tuple:
+    """(tensors with weight decay, tensors without) over the optimizer's parameter groups."""
+    decayed = sum(len(g["params"]) for g in optimizer.param_groups if g["weight_decay"] > 0)
+    return decayed, sum(len(g["params"]) for g in optimizer.param_groups) - decayed
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem != "finetune_converted"], ids=lambda p: p.stem)
+def test_paper_recipes_use_the_authors_weight_decay(path):
+    """The authors' extension/optimizer.py (add_grouped_weight_decay) decays every trainable parameter
+    except those whose name contains 'WNScale' (none in these networks): norm weights and biases included."""
+    assert load_recipe(path)["opt_kwargs"] == {"filter_bias_and_bn": False}
+
+
+def test_xbn_resnet50_weight_decay_groups_are_the_authors():
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+
+    args = build_args(REPO / "recipes" / "xbn_resnet50_standard.yaml", data_dir="/data")
+    args.lr = 0.1
+    model = timm.create_model(args.model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    authors = (sum("WNScale" not in n for n, _ in named), sum("WNScale" in n for n, _ in named))
+    # as timm's train.py and xbn-train build it
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    assert _decay_counts(optimizer) == authors == (161, 0)
+    assert all(g["weight_decay"] == 1e-4 for g in optimizer.param_groups if g["params"])
+    # timm's default grouping exempts every tensor of at most one dimension (norm weights and biases, fc.bias)
+    timm_default = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    exempt = sum(p.ndim <= 1 for _, p in named)
+    assert _decay_counts(timm_default) == (len(named) - exempt, exempt) == (54, 107)
+
+
 def test_finetune_recipe_builds_the_converted_model():
     recipe = load_recipe(REPO / "recipes" / "finetune_converted.yaml")
     assert recipe["model"] == "xbn_converted" and recipe["model_kwargs"]["base_model"] == "resnet50"

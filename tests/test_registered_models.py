@@ -1,4 +1,7 @@
 """Registered xbn_* models: names, equivalence with surgery, kwargs, pretrained loading, authors' layout."""
+import json
+import warnings
+
 import pytest
 import timm
 import torch
@@ -10,11 +13,13 @@ from typer.testing import CliRunner
 import timm_xbn
 from timm_xbn.cli import convert_app
 from timm_xbn.layers import GroupNorm2d, InstanceNorm2d, paper_affine
-from timm_xbn.models import HUB_ORG, XBN_VARIANTS, import_authors_checkpoint, load_exported
+from timm_xbn.models import HUB_ORG, XBN_VARIANTS, create_model, export_model, import_authors_checkpoint, load_exported
 
 REQUIRED = ["xbn_resnet50", "xbn_resnet101", "xbn_resnet152", "xbn_resnext50_32x4d", "xbn_resnext101_32x8d",
             "xbn_resnet50_p1", "xbn_resnet50_p3", "xbn_resnet50_d2", "xbn_resnet50_d4", "xbn_resnet50_d8",
             "xbn_resnet50_in"]
+PAPER_ARCHS = ["resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d"]  # Table 2
+NARROW = dict(channels=(8, 16, 32, 64), stem_width=8, num_classes=3)
 
 
 def shapes(model: nn.Module) -> dict:
@@ -23,6 +28,50 @@ def shapes(model: nn.Module) -> dict:
 
 def test_required_names_are_registered():
     assert set(REQUIRED) <= set(timm.list_models("xbn_*"))
+    assert {f"{name}_bnstem" for name in REQUIRED} <= set(timm.list_models("xbn_*"))  # this project's BN-stem variants
+    assert not timm.list_models("xbn_*_bfnstem")  # the old names are aliases, not listed
+
+
+def authors_keys(arch: str, batch_free: set) -> set:
+    """State-dict keys of the authors' network: torchvision's (their code is torchvision's ResNet),
+    without the running statistics of the norms that are ``my.Norm`` (GroupNorm) there."""
+    with torch.device("meta"):
+        keys = getattr(torchvision.models, arch)().state_dict().keys()
+    return {k for k in keys if k.rsplit(".", 1)[0] not in batch_free or k.rsplit(".", 1)[1] in ("weight", "bias")}
+
+
+@pytest.mark.parametrize("arch", PAPER_ARCHS)
+def test_paper_names_are_the_authors_layout(arch):
+    """models/resnet_XBNBlock_P2.py, resnext_XBNBlock_P2.py: self.bn1 = my.Norm(64) in the stem, bn2 = my.Norm(width)
+    in every bottleneck, run with --norm=GN --norm-cfg=num_groups=64 (groups clamped to the channels by their _GroupNorm);
+    the downsample BNs and bn1 / bn3 stay nn.BatchNorm2d."""
+    with torch.device("meta"):
+        model = timm.create_model(f"xbn_{arch}")
+    blocks = resnet_blocks(model)
+    expected_gn = {"bn1"} | {f"{b}.bn2" for b in blocks}
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))}
+    assert {n for n, m in norms.items() if isinstance(m, GroupNorm2d)} == expected_gn
+    assert all(type(m) is nn.BatchNorm2d for n, m in norms.items() if n not in expected_gn)
+    assert all(norms[n].num_groups == min(64, norms[n].num_channels) and norms[n].affine for n in expected_gn)
+    assert set(model.state_dict()) == authors_keys(arch, expected_gn)
+    with torch.device("meta"):
+        bn_stem = timm.create_model(f"xbn_{arch}_bnstem")
+    assert type(bn_stem.bn1) is nn.BatchNorm2d and set(bn_stem.state_dict()) == authors_keys(arch, expected_gn - {"bn1"})
+
+
+def resnet_blocks(model) -> list:
+    return [f"layer{i}.{j}" for i in range(1, 5) for j in range(len(getattr(model, f"layer{i}")))]
+
+
+def test_former_bfnstem_names_are_aliases_of_the_authors_layout():
+    with warnings.catch_warnings(record=True) as caught, torch.device("meta"):
+        warnings.simplefilter("always")
+        old = timm.create_model("xbn_resnext50_32x4d_bfnstem")
+        tagged = timm.create_model("xbn_resnet50_bfnstem.authors_in1k")
+    assert any("xbn_resnext50_32x4d_bfnstem" in str(w.message) for w in caught)
+    with torch.device("meta"):
+        assert shapes(old) == shapes(timm.create_model("xbn_resnext50_32x4d"))
+    assert tagged.pretrained_cfg["architecture"] == "xbn_resnet50" and tagged.pretrained_cfg["tag"] == "authors_in1k"
 
 
 @pytest.mark.parametrize("name", sorted(XBN_VARIANTS))
@@ -39,14 +88,16 @@ def test_registered_equals_surgery_on_the_base(name):
 
 def test_default_xbn_resnet50_is_convert_of_resnet50_with_defaults():
     with torch.device("meta"):
-        assert shapes(timm.create_model("xbn_resnet50")) == shapes(timm_xbn.convert(timm.create_model("resnet50")).model)
+        assert shapes(timm.create_model("xbn_resnet50")) == shapes(timm_xbn.convert(timm.create_model("resnet50"), stem=True).model)
+        assert shapes(timm.create_model("xbn_resnet50_bnstem")) == shapes(timm_xbn.convert(timm.create_model("resnet50")).model)
 
 
 @pytest.mark.parametrize("name, module, cls", [
     ("xbn_resnet50_p1", "layer2.1.bn1", GroupNorm2d), ("xbn_resnet50_p3", "layer2.1.bn3", GroupNorm2d),
     ("xbn_resnet50_in", "layer3.0.bn2", InstanceNorm2d), ("xbn_resnet50_d4", "layer3.4.bn2", GroupNorm2d),
-    ("xbn_resnet50_d4", "layer3.3.bn2", nn.BatchNorm2d), ("xbn_resnet50_bfnstem", "bn1", GroupNorm2d),
-    ("xbn_resnet50", "bn1", nn.BatchNorm2d),
+    ("xbn_resnet50_d4", "layer3.3.bn2", nn.BatchNorm2d), ("xbn_resnet50", "bn1", GroupNorm2d),
+    ("xbn_resnet50_in", "bn1", InstanceNorm2d), ("xbn_resnet50_p1_bnstem", "bn1", nn.BatchNorm2d),
+    ("xbn_resnet50_bnstem", "bn1", nn.BatchNorm2d), ("xbn_resnet26", "bn1", GroupNorm2d),
 ])
 def test_variant_semantics(name, module, cls):
     with torch.device("meta"):
@@ -103,11 +154,45 @@ def test_import_authors_checkpoint(tmp_path):
     path = tmp_path / "authors.pth"
     torch.save(checkpoint, path)
     model = import_authors_checkpoint(path, arch="resnet50")
-    assert model.pretrained_cfg["architecture"] == "xbn_resnet50_bfnstem"
+    assert model.pretrained_cfg["architecture"] == "xbn_resnet50" and model.pretrained_cfg["tag"] == "authors_in1k"
     assert isinstance(model.bn1, GroupNorm2d) and isinstance(model.layer4[2].bn2, GroupNorm2d)
     state = model.state_dict()
     for key, value in checkpoint["state_dict"].items():
         assert torch.equal(state[key.removeprefix("module.")], value), key
+    result = CliRunner().invoke(convert_app, ["resnet50", "--authors", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["architecture"] == "xbn_resnet50" and config["pretrained_cfg"]["tag"] == "authors_in1k"
+    assert config["model_args"]["stem"] is True  # the layout is in the config, whatever a name's default becomes
+
+
+def test_a_bn_stem_checkpoint_names_the_bnstem_model(tmp_path):
+    """A checkpoint of xbn_<base> from before the authors' stem became the default has a BN stem."""
+    torch.manual_seed(0)
+    old = timm.create_model("xbn_resnet26_bnstem", **NARROW)
+    save_file(old.state_dict(), str(tmp_path / "old.safetensors"))
+    with pytest.raises(ValueError, match=r"BatchNorm statistics for bn1, .*loads into xbn_<base>_bnstem"):
+        create_model("xbn_resnet26", checkpoint=tmp_path / "old.safetensors", **NARROW)
+    with pytest.raises(ValueError, match=r"BatchNorm stem .*load it as xbn_resnet26_bnstem or with stem=False"):
+        timm.create_model("xbn_resnet26", pretrained=True, **NARROW,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "old.safetensors")))
+    loaded = create_model("xbn_resnet26_bnstem", checkpoint=tmp_path / "old.safetensors", **NARROW)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in old.state_dict().items())
+
+
+def test_an_export_of_a_former_bfnstem_name_loads(tmp_path):
+    """Configs written before the rename name xbn_<arch>_bfnstem and no surgery settings."""
+    torch.manual_seed(0)
+    model = timm.create_model("xbn_resnet50", **NARROW)
+    export_model(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["architecture"] = "xbn_resnet50_bfnstem"
+    config["model_args"] = {k: v for k, v in config["model_args"].items() if k not in timm_xbn.models.SURGERY_KWARGS}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_exported(tmp_path)
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_authors_checkpoint_mismatch_names_keys(tmp_path):
@@ -134,13 +219,14 @@ def test_xbn_convert_cli_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["resnet5", "--out", "x"], "unknown model 'resnet5'; did you mean: resnet50"),
-    (["resnet18", "--position", "P3", "--out", "x"], "P3 needs a block with 3 BNs"),
-    (["convnext_atto", "--out", "x"], "no BatchNorm layers"),
-    (["resnet18", "--checkpoint", "missing.safetensors", "--out", "x"], "checkpoint not found"),
+    (["resnet5"], "unknown model 'resnet5'; did you mean: resnet50"),
+    (["resnet18", "--position", "P4"], "position must be P1, P2 or P3"),
+    (["convnext_atto"], "no BatchNorm layers"),
+    (["resnet18", "--checkpoint", "missing.safetensors"], "checkpoint not found"),
+    (["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32"], "layer4.0.bn3 gets 1x1 maps at input size 32x32"),
 ])
 def test_xbn_convert_cli_errors(tmp_path, args, message):
-    result = CliRunner().invoke(convert_app, args)
+    result = CliRunner().invoke(convert_app, args + ["--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert message in result.output.replace("\n", "")
 

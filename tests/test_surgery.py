@@ -128,12 +128,69 @@ def test_families_convert_and_run(name, groups):
     assert converted(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
-def test_p3_on_basic_block_is_an_error():
-    with pytest.raises(ValueError, match="P3 needs a block with 3 BNs.*BasicBlock"):
-        timm_xbn.convert(timm.create_model("resnet18"), position="P3")
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34"])
+@pytest.mark.parametrize("position, norm", [("P1", "bn1"), ("P2", "bn1"), ("P3", "bn2")])
+def test_basic_block_positions_follow_the_authors(arch, position, norm):
+    """models/resnet_XBNBlock_P1.py and _P2.py put my.Norm(planes) at bn1 of BasicBlock_XBNBlock_P1/P2,
+    _P3.py at bn2; their keys are torchvision's, without the running statistics of the GroupNorms."""
+    import torchvision
+
+    model = timm.create_model(arch)
+    converted, _ = timm_xbn.convert(model, position=position, stem=True)
+    expected = {"bn1"} | {f"{b}.{norm}" for b in resnet_block_names(model)}
+    norms = {n: m for n, m in converted.named_modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))}
+    assert {n for n, m in norms.items() if isinstance(m, GroupNorm2d)} == expected
+    assert all(type(m) is nn.BatchNorm2d for n, m in norms.items() if n not in expected)
+    assert all(norms[n].num_groups == min(64, norms[n].num_channels) for n in expected)
+    with torch.device("meta"):
+        authors = {k for k in getattr(torchvision.models, arch)().state_dict()
+                   if k.rsplit(".", 1)[0] not in expected or k.endswith((".weight", ".bias"))}
+    assert set(converted.state_dict()) == authors
 
 
-@pytest.mark.parametrize("position", ["P0", "P", "X2", -1])
+# models/mobilenetV2_XBNBlock.py: (t, c, n, s) of the inverted residual settings, input channels 32 after the stem.
+AUTHORS_MOBILENETV2 = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+
+def authors_mobilenetv2_norms() -> list:
+    """Per block of the authors' MobileNetV2-XBNBlock, its norms in forward order: ("BFN" | "BN", channels).
+    t = 1: dw conv, my.Norm(hidden), pw-linear, BN(oup); t > 1: pw, BN(hidden), dw, my.Norm(hidden), pw-linear, BN(oup)."""
+    blocks, inp = [], 32
+    for t, c, n, _ in AUTHORS_MOBILENETV2:
+        for _ in range(n):
+            hidden = inp * t
+            blocks.append(([] if t == 1 else [("BN", hidden)]) + [("BFN", hidden), ("BN", c)])
+            inp = c
+    return blocks
+
+
+def test_mobilenetv2_p2_replaces_the_depthwise_bn_of_every_block_as_the_authors_do():
+    model = timm.create_model("mobilenetv2_100")
+    converted, replaced = timm_xbn.convert(model, position="P2", groups=16)  # their run script: num_groups=16
+    timm_blocks = [block for stage in converted.blocks for block in stage]
+    found = [[("BFN" if isinstance(m, GroupNorm2d) else "BN", m.num_channels if isinstance(m, nn.GroupNorm) else m.num_features)
+              for m in block.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))] for block in timm_blocks]
+    assert found == authors_mobilenetv2_norms()
+    for block in timm_blocks:  # the BFN is the norm right after the depthwise convolution
+        convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+        dw = next(c for c in convs if c.groups == c.in_channels > 1)
+        names = [n for n, m in block.named_modules()]
+        bfn = next(n for n, m in block.named_modules() if isinstance(m, GroupNorm2d))
+        dw_name = next(n for n, m in block.named_modules() if m is dw)
+        after = [n for n in names[names.index(dw_name) + 1:] if isinstance(block.get_submodule(n), (nn.BatchNorm2d, nn.GroupNorm))]
+        assert after[0] == bfn and block.get_submodule(bfn).num_groups == min(16, block.get_submodule(bfn).num_channels)
+    assert type(converted.bn1) is type(model.bn1) and type(converted.bn2) is type(model.bn2)  # conv_bn / conv_1x1_bn stay BN
+    assert replaced[0].name == "blocks.0.0.bn1" and len(replaced) == 17
+
+
+def test_a_block_without_a_bn_is_an_error():
+    model = timm.create_model("resnet18")
+    model.layer2[1].bn1, model.layer2[1].bn2 = nn.Identity(), nn.Identity()
+    with pytest.raises(ValueError, match=r"layer2.1 \(BasicBlock\) has no BatchNorm on its main path"):
+        timm_xbn.convert(model)
+
+
+@pytest.mark.parametrize("position", ["P0", "P", "X2", -1, "P4"])
 def test_bad_position(position):
     with pytest.raises(ValueError, match="position must be"):
         timm_xbn.convert(timm.create_model("resnet18"), position=position)
@@ -225,6 +282,59 @@ def test_from_scratch_models_keep_the_papers_instance_norm_without_affine():
                   build_variant("XBN-IN", ResNetConfig(arch="resnet26", channels_last=False), num_classes=10, seed=0),
                   timm_xbn.convert(_trained_looking_resnet26(), bfn="in", affine=False).model):
         norms = [m for m in model.modules() if isinstance(m, InstanceNorm2d)]
-        assert len(norms) in (4, 8) and all(m.weight is None and m.bias is None for m in norms)  # 8: study resnet26
+        # 4 blocks; 5 with the registered model's batch-free stem; 8: the study's resnet26
+        assert len(norms) in (4, 5, 8) and all(m.weight is None and m.bias is None for m in norms)
     gn = [m for m in timm.create_model("xbn_resnet26", **narrow).modules() if isinstance(m, GroupNorm2d)]
     assert gn and all(m.weight is not None for m in gn)  # the authors' GN is affine
+
+
+def _first_map_of_one_pixel(img_size: int) -> str:
+    """timm's ResNet at ``img_size`` px, by hand: the stem conv and max-pool halve the size, layers 2-4
+    halve it again in their first block's 3x3 conv (bn1 of that block still sees the larger map)."""
+    size = img_size // 4
+    for layer in (2, 3, 4):
+        size //= 2
+        if size == 1:
+            return f"layer{layer}.0"
+    return ""
+
+
+@pytest.mark.parametrize("position, bfn, kwargs, refused", [
+    ("P3", "in", {}, "layer4.0.bn3"),
+    ("P2", "in", {}, "layer4.0.bn2"),
+    ("P1", "in", {}, "layer4.1.bn1"),  # layer4.0.bn1 is before the stride: 2x2
+    ("P3", "gn", {"groups": 64}, None),  # 2048 channels: 32 per group
+    ("P3", "gn", {"channels_per_group": 1}, "layer4.0.bn3"),
+    ("P2", "gn", {"groups": 512}, "layer4.0.bn2"),  # 512 channels, 512 groups: one channel per group
+    ("P2", "ln", {}, None),
+])
+def test_a_bfn_normalizing_one_value_per_sample_is_refused(position, bfn, kwargs, refused):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet26").train()
+    before = copy.deepcopy(model.state_dict())
+    assert _first_map_of_one_pixel(32) == "layer4.0" and _first_map_of_one_pixel(64) == ""
+    if refused is None:
+        timm_xbn.convert(model, position=position, bfn=bfn, input_size=(3, 32, 32), **kwargs)
+    else:
+        with pytest.raises(ValueError, match=rf"^{refused} gets 1x1 maps at input size 32x32, .*another position, "
+                                             r"a larger input, or .*force=True \(--force\)"):
+            timm_xbn.convert(model, position=position, bfn=bfn, input_size=(3, 32, 32), **kwargs)
+        forced, _ = timm_xbn.convert(model, position=position, bfn=bfn, input_size=(3, 32, 32), force=True, **kwargs)
+        assert is_batch_free(forced.get_submodule(refused))
+        timm_xbn.convert(model, position=position, bfn=bfn, input_size=(3, 64, 64), **kwargs)  # 2x2 maps: 4 values
+    # the dry forward pass changed nothing: train mode kept, BN statistics untouched
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_xbn_convert_force_converts_what_the_check_refuses(tmp_path):
+    from typer.testing import CliRunner
+
+    from timm_xbn.cli import convert_app
+
+    args = ["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32", "--model-kwargs", '{"num_classes": 3}']
+    refused = CliRunner().invoke(convert_app, args + ["--out", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1 and "layer4.0.bn3 gets 1x1 maps" in refused.output
+    forced = CliRunner().invoke(convert_app, args + ["--force", "--out", str(tmp_path / "b")])
+    assert forced.exit_code == 0, forced.output
+    assert isinstance(timm_xbn.models.load_exported(tmp_path / "b").layer4[0].bn3, InstanceNorm2d)

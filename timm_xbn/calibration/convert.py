@@ -1,6 +1,6 @@
 """``convert`` with calibration: the surgery, then a fit of the new BFNs to the BNs they replace."""
 import copy
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -24,6 +24,8 @@ def convert(
     calibrate: Optional[Iterable] = None,
     calib_images: Optional[int] = None,
     progress: bool = False,
+    input_size: Optional[Sequence[int]] = None,
+    force: bool = False,
 ) -> ConversionResult:
     """``timm_xbn.surgery.convert`` (same arguments and result), then optionally calibration.
 
@@ -33,12 +35,14 @@ def convert(
             (``timm_xbn.calibrate``, default re-estimation). BFNs are then affine unless ``affine=False`` (an error).
         calib_images: calibrate on the first ``calib_images`` images only.
         progress: show progress bars while calibrating.
+        input_size / force: the surgery's refusal of BFNs that would normalize one value per sample.
     """
+    surgery = dict(input_size=input_size, force=force)
     if calibrate is None:
-        return convert_bns(model, position, every, bfn, groups, channels_per_group, affine, stem, inplace)
+        return convert_bns(model, position, every, bfn, groups, channels_per_group, affine, stem, inplace, **surgery)
     if affine is None:  # calibration sets the BFNs' weight and bias, so it needs them
         affine = True
     original = copy.deepcopy(model) if inplace else model
-    result = convert_bns(model, position, every, bfn, groups, channels_per_group, affine, stem, inplace)
+    result = convert_bns(model, position, every, bfn, groups, channels_per_group, affine, stem, inplace, **surgery)
     calibrate_bfns(result.model, original, calibrate, max_images=calib_images, inplace=True, progress=progress)
     return result

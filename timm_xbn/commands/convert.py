@@ -35,10 +35,11 @@ def convert(
     reestimate: str = typer.Option(DEFAULT_REESTIMATE, "--reestimate", help="After --calibrate, the other BNs' statistics: none (keep the trained ones), full (the calibration images'), mix (both, weighted by image counts; needs --source-images)."),
     source_images: Optional[float] = typer.Option(None, "--source-images", help="For --reestimate mix: how many training images the BN statistics come from (e.g. 1281167 for ImageNet-1k)."),
     input_config: Optional[str] = typer.Option(None, "--input-config", metavar="MODEL", help="Take the input size, interpolation, mean, std and crop of this timm model's pretrained config (e.g. inception_v3, resnet50.a1_in1k)."),
-    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (px) for --calibrate and the exported config."),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="Input size (px) for --calibrate, the exported config and the check below."),
     crop_pct: Optional[float] = typer.Option(None, "--crop-pct", help="Center-crop fraction for --calibrate and the exported config."),
     mean: Optional[Tuple[float, float, float]] = typer.Option(None, "--mean", help="Normalization mean (3 values) for --calibrate and the exported config."),
     std: Optional[Tuple[float, float, float]] = typer.Option(None, "--std", help="Normalization std (3 values) for --calibrate and the exported config."),
+    force: bool = typer.Option(False, "--force", help="Convert even where a batch-free norm would normalize one value per sample at the input size (1x1 maps with InstanceNorm, or one channel per group): such a norm outputs a constant."),
 ) -> None:
     """Convert a timm BN model into an XBNBlock model and save it in timm's Hub format.
 
@@ -54,10 +55,12 @@ def convert(
       xbn-convert resnet50 --pretrained --position P3 --bfn in --calibrate /data/imagenet/train --calib-images 512 --out xbn_resnet50_p3_in
       xbn-convert resnet50 --checkpoint my_resnet50.safetensors --out my_xbn_resnet50
       xbn-convert regnety_016 --groups 8 --model-kwargs '{"num_classes": 10}' --out xbn_regnety
-      xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50_bfnstem.authors
+      xbn-convert resnet50 --authors XBNBlock-GN-R50.pth --out xbn_resnet50.authors_in1k
       xbn-convert resnet50 --pretrained --num-classes 10 --out resnet50_p2_10cls  [dim](ImageNet weights, fresh 10-class head)[/dim]
       xbn-convert resnet26 --checkpoint fmnist.safetensors --model-kwargs '{"num_classes": 10}' --calibrate fmnist/ --img-size 32 --mean 0.29 0.29 0.29 --std 0.35 0.35 0.35 --crop-pct 1 --out r26_p2
     """
+    from timm.data import resolve_model_data_config
+
     from ..calibration import calibrate as calibrate_bfns, calibration_batches
     from ..evaluation import input_data_config, validate_data_dir
     from ..evaluation.results import claim_output_dir
@@ -80,15 +83,16 @@ def convert(
                          "or give another folder")
     inputs = dict(img_size=img_size, crop_pct=crop_pct, mean=mean, std=std)
     with claim_output_dir(out, "--out"), reword(_REESTIMATE_FLAGS):
+        given = input_config is not None or any(v is not None for v in inputs.values())
         if authors is not None:
             converted = base = import_authors_checkpoint(authors, arch=model, bfn=bfn, **kwargs)
         else:
             base = create_model(model, pretrained=pretrained, checkpoint=checkpoint, **kwargs)
+            input_size = (input_data_config(base, input_config, **inputs) if given else resolve_model_data_config(base))["input_size"]
             converted = convert_model(
                 base, position=position, every=every, bfn=bfn, groups=groups, channels_per_group=channels_per_group,
-                stem=stem,
+                stem=stem, input_size=input_size, force=force,
             ).model
-        given = input_config is not None or any(v is not None for v in inputs.values())
         data_config = input_data_config(base, input_config, **inputs) if given else None
         if calibrate is not None:
             images = calibration_batches(calibrate, base, calib_images, data_config=data_config)

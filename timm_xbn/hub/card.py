@@ -76,6 +76,11 @@ def _base_model(architecture: str, model_args: Dict[str, Any]) -> str:
     return XBN_VARIANTS[architecture]["base"] if architecture in XBN_VARIANTS else architecture
 
 
+# What P1 / P2 / P3 replace (timm_xbn.surgery.blocks: the authors' placement).
+_POSITION_TEXT = {1: "the block's first BN", 2: "the BN after the block's first k×k convolution",
+                  3: "the block's last BN, before the residual addition"}
+
+
 def _bfn_text(cfg: Dict[str, Any]) -> str:
     if cfg["bfn"] == "gn":
         if cfg.get("channels_per_group"):
@@ -112,8 +117,7 @@ def _architecture(model: nn.Module, architecture: str, config: Dict[str, Any]) -
             f"every {_ordinal(every)} residual block (D{every}: blocks {every}, {2 * every}, {3 * every}, … "
             "counted 1-based over the whole network)")
         rows += [
-            ("XBNBlock position", f"P{cfg['position']}: the {_ordinal(cfg['position'])} BN on the block's main path "
-                                  "is replaced by a batch-free norm"),
+            ("XBNBlock position", f"P{cfg['position']}: {_POSITION_TEXT[cfg['position']]} is replaced by a batch-free norm"),
             ("Converted blocks", blocks),
             ("Batch-free norm", _bfn_text(cfg) + ("" if cfg.get("affine") is None else f", affine={cfg['affine']}")),
             ("Stem norm", "batch-free norm" if cfg["stem"] else "BatchNorm"),

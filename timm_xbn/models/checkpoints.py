@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 from timm.models import load_state_dict, save_for_hf
 
+from ..layers import is_batch_free
 from ..utils.files import atomic_write
+from .names import AUTHORS_LAYOUT, AUTHORS_TAG
 
 __all__ = ["state_dict_mismatch", "check_finite", "load_problem", "load_weights", "import_authors_checkpoint", "export_model", "load_exported"]
 
@@ -57,6 +59,19 @@ def check_finite(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) ->
                          "its results would mean nothing (a diverged training?)")
 
 
+def _bn_where_bfn(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> List[str]:
+    """A hint when the checkpoint holds BN statistics where ``model`` has batch-free norms: a checkpoint
+    of an ``xbn_*`` model saved while its stem was BatchNorm (now the ``_bnstem`` names)."""
+    stats = {k.rsplit(".", 1)[0] for k in state_dict if k.endswith(".running_mean")}
+    clash = [name for name, m in model.named_modules() if is_batch_free(m) and name in stats]
+    if not clash:
+        return []
+    stem = "bn1" in clash
+    return [f"the checkpoint has BatchNorm statistics for {', '.join(clash[:4])}{' ...' if len(clash) > 4 else ''}, where the "
+            "model has batch-free norms" + ("; a checkpoint of xbn_<base> from before the authors' batch-free stem became "
+                                            "the default loads into xbn_<base>_bnstem (stem=False)" if stem else "")]
+
+
 def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     """Load a checkpoint file into ``model`` strictly, in place.
 
@@ -72,7 +87,7 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     except Exception as err:  # corrupt file, or a pickle with non-tensor objects
         raise ValueError(f"cannot read checkpoint {path}: {load_problem(path, err)}") from None
     check_finite(state_dict, path)
-    problems = state_dict_mismatch(model, state_dict)
+    problems = state_dict_mismatch(model, state_dict) + _bn_where_bfn(model, state_dict)
     if problems:
         raise ValueError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
     model.load_state_dict(state_dict)
@@ -81,18 +96,20 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
 
 def import_authors_checkpoint(checkpoint: Union[str, Path], arch: str = "resnet50", bfn: str = "gn",
                               **model_kwargs: Any) -> nn.Module:
-    """Build the registered XBN model matching the authors' released layout and load their weights.
+    """Build the registered XBN model of the authors' released layout and load their weights.
 
     The authors' checkpoints are torchvision-style state dicts of ResNets / ResNeXts with a BFN in
-    the stem and in ``bn2`` of every bottleneck (XBNBlock-P2), e.g. ``arch="resnext50_32x4d"``.
-    Returns ``xbn_<arch>_bfnstem`` (GroupNorm) or ``xbn_<arch>`` with ``bfn="in", stem=True``.
+    the stem and in ``bn2`` of every bottleneck (XBNBlock-P2, ``models/resnet_XBNBlock_P2.py``), e.g.
+    ``arch="resnext50_32x4d"``: the registered ``xbn_<arch>`` under its ``authors_in1k`` tag (the tag
+    its exported config records), or ``xbn_<arch>`` with ``bfn="in"`` for an InstanceNorm run.
     """
+    if arch not in AUTHORS_LAYOUT:
+        raise ValueError(f"no registered model of the authors' layout for {arch!r}; known: {sorted(AUTHORS_LAYOUT)}")
+    name, kwargs = AUTHORS_LAYOUT[arch], dict(model_kwargs)
     if bfn == "gn":
-        name, kwargs = f"xbn_{arch}_bfnstem", dict(model_kwargs)
+        name = f"{name}.{AUTHORS_TAG}"
     else:
-        name, kwargs = f"xbn_{arch}", dict(model_kwargs, bfn=bfn, stem=True)
-    if not timm.is_model(name):
-        raise ValueError(f"no registered model {name!r} for the authors' {arch}; known: {timm.list_models('xbn_*_bfnstem')}")
+        kwargs["bfn"] = bfn
     return load_weights(timm.create_model(name, **kwargs), checkpoint)
 
 

@@ -7,12 +7,13 @@ import copy
 import dataclasses
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 
 from ..layers import create_bfn, is_batch_free
-from .blocks import ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
+from .blocks import POSITIONS, ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
 
 __all__ = ["XBNConfig", "Replacement", "ConversionResult", "build_bfn_for", "convert", "parse_position", "replace_module"]
 
@@ -52,7 +53,7 @@ class ConversionResult(NamedTuple):
 def parse_position(position: Union[str, int]) -> int:
     """``"P2"``, ``"p2"`` or ``2`` -> 2."""
     text = str(position).strip().upper().removeprefix("P")
-    if not text.isdigit() or int(text) < 1:
+    if not text.isdigit() or int(text) not in POSITIONS:
         raise ValueError(f"position must be P1, P2 or P3 (or 1, 2, 3), got {position!r}")
     return int(text)
 
@@ -99,6 +100,53 @@ def _short_repr(module: nn.Module) -> str:
     return f"{type(module).__name__}({module.extra_repr()})"
 
 
+def _input_map_sizes(model: nn.Module, names: Sequence[str], input_size: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
+    """Spatial size of the input of each module in ``names`` for one image of ``input_size`` (C, H, W):
+    a dry forward pass in eval mode without gradients; every module's train/eval flag is restored."""
+    sizes: Dict[str, Tuple[int, ...]] = {}
+
+    def recorder(name: str):
+        def hook(module: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
+            sizes.setdefault(name, tuple(args[0].shape[2:]))
+        return hook
+
+    hooks = [model.get_submodule(name).register_forward_pre_hook(recorder(name)) for name in names]
+    modes = {m: m.training for m in model.modules()}
+    reference = next(model.parameters(), None)
+    x = torch.zeros(1, *input_size, device=None if reference is None else reference.device,
+                    dtype=None if reference is None else reference.dtype)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return sizes
+
+
+def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[str, Tuple[int, ...]],
+                        input_size: Sequence[int]) -> None:
+    """``ValueError`` naming the first BFN whose group holds one value per sample at this input size:
+    its output would be its bias alone (and torch's InstanceNorm refuses it in training)."""
+    for name, _, bfn in planned:
+        if name not in sizes:  # not on the forward path (e.g. an unused head)
+            continue
+        grouped = isinstance(bfn, nn.GroupNorm)
+        per_group = bfn.num_channels // bfn.num_groups if grouped else 1  # InstanceNorm: one channel per group
+        if per_group * torch.Size(sizes[name]).numel() == 1:
+            shape = "x".join(map(str, sizes[name]))
+            if grouped:
+                kind, more = "GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)"
+            else:
+                kind, more = "InstanceNorm", "GroupNorm with several channels per group (bfn gn)"
+            raise ValueError(
+                f"{name} gets {shape} maps at input size {'x'.join(map(str, input_size[1:]))}, where {kind} normalizes a "
+                f"single value per sample and outputs a constant: use another position, a larger input, or {more}; "
+                "force=True (--force) converts anyway")
+
+
 def _check_convertible(model: nn.Module, blocks: List[ResidualBlock]) -> None:
     already = [n for n, m in model.named_modules() if is_batch_free(m)]
     if already:
@@ -127,12 +175,16 @@ def convert(
     affine: Optional[bool] = None,
     stem: bool = False,
     inplace: bool = False,
+    input_size: Optional[Sequence[int]] = None,
+    force: bool = False,
 ) -> ConversionResult:
-    """Replace the ``position``-th BN of every ``every``-th residual block with a batch-free norm.
+    """Replace the BN at ``position`` (P1 / P2 / P3) of every ``every``-th residual block with a batch-free norm.
 
     Args:
         model: a timm CNN whose residual blocks use BatchNorm (see ``supported_families_text()``).
-        position: P1/P2/P3 = first/second/third main-path BN of a block (P2 is the paper's default).
+        position: P1 / P2 / P3 = the first BN of a block / the BN after its first k x k convolution /
+            its last BN, as in the authors' code (P2 is the paper's default): a bottleneck's bn1 / bn2 / bn3,
+            a BasicBlock's bn1 / bn1 / bn2, a MobileNetV2 block's depthwise BN for P2.
         every: 1 converts all blocks; 2/4/8 give the paper's D2/D4/D8 (blocks 2n/4n/8n, 1-based,
             counted over the whole network).
         bfn: ``"gn"``, ``"in"`` or ``"ln"`` (see ``timm_xbn.layers.create_bfn``).
@@ -144,6 +196,11 @@ def convert(
             IN without affine parameters).
         stem: also replace the stem BNs (the authors' released models do).
         inplace: modify ``model`` itself; by default a deep copy is converted and ``model`` is untouched.
+        input_size: (C, H, W) of the images the network will see (a timm data config's ``input_size``).
+            When given, a dry forward pass measures each replaced norm's input maps, and a BFN whose
+            group would hold one value per sample (1 x 1 maps with InstanceNorm, or GroupNorm with one
+            channel per group) is an error naming the layer, unless ``force``.
+        force: convert even where such a BFN would output a constant.
 
     Returns:
         ``(model, replaced)``: the converted model (with ``model.xbn_cfg``) and one
@@ -156,16 +213,13 @@ def convert(
     _check_convertible(model, blocks)
     chosen = [b for b in blocks if b.index % cfg.every == 0]
     for block in chosen:
-        if cfg.position > len(block.norm_slots):
-            raise ValueError(
-                f"P{cfg.position} needs a block with {cfg.position} BNs, but {block.name} "
-                f"({type(block.module).__name__}) has {len(block.norm_slots)}"
-            )
+        if not block.norm_slots:
+            raise ValueError(f"{block.name} ({type(block.module).__name__}) has no BatchNorm on its main path to replace")
     if not chosen:
         raise ValueError(f"every={cfg.every} selects no block: the model has only {len(blocks)} residual blocks")
 
     targets = [(name, None) for name in find_stem_norms(model, blocks)] if cfg.stem else []
-    targets += [(name, block) for block in chosen for name in block.norm_slots[cfg.position - 1]]
+    targets += [(name, block) for block in chosen for name in block.position_norms(cfg.position)]
     if cfg.affine is None:  # keep the trained BNs' weight and bias
         kept = any(model.get_submodule(name).affine for name, _ in targets)
         cfg = dataclasses.replace(cfg, affine=kept)
@@ -175,6 +229,8 @@ def convert(
             planned.append((name, block, build_bfn_for(model.get_submodule(name), cfg)))
         except ValueError as err:
             raise ValueError(f"cannot replace {name}: {err}") from None
+    if input_size is not None and not force:
+        _check_normalizable(planned, _input_map_sizes(model, [name for name, _, _ in planned], input_size), input_size)
 
     target = model if inplace else copy.deepcopy(model)
     replaced: List[Replacement] = []
