@@ -390,7 +390,9 @@ def test_offline_pretrained_and_hub_info_fail_in_one_line(image_folder, tmp_path
                     "xbn-hub info DIR")
     script = tmp_path / "validate.py"
     script.write_text("raise SystemExit('validate.py ran')\n")
-    assert main([str(script), "--model", "resnet18"]) == 2  # validate.py would load pretrained weights
+    with pytest.raises(SystemExit) as exited:  # validate.py would load pretrained weights
+        main([str(script), "--model", "resnet18"])
+    assert exited.value.code == 2
 
 
 def test_launcher_refuses_a_pickled_checkpoint_for_validate_py(tmp_path, capsys):
@@ -401,7 +403,9 @@ def test_launcher_refuses_a_pickled_checkpoint_for_validate_py(tmp_path, capsys)
     script = tmp_path / "validate.py"
     script.write_text("raise SystemExit('validate.py ran')\n")
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1)}, tmp_path / "pickled.pth.tar")
-    assert main([str(script), "--model", "resnet18", "--checkpoint", str(tmp_path / "pickled.pth.tar")]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main([str(script), "--model", "resnet18", "--checkpoint", str(tmp_path / "pickled.pth.tar")])
+    assert exited.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: --checkpoint {tmp_path / 'pickled.pth.tar'}: it holds pickled Python objects, which are "
                    "never loaded (argparse.Namespace)"]
@@ -463,7 +467,7 @@ def test_study_compare_names_what_is_wrong_with_a_results_file(tmp_path, content
 def test_permission_and_disk_errors_anywhere_are_one_line_naming_the_path():
     import typer
 
-    from timm_xbn._cli_utils import handle_errors
+    from timm_xbn.commands.options import handle_errors
 
     app = typer.Typer()
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .utils.errors import command_errors
+from .utils.errors import UserError, command_errors
 
 __all__ = ["check_validate_args", "launch", "main"]
 
@@ -59,7 +59,7 @@ def check_validate_args(args: Sequence[str]) -> None:
             else:
                 torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"--checkpoint {path}: {load_problem(path, err)}") from None
+            raise UserError(f"--checkpoint {path}: {load_problem(path, err)}") from None
     elif known.model:
         check_pretrained(known.model)  # validate.py loads pretrained weights when no checkpoint is given
 

@@ -13,6 +13,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from ..utils.errors import UserError
 from .names import ALL_CORRUPTIONS, check_corruption, check_severity
 
 __all__ = ["corrupt_reference", "image_seed", "numpy_seed", "write_glass_offsets"]
@@ -45,10 +46,10 @@ def corrupt_reference(image: np.ndarray, name: str, severity: int, seed: Optiona
     check_corruption(name)
     severity = check_severity(severity)
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}")
+        raise UserError(f"expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
+                        f"{getattr(image, 'shape', '')}")
     if min(image.shape[:2]) < 32:
-        raise ValueError(f"images must be at least 32x32 pixels, got {image.shape[:2]}")
+        raise UserError(f"images must be at least 32x32 pixels, got {image.shape[:2]}")
     if seed is None:
         return corrupt(image, severity=severity, corruption_name=name)
     kwargs = {"seed": seed} if name in _SEEDED_KWARG else {}
