@@ -11,7 +11,7 @@ Notebook use::
 
     x_fog = corrupt_batch(images_uint8, "fog", severity=3, generator=torch.Generator().manual_seed(0))
 """
-from .datasets import CifarC, CorruptionSource, ImageNetCFolders, OnTheFly, discover_imagenet_c, resolve_class_map
+from .datasets import CifarC, CorruptionSource, ImageNetCFolders, OnTheFly, discover_imagenet_c
 from .evaluate import evaluate_corruptions, parse_adapt, results_path
 from .metrics import (
     ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, corruption_error, mean_corruption_error, missing_pairs,
@@ -24,7 +24,7 @@ from .tables import corruption_table
 from .torch_ops import Draws, corrupt_batch
 
 __all__ = [
-    "CifarC", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "discover_imagenet_c", "resolve_class_map",
+    "CifarC", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "discover_imagenet_c",
     "evaluate_corruptions", "parse_adapt", "results_path",
     "ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "corruption_error", "mean_corruption_error", "missing_pairs",
     "relative_corruption_error", "summarize",

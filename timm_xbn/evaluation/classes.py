@@ -10,7 +10,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
 from ..utils.errors import UserError
 
-__all__ = ["ClassMapSource", "ClassMapping", "class_folders", "match_classes", "resolve_class_map"]
+__all__ = ["ClassMapSource", "ClassMapping", "class_folders", "match_classes"]
 
 ClassMapSource = Union[str, Path, Mapping[str, int], None]
 
@@ -86,9 +86,3 @@ def match_classes(class_names: Sequence[str], num_classes: Optional[int], class_
         raise UserError(f"{where} has {len(names)} classes mapped up to index {max(mapping.values())} "
                         f"({rule}), but the model has only {num_classes} outputs (pass --class-map, or set num_classes)")
     return ClassMapping(mapping, rule, warning)
-
-
-def resolve_class_map(class_names: Sequence[str], num_classes: Optional[int],
-                      class_map: ClassMapSource = None) -> Dict[str, int]:
-    """Class folder name -> model class index (``match_classes`` without the rule and warning)."""
-    return match_classes(class_names, num_classes, class_map).mapping
