@@ -481,17 +481,26 @@ def test_permission_and_disk_errors_anywhere_are_one_line_naming_the_path():
     assert isinstance(runner.invoke(app, [str(errno.EBADF)]).exception, OSError)  # a bug, not the machine: traceback
 
 
+# The parent's pool worker runs a job that sleeps (bounded work) and then writes SURVIVED: a worker that
+# goes on after its study process is killed fails the test once that job ends, instead of hanging it.
 KILLED_PARENT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
 from timm_xbn.study.jobs import _exit_with_parent
+
+
+def job(marker):
+    time.sleep(300)
+    open(marker, "w").write("survived")
+
+
 if __name__ == "__main__":
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent,
                              initargs=(os.getpid(),)) as pool:
         print(pool.submit(os.getpid).result(), flush=True)
-        pool.submit(time.sleep, 120)
-        time.sleep(120)
+        pool.submit(job, sys.argv[1])
+        time.sleep(300)
 """
 
 
@@ -501,24 +510,16 @@ def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
-    script = tmp_path / "parent.py"
+    from process_events import wait_until_gone
+
+    script, survived = tmp_path / "parent.py", tmp_path / "SURVIVED"
     script.write_text(KILLED_PARENT)
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+    parent = subprocess.Popen([sys.executable, str(script), str(survived)], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, OMP_NUM_THREADS="1"))
     worker = int(parent.stdout.readline())
     assert Path(f"/proc/{worker}").exists()
     parent.send_signal(signal.SIGKILL)
-    parent.wait(timeout=10)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists() and "Z" not in _state(worker):
-        time.sleep(0.2)
-    assert not Path(f"/proc/{worker}").exists() or "Z" in _state(worker), "the worker outlived its study process"
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return "Z"
+    assert parent.wait() == -signal.SIGKILL
+    wait_until_gone(worker)
+    assert not survived.exists(), "the worker outlived its study process"
