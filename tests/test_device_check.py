@@ -14,7 +14,7 @@ import torch
 
 from timm_xbn.corruptions import CORRUPTIONS
 
-from process_events import wait_for_file, wait_until_gone
+from process_events import alive, wait_for_file, wait_until_gone
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "device_check.py"
 
@@ -218,8 +218,9 @@ def test_a_hanging_command_is_killed_with_workers_in_their_own_session(device_ch
         device_check.run_budgeted([sys.executable, "-c", _HANGING_LAUNCHER, str(pid_file), str(survived), _WORKER],
                                   device_check.Budget(0, math.inf), {})
     assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed and reaped
-    wait_until_gone(int(pid_file.read_text()))
-    assert not survived.exists(), "the worker in its own session outlived the kill"
+    worker = int(pid_file.read_text())
+    wait_until_gone(worker)
+    assert not alive(worker) and not survived.exists(), "the worker in its own session outlived the kill"
 
 
 @pytest.mark.slow
@@ -239,6 +240,7 @@ def test_a_hanging_torchrun_section_stops_within_its_budget(device_check, tmp_pa
     record = json.loads((tmp_path / "c.json").read_text())["sections"]["hang"]
     assert record["status"] == "error" and "over the section's time budget" in record["error"]
     assert pid_file.exists(), "the worker never started: the test proves nothing"
-    wait_until_gone(int(pid_file.read_text()))
-    assert not survived.exists(), "torchrun's worker outlived the kill"
+    worker = int(pid_file.read_text())
+    wait_until_gone(worker)
+    assert not alive(worker) and not survived.exists(), "torchrun's worker outlived the kill"
     assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed

@@ -511,7 +511,7 @@ def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
     import subprocess
     import sys
 
-    from process_events import wait_until_gone
+    from process_events import alive, wait_until_gone
 
     script, survived = tmp_path / "parent.py", tmp_path / "SURVIVED"
     script.write_text(KILLED_PARENT)
@@ -522,4 +522,4 @@ def test_study_workers_end_when_the_study_process_is_killed(tmp_path):
     parent.send_signal(signal.SIGKILL)
     assert parent.wait() == -signal.SIGKILL
     wait_until_gone(worker)
-    assert not survived.exists(), "the worker outlived its study process"
+    assert not alive(worker) and not survived.exists(), "the worker outlived its study process"
