@@ -12,11 +12,12 @@ from typer.testing import CliRunner
 
 from timm_xbn.cli import eval_app
 from timm_xbn.corruptions import (
-    CifarC, ImageNetCFolders, OnTheFly, corrupt_batch, corrupt_reference, discover_imagenet_c, resolve_class_map,
+    CifarC, ImageNetCFolders, OnTheFly, corrupt_batch, corrupt_reference, discover_imagenet_c,
 )
 from timm_xbn.grid import evaluate_corruptions, results_path
 from timm_xbn.corruptions.prep import BatchPrep
 from timm_xbn.corruptions.seeding import pixel_seed
+from timm_xbn.evaluation.classes import match_classes
 from timm_xbn.stats import recalibrate
 
 CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
@@ -127,18 +128,18 @@ def test_class_maps(tmp_path):
     synsets = ImageNetInfo("imagenet-1k").label_names()
     subset = [synsets[999], synsets[5], synsets[0]]
     # a 1000-class model: wnids keep their ImageNet indices even when only some are present
-    assert resolve_class_map(subset, 1000) == {synsets[0]: 0, synsets[5]: 5, synsets[999]: 999}
+    assert match_classes(subset, 1000).mapping == {synsets[0]: 0, synsets[5]: 5, synsets[999]: 999}
     # otherwise timm's rule: natural sort of the folder names
-    assert resolve_class_map(["b10", "b9", "a"], 3) == {"a": 0, "b9": 1, "b10": 2}
+    assert match_classes(["b10", "b9", "a"], 3).mapping == {"a": 0, "b9": 1, "b10": 2}
     path = tmp_path / "map.txt"
     path.write_text("b10\nb9\na\n")
-    assert resolve_class_map(["a", "b9"], 3, path) == {"a": 2, "b9": 1}
+    assert match_classes(["a", "b9"], 3, path).mapping == {"a": 2, "b9": 1}
     with pytest.raises(ValueError, match=r"not in the class map, e.g. \['zz'\]"):
-        resolve_class_map(["a", "zz"], 3, path)
+        match_classes(["a", "zz"], 3, path)
     with pytest.raises(ValueError, match="has only 2 outputs"):
-        resolve_class_map(["a", "b", "c"], 2)
+        match_classes(["a", "b", "c"], 2)
     with pytest.raises(FileNotFoundError, match="class map file not found"):
-        resolve_class_map(["a"], 3, tmp_path / "missing.txt")
+        match_classes(["a"], 3, tmp_path / "missing.txt")
 
 
 def test_imagenet_c_errors_match_a_per_image_evaluation(tree, tmp_path):

@@ -7,14 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from timm_xbn.corruptions import CORRUPTIONS
+
+from process_events import alive, wait_for_file, wait_until_gone
 
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "device_check.py"
 
@@ -30,7 +30,7 @@ def test_cpu_mode_measures_every_section(tmp_path):
     out = tmp_path / "check.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     sections = report["sections"]
@@ -108,7 +108,7 @@ def _throughput_args(models):
 
 
 def test_throughput_halves_the_batch_on_out_of_memory_and_skips_past_its_budget(device_check, monkeypatch):
-    calls = []
+    calls, clock = [], [0.0]
 
     def fake_measure(xbn, bn, args, channels_last):
         calls.append(args.batch_size)
@@ -124,12 +124,13 @@ def test_throughput_halves_the_batch_on_out_of_memory_and_skips_past_its_budget(
     assert [r["batch_size"] for r in record["rows"]] == [32] * 4 and not record["skipped"]
     assert record["rows"][0]["infer_ratio"] == 0.75 and record["rows"][0]["train_ratio"] == 0.9
 
-    # a budget that one setting overruns: it is measured, the others are listed as skipped
+    # a budget that one setting overruns: it is measured, the others are listed as skipped. The section's
+    # clock is a counter that a measurement advances by 0.05 s, so no real time passes
     def slow_measure(xbn, bn, args, channels_last):
-        import time
-        time.sleep(0.05)
+        clock[0] += 0.05
         return fake_measure(xbn, bn, args, channels_last)
 
+    monkeypatch.setattr(device_check, "time", argparse.Namespace(monotonic=lambda: clock[0]))
     monkeypatch.setattr(device_check, "measure_pair", slow_measure)
     record = {}
     device_check.section_throughput(_throughput_args(["xbn_resnet50"]), device_check.Budget(0.02, math.inf), record)
@@ -179,58 +180,47 @@ def test_corruptions_section_totals_and_a_failing_corruption(device_check, monke
     assert len(record["rows"]) == 14 and "all" not in record  # no total over a partial set
 
 
-def _alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (an exited process waiting to be reaped is not alive)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+def _gated_popen(started: Path, launched: list):
+    """``subprocess.Popen`` (recording what it starts in ``launched``) whose ``communicate(timeout=...)`` first
+    waits until the hanging command has started its worker (the worker wrote ``started``): the section's
+    budget then runs out with a worker to kill, however slowly a busy machine starts it."""
+
+    class Gated(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            launched.append(self)
+
+        def communicate(self, input=None, timeout=None):
+            if timeout is not None:
+                wait_for_file(started, self)
+            return super().communicate(input, timeout)
+
+    return Gated
 
 
-def _dies_within(pid: int, seconds: float) -> bool:
-    """True once ``pid`` is gone (SIGKILL is delivered asynchronously: a loaded machine may take a moment)."""
-    deadline = time.monotonic() + seconds
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _returns_within(call, seconds: float, pid_file: Path) -> bool:
-    """Run ``call`` in a thread; True if it returned within ``seconds``. The worker named in ``pid_file`` is
-    killed afterwards whatever happened, so a failing test leaves no process behind."""
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    returned = not thread.is_alive()
-    if not returned and pid_file.exists():
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
-    return returned
-
-
-# a launcher that, like torchrun, starts its worker in the worker's own session, then both sleep forever
+# A worker that outlives its launcher's kill writes SURVIVED: its sleep is bounded work, so a broken kill
+# fails the test (after that sleep) instead of hanging it, and a working kill is seen at once.
+_WORKER = "import sys, time; time.sleep(600); open(sys.argv[1], 'w').write('survived')"
+# a launcher that, like torchrun, starts its worker in the worker's own session, then both sleep
 _HANGING_LAUNCHER = """
 import subprocess, sys, time
-worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True)
+worker = subprocess.Popen([sys.executable, "-c", sys.argv[3], sys.argv[2]], start_new_session=True)
 open(sys.argv[1], "w").write(str(worker.pid))
-time.sleep(3600)
+time.sleep(600)
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
-def test_a_hanging_command_is_killed_with_workers_in_their_own_session(device_check, tmp_path):
-    pid_file, record, errors = tmp_path / "worker.pid", {}, []
-
-    def call():
-        try:
-            device_check.run_budgeted([sys.executable, "-c", _HANGING_LAUNCHER, str(pid_file)],
-                                      device_check.Budget(3, math.inf), record)
-        except RuntimeError as error:
-            errors.append(str(error))
-
-    assert _returns_within(call, 60, pid_file), "still blocked 60 s after a 3 s budget"
-    assert errors == ["killed: over the section's time budget"]
-    assert _dies_within(int(pid_file.read_text()), 10)
+def test_a_hanging_command_is_killed_with_workers_in_their_own_session(device_check, tmp_path, monkeypatch):
+    pid_file, survived, launched = tmp_path / "worker.pid", tmp_path / "SURVIVED", []
+    monkeypatch.setattr(device_check.subprocess, "Popen", _gated_popen(pid_file, launched))
+    with pytest.raises(RuntimeError, match="^killed: over the section's time budget$"):
+        device_check.run_budgeted([sys.executable, "-c", _HANGING_LAUNCHER, str(pid_file), str(survived), _WORKER],
+                                  device_check.Budget(0, math.inf), {})
+    assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed and reaped
+    worker = int(pid_file.read_text())
+    wait_until_gone(worker)
+    assert not alive(worker) and not survived.exists(), "the worker in its own session outlived the kill"
 
 
 @pytest.mark.slow
@@ -238,23 +228,19 @@ def test_a_hanging_command_is_killed_with_workers_in_their_own_session(device_ch
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 def test_a_hanging_torchrun_section_stops_within_its_budget(device_check, tmp_path, monkeypatch):
     """The issue's case: torchrun's worker sleeps forever; the section must return, and no process survive."""
-    pid_file = tmp_path / "worker.pid"
+    pid_file, survived, launched = tmp_path / "worker.pid", tmp_path / "SURVIVED", []
     script = tmp_path / "hang.py"
-    script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(3600)\n")
-    launched = []
-    popen = subprocess.Popen
-
-    def recording_popen(*args, **kwargs):
-        launched.append(popen(*args, **kwargs))
-        return launched[-1]
-
-    monkeypatch.setattr(device_check.subprocess, "Popen", recording_popen)
+    script.write_text(f"import os\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+                      f"{_WORKER.replace('sys.argv[1]', repr(str(survived)))}\n")
+    # torchrun takes seconds to start its worker on a loaded machine: the budget starts once it has
+    monkeypatch.setattr(device_check.subprocess, "Popen", _gated_popen(pid_file, launched))
     monkeypatch.setattr(device_check, "SECTIONS", {"hang": lambda args, budget, record: device_check.torchrun(
         1, [str(script)], budget, record)})
-    # torchrun takes seconds to start its worker on a loaded machine: a 20 s budget
-    assert _returns_within(lambda: device_check.run(_args(tmp_path, [20])), 120, pid_file)
+    device_check.run(_args(tmp_path, [0]))
     record = json.loads((tmp_path / "c.json").read_text())["sections"]["hang"]
     assert record["status"] == "error" and "over the section's time budget" in record["error"]
     assert pid_file.exists(), "the worker never started: the test proves nothing"
-    assert _dies_within(int(pid_file.read_text()), 10)
+    worker = int(pid_file.read_text())
+    wait_until_gone(worker)
+    assert not alive(worker) and not survived.exists(), "torchrun's worker outlived the kill"
     assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed

@@ -7,6 +7,7 @@ inside functions (lazy imports) and under ``TYPE_CHECKING``. ``from pkg import n
 ``python tests/test_import_layers.py`` prints the floor plan: each room and the rooms it imports.
 """
 import ast
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -36,7 +37,6 @@ FLOORS = (
     "hub",          # model cards and Hub publishing
     "__init__",
     "commands",     # one module per CLI app, with the shared options
-    "_cli_utils",   # re-exports commands.options' helpers under their old path
     "cli",
     "launch",
     "__main__",
@@ -216,11 +216,25 @@ if __name__ == "__main__":
     print_floor_plan(Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE_DIR)
 
 
-def test_calibrations_old_import_paths_still_work():
-    import timm_xbn.calibration as calibration
-    from timm_xbn.surgery import CalibrationResult, calibrate, calibration_batches, convert
-    from timm_xbn.surgery.calibrate import calibrate as calibrate_from_old_module
+def test_one_convert_whatever_the_import_order():
+    """``timm_xbn.convert`` is the surgery; calibration is its own step, never patched into surgery, so a
+    fresh interpreter that imports the surgery module first gets the same function."""
+    import importlib
+    import inspect
+    import subprocess
 
-    assert calibrate is calibrate_from_old_module is calibration.calibrate
-    assert calibration_batches is calibration.calibration_batches and CalibrationResult is calibration.CalibrationResult
-    assert convert is calibration.convert  # keeps the calibrate= convenience
+    import timm_xbn
+    import timm_xbn.calibration as calibration
+    import timm_xbn.surgery as surgery
+
+    assert timm_xbn.convert is surgery.convert and "calibrate" not in inspect.signature(surgery.convert).parameters
+    assert not hasattr(surgery, "calibrate") and not hasattr(calibration, "convert")
+    assert timm_xbn.calibrate is calibration.calibrate
+    for gone in ("timm_xbn.surgery.calibrate", "timm_xbn.calibration.convert"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(gone)
+    code = ("import importlib; first = importlib.import_module('timm_xbn.surgery.convert').convert; "
+            "import timm_xbn, timm_xbn.surgery; print(first is timm_xbn.convert is timm_xbn.surgery.convert)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(PACKAGE_DIR.parent))).stdout.strip()
+    assert out == "True"

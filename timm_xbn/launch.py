@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from .utils.errors import UserError, command_errors
+
 __all__ = ["check_validate_args", "launch", "main"]
 
 USAGE = "usage: python -m timm_xbn.launch SCRIPT [ARGS ...]   (e.g. SCRIPT = timm's validate.py, train.py, benchmark.py)"
@@ -57,7 +59,7 @@ def check_validate_args(args: Sequence[str]) -> None:
             else:
                 torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(f"--checkpoint {path}: {load_problem(path, err)}") from None
+            raise UserError(f"--checkpoint {path}: {load_problem(path, err)}") from None
     elif known.model:
         check_pretrained(known.model)  # validate.py loads pretrained weights when no checkpoint is given
 
@@ -81,22 +83,21 @@ def launch(script: str, args: Sequence[str] = ()) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m timm_xbn.launch SCRIPT ARGS``: 0 when the script returns, its own code when it exits,
-    2 (one red line) when SCRIPT is missing."""
+    """``python -m timm_xbn.launch SCRIPT ARGS``: 0 when the script returns, its own code when it exits.
+    Runs under the project's one handler (``timm_xbn.utils.errors.command_errors``): a missing SCRIPT, a
+    checkpoint validate.py could not load, or a missing file is one red line and exit 2, Ctrl-C exit 130,
+    and any other exception keeps its traceback, as with ``python SCRIPT``."""
     import typer
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         typer.echo(USAGE + "\n\n" + __doc__.split("\n\n")[1])
         return 0 if argv else 2
-    try:
-        _script(argv[0])
+    with command_errors():
         if Path(argv[0]).name == "validate.py":
+            _script(argv[0])
             check_validate_args(argv[1:])
-    except (FileNotFoundError, ValueError) as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        return 2
-    launch(argv[0], argv[1:])  # the script's own errors keep their tracebacks, as with `python SCRIPT`
+        launch(argv[0], argv[1:])
     return 0
 
 

@@ -3,7 +3,6 @@
 It consumes surgery (the converted model), statistics (BN re-estimation) and evaluation's data pipeline
 (calibration images), so it sits on a floor above them.
 """
-from .convert import convert
 from .data import calibration_batches
 from .fit import (
     DEFAULT_REESTIMATE, REESTIMATE_CHOICES, CalibrationResult, ChannelRegression, LayerFit, calibrate,
@@ -11,6 +10,6 @@ from .fit import (
 )
 
 __all__ = [
-    "CalibrationResult", "ChannelRegression", "LayerFit", "calibrate", "calibration_batches", "convert",
+    "CalibrationResult", "ChannelRegression", "LayerFit", "calibrate", "calibration_batches",
     "DEFAULT_REESTIMATE", "REESTIMATE_CHOICES", "reestimate_bns",
 ]

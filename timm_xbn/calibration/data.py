@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..evaluation.data import create_eval_data, resolve_eval_data_config
+from ..utils.errors import UserError
 
 __all__ = ["calibration_batches"]
 
@@ -25,7 +26,7 @@ def calibration_batches(
     calibration reads them once per BFN (``num_images x 3 x H x W`` floats: 154 MB for 256 at 224 px).
     Unreadable images are left out. Not sharded: under torchrun every rank calibrates on the same images."""
     if num_images < 1:
-        raise ValueError(f"the number of calibration images must be >= 1, got {num_images}")
+        raise UserError(f"the number of calibration images must be >= 1, got {num_images}")
     config = resolve_eval_data_config(model) if data_config is None else data_config
     data = create_eval_data(folder, config, split="train", batch_size=batch_size, workers=workers)
     return [batch.images for batch in data.shuffled(seed).loader(limit=num_images, shard=False) if batch.images is not None]

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from ..layers import is_batch_free
 from ..stats import recalibrate
 from ..utils.device import eval_mode, model_device
+from ..utils.errors import UserError
 from ..utils.norms import bns_with_running_stats, is_bn
 
 __all__ = [
@@ -150,7 +151,7 @@ def _forward_until(model: nn.Module, module: nn.Module, x: torch.Tensor,
     finally:
         handle.remove()
     if not captured:
-        raise ValueError(f"{type(module).__name__} was never called by the model's forward pass")
+        raise UserError(f"{type(module).__name__} was never called by the model's forward pass")
     return captured[0]
 
 
@@ -171,7 +172,7 @@ def _images_of(batch: Any) -> Optional[torch.Tensor]:
         batch = batch[0] if batch else None
     if batch is None or isinstance(batch, torch.Tensor):
         return batch
-    raise ValueError(f"a calibration batch must be a Tensor or (images, ...), got {type(batch).__name__}")
+    raise UserError(f"a calibration batch must be a Tensor or (images, ...), got {type(batch).__name__}")
 
 
 class _CalibrationImages:
@@ -181,7 +182,7 @@ class _CalibrationImages:
 
     def __init__(self, loader: Iterable, max_images: Optional[int], in_chans: Optional[int], device: torch.device):
         if max_images is not None and max_images < 1:
-            raise ValueError(f"the number of calibration images must be >= 1, got {max_images}")
+            raise UserError(f"the number of calibration images must be >= 1, got {max_images}")
         self.loader, self.max_images, self.in_chans, self.device = loader, max_images, in_chans, device
         self.fingerprint: Optional[Tuple[int, float]] = None
 
@@ -191,8 +192,8 @@ class _CalibrationImages:
 
     def _checked(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or (self.in_chans is not None and x.shape[1] != self.in_chans):
-            raise ValueError(f"calibration images must be (N, {self.in_chans}, H, W) for this model, "
-                             f"got a batch of shape {tuple(x.shape)}")
+            raise UserError(f"calibration images must be (N, {self.in_chans}, H, W) for this model, "
+                            f"got a batch of shape {tuple(x.shape)}")
         return x
 
     def __iter__(self) -> Iterator[torch.Tensor]:
@@ -213,11 +214,11 @@ class _CalibrationImages:
 
     def _check_pass(self, seen: int, checksum: float) -> None:
         if seen == 0:
-            raise ValueError("the calibration loader gave no images")
+            raise UserError("the calibration loader gave no images")
         if self.fingerprint is None:
             self.fingerprint = (seen, checksum)
         elif self.fingerprint != (seen, checksum):
-            raise ValueError(
+            raise UserError(
                 f"the calibration loader gave other images on a later pass ({seen} images vs {self.fingerprint[0]}, "
                 "or other pixels): calibration reads them once per BFN, so it needs the same images on every pass "
                 "(any order; no random augmentation or random subsets)"
@@ -228,8 +229,8 @@ def _bfn_pairs(converted: nn.Module, original: nn.Module) -> List[Tuple[str, nn.
     """``(name, BFN in converted, BN it replaced in original)`` in registration (= forward) order."""
     bfns = [(name, m) for name, m in converted.named_modules() if is_batch_free(m)]
     if not bfns:
-        raise ValueError(f"{type(converted).__name__} has no batch-free norms to calibrate: convert it first "
-                         "(timm_xbn.convert)")
+        raise UserError(f"{type(converted).__name__} has no batch-free norms to calibrate: convert it first "
+                        "(timm_xbn.convert)")
     pairs = []
     for name, bfn in bfns:
         try:
@@ -239,11 +240,11 @@ def _bfn_pairs(converted: nn.Module, original: nn.Module) -> List[Tuple[str, nn.
         channels = bfn.num_channels if hasattr(bfn, "num_channels") else bfn.num_features
         if bn is None or not is_bn(bn) or bn.num_features != channels:
             found = "nothing" if bn is None else f"{type(bn).__name__}"
-            raise ValueError(f"the original model does not match the converted one at {name}: expected the BatchNorm "
-                             f"with {channels} channels that the surgery replaced, found {found}")
+            raise UserError(f"the original model does not match the converted one at {name}: expected the BatchNorm "
+                            f"with {channels} channels that the surgery replaced, found {found}")
         if bfn.weight is None:
-            raise ValueError(f"{name} ({type(bfn).__name__}) has no affine parameters to calibrate: convert with "
-                             "affine=True (convert's default for a trained BN network)")
+            raise UserError(f"{name} ({type(bfn).__name__}) has no affine parameters to calibrate: convert with "
+                            "affine=True (convert's default for a trained BN network)")
         pairs.append((name, bfn, bn))
     return pairs
 
@@ -325,10 +326,10 @@ def calibrate(
 
 def _check_reestimate(choice: str, source_images: Optional[float]) -> None:
     if choice not in REESTIMATE_CHOICES:
-        raise ValueError(f"reestimate must be one of {', '.join(REESTIMATE_CHOICES)}, got {choice!r}")
+        raise UserError(f"reestimate must be one of {', '.join(REESTIMATE_CHOICES)}, got {choice!r}")
     if choice == "mix" and (source_images is None or not source_images >= 0):
-        raise ValueError("reestimate='mix' needs source_images >= 0: the number of training images the BN "
-                         f"statistics come from (N of the mix N/(N+n)), got {source_images}")
+        raise UserError("reestimate='mix' needs source_images >= 0: the number of training images the BN "
+                        f"statistics come from (N of the mix N/(N+n)), got {source_images}")
 
 
 def reestimate_bns(model: nn.Module, images: Iterable, choice: str = DEFAULT_REESTIMATE,

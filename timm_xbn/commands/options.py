@@ -7,29 +7,25 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TypeV
 
 import typer
 
-from ..utils.errors import SYSTEM_ERRNOS, USER_ERRORS
+from ..utils.errors import command_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def handle_errors(fn: F) -> F:
-    """Turn user errors into a one-line red message and exit code 2 instead of a traceback."""
+def handle_errors(fn: Optional[F] = None, *, resumes: bool = False) -> Any:
+    """Run a command under ``timm_xbn.utils.errors.command_errors``: a user error is one red line and exit 2,
+    Ctrl-C one line and exit 130, a bug its traceback. ``@handle_errors``, or ``@handle_errors(resumes=True)``
+    for a command whose rerun resumes (its Ctrl-C line says so)."""
 
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as err:
-            message = err.args[0] if isinstance(err, KeyError) and err.args else err
-            typer.secho(f"error: {message}", fg="red", err=True)
-            raise typer.Exit(2) from None
-        except OSError as err:
-            if err.errno not in SYSTEM_ERRNOS:
-                raise
-            typer.secho(f"error: {err.strerror}: {err.filename or ''}".rstrip(": "), fg="red", err=True)
-            raise typer.Exit(2) from None
+    def decorate(command: F) -> F:
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with command_errors(resumes):
+                return command(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate if fn is None else decorate(fn)
 
 
 def parse_json_kwargs(text: Optional[str], option: str = "--model-kwargs") -> Dict[str, Any]:

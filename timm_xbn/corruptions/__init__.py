@@ -13,7 +13,7 @@ Notebook use::
 
     x_fog = corrupt_batch(images_uint8, "fog", severity=3, generator=torch.Generator().manual_seed(0))
 """
-from .datasets import CifarC, CorruptionSource, ImageNetCFolders, OnTheFly, discover_imagenet_c, resolve_class_map
+from .datasets import CifarC, CorruptionSource, ImageNetCFolders, OnTheFly, discover_imagenet_c
 from .metrics import (
     ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, corruption_error, mean_corruption_error, missing_pairs,
     relative_corruption_error, summarize,
@@ -26,7 +26,7 @@ from .tables import corruption_table
 from .torch_ops import Draws, corrupt_batch
 
 __all__ = [
-    "CifarC", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "discover_imagenet_c", "resolve_class_map",
+    "CifarC", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "discover_imagenet_c",
     "ALEXNET_CLEAN_ERROR", "ALEXNET_ERRORS", "corruption_error", "mean_corruption_error", "missing_pairs",
     "relative_corruption_error", "summarize",
     "ALL_CORRUPTIONS", "CORRUPTIONS", "EXTRA_CORRUPTIONS", "SEVERITIES", "parse_corruptions", "parse_severities",

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..evaluation.classes import class_folders, match_classes, resolve_class_map
+from ..evaluation.classes import class_folders, match_classes
 from ..evaluation.data import EvalData, SkippedSample, SkipUnreadable
 from .names import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
 from .reference import corrupt_reference
@@ -25,7 +25,7 @@ from .seeding import pixel_seed
 
 __all__ = [
     "CifarC", "CifarCArray", "CorruptionSource", "ImageNetCFolders", "OnTheFly", "ReferenceCorrupted",
-    "discover_imagenet_c", "resolve_class_map",
+    "discover_imagenet_c",
 ]
 
 def _listing(path: Path, limit: int = 8) -> str:

@@ -8,14 +8,14 @@ reproducible per image and callers' random streams are left alone.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
 
+from ..utils.errors import UserError
 from .names import ALL_CORRUPTIONS, check_corruption, check_severity
 
-__all__ = ["corrupt_reference", "image_seed", "numpy_seed", "write_glass_offsets"]
+__all__ = ["corrupt_reference", "glass_offset_table", "image_seed", "numpy_seed"]
 
 # corruptions of the reference that take their own ``seed`` argument
 _SEEDED_KWARG = ("impulse_noise", "glass_blur")
@@ -45,10 +45,10 @@ def corrupt_reference(image: np.ndarray, name: str, severity: int, seed: Optiona
     check_corruption(name)
     severity = check_severity(severity)
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
-                         f"{getattr(image, 'shape', '')}")
+        raise UserError(f"expected an RGB uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image))} "
+                        f"{getattr(image, 'shape', '')}")
     if min(image.shape[:2]) < 32:
-        raise ValueError(f"images must be at least 32x32 pixels, got {image.shape[:2]}")
+        raise UserError(f"images must be at least 32x32 pixels, got {image.shape[:2]}")
     if seed is None:
         return corrupt(image, severity=severity, corruption_name=name)
     kwargs = {"seed": seed} if name in _SEEDED_KWARG else {}
@@ -59,7 +59,10 @@ def corrupt_reference(image: np.ndarray, name: str, severity: int, seed: Optiona
 def glass_offset_table(severity: int, size: int = 224, runs: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Where the reference's glass-blur pixel scan sends pixels: the distribution of
     (source row - row, source col - col) over interior pixels, measured by running the scan on a
-    coordinate image. Returns (offsets (K, 2) int16, probabilities (K,) float64)."""
+    coordinate image. Returns (offsets (K, 2) int16, probabilities (K,) float64).
+
+    The package's ``glass_offsets.npz`` holds ``offsets_S, probs_S = glass_offset_table(S)`` for S = 1..5
+    with the defaults (``np.savez_compressed``), which the torch glass blur draws from."""
     from imagecorruptions.corruptions import _shuffle_pixels_njit_glass_blur as scan
 
     params = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][check_severity(severity) - 1]
@@ -72,14 +75,3 @@ def glass_offset_table(severity: int, size: int = 224, runs: int = 8, seed: int 
         found.append(d[margin:size - margin, margin:size - margin].reshape(-1, 2))
     offsets, counts = np.unique(np.concatenate(found), axis=0, return_counts=True)
     return offsets.astype(np.int16), counts / counts.sum()
-
-
-def write_glass_offsets(path: Optional[Path] = None, size: int = 224, runs: int = 8) -> Path:
-    """Regenerate ``glass_offsets.npz`` (shipped with the package) from the reference."""
-    path = Path(path or Path(__file__).with_name("glass_offsets.npz"))
-    tables = {}
-    for severity in range(1, 6):
-        offsets, probs = glass_offset_table(severity, size, runs)
-        tables[f"offsets_{severity}"], tables[f"probs_{severity}"] = offsets, probs
-    np.savez_compressed(path, **tables)
-    return path

@@ -29,7 +29,7 @@ glass_blur         statistical only            the reference swaps pixels in a s
                                                each swap depending on all earlier ones; here
                                                every pixel reads its source at an offset drawn
                                                from the offsets that scan produces, tabulated in
-                                               ``glass_offsets.npz`` (``reference.write_glass_offsets``),
+                                               ``glass_offsets.npz`` (``reference.glass_offset_table``),
                                                all pixels at once (pixels may repeat: a gather,
                                                not a permutation)
 motion_blur        near-exact given the angle  -

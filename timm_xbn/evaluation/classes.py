@@ -8,7 +8,9 @@ order; otherwise the folders are numbered in (natural) sorted order, as timm's I
 from pathlib import Path
 from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Union
 
-__all__ = ["ClassMapSource", "ClassMapping", "class_folders", "match_classes", "resolve_class_map"]
+from ..utils.errors import UserError
+
+__all__ = ["ClassMapSource", "ClassMapping", "class_folders", "match_classes"]
 
 ClassMapSource = Union[str, Path, Mapping[str, int], None]
 
@@ -42,7 +44,7 @@ def _load_class_map(class_map: Union[str, Path, Mapping[str, int]]) -> Dict[str,
     if not path.is_file():
         raise FileNotFoundError(f"class map file not found: {path}")
     if path.suffix.lower() != ".txt":
-        raise ValueError(f"class map must be a .txt file with one class name per line, got {path.name}")
+        raise UserError(f"class map must be a .txt file with one class name per line, got {path.name}")
     return load_class_map(str(path))
 
 
@@ -65,7 +67,7 @@ def match_classes(class_names: Sequence[str], num_classes: Optional[int], class_
         given = _load_class_map(class_map)
         unmapped = [n for n in names if n not in given]
         if unmapped:
-            raise ValueError(f"{len(unmapped)} class folders of {where} are not in the class map, e.g. {unmapped[:5]}")
+            raise UserError(f"{len(unmapped)} class folders of {where} are not in the class map, e.g. {unmapped[:5]}")
         mapping, rule = {n: int(given[n]) for n in names}, "class map"
     elif names and all(n.isdigit() for n in names):
         mapping, rule = {n: int(n) for n in names}, "numeric folder names"
@@ -81,12 +83,6 @@ def match_classes(class_names: Sequence[str], num_classes: Optional[int], class_
                        f"{', ...' if len(names) > 3 else ''}). If they are other classes, pass --class-map "
                        "(one folder name per line, in model index order) or name the folders by class index")
     if num_classes is not None and max(mapping.values(), default=-1) >= num_classes:
-        raise ValueError(f"{where} has {len(names)} classes mapped up to index {max(mapping.values())} "
-                         f"({rule}), but the model has only {num_classes} outputs (pass --class-map, or set num_classes)")
+        raise UserError(f"{where} has {len(names)} classes mapped up to index {max(mapping.values())} "
+                        f"({rule}), but the model has only {num_classes} outputs (pass --class-map, or set num_classes)")
     return ClassMapping(mapping, rule, warning)
-
-
-def resolve_class_map(class_names: Sequence[str], num_classes: Optional[int],
-                      class_map: ClassMapSource = None) -> Dict[str, int]:
-    """Class folder name -> model class index (``match_classes`` without the rule and warning)."""
-    return match_classes(class_names, num_classes, class_map).mapping

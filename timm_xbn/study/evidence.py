@@ -18,10 +18,9 @@ from typing import List, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "VERDICTS", "Effect", "paired_effect", "combine_verdicts"]
+__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "combine_verdicts"]
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "HOLDS", "CONTRADICTED", "INCONCLUSIVE"
-VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
 CONFIDENCE = 0.95
 
 

@@ -204,7 +204,8 @@ def convert(
 
     Returns:
         ``(model, replaced)``: the converted model (with ``model.xbn_cfg``) and one
-        ``Replacement`` per swapped norm.
+        ``Replacement`` per swapped norm. A converted *trained* network keeps its accuracy once its new
+        norms are fitted to the BNs they replace: ``timm_xbn.calibrate(converted, model, images)``.
     """
     cfg = XBNConfig(parse_position(position), int(every), bfn.lower(), groups, channels_per_group, affine, bool(stem))
     if cfg.every < 1:

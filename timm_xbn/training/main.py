@@ -2,22 +2,17 @@
 import sys
 from typing import Optional, Sequence
 
-import typer
-
-from ..utils.errors import USER_ERRORS
+from ..utils.errors import command_errors
 
 __all__ = ["main"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse train.py-style arguments and train; errors in the options print one red line and return 2."""
+    """Parse train.py-style arguments and train. Bad options or data end in one red line and
+    ``SystemExit(2)``, Ctrl-C in ``SystemExit(130)`` (``timm_xbn.utils.errors.command_errors``)."""
     from .args import build_args
     from .engine import train
 
-    try:
-        args = build_args(argv=sys.argv[1:] if argv is None else argv)
-        train(args)
-    except USER_ERRORS as err:
-        typer.secho(f"error: {err}", fg="red", err=True)
-        return 2
+    with command_errors():
+        train(build_args(argv=sys.argv[1:] if argv is None else argv))
     return 0

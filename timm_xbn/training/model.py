@@ -6,10 +6,11 @@ import timm
 import torch.nn as nn
 from timm.data import resolve_data_config
 
-from ..calibration import calibration_batches, convert
+from ..calibration import calibrate, calibration_batches
 from ..layers import paper_affine
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
 from ..models.pretrained import check_pretrained
+from ..surgery import convert
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
 
@@ -82,7 +83,10 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
         if args.calibrate:  # the images the trainer evaluates on: its data config, not the model's default
             images = calibration_batches(args.calibrate, model, args.calib_images, workers=args.workers,
                                         data_config=resolve_data_config(vars(args), model=model, verbose=False))
-        model = convert(model, inplace=True, calibrate=images, progress=getattr(args, "rank", 0) == 0, **surgery).model
+        converted = convert(model, **surgery).model  # a copy: the BN model is what calibration fits to
+        if images is not None:
+            calibrate(converted, model, images, inplace=True, progress=getattr(args, "rank", 0) == 0)
+        model = converted
     if args.initial_checkpoint:
         load_weights(model, args.initial_checkpoint)
     if args.head_init_scale is not None or args.head_init_bias is not None:
