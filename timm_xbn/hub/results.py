@@ -6,7 +6,7 @@ malformed or unknown file fails before anything is written or uploaded.
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple, Union
 
 from ..evaluation.results import NUMBER, OPTIONAL_NUMBER, shape_error
 from ..evaluation.store import legacy_layout
@@ -67,7 +67,26 @@ def _load_one(path: Path) -> ResultsFile:
     error = shape_error(data, _SHAPES[kind])
     if error:
         raise ValueError(f"{path} ({kind} results) does not have the shape xbn-train / xbn-eval write: {error}")
+    for where, value in _percentages(kind, data):
+        if value is not None and not 0 <= value <= 100:
+            raise ValueError(f"{path} ({kind} results): {where} is {value}, not a percentage in [0, 100]")
     return ResultsFile(path=path, kind=kind, data=data)
+
+
+def _percentages(kind: str, data: Mapping[str, Any]) -> Iterator[Tuple[str, Any]]:
+    """Every accuracy / error (%) a card reads from a results file of ``kind``, with where it sits (CE and mCE
+    are ratios to AlexNet's errors, not percentages, and may pass 100)."""
+    if kind == "train":
+        yield from (("val_top1", data["val_top1"]), ("val_top5", data["val_top5"]))
+    elif kind == "corruption":
+        yield "clean_error", data["clean_error"]
+        yield from ((f"errors.{c}.{s}", v) for c, sev in data["errors"].items() for s, v in sev.items())
+    elif kind in ("robustness", "adabn"):
+        for label, entry in data["models"].items():
+            keys = ("clean_top1",) if kind == "robustness" else ("before_top1", "after_top1")
+            yield from ((f"models.{label}.{k}", entry[k]) for k in keys)
+            for delta, d in entry.get("deltas", {}).items():
+                yield from ((f"models.{label}.deltas.{delta}.{k}", d[k]) for k in ("mean", "std"))
 
 
 def load_results(paths: Iterable[Union[str, Path]]) -> List[ResultsFile]:
