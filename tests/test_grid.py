@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from test_evaluation import CLASSES, bn_buffers, make_model
 from timm_xbn.evaluation import Cell, ResultsStore, accuracy_from_counts, legacy_layout, topk_correct
+from timm_xbn.evaluation.metrics import score_batch
 from timm_xbn.grid import GridRunner, Unit, canonical_method, evaluate_robustness, method_predictor, perturbation_spec
 from timm_xbn.grid.methods import parse_perturbation
 from timm_xbn.hub.results import load_results as load_card_results
@@ -27,6 +28,12 @@ def plain_top1(model: nn.Module, data) -> float:
     return accuracy_from_counts(counts)["top1"]
 
 
+def plain_scores(model: nn.Module, data) -> list:
+    """The summed scores (counts and calibration sums) of ``model`` over ``data``, batch by batch."""
+    with torch.no_grad():
+        return sum(score_batch(model(b.images), b.targets) for b in data.loader()).tolist()
+
+
 def store_of(tmp_path, sha="a", **run):
     return ResultsStore("adapt", {"dataset": "d", **run}, {"m": {"weights_sha1": sha}}, tmp_path, "grid.json")
 
@@ -40,15 +47,15 @@ def test_every_statistics_method_equals_its_independent_computation(model_and_da
     GridRunner({"m": model}, methods, store, targets={"m": ["layer1.0.bn1", "layer2.0.bn1"]}).run([Unit("u", data)])
     batches = [b.images for b in data.loader()]
     expected = {
-        "source": plain_top1(model, data),
-        "norm": plain_top1(recalibrate(model, batches, mode="full"), data),
-        "mix:8": plain_top1(recalibrate(model, batches, mode="mix", prior=8.0), data),
-        "batch": plain_top1(recalibrate(model, mode="batch"), data),
+        "source": plain_scores(model, data),
+        "norm": plain_scores(recalibrate(model, batches, mode="full"), data),
+        "mix:8": plain_scores(recalibrate(model, batches, mode="mix", prior=8.0), data),
+        "batch": plain_scores(recalibrate(model, mode="batch"), data),
     }
     with perturb_bn_stats(model, 0.9, 1, ["layer1.0.bn1", "layer2.0.bn1"]):
-        expected["perturb:0.9,1"] = plain_top1(model, data)
-    assert {m: store.get("m", m, "u")["top1"] for m in methods} == expected
-    assert len(set(expected.values())) >= 2  # the methods really differ on this model
+        expected["perturb:0.9,1"] = plain_scores(model, data)
+    assert {m: store.get("m", m, "u")["scores"] for m in methods} == expected  # counts and calibration sums
+    assert len({tuple(v) for v in expected.values()}) == len(methods)  # every method really differs here
     assert all(torch.equal(before[n], v) for n, v in bn_buffers(model).items())  # the caller's model untouched
 
 
@@ -85,6 +92,10 @@ def test_resume_runs_only_the_cells_not_stored_and_refuses_another_run(model_and
         store_of(tmp_path, sha="b")
     with pytest.raises(ValueError, match=r"holds results for order=None, this run has order='shuffle'"):
         store_of(tmp_path, order="shuffle")  # a field added to the run is a different run too
+    shuffled = store_of(tmp_path / "b", order="shuffle")
+    shuffled.write(shuffled.document({}, {}))
+    with pytest.raises(ValueError, match=r"holds results for order='shuffle', this run has order=None"):
+        store_of(tmp_path / "b")  # and so is a field the stored run has and this one lacks
 
 
 def test_a_file_of_the_0_1_layout_is_not_resumed_but_still_read(tmp_path):
