@@ -88,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--img-size", dest="size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("-b", "--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the reference uses one process)")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))

