@@ -86,7 +86,8 @@ def convert(
         raise ValueError(f"--output {output} already holds an export ({', '.join(existing)}); pass --overwrite to replace it, "
                          "or give another folder")
     given = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
-    inputs = {**(recorded_input_settings(checkpoint) if input_config is None else {}),
+    recorded = checkpoint or (model if model.startswith("local-dir:") else None)
+    inputs = {**(recorded_input_settings(recorded) if input_config is None else {}),
               **{k: v for k, v in given.items() if v is not None}}
     with claim_output_dir(output, "--output"), reword(_REESTIMATE_FLAGS):
         if authors is not None:
