@@ -70,6 +70,10 @@ def translate_argv(args: Sequence[str], renames: Mapping[str, str],
     out: List[str] = []
     value_of: Optional[Mapping[str, str]] = None  # the previous token was an option with renamed values
     for i, token in enumerate(args):
+        if not isinstance(token, str):  # the API's callers (CliRunner in tests) may pass paths and numbers
+            out.append(token)
+            value_of = None
+            continue
         if token == "--":
             return out + list(args[i:])
         if value_of is not None and token in value_of:
