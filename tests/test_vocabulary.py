@@ -202,3 +202,13 @@ def test_translate_argv_forms():
 def test_docs_table_of_renamed_flags_is_current():
     docs = (Path(__file__).resolve().parent.parent / "docs" / "commands.md").read_text()
     assert renames_table() in docs
+
+
+def test_xbn_train_takes_json_model_kwargs_as_well_as_timms_key_value_form():
+    from timm_xbn.training.args import create_parser
+
+    parser = create_parser()
+    timm_form = parser.parse_args(["--model-kwargs", "stem_width=8", "channels=[8,16,32,64]"]).model_kwargs
+    assert parser.parse_args(["--model-kwargs", '{"stem_width": 8, "channels": [8, 16, 32, 64]}']).model_kwargs == timm_form
+    with pytest.raises(ValueError, match="JSON object or key=value"):
+        parser.parse_args(["--model-kwargs", '{"stem_width": 8'])
