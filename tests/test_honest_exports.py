@@ -86,6 +86,8 @@ def test_push_writes_the_given_inputs_into_config_and_card_and_no_tag(tmp_path, 
     assert "tag" not in cfg
     card = (folder / "README.md").read_text()
     assert "3×32×32" in card and "224" not in card
+    assert "| Normalization | mean (0.29, 0.29, 0.29), std (0.35, 0.35, 0.35) |" in card
+    assert "| Center crop | 1 (" in card and "| Pretrained tag | none" in card
     assert {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()} == dict.fromkeys(
         ["model.safetensors", "config.json", "README.md"], umask_027)
 
