@@ -81,7 +81,7 @@ TARGETS: Dict[str, Target] = {t.name: t for t in (
                    {"study/claims.csv": "study/claims.csv", **{f"study/{f}": f"study/{f}" for f in STUDY_FIGURES}}),),
            "65-100 min on 2 cores (7,200-9,700 CPU-s); resumes from {work}/study"),
     Target("study_2threads", ("study/summary_2threads.txt",),
-           (_study("study_2threads", "--workers 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
+           (_study("study_2threads", "--jobs 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
     Target("study_compare", ("study/compare_1_vs_2_threads.txt",),
            (Step("xbn-eval study-compare {work}/study {work}/study_2threads", "", stdout="study/compare_1_vs_2_threads.txt"),),
            "reads the results of the study and study_2threads targets (same --work)"),
