@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 from typing import List, Tuple
 
-import pytest
 from typer.testing import CliRunner
 
 from timm_xbn import cli

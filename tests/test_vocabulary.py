@@ -11,7 +11,7 @@ import typer.main
 
 from timm_xbn import cli
 from timm_xbn.commands import options
-from timm_xbn.commands.vocabulary import RENAMED, VALUE_RENAMES, VOCABULARY, renames_table, translate_argv
+from timm_xbn.commands.vocabulary import RENAMED, VOCABULARY, renames_table, translate_argv
 
 BENCHMARKS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py")
                     if p.stem not in ("__init__",))
