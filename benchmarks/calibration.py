@@ -34,6 +34,7 @@ from timm.models.regnet import RegNet, RegNetCfg
 
 import timm_xbn
 from timm_xbn.calibration import REESTIMATE_CHOICES, reestimate_bns
+from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
@@ -243,9 +244,9 @@ def _verdict_word(verdict: str) -> str:
 def main(argv: Optional[List[str]] = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a smoke run of seconds (2 seeds, 2 conversions, tiny training)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("-o", "--output", dest="out", type=Path, default=None,
                         help=f"folder for {OUTPUT_NAME} and calibration.json (default: docs/, with --tiny xbn_results/calibration_tiny)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_argv(sys.argv[1:] if argv is None else argv, RENAMED["benchmarks/calibration.py"]))
     setting = TINY if args.tiny else FULL
     if args.out is None:  # a smoke run never overwrites the documented table
         args.out = Path("xbn_results/calibration_tiny") if args.tiny else Path(__file__).resolve().parent.parent / "docs"

@@ -18,6 +18,7 @@ and one elementwise pass cost torch on this CPU, per image, and what the per-cor
     python benchmarks/corruptions.py --tiny                   # seconds (the test; numbers meaningless)
 """
 import argparse
+import sys
 import time
 from typing import List, Optional, Sequence
 
@@ -26,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch, corrupt_reference
 from timm_xbn.corruptions.agreement import real_images
 from timm_xbn.corruptions.torch_ops import Draws
@@ -85,14 +87,14 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     """Print the table; return its rows (the total last, named ``all``) with the numbers unformatted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", dest="size", type=int, default=224)
+    parser.add_argument("-b", "--batch-size", type=int, default=16)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the reference uses one process)")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
     parser.add_argument("--repeats", type=int, default=1, help="best of N timings, both sides (for a busy machine)")
     parser.add_argument("--tiny", action="store_true", help="2 photos of 64 px, 3 corruptions (the test)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_argv(sys.argv[1:] if argv is None else argv, RENAMED["benchmarks/corruptions.py"]))
     if args.tiny:
         args.images, args.size, args.batch_size, args.corruptions = 2, 64, 2, "gaussian_noise,contrast,jpeg_compression"
     torch.set_num_threads(args.threads)

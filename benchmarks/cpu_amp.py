@@ -7,6 +7,7 @@ Why the recipes tell timm's train.py users on a CPU to add ``--amp-dtype bfloat1
     python benchmarks/cpu_amp.py --tiny          # seconds (the test; numbers meaningless)
 """
 import argparse
+import sys
 import time
 from contextlib import nullcontext
 from typing import List, Optional, Sequence
@@ -15,6 +16,7 @@ import timm
 import torch
 
 import timm_xbn  # noqa: F401  (registers the xbn_* models)
+from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 
 
 def step_seconds(model, optimizer, x, y, dtype) -> float:
@@ -33,11 +35,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     """Print the table; return its rows with the numbers unformatted."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("-b", "--batch-size", dest="batch", type=int, default=4)
+    parser.add_argument("--img-size", dest="size", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="batch 2 at 32 px, one timing (the test)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_argv(sys.argv[1:] if argv is None else argv, RENAMED["benchmarks/cpu_amp.py"]))
     if args.tiny:
         args.batch, args.size, args.repeats = 2, 32, 1
     torch.set_num_threads(args.threads)

@@ -31,8 +31,8 @@ section, so a killed run keeps what it measured.
 
 The smokes' generated data and outputs stay in ``<out>_files/`` beside the JSON.
 
-    python benchmarks/device_check.py --out device_check.json                 # one GPU, <= 10 min
-    python benchmarks/device_check.py --device cpu --tiny --out /tmp/dc.json  # CPU mode (the test)
+    python benchmarks/device_check.py -o device_check.json                    # one GPU, <= 10 min
+    python benchmarks/device_check.py --device cpu --tiny -o /tmp/dc.json     # CPU mode (the test)
 """
 import argparse
 import json
@@ -55,6 +55,7 @@ from rich.console import Console
 from rich.table import Table
 
 import timm_xbn
+from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 from timm_xbn.corruptions import CORRUPTIONS
 from timm_xbn.corruptions.agreement import real_images
 from timm_xbn.models import XBN_VARIANTS
@@ -326,7 +327,7 @@ def section_study(args: argparse.Namespace, budget: Budget, record: Dict[str, An
     device = "cuda" if args.device.startswith("cuda") else "cpu"
     job: Dict[str, Any] = {}
     record["network_job"] = job
-    run_budgeted([sys.executable, __file__, "--study-job", "--device", device, "--out", str(args.work / "study_job.json")]
+    run_budgeted([sys.executable, __file__, "--study-job", "--device", device, "--output", str(args.work / "study_job.json")]
               + (["--tiny"] if args.tiny else []), budget, job, env=_one_thread())
     job.update(json.loads((args.work / "study_job.json").read_text()))
     quick: Dict[str, Any] = {}
@@ -436,12 +437,12 @@ def print_report(report: Dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", type=Path, default=Path("device_check.json"))
+    parser.add_argument("-o", "--output", dest="out", type=Path, default=Path("device_check.json"))
     parser.add_argument("--tiny", action="store_true", help="tiny sizes for a CPU run in seconds (the test)")
     parser.add_argument("--models", nargs="+", default=PAIRS, help="XBN variants, each against its base")
     parser.add_argument("--amp", nargs="+", choices=sorted(AMP), default=None, help="AMP settings (default: off bf16 fp16)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (AMP + channels_last)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("-b", "--batch-size", type=int, default=128)
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
@@ -457,7 +458,7 @@ def main() -> None:
                         help=f"seconds per section: {' '.join(SECTIONS)}")
     parser.add_argument("--collective-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--study-job", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(translate_argv(sys.argv[1:], RENAMED["benchmarks/device_check.py"]))
     if args.collective_worker:
         return collective_worker(args.device)
     if args.study_job:

@@ -8,7 +8,7 @@ for a check that the pipeline still works: use it with ``--out`` somewhere else 
 
     python -m benchmarks.regenerate --list                     # the targets, their files and commands
     python -m benchmarks.regenerate --only tta                 # docs/tta at this commit (~15 CPU-min)
-    python -m benchmarks.regenerate --tiny --out /tmp/docs     # every target, tiny, into /tmp/docs
+    python -m benchmarks.regenerate --tiny -o /tmp/docs        # every target, tiny, into /tmp/docs
 """
 import argparse
 import shlex
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 from timm_xbn.utils.provenance import provenance, read_provenance, stamp
 from timm_xbn.utils.files import write_text_atomic
 
@@ -74,13 +75,13 @@ TARGETS: Dict[str, Target] = {t.name: t for t in (
     Target("tta", ("tta/tta_demo.json", "tta/tta_demo.md", "tta/tta_demo.png"),
            (Step("python benchmarks/tta_demo.py -o {out}/tta", "--tiny"),)),
     Target("calibration", ("calibration.md", "calibration.json"),
-           (Step("python benchmarks/calibration.py --out {out}", "--tiny"),)),
+           (Step("python benchmarks/calibration.py --output {out}", "--tiny"),)),
     Target("study", ("study/summary.txt", "study/claims.csv", *(f"study/{f}" for f in STUDY_FIGURES)),
            (_study("study", "", "study/summary.txt",
                    {"study/claims.csv": "study/claims.csv", **{f"study/{f}": f"study/{f}" for f in STUDY_FIGURES}}),),
            "65-100 min on 2 cores (7,200-9,700 CPU-s); resumes from {work}/study"),
     Target("study_2threads", ("study/summary_2threads.txt",),
-           (_study("study_2threads", "--workers 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
+           (_study("study_2threads", "--jobs 1 --threads 2 ", "study/summary_2threads.txt", {}),)),
     Target("study_compare", ("study/compare_1_vs_2_threads.txt",),
            (Step("xbn-eval study-compare {work}/study {work}/study_2threads", "", stdout="study/compare_1_vs_2_threads.txt"),),
            "reads the results of the study and study_2threads targets (same --work)"),
@@ -125,16 +126,16 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(TARGETS), help="this target only (repeatable)")
     parser.add_argument("--tiny", action="store_true", help="each command's smoke mode (use with --out elsewhere)")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="the docs folder (default: the repository's)")
+    parser.add_argument("-o", "--output", dest="out", type=Path, default=ROOT / "docs", help="the docs folder (default: the repository's)")
     parser.add_argument("--work", type=Path, default=ROOT / "xbn_results" / "regenerate", help="scratch results")
     parser.add_argument("--list", action="store_true", help="list the targets and their commands, run nothing")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(translate_argv(sys.argv[1:] if argv is None else argv, RENAMED["benchmarks/regenerate.py"]))
     names = args.only or [n for n, t in TARGETS.items() if t.steps]
     if args.list:
         print("\n".join(describe(TARGETS[n]) for n in (args.only or TARGETS)))
         return []
     if args.tiny and args.out.resolve() == (ROOT / "docs").resolve():
-        parser.error("--tiny would overwrite docs/ with meaningless numbers: give --out another folder")
+        parser.error("--tiny would overwrite docs/ with meaningless numbers: give --output another folder")
     written = []
     for name in names:
         written += run_target(TARGETS[name], args.out.resolve(), args.work.resolve(), args.tiny)

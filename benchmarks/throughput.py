@@ -89,7 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["xbn_resnet50", "xbn_resnet50_d2", "xbn_resnet50_in"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("-b", "--batch-size", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=160)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="steps per timed round")

@@ -209,7 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-samples", type=int, default=6000)
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--test-samples", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("-b", "--batch-size", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (at least 2 for an interval)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the data subsets, the order and the corruptions")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))

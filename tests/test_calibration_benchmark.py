@@ -30,9 +30,9 @@ def _synthetic_fashion_mnist() -> StudyData:
 
 def test_tiny_mode_writes_a_well_formed_table(script, tmp_path, monkeypatch):
     monkeypatch.setattr(script, "load_fashion_mnist", _synthetic_fashion_mnist)
-    page = script.main(["--tiny", "--out", str(tmp_path)]).read_text()
+    page = script.main(["--tiny", "--output", str(tmp_path)]).read_text()
     lines = page.splitlines()
-    assert read_provenance(tmp_path / "calibration.md")["command"].startswith("python benchmarks/calibration.py --tiny --out ")
+    assert read_provenance(tmp_path / "calibration.md")["command"].startswith("python benchmarks/calibration.py --tiny --output ")
     assert read_provenance(tmp_path / "calibration.json") == read_provenance(tmp_path / "calibration.md")
     assert "CPU-seconds, 1 torch thread" in lines[1]
     data = json.loads((tmp_path / "calibration.json").read_text())

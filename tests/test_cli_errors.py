@@ -121,10 +121,10 @@ def test_corruption_results_file_of_the_wrong_shape(setup):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["resnet18", "--out", "a_file"], "--out a_file is a file; give a folder"),
-    (["resnet18", "--out", "a_file/sub"], "--out a_file/sub is not writable: Not a directory"),
-    (["resnet18", "--checkpoint", "notes.txt", "--out", "new"], "--checkpoint notes.txt is neither a .safetensors file"),
-    (["resnet50", "--authors", "notes.txt", "--out", "new"], "--authors notes.txt is neither a .safetensors file"),
+    (["resnet18", "--output", "a_file"], "--output a_file is a file; give a folder"),
+    (["resnet18", "--output", "a_file/sub"], "--output a_file/sub is not writable: Not a directory"),
+    (["resnet18", "--checkpoint", "notes.txt", "--output", "new"], "--checkpoint notes.txt is neither a .safetensors file"),
+    (["resnet50", "--authors", "notes.txt", "--output", "new"], "--authors notes.txt is neither a .safetensors file"),
 ])
 def test_convert_errors(setup, args, message):
     assert_one_line_error(run(convert_app, args), message)
@@ -132,7 +132,7 @@ def test_convert_errors(setup, args, message):
 
 
 def test_convert_failing_after_the_output_check_leaves_no_empty_folder(setup):
-    result = run(convert_app, ["convnext_atto", "--out", "new"])  # no BatchNorm: fails after the folder was made
+    result = run(convert_app, ["convnext_atto", "--output", "new"])  # no BatchNorm: fails after the folder was made
     assert result.exit_code == 2 and "no BatchNorm" in result.stderr
     assert not (setup / "new").exists()
 
@@ -151,7 +151,7 @@ def test_hub_push_results_of_the_wrong_inner_shape_write_nothing(setup):
 
 @pytest.mark.parametrize("args, message", [
     (["info", "./missing_folder"], "no local folder ./missing_folder, and it is not a Hub repo id ORG/NAME either"),
-    (["pull", "me/model", "--out", "a_file"], "--out a_file is a file; give a folder"),
+    (["pull", "me/model", "--output", "a_file"], "--output a_file is a file; give a folder"),
     (["push", "--model", "resnet18", "--checkpoint", "notes.txt", "--repo-id", "me/r18", "--dry-run", "repo"],
      "--checkpoint notes.txt is neither a .safetensors file"),
 ])

@@ -127,4 +127,4 @@ def test_cli_commands_share_the_order_and_record_it(image_folder, tmp_path):
                                               "-o", tmp_path / "b")
     assert json.loads((tmp_path / "b" / "adabn.json").read_text())["run"]["order_seed"] == 2
     result = CliRunner().invoke(eval_app, ["corruption", *common, *on_the_fly, "--order", "sorted", "-o", str(tmp_path / "x")])
-    assert result.exit_code == 2 and result.stderr == "error: --order must be one of shuffle, folder, got 'sorted'\n"
+    assert result.exit_code == 2 and "'sorted' is not one of" in result.stderr

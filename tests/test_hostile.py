@@ -352,13 +352,13 @@ def test_clean_error_outside_0_to_100_is_refused(image_folder, tmp_path, monkeyp
 
 def test_convert_onto_an_existing_export_needs_overwrite(tmp_path):
     out = tmp_path / "export"
-    args = ["resnet26", "--model-kwargs", TINY_R26, "--groups", "4", "--out", str(out)]
+    args = ["resnet26", "--model-kwargs", TINY_R26, "--groups", "4", "--output", str(out)]
     assert runner.invoke(convert_app, args).exit_code == 0
     before = {name: (out / name).read_bytes() for name in _listing(out)}
-    line = _error_line(runner.invoke(convert_app, args[:-2] + ["--every", "2", "--out", str(out)]))
-    assert f"--out {out} already holds an export (model.safetensors, config.json); pass --overwrite" in line
+    line = _error_line(runner.invoke(convert_app, args[:-2] + ["--every", "2", "--output", str(out)]))
+    assert f"--output {out} already holds an export (model.safetensors, config.json); pass --overwrite" in line
     assert {name: (out / name).read_bytes() for name in _listing(out)} == before
-    assert runner.invoke(convert_app, args[:-2] + ["--every", "2", "--out", str(out), "--overwrite"]).exit_code == 0
+    assert runner.invoke(convert_app, args[:-2] + ["--every", "2", "--output", str(out), "--overwrite"]).exit_code == 0
     assert json.loads((out / "config.json").read_text())["model_args"]["every"] == 2
     assert _listing(out) == sorted(before)  # no staging folder left
 
@@ -386,7 +386,7 @@ def test_offline_pretrained_and_hub_info_fail_in_one_line(image_folder, tmp_path
     assert "HF_HUB_OFFLINE is set. Use local weights instead: --checkpoint FILE" in line
     line = _error_line(runner.invoke(hub_app, ["info", "someone/model"]))
     assert line == ("error: cannot read someone/model from the Hub: the repo is not in the local Hub cache and "
-                    "HF_HUB_OFFLINE is set; pull it once online (xbn-hub pull someone/model --out DIR) and run "
+                    "HF_HUB_OFFLINE is set; pull it once online (xbn-hub pull someone/model -o DIR) and run "
                     "xbn-hub info DIR")
     script = tmp_path / "validate.py"
     script.write_text("raise SystemExit('validate.py ran')\n")

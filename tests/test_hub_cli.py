@@ -67,7 +67,7 @@ def test_cli_push_errors_are_one_line(args, message, tmp_path: Path, converted_c
 
 
 def test_cli_pull_and_info_reject_bad_repo_ids(tmp_path: Path) -> None:
-    result = runner.invoke(hub_app, ["pull", "a/b/c", "--out", str(tmp_path / "x")])
+    result = runner.invoke(hub_app, ["pull", "a/b/c", "--output", str(tmp_path / "x")])
     assert result.exit_code == 2 and "invalid repo id" in result.stderr
     assert not (tmp_path / "x").exists()
     result = runner.invoke(hub_app, ["info", "not a repo"])  # neither a folder nor an id

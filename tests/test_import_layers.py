@@ -35,6 +35,7 @@ FLOORS = (
     "training",     # train.py-compatible training
     "study",        # the CPU study (trains with training's checkpoint writer)
     "hub",          # model cards and Hub publishing
+    "examples",     # the example data set and checkpoints the README runs on
     "__init__",
     "commands",     # one module per CLI app, with the shared options
     "cli",

@@ -43,7 +43,7 @@ _WRITER = "import pathlib, sys; pathlib.Path(sys.argv[1]).mkdir(parents=True, ex
 def test_steps_copy_capture_and_stamp_their_files(tmp_path, monkeypatch):
     step = Step(f"python -c \"{_WRITER}\" {{work}}/run", "small", copies={"run/r.csv": "x/r.csv"}, stdout="x/out.txt")
     monkeypatch.setitem(regenerate.TARGETS, "fake", Target("fake", ("x/r.csv", "x/out.txt"), (step,)))
-    written = regenerate.main(["--only", "fake", "--tiny", "--out", str(tmp_path / "docs"), "--work", str(tmp_path / "w")])
+    written = regenerate.main(["--only", "fake", "--tiny", "--output", str(tmp_path / "docs"), "--work", str(tmp_path / "w")])
     assert written == [tmp_path / "docs/x/r.csv", tmp_path / "docs/x/out.txt"]
     csv_lines = written[0].read_text().splitlines()
     assert csv_lines[0].startswith("# Written by `python -c ") and csv_lines[1:] == ["a,b", "1,2"]
@@ -56,7 +56,7 @@ def test_a_target_that_leaves_a_file_unwritten_fails(tmp_path, monkeypatch):
     step = Step(f"python -c \"{_WRITER}\" {{work}}/run", "", copies={"run/r.csv": "x/r.csv"})
     monkeypatch.setitem(regenerate.TARGETS, "fake", Target("fake", ("x/r.csv", "x/missing.png"), (step,)))
     with pytest.raises(SystemExit, match="x/missing.png"):
-        regenerate.main(["--only", "fake", "--out", str(tmp_path / "docs"), "--work", str(tmp_path / "w")])
+        regenerate.main(["--only", "fake", "--output", str(tmp_path / "docs"), "--work", str(tmp_path / "w")])
 
 
 def test_committed_docs_files_name_their_command_commit_and_machine():

@@ -210,7 +210,7 @@ def test_xbn_convert_cli_round_trip(tmp_path):
     out = tmp_path / "out"
     result = CliRunner().invoke(convert_app, [
         "regnety_016", "--checkpoint", str(tmp_path / "base.safetensors"), "--groups", "8", "--every", "2",
-        "--model-kwargs", '{"num_classes": 3}', "--out", str(out)])
+        "--model-kwargs", '{"num_classes": 3}', "--output", str(out)])
     assert result.exit_code == 0, result.output
     expected, _ = timm_xbn.convert(base, every=2, groups=8)
     reloaded = load_exported(out).eval()
@@ -219,11 +219,11 @@ def test_xbn_convert_cli_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["resnet5"], "unknown model 'resnet5'; did you mean: resnet50"),
-    (["resnet18", "--position", "P4"], "position must be P1, P2 or P3"),
-    (["convnext_atto"], "no BatchNorm layers"),
-    (["resnet18", "--checkpoint", "missing.safetensors"], "checkpoint not found"),
-    (["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32"], "layer4.0.bn3 gets 1x1 maps at input size 32x32"),
+    (["resnet5", "--output", "x"], "unknown model 'resnet5'; did you mean: resnet50"),
+    (["resnet18", "--position", "P4", "--output", "x"], "position must be P1, P2 or P3"),
+    (["convnext_atto", "--output", "x"], "no BatchNorm layers"),
+    (["resnet18", "--checkpoint", "missing.safetensors", "--output", "x"], "checkpoint not found"),
+    (["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32", "--output", "x"], "layer4.0.bn3 gets 1x1 maps at input size 32x32"),
 ])
 def test_xbn_convert_cli_errors(tmp_path, args, message):
     result = CliRunner().invoke(convert_app, args + ["--out", str(tmp_path / "x")])
@@ -291,7 +291,7 @@ def test_convert_num_classes_gives_a_fresh_head_that_train_py_initial_checkpoint
     save_file(bn.state_dict(), str(tmp_path / "bn.safetensors"))
     kwargs = '{"layers": [1, 1, 1, 1], "channels": [8, 16, 32, 64], "stem_width": 8}'
     result = CliRunner().invoke(convert_app, ["resnet26", "--checkpoint", str(tmp_path / "bn.safetensors"), "--model-kwargs", kwargs,
-                                              "--num-classes", "5", "--out", str(tmp_path / "conv")])
+                                              "--num-classes", "5", "--output", str(tmp_path / "conv")])
     assert result.exit_code == 0, result.output
     exported = load_exported(tmp_path / "conv")
     assert exported.get_classifier().out_features == 5 and exported.num_classes == 5

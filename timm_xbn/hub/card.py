@@ -104,6 +104,10 @@ def _summary(model: nn.Module, architecture: str, config: Dict[str, Any]) -> str
     )
 
 
+def _numbers(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
 def _architecture(model: nn.Module, architecture: str, config: Dict[str, Any]) -> str:
     model_args = config.get("model_args", {})
     cfg = getattr(model, "xbn_cfg", None)
@@ -131,8 +135,15 @@ def _architecture(model: nn.Module, architecture: str, config: Dict[str, Any]) -
         ("Parameters", f"{params / 1e6:.2f} M"),
         ("Classes", str(config.get("num_classes"))),
     ]
+    pretrained_cfg = config.get("pretrained_cfg", {})
     if input_size:
         rows.append(("Input size", "×".join(map(str, input_size))))
+    if pretrained_cfg.get("mean") and pretrained_cfg.get("std"):
+        rows.append(("Normalization", f"mean {_numbers(pretrained_cfg['mean'])}, std {_numbers(pretrained_cfg['std'])}"))
+    if pretrained_cfg.get("crop_pct"):
+        rows.append(("Center crop", f"{pretrained_cfg['crop_pct']:g} ({pretrained_cfg.get('interpolation', 'bilinear')} resize)"))
+    rows.append(("Pretrained tag", f"`{pretrained_cfg['tag']}`" if pretrained_cfg.get("tag") else
+                 "none (not one of timm's released weight sets)"))
     table = _table(("", ""), rows)
     args = json.dumps(model_args, indent=2, sort_keys=True)
     return f"{table}\n\n`config.json` rebuilds it with `timm.create_model(architecture, **model_args)`:\n\n```json\n{args}\n```"

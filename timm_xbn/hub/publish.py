@@ -17,16 +17,20 @@ import torch.nn as nn
 from huggingface_hub import CommitOperationAdd, HfApi, get_token, hf_hub_download, snapshot_download
 from huggingface_hub.utils import validate_repo_id
 
+from ..evaluation import input_data_config
 from ..models import create_model, export_model, load_weights
 from ..models.pretrained import hub_problem
 from ..version import __version__
 from .card import card_results, render_card
 from .results import for_weights, load_results, select_entry
 
-__all__ = ["REPO_FILES", "PushResult", "HubInfo", "check_repo_id", "resolve_token", "build_model",
-           "write_repo_folder", "upload_folder", "push", "pull", "info"]
+__all__ = ["REPO_FILES", "WEIGHTS_KEYS", "PushResult", "HubInfo", "check_repo_id", "resolve_token", "build_model",
+           "recorded_input_settings", "describe_weights", "write_repo_folder", "upload_folder", "push", "pull", "info"]
 
 REPO_FILES = ("model.safetensors", "config.json", "README.md")
+# pretrained_cfg keys that describe one set of released weights (not the architecture): wrong for any other weights
+WEIGHTS_KEYS = ("tag", "hf_hub_id", "hf_hub_filename", "url", "file", "origin_url", "paper_ids", "paper_name", "notes",
+                "source")
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,40 @@ def build_model(model: Union[str, nn.Module], checkpoint: Optional[Union[str, Pa
     return load_weights(copy.deepcopy(model), checkpoint)
 
 
+def recorded_input_settings(checkpoint: Union[str, Path, None]) -> Dict[str, Any]:
+    """The input settings (``img_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation``) recorded beside a
+    checkpoint file or in an export folder: timm's ``config.json`` (its pretrained_cfg, as written by
+    ``xbn-convert`` / ``export_model``) or ``args.yaml`` (written by ``xbn-train`` and timm's train.py); empty when
+    neither is there."""
+    import yaml
+
+    if checkpoint is None:
+        return {}
+    path = Path(str(checkpoint).removeprefix("local-dir:"))
+    folder = path if path.is_dir() else path.parent
+    settings: Dict[str, Any] = {}
+    if (folder / "config.json").is_file():
+        cfg = json.loads((folder / "config.json").read_text()).get("pretrained_cfg", {})
+        settings = dict(cfg, img_size=cfg["input_size"][-1] if cfg.get("input_size") else None)
+    elif (folder / "args.yaml").is_file():
+        args = yaml.safe_load((folder / "args.yaml").read_text()) or {}
+        size = args.get("input_size") or [None]
+        settings = dict(args, img_size=args.get("img_size") or size[-1])
+    keys = ("img_size", "crop_pct", "mean", "std", "interpolation")
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items() if k in keys and v not in (None, "")}
+
+
+def describe_weights(model: nn.Module, tag: Optional[str] = None) -> nn.Module:
+    """Make ``model.pretrained_cfg`` describe the weights it holds: the keys of a released weight set
+    (``WEIGHTS_KEYS``: ``tag`` like ``in1k``, its URL, origin, paper) are dropped, and ``tag`` is set only when
+    given (the weights really are that set, e.g. trained on ImageNet-1k). Changes ``model`` in place."""
+    cfg = {k: v for k, v in dict(model.pretrained_cfg).items() if k not in WEIGHTS_KEYS}
+    if tag:
+        cfg["tag"] = tag
+    model.pretrained_cfg = cfg
+    return model
+
+
 def _check_folder(folder: Path) -> None:
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"--dry-run folder {folder} is a file")
@@ -102,8 +140,10 @@ def write_repo_folder(
     names: Sequence[str] = (),
     license: Optional[str] = None,
     template: Optional[Union[str, Path]] = None,
+    data_config: Optional[Dict[str, Any]] = None,
 ) -> List[str]:
-    """Write the files of the Hub repo (``REPO_FILES``) to ``folder``; returns their names."""
+    """Write the files of the Hub repo (``REPO_FILES``) to ``folder``; returns their names. ``data_config``
+    (input_size, mean, std, crop_pct, interpolation) replaces the model's own in config.json and the card."""
     from ..evaluation.models import weights_sha1
 
     sha1 = weights_sha1(model)
@@ -112,7 +152,7 @@ def write_repo_folder(
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:  # folder is untouched unless all succeed
         staging = Path(tmp)
-        export_model(model, staging)
+        export_model(model, staging, data_config=data_config)
         config = json.loads((staging / "config.json").read_text())
         card = render_card(model, repo_id, config, loaded, names=names, license=license, template=template)
         (staging / "README.md").write_text(card, encoding="utf-8")
@@ -148,6 +188,8 @@ def push(
     commit_message: Optional[str] = None,
     license: Optional[str] = None,
     api: Optional[HfApi] = None,
+    input_settings: Optional[Dict[str, Any]] = None,
+    tag: Optional[str] = None,
 ) -> PushResult:
     """Publish a model with its weights, timm ``config.json`` and a model card built from ``results``.
 
@@ -162,11 +204,20 @@ def push(
         results_name: the name(s) the results files use for this model, when not the model or repo name
             (e.g. an evaluation's ``local-dir:`` name or label).
         api: an ``HfApi`` to upload with (default: one for the Hub endpoint and ``token``).
+        input_settings: ``img_size``, ``crop_pct``, ``mean``, ``std``, ``interpolation`` the weights were trained
+            with, over those recorded beside ``checkpoint`` (``recorded_input_settings``), over the model's defaults.
+        tag: the pretrained tag of the weights (``in1k``: trained on ImageNet-1k), default the part of the repo
+            name after its last ``.`` (timm's ``arch.tag``), else none: a checkpoint's weights are never labelled
+            with the tag of timm's released weights.
     """
     check_repo_id(repo_id)
     if dry_run is not None:
         _check_folder(Path(dry_run))
     built = build_model(model, checkpoint, model_kwargs)
+    repo_name = repo_id.split("/")[1]
+    describe_weights(built, tag if tag is not None else repo_name.rpartition(".")[2] if "." in repo_name else None)
+    given = {k: v for k, v in (input_settings or {}).items() if v is not None}
+    data_config = input_data_config(built, **{**recorded_input_settings(checkpoint), **given})
     architecture = built.pretrained_cfg.get("architecture", type(built).__name__)
     aliases = [results_name] if isinstance(results_name, str) else list(results_name or ())
     names = [n for n in (*aliases, model if isinstance(model, str) else None, architecture, repo_id.split("/")[1]) if n]
@@ -174,12 +225,12 @@ def push(
         select_entry(loaded, names)
     if dry_run is not None:
         folder = Path(dry_run)
-        files = write_repo_folder(built, folder, repo_id, results, names=names, license=license)
+        files = write_repo_folder(built, folder, repo_id, results, names=names, license=license, data_config=data_config)
         return PushResult(repo_id=repo_id, files=files, folder=folder, commit_url=None)
     token = resolve_token(token)
     message = commit_message or f"Add {architecture} weights, config.json and model card (timm-xbn {__version__})"
     with tempfile.TemporaryDirectory() as tmp:
-        files = write_repo_folder(built, tmp, repo_id, results, names=names, license=license)
+        files = write_repo_folder(built, tmp, repo_id, results, names=names, license=license, data_config=data_config)
         commit = upload_folder(tmp, repo_id, token, message, private=private, revision=revision, api=api)
     return PushResult(repo_id=repo_id, files=files, folder=None, commit_url=commit.commit_url)
 
@@ -212,7 +263,7 @@ def info(source: Union[str, Path], revision: Optional[str] = None) -> HubInfo:
         if missing:
             raise FileNotFoundError(f"{folder} is not a Hub model folder: {', '.join(missing)} not found")
     else:
-        _check_reachable(str(source), f"pull it once online (xbn-hub pull {source} --out DIR) and run xbn-hub info DIR")
+        _check_reachable(str(source), f"pull it once online (xbn-hub pull {source} -o DIR) and run xbn-hub info DIR")
         files = {name: Path(hf_hub_download(str(source), name, revision=revision)) for name in ("config.json", "README.md")}
     config = json.loads(files["config.json"].read_text())
     return HubInfo(source=str(source), config=config, results=card_results(files["README.md"]))

@@ -35,7 +35,7 @@ def unavailable(tag: str, repo_id: str, why: str) -> PretrainedWeightsUnavailabl
     return PretrainedWeightsUnavailable(
         f"no pretrained weights for {tag}: Hub repo {repo_id} {why}. Get a model by training one "
         f"(xbn-train -c recipes/xbn_resnet50_standard.yaml --model {tag.split('.')[0]}), by importing the "
-        "authors' weights (xbn-convert ARCH --authors CHECKPOINT --out DIR), or publish yours "
+        "authors' weights (xbn-convert ARCH --authors CHECKPOINT -o DIR), or publish yours "
         f"(xbn-hub push --repo-id {repo_id} ...); then load it with pretrained_cfg_overlay=dict(file=...) or local-dir:DIR"
     )
 

@@ -20,9 +20,19 @@ __all__ = [
 
 
 class _KwargsAction(argparse.Action):
-    """``--model-kwargs a=1 b=x`` -> ``{"a": 1, "b": "x"}`` (values parsed as YAML scalars, like timm's ParseKwargs)."""
+    """``--model-kwargs '{"a": 1, "b": "x"}'`` (a JSON object, as in the other commands) or timm's
+    ``--model-kwargs a=1 b=x`` (values parsed as YAML scalars, like timm's ParseKwargs) -> ``{"a": 1, "b": "x"}``."""
 
     def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) == 1 and values[0].lstrip().startswith("{"):
+            try:
+                kwargs = json.loads(values[0])
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{option_string} must be a JSON object or key=value pairs: {err}") from None
+            if not isinstance(kwargs, dict):
+                raise ValueError(f"{option_string} must be a JSON object or key=value pairs, got {values[0]!r}")
+            setattr(namespace, self.dest, kwargs)
+            return
         kwargs = {}
         for item in values:
             key, sep, value = item.partition("=")
@@ -75,7 +85,7 @@ def _add_train_py_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels-last", action="store_true", default=False, help="channels_last memory layout (CUDA only)")
     group.add_argument("--grad-accum-steps", type=int, default=1, metavar="N", help="accumulate gradients over N batches")
     group.add_argument("--grad-checkpointing", action="store_true", default=False, help="gradient checkpointing through stages")
-    group.add_argument("--model-kwargs", nargs="*", default={}, action=_KwargsAction, help="extra timm.create_model kwargs (key=value)")
+    group.add_argument("--model-kwargs", nargs="*", default={}, action=_KwargsAction, help="extra timm.create_model kwargs: a JSON object, or key=value pairs (timm's form)")
     group.add_argument("--head-init-scale", type=float, default=None, help="head initialization scale")
     group.add_argument("--head-init-bias", type=float, default=None, help="head initialization bias value")
 
@@ -176,7 +186,7 @@ def _add_train_py_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-j", "--workers", type=int, default=4, metavar="N", help="data loader processes per rank")
     group.add_argument("--pin-mem", action="store_true", default=False, help="pin CPU memory in the DataLoader")
     group.add_argument("--no-prefetcher", action="store_true", default=False, help="disable timm's CUDA prefetcher")
-    group.add_argument("--output", default="", metavar="PATH", help="output folder (default ./output/train)")
+    group.add_argument("-o", "--output", default="", metavar="PATH", help="output folder (default ./output/train)")
     group.add_argument("--experiment", default="", metavar="NAME", help="experiment sub-folder name (needed for --resume auto)")
     group.add_argument("--eval-metric", default="top1", metavar="EVAL_METRIC", help="metric ranking checkpoints: top1, top5 or loss")
 

@@ -21,6 +21,13 @@ class OutputWriteError(OSError):
         return f"cannot write {self.path}: {self.strerror}"
 
 
+def _user_file_mode() -> int:
+    """The mode a new file gets under the process's umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _reason(err: BaseException) -> str:
     return getattr(err, "strerror", None) or str(err).splitlines()[0]
 
@@ -28,6 +35,9 @@ def _reason(err: BaseException) -> str:
 @contextmanager
 def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` to write to; rename it onto ``path`` when the block succeeds.
+
+    The file ends with the mode any new file gets under the user's umask, whatever made the temporary file
+    (``tempfile`` and some writers create it 0600, and the rename would keep that).
 
     On any failure the temporary file is removed and ``path`` keeps its earlier content; an ``OSError``
     (or torch's "file write failed" ``RuntimeError``) becomes an ``OutputWriteError`` naming ``path``.
@@ -37,6 +47,7 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
+        os.chmod(tmp, _user_file_mode())
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
