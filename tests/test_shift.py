@@ -149,6 +149,7 @@ def test_robustbench_files_read_back_in_the_leaderboard_layout(tmp_path):
     errors = {c: {str(s): 100 - 100 * accuracy[c, s] for s in SEVERITIES} for c in CORRUPTIONS}
     document = store.document({}, {"errors": errors, "clean_error": 23.9}, model="r50")
     paths = write_robustbench(tmp_path, {"r50": document}, shift={"r50": {"imagenet-r": {"top1": 36.17}}})
+    assert [p.name for p in paths] == ["r50.json", "unaggregated_results.csv"]
     entry = json.loads(paths[0].read_text())
     assert set(ROBUSTBENCH_KEYS) <= set(entry) and set(entry) - set(ROBUSTBENCH_KEYS) == {"imagenet_r_acc"}
     assert entry["clean_acc"] == "76.10" and entry["dataset"] == "imagenet" and entry["architecture"] == "resnet50"
@@ -162,3 +163,22 @@ def test_robustbench_files_read_back_in_the_leaderboard_layout(tmp_path):
     partial = write_robustbench(tmp_path / "p", {"r50": store.document({}, {"errors": errors, "clean_error": None},
                                                                        model="r50")})
     assert json.loads(partial[0].read_text())["corruptions_acc"] is None and len(partial) == 1
+
+
+def test_the_shift_command_writes_its_table_json_and_robustbench_entry(tmp_path):
+    from typer.testing import CliRunner
+
+    from timm_xbn.cli import eval_app
+
+    root = write_folder(tmp_path / "imagenet-r", {w: ["a.png"] for w in synsets("imagenet_r_synsets.txt")})
+    args = ["shift", "-m", "resnet18", "--dataset", "imagenet-r", "--data-dir", str(root), "--img-size", str(SIZE),
+            "--crop-pct", "1.0", "-b", "50", "-j", "0", "--device", "cpu", "--method", "source", "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(eval_app, args)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "out" / "shift.json").read_text())
+    top1 = saved["results"]["resnet18 | source"]["imagenet-r"]["top1"]
+    entry = json.loads((tmp_path / "out" / "robustbench" / "resnet18.json").read_text())
+    assert entry["imagenet_r_acc"] == f"{top1:.2f}" and entry["corruptions_acc"] is None
+    assert "imagenet-r top-1" in " ".join(result.output.split())
+    result = CliRunner().invoke(eval_app, args[:3] + ["--dataset", "imagenet-a"] + args[3:])
+    assert result.exit_code == 2 and "one --data-dir per --dataset" in result.output

@@ -7,10 +7,14 @@ import typer
 from .options import (
     BLOCKS_FLAGS, BatchSize, Checkpoints, ClassMap, Corrupt, CropPct, DataDir, Dataset, Device, EvalOptions,
     ImgSize, Interpolation, Mean, ModelKwargs, Models, Order, OrderOption, Output, Pretrained, Protocol,
-    RecalibMode, Seed, Split, Std, Stream, Workers, api_method, checked_specs, claimed_output, eval_report,
+    RecalibMode, Seed, Split, Std, Stream, Workers, checked_specs, claimed_output, eval_report,
     eval_setup, handle_errors, model_num_classes, reword, warn,
 )
 from .vocabulary import renamed_flags
+
+METHOD_HELP = ("Method (repeat): source, norm (AdaBN), mix[:N] (norm mixed once with the source), prior[:N] (Schneider "
+               "et al.), batch (prediction-time BN), perturb:DELTA,SEED (Eq. 5), rbn[:M] (RoTTA's robust BN), rotta, tent, "
+               "eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam.")
 
 
 @handle_errors
@@ -279,7 +283,7 @@ def eval_adapt(
     checkpoint: Checkpoints = None,
     pretrained: Pretrained = False,
     model_kwargs: ModelKwargs = None,
-    method: Annotated[List[str], typer.Option("--method", help="Adaptation method (repeat): source, norm (AdaBN), prior[:N] (Schneider et al.), batch (prediction-time BN), rbn[:M] (RoTTA's robust BN, EMA momentum M), tent, eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam.")] = ["source", "norm", "prior:16", "tent"],
+    method: Annotated[List[str], typer.Option("--method", help=METHOD_HELP)] = ["source", "norm", "prior:16", "tent"],
     protocol: Annotated[Optional[Protocol], typer.Option("--protocol", help="episodic (the default: reset before each corruption x severity) or continual (one stream through all of them, in order). Refused with --stream mixed, which is one stream already.")] = None,
     imagenet_c: ImagenetC = None,
     cifar_c: CifarC = None,
@@ -294,6 +298,8 @@ def eval_adapt(
     seed: CorruptionSeed = 0,
     stream: Annotated[Stream, typer.Option("--stream", help="iid (each corruption x severity in the --order read order), label-shift (class-imbalanced, temporally correlated labels: NOTE / RoTTA's Dirichlet protocol, needs --dirichlet) or mixed (SAR's mixed shifts: every corruption x severity shuffled together into one stream, never reset; errors per pair and over the stream; no --protocol, --dirichlet or --order folder); seeded by --seed.")] = Stream.iid,
     dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet concentration ALPHA of --stream label-shift (0.1: batches of one or two classes; larger: closer to i.i.d.)."),
+    stream_seed: Annotated[Optional[int], typer.Option("--stream-seed", help="Seed of the stream alone (its order, its Dirichlet draw); default --seed. The on-the-fly corruptions keep --seed, so the stream can be varied on the same corrupted images.")] = None,
+    per_domain: Annotated[bool, typer.Option("--per-domain", help="--stream label-shift: a Dirichlet draw of its own for each corruption x severity, as RoTTA draws per domain.")] = False,
     img_size: ImgSize = None,
     crop_pct: CropPct = None,
     interpolation: Interpolation = None,
@@ -324,17 +330,15 @@ def eval_adapt(
     """
     from rich.console import Console
 
-    from ..adapt import parse_method
-    from ..grid import evaluate_adaptation
     from ..adapt.report import adaptation_table
     from ..adapt.streams import check_stream
     from ..evaluation import create_models, is_main_process
     from ..evaluation.distributed import shutdown_distributed
+    from ..grid import canonical_method, evaluate_adaptation
 
     protocol = None if protocol is None else protocol.value
-    for spec in method:
-        parse_method(spec)
-    check_stream(stream.value, dirichlet, protocol, order.value)
+    method = [canonical_method(spec) for spec in method]
+    check_stream(stream.value, dirichlet, protocol, order.value, per_domain)
     severities = None if severities == "all" else severities
     wanted, sevs = _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severities, clean_error)
     opts = EvalOptions.pick(locals())
@@ -346,7 +350,9 @@ def eval_adapt(
         if not source.pairs:
             raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
         results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
-                                      progress=True, order=order.value, order_seed=seed, stream=stream.value, dirichlet=dirichlet, model_specs={s.label: s.fingerprint() for s in specs})
+                                      progress=True, order=order.value, order_seed=seed if stream_seed is None else stream_seed,
+                                      stream=stream.value, dirichlet=dirichlet, per_domain=per_domain,
+                                      model_specs={s.label: s.fingerprint() for s in specs})
     if is_main_process():
         console = Console(width=max(Console().width, 200))  # one row per model x method: never cut the columns
         if source.missing and corruptions:  # asked for explicitly but absent
@@ -384,3 +390,62 @@ def eval_example_data(
                                   seed=seed)
     typer.echo(f"{made.source}\nwrote {made.train}, {made.validation}, {made.corrupted}; "
                f"checkpoints {', '.join(f'{k} (top-1 {made.top1[k]:.1f} %)' for k in made.checkpoints)} in {made.root}")
+
+
+@handle_errors(resumes=True)
+def eval_shift(
+    model: Models,
+    dataset: Annotated[List[str], typer.Option("--dataset", help="Shift set (repeat, in --data-dir order): imagenet-r, imagenet-a (200-class subsets: the logits of the other 800 outputs are dropped, as timm's validate.py), imagenet-real (the ImageNet validation images scored against the ReaL multi-labels), imagenet-v2, imagenet-sketch.")],
+    data_dir: Annotated[List[Path], typer.Option("--data-dir", help="The folder of each --dataset, in the same order (an ImageFolder; its val/ child when present).")],
+    checkpoint: Checkpoints = None,
+    pretrained: Pretrained = False,
+    model_kwargs: ModelKwargs = None,
+    method: Annotated[List[str], typer.Option("--method", help=METHOD_HELP)] = ["source", "norm"],
+    order: OrderOption = Order.shuffle,
+    seed: Seed = 0,
+    img_size: ImgSize = None,
+    crop_pct: CropPct = None,
+    interpolation: Interpolation = None,
+    mean: Mean = None,
+    std: Std = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 2,
+    device: Device = "auto",
+    output: Output = None,
+) -> None:
+    """Top-1 / top-5, ECE, NLL and Brier score of every model x method on the distribution-shift sets timm reports (ImageNet-R, -A, -ReaL, -V2, -Sketch).
+
+    Each set is checked against its classes (timm's index files) before any model runs. Writes shift.json, shift.csv and, for the models' results in RobustBench's layout, robustbench/<model>.json; rerunning with the same --output resumes.
+
+    [bold]Examples[/bold]
+
+      xbn-eval shift -m resnet50 --pretrained --dataset imagenet-r --data-dir /data/imagenet-r --dataset imagenet-a --data-dir /data/imagenet-a
+
+      xbn-eval shift -m resnet50 -m xbn_resnet50 --checkpoint bn.pth --checkpoint xbn.pth --dataset imagenet-real --data-dir /data/imagenet/val --method source --method norm --method tent
+    """
+    from ..evaluation import create_models, create_shift_data, is_main_process, resolve_eval_data_config
+    from ..evaluation.distributed import shutdown_distributed
+    from ..grid import canonical_method, evaluate_shift, write_robustbench
+    from ..grid.tables import shift_table
+
+    if len(dataset) != len(data_dir):
+        raise ValueError(f"give one --data-dir per --dataset, in the same order (got {len(dataset)} and {len(data_dir)})")
+    method = [canonical_method(spec) for spec in method]
+    opts = EvalOptions.pick(locals())
+    dev, specs = checked_specs(opts)
+    with claimed_output("shift", specs, output) as out:
+        built = create_models(specs, dev)
+        config = resolve_eval_data_config(built, opts.overrides)
+        sets = {name: create_shift_data(root, name, config, batch_size=batch_size, workers=workers,
+                                        num_classes=model_num_classes(built) or 0)
+                for name, root in zip(dataset, data_dir)}
+        results = evaluate_shift(built, method, sets, output_dir=out, progress=True, order=order.value, order_seed=seed,
+                                 model_specs={s.label: s.fingerprint() for s in specs})
+    if is_main_process():
+        from rich.console import Console
+
+        Console(width=max(Console().width, 160)).print(shift_table(results))
+        files = write_robustbench(out / "robustbench", {}, shift={
+            label: results["results"][f"{label} | source"] for label in built if "source" in method})
+        typer.echo(f"wrote {out / 'shift.json'}, {out / 'shift.csv'}" + "".join(f", {f}" for f in files))
+    shutdown_distributed()

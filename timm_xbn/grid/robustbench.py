@@ -41,19 +41,22 @@ def robustbench_row(document: Mapping[str, Any]) -> Optional[list[float]]:
     return accuracies + [fmean(accuracies)]
 
 
-def robustbench_entry(document: Mapping[str, Any], architecture: Optional[str] = None,
-                      shift: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-    """The ``model_info`` JSON of one ``corruption`` results document (and the model's ``shift`` results)."""
-    results, run, label = document["results"], document["run"], document["model"]
-    row = robustbench_row(document)
-    spec = (document.get("models", {}).get(label) or {}).get("spec") or {}
-    cells = [c for c in document.get("cells", []) if c["pair"] != "clean"]
+def robustbench_entry(label: str, document: Optional[Mapping[str, Any]] = None,
+                      shift: Optional[Mapping[str, Any]] = None, architecture: Optional[str] = None) -> dict[str, Any]:
+    """The ``model_info`` JSON of model ``label`` from its ``corruption`` results document (clean and corruption
+    accuracy; ``None`` without one) and its ``shift`` results per set (``<set>_acc``)."""
+    results, run = (document or {}).get("results", {}), (document or {}).get("run", {})
+    row = robustbench_row(document) if document is not None else None
+    spec = ((document or {}).get("models", {}).get(label) or {}).get("spec") or {}
+    cells = [c for c in (document or {}).get("cells", []) if c["pair"] != "clean"]
     count = sum(c["count"] for c in cells)
     passes = sum(c["forward"] or 0 for c in cells) / count if count else 1
+    clean_error = results.get("clean_error")
     entry = {"link": "", "name": label, "authors": "", "additional_data": False,
-             "number_forward_passes": max(1, round(passes)), "dataset": DATASETS.get(run.get("source"), run["dataset"]),
-             "venue": "", "architecture": architecture or spec.get("model") or label, "eps": None,
-             "clean_acc": _percent(None if results["clean_error"] is None else 100.0 - results["clean_error"]),
+             "number_forward_passes": max(1, round(passes)),
+             "dataset": DATASETS.get(run.get("source"), run.get("dataset", "imagenet")), "venue": "",
+             "architecture": architecture or spec.get("model") or label, "eps": None,
+             "clean_acc": _percent(None if clean_error is None else 100.0 - clean_error),
              "reported": "", "corruptions_acc": _percent(None if row is None else 100.0 * row[-1])}
     for name, values in (shift or {}).items():
         entry[f"{name.replace('-', '_')}_acc"] = _percent(values["top1"])
@@ -62,11 +65,13 @@ def robustbench_entry(document: Mapping[str, Any], architecture: Optional[str] =
 
 def write_robustbench(folder: Path, documents: Mapping[str, Mapping[str, Any]],
                       shift: Optional[Mapping[str, Mapping[str, Any]]] = None) -> list[Path]:
-    """``folder/<model>.json`` per model and ``folder/unaggregated_results.csv`` (complete runs only)."""
+    """``folder/<model>.json`` per model (of ``documents``, ``corruption`` results, or ``shift``: per model, its
+    results per set) and ``folder/unaggregated_results.csv`` (complete corruption runs only)."""
     written = []
-    for label, document in documents.items():
+    for label in dict.fromkeys([*documents, *(shift or {})]):
         path = folder / f"{safe_name(label)}.json"
-        write_text_atomic(path, json.dumps(robustbench_entry(document, shift=(shift or {}).get(label)), indent=2) + "\n")
+        entry = robustbench_entry(label, documents.get(label), (shift or {}).get(label))
+        write_text_atomic(path, json.dumps(entry, indent=2) + "\n")
         written.append(path)
     rows = [(label, row) for label, document in documents.items() if (row := robustbench_row(document)) is not None]
     if rows:

@@ -1,0 +1,27 @@
+"""Rich tables of the grid views that have no older home (``shift``); they render in notebooks too."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional
+
+from rich.table import Table
+
+__all__ = ["shift_table"]
+
+
+def _fmt(value: Optional[float], digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def shift_table(results: Mapping[str, Any]) -> Table:
+    """One row per model x method: top-1 (%) and ECE (%) on each shift set (n/a: not scored, e.g. ReaL's ECE)."""
+    sets = list(results["grid"]["pairs"])
+    table = Table(title="Distribution-shift sets: top-1 accuracy (%) / ECE (%), "
+                        + ", ".join(f"{name} {info['num_images']} images" for name, info in results["run"]["sets"].items()))
+    table.add_column("model | method")
+    for name in sets:
+        table.add_column(f"{name} top-1", justify="right")
+        table.add_column("ECE", justify="right")
+    for key, per_set in results["results"].items():
+        table.add_row(key, *(v for name in sets for v in (_fmt(per_set.get(name, {}).get("top1")),
+                                                          _fmt(per_set.get(name, {}).get("ece")))))
+    return table
