@@ -58,7 +58,7 @@ class StudyConfig:
     train_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
     device: str = "cpu"  # the ResNets' (cpu or cuda: bf16 autocast, channels_last); the MLPs always run on the CPU
-    preset: str = "default"  # the preset it was made from (``quick``: a smoke run whose verdicts mean nothing)
+    preset_name: str = "default"  # the preset it was made from (``quick``: a smoke run whose verdicts mean nothing)
     mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
@@ -69,7 +69,7 @@ class StudyConfig:
         verdicts mean nothing) or ``full`` (more seeds, variants, Deltas and small-batch iterations; hours)."""
         if name not in PRESETS:
             raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
-        cfg = cls(**overrides, preset=name)
+        cfg = cls(**overrides, preset_name=name)
         if name == "quick":
             cfg.train_seeds = (0, 1)
             cfg.mlp = dataclasses.replace(cfg.mlp, epochs=12, test_samples=600, train_sizes=(32, 256), eval_every=2)
@@ -90,11 +90,11 @@ class StudyConfig:
     @property
     def quick(self) -> bool:
         """A smoke run (the ``quick`` preset): its verdicts mean nothing."""
-        return self.preset == "quick"
+        return self.preset_name == "quick"
 
     def to_dict(self) -> dict:
         return {
-            "preset": self.preset, "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
+            "preset": self.preset_name, "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
             "train_seeds": list(self.train_seeds), "threads": self.threads, "device": self.device,
             "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(), "tta": self.tta.to_dict(),
         }

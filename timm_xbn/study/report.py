@@ -460,9 +460,10 @@ def summary_lines(results: Mapping, skip: Collection[str] = ()) -> List[str]:
         cells = [f"b{b} {_mean_sd([sizes[str(b)][s] for s in _seeds(rn)])}" for b in sorted(sb["batch_sizes"])]
         lines.append(f"  {label:7s} " + " | ".join(cells))
     lines += tta_lines(results.get("tta", {}))
-    for i, c in enumerate(results["claims"], start=1):
-        if c["id"] not in skip:
-            lines += ([""] if i == 1 or results["claims"][i - 2]["id"] in skip else []) + claim_lines(c, f"{i}. ")
+    shown = [(i, c) for i, c in enumerate(results["claims"], start=1) if c["id"] not in skip]
+    lines += [""] if shown else []
+    for i, c in shown:
+        lines += claim_lines(c, f"{i}. ")
     counts = {v: sum(c["verdict"] == v for c in results["claims"]) for v in (HOLDS, CONTRADICTED, INCONCLUSIVE)}
     lines.append("")
     lines.append("(* = effect that decides the verdict; the others are reported beside it)")

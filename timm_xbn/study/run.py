@@ -422,11 +422,11 @@ def _run_study(cfg: StudyConfig, output_dir: Path, resume: bool, progress: bool,
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # "cuda" is each rank's own GPU
     workers = (1 if world > 1 else default_workers(cfg.device)) if workers is None else max(1, int(workers))
     started = time.perf_counter()
+    if rank == 0:
+        _check_design(output_dir, cfg, overwrite)
     if cfg.quick:
         console.print(f"[bold yellow]{QUICK_NOTE}[/bold yellow] (--quick checks that the study runs; use the default for verdicts)",
                       soft_wrap=True)
-    if rank == 0:
-        _check_design(output_dir, cfg, overwrite)
     try:
         data = load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
         console.print(f"[bold]Study data[/bold]: {data.describe()}")
