@@ -85,38 +85,6 @@ def test_ctrl_c_stops_the_study_keeps_finished_jobs_and_a_rerun_resumes(tmp_path
     assert "Traceback" not in stderr
 
 
-SECOND_SIGNAL = """
-from timm_xbn.utils.interrupts import interruptible
-import time
-with interruptible(raise_now=False) as stop:
-    print("ready", flush=True)
-    while not stop:
-        time.sleep(0.01)
-    print("stop requested", flush=True)
-    while True:
-        time.sleep(0.01)
-print("never here")
-"""
-
-
-def test_first_signal_asks_to_stop_and_the_second_ends_at_once():
-    proc = subprocess.Popen([sys.executable, "-c", SECOND_SIGNAL], env=_env(), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "ready\n"
-    proc.send_signal(signal.SIGINT)
-    assert proc.stdout.readline() == "stop requested\n"
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait() == EXIT_CODE and proc.stdout.read() == ""
-
-
-def test_interruptible_raises_on_the_first_signal_and_restores_the_handlers():
-    before = signal.getsignal(signal.SIGINT)
-    with pytest.raises(Interrupted):
-        with run_module.interruptible():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)  # the handler runs at the next bytecode; the sleep is only a fallback
-    assert signal.getsignal(signal.SIGINT) is before
-
-
 # ---- work saved as it goes -----------------------------------------------------------------------
 
 

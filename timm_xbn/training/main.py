@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import typer
 
 from ..utils.errors import USER_ERRORS
+from ..utils.interrupts import EXIT_CODE, Interrupted
 
 __all__ = ["main"]
 
@@ -20,4 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as err:
         typer.secho(f"error: {err}", fg="red", err=True)
         return 2
+    except Interrupted as stopped:
+        typer.secho(str(stopped), fg="yellow", err=True)
+        return EXIT_CODE
     return 0
