@@ -217,7 +217,8 @@ def test_a_quick_run_says_so_and_prints_each_claim_once(quick_results, monkeypat
     for claim in results["claims"]:
         assert log.count(f"] {claim['claim']}  (") + log.count(f". {claim['claim']}  (") == 1, claim["id"]
     titles = []
-    monkeypatch.setattr(plots_module, "save_figure", lambda fig, path, **k: titles.append(fig._suptitle.get_text()) or path)
+    monkeypatch.setattr(plots_module, "save_figure",
+                        lambda fig, path, **k: titles.append(fig._suptitle.get_text() if fig._suptitle else "") or path)
     plots_module.plot_study(results, out / "again")
     assert len(titles) == len(plots_module.PLOT_FILES) and all(t.startswith(QUICK_NOTE) for t in titles)
     titles.clear()
@@ -244,6 +245,7 @@ def test_a_folder_refuses_a_run_with_other_settings_unless_overwrite(tmp_path, m
     with pytest.raises(ValueError, match=r"preset: quick vs default; .*\+\d+ more"):
         run_module._check_design(folder, StudyConfig.preset(), overwrite=False)
     assert (folder / "summary.txt").read_text() == "the first run's summary\n"
+    assert json.loads((folder / "design.json").read_text()) == json.loads(json.dumps(StudyConfig.preset("quick").to_dict()))
     run_module._check_design(folder, StudyConfig.preset("quick", seed=1), overwrite=True)
     assert json.loads((folder / "design.json").read_text())["seed"] == 1
     # a folder written before design.json: its study.json's config is the design
