@@ -22,7 +22,7 @@ from timm_xbn.study import StudyConfig, run_study
 from timm_xbn.study.mlp import MLPConfig, StudyMLP, input_shift, train_full_batch
 from timm_xbn.study.plots import PLOT_FILES
 from timm_xbn.study.data import load_dataset
-from timm_xbn.study.jobs import eta_seconds, plan_jobs
+from timm_xbn.study.jobs import plan_jobs
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, combine_verdicts, paired_effect
 from timm_xbn.study.report import (
     claim_adabn, claim_esm_grows, claim_gn_flattens, claim_table1_full_gn, claim_table1_p2, claim_xbn_robust, growth,
@@ -452,12 +452,6 @@ def _check_claims_printed_when_their_jobs_finish(output: str, results: dict) -> 
         assert after < printed < min([i for i in runs.values() if i > after], default=len(lines)), (claim_id, printed)
     for label in ("Section 5 networks", "Section 4 MLPs", "Small-batch training", "Test-time adaptation"):
         assert any(line.startswith(label) and "done" in line for line in lines), label
-
-
-def test_eta_is_the_finished_jobs_mean_time_per_round_of_workers():
-    assert eta_seconds([], 5, 2) is None
-    assert eta_seconds([10.0, 20.0], 3, 2) == 30.0  # 2 rounds (2 + 1 jobs) of 15 s
-    assert eta_seconds([10.0, 20.0], 4, 2) == 30.0 and eta_seconds([6.0], 3, 1) == 18.0 and eta_seconds([6.0], 0, 4) == 0
 
 
 def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch):

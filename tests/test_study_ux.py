@@ -195,6 +195,31 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, monkeypatch):
     assert done_before == 8 and steps_before["BN seed 0"] == 9  # the last step is always reported
 
 
+def test_eta_is_the_work_left_times_the_measured_seconds_per_job(tmp_path):
+    """Hand-computed: 2 network jobs of 9 steps, 2 workers. One reports step 3 after 6 s: 2 s per step,
+    18 s per job, 2 - 3/9 jobs left -> 18 x 5/3 / 2 = 15 s. Then it finishes in 20 s (its time file) while
+    the other reports step 6: 20 x (1 - 6/9) / 2 = 10/3 s."""
+    from types import SimpleNamespace
+
+    from timm_xbn.study.jobs import StepReport, plan_jobs
+
+    cfg = tiny_config()
+    cfg.train_seeds = (0,)
+    data = SimpleNamespace(name="fake", source="memory", train_y=[0] * 48, test_y=[0] * 24)
+    first, second = plan_jobs(cfg, data, [JobKind.NETWORK])
+    progress = run_module._Progress(Console(file=io.StringIO()), cfg, data, [first, second], tmp_path, 2, math.inf)
+    progress.step(StepReport(first.key, 3, 9, cpu_s=3.0, wall_s=6.0))
+    assert progress._eta_s(JobKind.NETWORK) == pytest.approx(15.0)
+    assert progress._cpu_per_step(JobKind.NETWORK) == pytest.approx(1.0)
+    first.path(tmp_path, ".time.json").parent.mkdir(parents=True)
+    first.path(tmp_path, ".time.json").write_text(json.dumps({"wall_s": 20.0, "cpu_s": 10.0}))
+    progress.step(StepReport(second.key, 6, 9, cpu_s=4.0, wall_s=9.0))
+    progress.done(first, {})
+    assert progress._eta_s(JobKind.NETWORK) == pytest.approx(10 / 3)
+    assert re.search(r"network 1/2 \[XBN-GN seed 0 step 6/9\] 0\.778 CPU-s/step; 1 of 2 jobs; ETA 0\.1 min$",
+                     progress.line()), progress.line()
+
+
 # ---- quick runs, claims printed once -------------------------------------------------------------
 
 

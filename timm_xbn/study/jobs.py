@@ -61,7 +61,7 @@ from .resnet import (
 )
 
 __all__ = ["Job", "StepReport", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds",
-           "eta_seconds", "job_steps", "training_epoch", "set_step_reporter", "torchrun_rank", "wait_for_results"]
+           "job_steps", "training_epoch", "set_step_reporter", "torchrun_rank", "wait_for_results"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
@@ -419,12 +419,9 @@ def _step_callback(job: Job, steps: int) -> Optional[Callable[[int], None]]:
     return on_step
 
 
-def _worker_start(parent: int, reports: Optional["multiprocessing.Queue"], every_s: float) -> None:
-    """Worker initializer: interrupts as ``utils.interrupts`` says, step reports into ``reports``, and an end
-    of this worker once the study process that started it is gone (killed without the chance to stop
-    its pool), instead of going on with jobs nobody collects."""
-    worker_init()
-    set_step_reporter(None if reports is None else reports.put, every_s)
+def _exit_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker once the study process that started it is gone (killed
+    without the chance to stop its pool), instead of going on with jobs nobody collects."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -432,6 +429,14 @@ def _worker_start(parent: int, reports: Optional["multiprocessing.Queue"], every
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _worker_start(parent: int, reports: Optional["multiprocessing.Queue"], every_s: float) -> None:
+    """Worker initializer: interrupts as ``utils.interrupts`` says, step reports into ``reports``, and
+    ``_exit_with_parent``."""
+    worker_init()
+    set_step_reporter(None if reports is None else reports.put, every_s)
+    _exit_with_parent(parent)
 
 
 def _cpu_seconds() -> float:
@@ -454,14 +459,6 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
                       {"wall_s": time.perf_counter() - started_wall, "cpu_s": _cpu_seconds() - started_cpu})
     write_json_atomic(job.path(parts), result)
     return result
-
-
-def eta_seconds(times: Sequence[float], remaining: int, workers: int) -> Optional[float]:
-    """Seconds until ``remaining`` more jobs of a kind finish, ``workers`` at a time, each taking the
-    mean of the finished jobs' ``times`` (None before one has finished)."""
-    if not times:
-        return None
-    return sum(times) / len(times) * math.ceil(remaining / max(1, workers))
 
 
 def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
