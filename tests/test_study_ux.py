@@ -70,6 +70,7 @@ def test_ctrl_c_stops_the_study_keeps_finished_jobs_and_a_rerun_resumes(tmp_path
     assert match and int(match[2]) == 28, last
     kept = _results(out)
     assert int(match[1]) == len(kept) >= 1 and not list(out.rglob("*.tmp"))
+    assert len(kept) < 28  # the queued jobs were cancelled, not run to the end
     assert not (out / "summary.txt").exists()
 
     rerun = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
