@@ -61,6 +61,7 @@ def test_ctrl_c_stops_the_study_keeps_finished_jobs_and_a_rerun_resumes(tmp_path
     command = [sys.executable, "-m", "timm_xbn.evaluation", "study", "--quick", "-w", "2", "-o", str(out)]
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(proc, lambda: _results(out))
+    seen = len(_results(out))
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate()
     assert proc.returncode == EXIT_CODE, stderr
@@ -70,7 +71,7 @@ def test_ctrl_c_stops_the_study_keeps_finished_jobs_and_a_rerun_resumes(tmp_path
     assert match and int(match[2]) == 28, last
     kept = _results(out)
     assert int(match[1]) == len(kept) >= 1 and not list(out.rglob("*.tmp"))
-    assert len(kept) < 28  # the queued jobs were cancelled, not run to the end
+    assert len(kept) <= seen + 2  # the 2 running jobs at most finished: the queued ones were cancelled
     assert not (out / "summary.txt").exists()
 
     rerun = subprocess.Popen(command, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
