@@ -1,6 +1,5 @@
 """The study as a user meets it: Ctrl-C, work saved as it goes, progress lines, quick-run labels,
 the folder's remembered design, study-compare across designs, Fisher-z intervals, typed job kinds."""
-import dataclasses
 import io
 import json
 import math
@@ -26,7 +25,7 @@ from timm_xbn.study import plots as plots_module
 from timm_xbn.study import run as run_module
 from timm_xbn.study.config import JOB_KINDS, QUICK_NOTE, JobKind
 from timm_xbn.study.evidence import HOLDS, INCONCLUSIVE, correlation_effect
-from timm_xbn.study.report import claim_esm_grows, design_differences, summary_lines
+from timm_xbn.study.report import claim_esm_grows, design_differences
 from timm_xbn.study.resnet import ImageSplit, ResNetConfig, build_variant, train_classifier
 from timm_xbn.utils.interrupts import EXIT_CODE, Interrupted
 
