@@ -22,7 +22,7 @@ from timm_xbn.study import StudyConfig, run_study
 from timm_xbn.study.mlp import MLPConfig, StudyMLP, input_shift, train_full_batch
 from timm_xbn.study.plots import PLOT_FILES
 from timm_xbn.study.data import load_dataset
-from timm_xbn.study.jobs import eta_seconds, plan_jobs
+from timm_xbn.study.jobs import plan_jobs
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, combine_verdicts, paired_effect
 from timm_xbn.study.report import (
     claim_adabn, claim_esm_grows, claim_gn_flattens, claim_table1_full_gn, claim_table1_p2, claim_xbn_robust, growth,
@@ -394,8 +394,8 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     assert len(rn["esm"]["models"]["BN"]["0"]["clean"]) - len(rn["esm"]["models"]["XBN-GN"]["0"]["clean"]) == 16
     targets = rn["robustness"]["models"]["BN"]["0"]["targets"]
     assert targets == ["layer1.0.bn1", "layer1.1.bn1", "layer1.2.bn1", "layer2.0.bn1", "layer2.1.bn1", "layer2.2.bn1"]
-    # claims.csv holds every effect of every claim with its interval
-    rows = (out / "claims.csv").read_text().splitlines()
+    # claims.csv holds every effect of every claim with its interval, after its "#" lines
+    rows = [line for line in (out / "claims.csv").read_text().splitlines() if not line.startswith("#")]
     assert len(rows) - 1 == sum(len(c["effects"]) for c in saved["claims"])
     for c in saved["claims"]:
         assert c["verdict"] in (HOLDS, CONTRADICTED, INCONCLUSIVE)
@@ -428,7 +428,7 @@ def test_numbers_do_not_depend_on_the_worker_count_and_resume(tmp_path, monkeypa
     # a changed setting re-runs only the jobs that depend on it (every field: test_study_claims.py's fingerprint test)
     ran.clear()
     run_study(dataclasses.replace(cfg, resnet=dataclasses.replace(cfg.resnet, small_batch_iterations=2)),
-              tmp_path / "a", progress=False, workers=1)
+              tmp_path / "a", progress=False, workers=1, overwrite=True)
     assert sorted(ran) == sorted(j.key for j in plan_jobs(cfg, load_dataset(cfg.dataset, cfg.image_size, cfg.seed))
                                  if j.kind == "small_batch")
 
@@ -454,12 +454,6 @@ def _check_claims_printed_when_their_jobs_finish(output: str, results: dict) -> 
         assert any(line.startswith(label) and "done" in line for line in lines), label
 
 
-def test_eta_is_the_finished_jobs_mean_time_per_round_of_workers():
-    assert eta_seconds([], 5, 2) is None
-    assert eta_seconds([10.0, 20.0], 3, 2) == 30.0  # 2 rounds (2 + 1 jobs) of 15 s
-    assert eta_seconds([10.0, 20.0], 4, 2) == 30.0 and eta_seconds([6.0], 3, 1) == 18.0 and eta_seconds([6.0], 0, 4) == 0
-
-
 def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch):
     """Train once, evaluate many times: new Deltas, perturbation draws and corruptions re-run the
     network evaluations on the stored weights, retrain nothing, and give a fresh run's numbers."""
@@ -483,17 +477,17 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
     monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: ran.append(job.key) or real_job(c, job, p))
     new = dataclasses.replace(cfg, resnet=dataclasses.replace(
         cfg.resnet, deltas=(0.3, 0.8), perturb_seeds=(1, 2), corruptions=("contrast", "fog")))
-    reused = run_study(new, tmp_path / "a", progress=False, workers=1)
+    reused = run_study(new, tmp_path / "a", progress=False, workers=1, overwrite=True)
     assert sorted(ran) == ["net_bn_seed0", "net_xbn_gn_seed0"] and trained == []
     assert {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights} == stored
     assert reused["resnet"]["robustness"]["deltas"] == [0.3, 0.8]
     ran.clear()  # new test-time adaptation settings: only the tta jobs, on the stored weights
     shifted = run_study(dataclasses.replace(new, tta=dataclasses.replace(new.tta, dirichlet=1.0)), tmp_path / "a",
-                        progress=False, workers=1, parts=["tta"])
+                        progress=False, workers=1, parts=["tta"], overwrite=True)
     assert sorted(ran) == ["tta_bn_seed0", "tta_xbn_gn_seed0"] and trained == []
     assert shifted["parts"] == ["tta"] and [c["id"] for c in shifted["claims"]] == ["xbn_tta_loses_less_non_iid"]
     assert "dirichlet alpha 1)" in shifted["claims"][0]["criterion"].lower()
-    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1)  # --fresh: trains the networks again
+    run_study(new, tmp_path / "a", resume=False, progress=False, workers=1, overwrite=True)  # --fresh: trains the networks again
     assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)
     fresh = run_study(new, tmp_path / "b", progress=False, workers=1)

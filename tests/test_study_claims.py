@@ -186,7 +186,8 @@ def test_interval_equals_scipy_one_sample_t_interval(n):
 
 # What each job kind reads (from jobs.py's _mlp_job / _network_job / _small_batch_job and the data they
 # get): every field not listed here as unused must change the kind's fingerprint.
-STUDY_FIELDS_UNUSED = {"train_seeds"}  # a job's own training seed is in its key, not in its kind's folder
+STUDY_FIELDS_UNUSED = {"train_seeds",  # a job's own training seed is in its key, not in its kind's folder
+                       "preset_name"}  # the preset's name: its settings are the fields themselves
 _EVALUATION = {"resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.small_batch_iterations",
                "resnet.eval_samples", "resnet.eval_batch_size", "resnet.robustness_variants", "resnet.deltas",
                "resnet.perturb_seeds", "resnet.blocks", "resnet.esm_variants", "resnet.esm_corruption",

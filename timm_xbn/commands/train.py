@@ -44,6 +44,7 @@ def xbn_train(
     from rich.console import Console
 
     from ..training import SUPPORTED_KEYS, UNSUPPORTED_KEYS, XBN_KEYS, build_args, train
+    from ..utils.interrupts import EXIT_CODE, Interrupted
 
     console = Console()
     if list_keys:
@@ -52,7 +53,11 @@ def xbn_train(
             console.print(f"[bold]{title}[/bold] ({len(keys)}): {' '.join(sorted(keys))}")
         return
     argv = (["--data-dir", str(data_dir)] if data_dir else []) + list(ctx.args)
-    results = train(build_args(config=config, argv=argv))
+    try:
+        results = train(build_args(config=config, argv=argv))
+    except Interrupted as stopped:  # the first Ctrl-C: saved, then stopped
+        typer.secho(str(stopped), fg="yellow", err=True)
+        raise typer.Exit(EXIT_CODE) from None
     if "output_dir" in results:  # rank 0
         top1 = "n/a" if results["val_top1"] is None else f"{results['val_top1']:.2f}"
         console.print(f"{results['model']}: val top-1 {top1} % after {results['epochs']} epochs; "

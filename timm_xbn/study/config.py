@@ -1,6 +1,7 @@
 """The study's settings: ``StudyConfig`` holds everything that determines its numbers, with three presets."""
 import dataclasses
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Tuple
 
 import torch
@@ -9,10 +10,32 @@ from .mlp import MLPConfig
 from .resnet import VARIANTS, ResNetConfig
 from .tta import TTAConfig
 
-__all__ = ["DEVICES", "JOB_KINDS", "PRESETS", "StudyConfig", "resolve_device"]
+__all__ = ["DEVICES", "JOB_KINDS", "JobKind", "PRESETS", "QUICK_NOTE", "StudyConfig", "resolve_device"]
 
 PRESETS = ("default", "quick", "full")
-JOB_KINDS = ("mlp", "network", "small_batch", "tta")  # the study's parts (``xbn-eval study --part``)
+QUICK_NOTE = "quick smoke run: verdicts mean nothing"
+
+
+class JobKind(str, Enum):
+    """The study's kinds of job, which are also its parts (``xbn-eval study --part``); the value is the name
+    used in results and settings."""
+
+    MLP = "mlp"  # the Section 4 MLP runs of one seed
+    NETWORK = "network"  # one Section 5 network trained (or loaded), then evaluated
+    SMALL_BATCH = "small_batch"  # one small-batch training run
+    TTA = "tta"  # test-time adaptation of one stored network
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def label(self) -> str:
+        """What its progress line is called."""
+        return {"mlp": "Section 4 MLPs", "network": "Section 5 networks", "small_batch": "Small-batch training",
+                "tta": "Test-time adaptation"}[self.value]
+
+
+JOB_KINDS = tuple(JobKind)  # in the order they run and are reported
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -35,6 +58,7 @@ class StudyConfig:
     train_seeds: Tuple[int, ...] = (0, 1, 2, 3, 4)
     threads: int = 1
     device: str = "cpu"  # the ResNets' (cpu or cuda: bf16 autocast, channels_last); the MLPs always run on the CPU
+    preset_name: str = "default"  # the preset it was made from (``quick``: a smoke run whose verdicts mean nothing)
     mlp: MLPConfig = field(default_factory=lambda: MLPConfig(test_samples=5000))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)
     tta: TTAConfig = field(default_factory=TTAConfig)
@@ -45,7 +69,7 @@ class StudyConfig:
         verdicts mean nothing) or ``full`` (more seeds, variants, Deltas and small-batch iterations; hours)."""
         if name not in PRESETS:
             raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
-        cfg = cls(**overrides)
+        cfg = cls(**overrides, preset_name=name)
         if name == "quick":
             cfg.train_seeds = (0, 1)
             cfg.mlp = dataclasses.replace(cfg.mlp, epochs=12, test_samples=600, train_sizes=(32, 256), eval_every=2)
@@ -63,9 +87,14 @@ class StudyConfig:
             )
         return cfg
 
+    @property
+    def quick(self) -> bool:
+        """A smoke run (the ``quick`` preset): its verdicts mean nothing."""
+        return self.preset_name == "quick"
+
     def to_dict(self) -> dict:
         return {
-            "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
+            "preset": self.preset_name, "dataset": self.dataset, "image_size": self.image_size, "seed": self.seed,
             "train_seeds": list(self.train_seeds), "threads": self.threads, "device": self.device,
             "mlp": self.mlp.to_dict(), "resnet": self.resnet.to_dict(), "tta": self.tta.to_dict(),
         }

@@ -10,6 +10,10 @@ baseline" for the same seed, with a two-sided 95 % Student-t interval over the s
 The verdict compares the interval with zero in the direction the paper predicts: HOLDS when it
 excludes zero on the paper's side, CONTRADICTED when it excludes zero on the other side, and
 INCONCLUSIVE when it contains zero (or fewer than two seeds were run).
+
+A correlation (one per training seed) is bounded by ±1, so its interval is computed on Fisher's
+z = atanh(r) instead (``correlation_effect``): the same t interval over the seeds' z values, mean and
+bounds transformed back with tanh, so the interval stays inside [-1, 1].
 """
 import math
 from dataclasses import asdict, dataclass
@@ -18,7 +22,7 @@ from typing import List, Sequence
 import numpy as np
 from scipy import stats
 
-__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "combine_verdicts"]
+__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "correlation_effect", "combine_verdicts"]
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "HOLDS", "CONTRADICTED", "INCONCLUSIVE"
 CONFIDENCE = 0.95
@@ -70,6 +74,23 @@ def paired_effect(name: str, variant: Sequence[float], baseline: Sequence[float]
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, len(diff) - 1)) * sd / math.sqrt(len(diff))
     low, high = mean - half, mean + half
     return Effect(name, unit, direction, diff.tolist(), mean, sd, low, high, _verdict(low, high, direction))
+
+
+def correlation_effect(name: str, rho: Sequence[float], direction: int, pairs: int, unit: str = "rho") -> Effect:
+    """Effect of per-seed correlations ``rho`` (each over ``pairs`` points) against 0: the t interval of
+    ``paired_effect`` over the seeds' Fisher z = atanh(rho), its mean and bounds back-transformed with
+    tanh (so they stay inside [-1, 1]); ``sd`` is the seeds' sd of rho. A perfect rank correlation (z
+    infinite) counts as half an adjacent swap short of it, the nearest value a Spearman rho of ``pairs``
+    points can take below 1 being 1 - 12 / (pairs (pairs^2 - 1))."""
+    if pairs < 3:
+        raise ValueError(f"{name}: a correlation interval needs at least 3 points per seed, got {pairs}")
+    limit = 1.0 - 6.0 / (pairs * (pairs ** 2 - 1))
+    r = np.clip(np.asarray(rho, dtype=np.float64), -limit, limit)
+    z = paired_effect(name, np.arctanh(r).tolist(), [0.0] * len(r), direction, unit)
+    sd = float(np.std(rho, ddof=1)) if len(rho) > 1 else math.nan
+    low, high = math.tanh(z.ci_low), math.tanh(z.ci_high)
+    return Effect(name, unit, direction, [float(v) for v in rho], math.tanh(z.mean), sd, low, high,
+                  _verdict(low, high, direction))
 
 
 def combine_verdicts(verdicts: Sequence[str]) -> str:

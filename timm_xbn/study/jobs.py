@@ -21,13 +21,20 @@ A network job trains, then evaluates: its training is stored apart, as ``<key>.s
 weights) and ``<key>.train.json`` (steps and per-epoch history) in the folder of the ``train``
 fingerprint, which holds the training settings only. Changing only an evaluation setting (the
 Deltas, perturbation draws, corruptions, ESM settings) re-runs the evaluations on the stored
-weights and retrains nothing.
+weights and retrains nothing. While it trains, its state is saved after every epoch
+(``<key>.ckpt.safetensors``), so an interrupted network resumes from its last epoch with the
+numbers of an uninterrupted run.
+
+A job reports its training steps as it goes (``set_step_reporter``; from worker processes through a
+queue), for the progress display. The first SIGINT / SIGTERM stops the workers and cancels the
+queued jobs (``utils.interrupts``); every finished job's result is kept.
 """
 import hashlib
 import json
 import math
 import multiprocessing
 import os
+import queue
 import resource
 import threading
 import time
@@ -38,21 +45,23 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
-from .config import JOB_KINDS, StudyConfig
+from ..utils.interrupts import call_in_worker, stop_pool, worker_init
+from .config import JOB_KINDS, JobKind, StudyConfig
 from .data import StudyData, load_dataset, subset
 from .mlp import build_mlp, input_shift, train_full_batch
 from .tta import tta_errors
 from .resnet import (
     ImageSplit, adabn_under_corruption, bn_depths, build_variant, corrupted, esm_per_layer, evaluate_top1,
-    prepare_images, robustness_sweep, train_classifier,
+    prepare_images, robustness_sweep, train_classifier, training_state_epoch,
 )
 
-__all__ = ["Job", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds", "eta_seconds",
-           "torchrun_rank", "wait_for_results"]
+__all__ = ["Job", "StepReport", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds",
+           "job_steps", "training_epoch", "set_step_reporter", "torchrun_rank", "wait_for_results"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
@@ -67,10 +76,10 @@ _TRAINING = ("arch", "channels", "stem_width", "gn_groups", "stem_pool", "channe
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work: ``kind`` is ``mlp``, ``network`` (main training + evaluations), ``small_batch`` or
-    ``tta`` (test-time adaptation of a main network's stored weights)."""
+    """One unit of work of a ``JobKind``: ``MLP``, ``NETWORK`` (main training + evaluations), ``SMALL_BATCH``
+    or ``TTA`` (test-time adaptation of a main network's stored weights)."""
 
-    kind: str
+    kind: JobKind
     seed: int
     variant: str = ""
     batch_size: int = 0
@@ -88,13 +97,8 @@ class Job:
 
     @property
     def key(self) -> str:
-        if self.kind == "mlp":
-            return f"mlp_seed{self.seed}"
-        if self.kind == "network":
-            return self.network_key
-        if self.kind == "tta":
-            return f"tta_{self._name}_seed{self.seed}"
-        return f"smallbatch_{self._name}_b{self.batch_size}_seed{self.seed}"
+        """Its result's file name (without suffix), unique in a plan."""
+        return _KINDS[self.kind].key(self)
 
     def path(self, parts: Path, suffix: str = ".json") -> Path:
         """Where this job's result (``.json``), times (``.time.json``) or weights (``.safetensors``) are stored."""
@@ -105,13 +109,8 @@ class Job:
         return parts / self.train_fingerprint / f"{self.network_key}{suffix}"
 
     def describe(self) -> str:
-        if self.kind == "mlp":
-            return f"MLP runs, seed {self.seed}"
-        if self.kind == "network":
-            return f"{self.variant} seed {self.seed}"
-        if self.kind == "tta":
-            return f"{self.variant} seed {self.seed}, test-time adaptation"
-        return f"{self.variant} batch {self.batch_size} seed {self.seed}"
+        """A few words for the progress display."""
+        return _KINDS[self.kind].describe(self)
 
 
 def job_fingerprints(cfg: StudyConfig, data: StudyData) -> Dict[str, str]:
@@ -138,14 +137,34 @@ def plan_jobs(cfg: StudyConfig, data: StudyData, kinds: Sequence[str] = JOB_KIND
     """The study's jobs of ``kinds``, longest first (so parallel workers finish close together); the
     ``tta`` jobs last (they use the networks the ``network`` jobs train)."""
     rc, fp = cfg.resnet, job_fingerprints(cfg, data)
-    networks = [Job("network", s, v, fingerprint=fp["network"], train_fingerprint=fp["train"])
+    networks = [Job(JobKind.NETWORK, s, v, fingerprint=fp["network"], train_fingerprint=fp["train"])
                 for v in rc.variants for s in cfg.train_seeds]
     networks.sort(key=lambda j: -(j.variant in rc.robustness_variants) - (j.variant in rc.adabn_variants))
-    mlp = [Job("mlp", s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
-    small = [Job("small_batch", s, v, b, fingerprint=fp["small_batch"]) for b in sorted(rc.small_batch_sizes, reverse=True)
-             for v in rc.small_batch_variants for s in cfg.train_seeds]
-    tta = [Job("tta", s, v, fingerprint=fp["tta"], train_fingerprint=fp["train"]) for v in cfg.tta.variants if v in rc.variants for s in cfg.train_seeds]
+    mlp = [Job(JobKind.MLP, s, fingerprint=fp["mlp"]) for s in cfg.train_seeds]
+    small = [Job(JobKind.SMALL_BATCH, s, v, b, fingerprint=fp["small_batch"])
+             for b in sorted(rc.small_batch_sizes, reverse=True) for v in rc.small_batch_variants for s in cfg.train_seeds]
+    tta = [Job(JobKind.TTA, s, v, fingerprint=fp["tta"], train_fingerprint=fp["train"])
+           for v in cfg.tta.variants if v in rc.variants for s in cfg.train_seeds]
     return [job for job in networks + mlp + small + tta if job.kind in kinds]
+
+
+def job_steps(cfg: StudyConfig, data: StudyData, job: Job) -> int:
+    """The training steps ``job`` reports while it runs (0 for the kinds that do not train a ResNet)."""
+    rc = cfg.resnet
+    if job.kind == JobKind.NETWORK:
+        return rc.train_steps(len(data.train_y) if rc.train_samples is None else min(rc.train_samples, len(data.train_y)))
+    return rc.small_batch_iterations if job.kind == JobKind.SMALL_BATCH else 0
+
+
+def training_epoch(job: Job, parts: Path) -> Optional[Tuple[int, int]]:
+    """(epochs done, epochs in all) of a network job's saved training state, or None when it has none."""
+    path = job.training_path(parts, ".ckpt.safetensors")
+    if job.kind != JobKind.NETWORK or not path.is_file() or job.training_path(parts, ".train.json").is_file():
+        return None
+    try:
+        return training_state_epoch(path)
+    except (OSError, ValueError, KeyError, SafetensorError):  # a damaged state file is reported when the job loads it
+        return None
 
 
 def torchrun_rank() -> Tuple[int, int]:
@@ -275,7 +294,8 @@ def _mlp_job(ctx: _Context, seed: int) -> dict:
 def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, dict]:
     """The Section 5 network of ``job`` trained on the training split, and its training record
     (steps, history): loaded from an earlier run's stored weights when there are any, else trained
-    and stored (the record is written last, so a record means complete weights)."""
+    (from its last saved epoch, if an earlier run was interrupted) and stored (the record is written
+    last, so a record means complete weights)."""
     rc = ctx.cfg.resnet
     weights, record = job.training_path(parts), job.training_path(parts, ".train.json")
     model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
@@ -284,11 +304,14 @@ def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, d
         return model.eval(), json.loads(record.read_text())
     train, _, _ = ctx.splits()
     steps = rc.train_steps(len(train.y))
-    history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps)
+    state = job.training_path(parts, ".ckpt.safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)
+    history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps,
+                               on_step=_step_callback(job, steps), checkpoint=state)
     save_safetensors_atomic(model.state_dict(), weights)
     training = {"steps": steps, "history": history}
     write_json_atomic(record, training)
+    state.unlink(missing_ok=True)
     return model, training
 
 
@@ -328,10 +351,72 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
     model = build_variant(job.variant, rc, ctx.data.num_classes, job.seed).to(ctx.cfg.device)
     lr = rc.small_batch_lr(job.batch_size)
     history = train_classifier(model, train, job.seed, job.batch_size, lr, rc.weight_decay,
-                               rc.warmup_steps, rc.small_batch_iterations)
+                               rc.warmup_steps, rc.small_batch_iterations,
+                               on_step=_step_callback(job, rc.small_batch_iterations))
     return {"variant": job.variant, "seed": job.seed, "batch_size": job.batch_size, "lr": lr,
             "iterations": rc.small_batch_iterations, "train_loss": history[-1]["loss"],
             "top1": evaluate_top1(model, test.batches(rc.eval_batch_size))}
+
+
+@dataclass(frozen=True)
+class _KindSpec:
+    """What a job kind is called, how its jobs are named and run: the one place that dispatches on ``JobKind``."""
+
+    key: Callable[[Job], str]
+    describe: Callable[[Job], str]
+    run: Callable[[_Context, Job, Path], dict]
+
+
+_KINDS: Dict[JobKind, _KindSpec] = {
+    JobKind.MLP: _KindSpec(lambda j: f"mlp_seed{j.seed}", lambda j: f"MLP runs, seed {j.seed}",
+                           lambda ctx, j, parts: _mlp_job(ctx, j.seed)),
+    JobKind.NETWORK: _KindSpec(lambda j: j.network_key, lambda j: f"{j.variant} seed {j.seed}", _network_job),
+    JobKind.SMALL_BATCH: _KindSpec(lambda j: f"smallbatch_{j._name}_b{j.batch_size}_seed{j.seed}",
+                                   lambda j: f"{j.variant} batch {j.batch_size} seed {j.seed}",
+                                   lambda ctx, j, parts: _small_batch_job(ctx, j)),
+    JobKind.TTA: _KindSpec(lambda j: f"tta_{j._name}_seed{j.seed}",
+                           lambda j: f"{j.variant} seed {j.seed}, test-time adaptation", _tta_job),
+}
+
+
+# ---- step reports (progress of the running jobs) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """A running job's progress: ``step`` of ``steps`` training updates after ``cpu_s`` / ``wall_s`` seconds."""
+
+    key: str
+    step: int
+    steps: int
+    cpu_s: float
+    wall_s: float
+
+
+_reporter: Optional[Callable[[StepReport], None]] = None
+_report_every_s = 0.0
+
+
+def set_step_reporter(reporter: Optional[Callable[[StepReport], None]], every_s: float = 0.0) -> None:
+    """Send this process's jobs' ``StepReport``s to ``reporter``, at most one per ``every_s`` seconds
+    per job (the last step always); None: report nothing."""
+    global _reporter, _report_every_s
+    _reporter, _report_every_s = reporter, every_s
+
+
+def _step_callback(job: Job, steps: int) -> Optional[Callable[[int], None]]:
+    """``train_classifier``'s ``on_step`` for ``job``: a ``StepReport`` now and then, timed from its first call."""
+    if _reporter is None:
+        return None
+    started_wall, started_cpu, last = time.perf_counter(), _cpu_seconds(), [-math.inf]
+
+    def on_step(step: int) -> None:
+        now = time.perf_counter()
+        if _reporter is not None and (now - last[0] >= _report_every_s or step == steps):
+            last[0] = now
+            _reporter(StepReport(job.key, step, steps, _cpu_seconds() - started_cpu, now - started_wall))
+
+    return on_step
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -344,6 +429,14 @@ def _exit_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
+def _worker_start(parent: int, reports: Optional["multiprocessing.Queue"], every_s: float) -> None:
+    """Worker initializer: interrupts as ``utils.interrupts`` says, step reports into ``reports``, and
+    ``_exit_with_parent``."""
+    worker_init()
+    set_step_reporter(None if reports is None else reports.put, every_s)
+    _exit_with_parent(parent)
 
 
 def _cpu_seconds() -> float:
@@ -359,29 +452,13 @@ def _run_job(cfg: StudyConfig, job: Job, parts: Path) -> dict:
     torch.set_num_threads(cfg.threads)
     try:
         with torch.random.fork_rng(devices=[]):
-            ctx = _context(cfg)
-            if job.kind == "mlp":
-                result = _mlp_job(ctx, job.seed)
-            elif job.kind == "network":
-                result = _network_job(ctx, job, parts)
-            elif job.kind == "tta":
-                result = _tta_job(ctx, job, parts)
-            else:
-                result = _small_batch_job(ctx, job)
+            result = _KINDS[job.kind].run(_context(cfg), job, parts)
     finally:
         torch.set_num_threads(previous)
     write_json_atomic(job.path(parts, ".time.json"),
                       {"wall_s": time.perf_counter() - started_wall, "cpu_s": _cpu_seconds() - started_cpu})
     write_json_atomic(job.path(parts), result)
     return result
-
-
-def eta_seconds(times: Sequence[float], remaining: int, workers: int) -> Optional[float]:
-    """Seconds until ``remaining`` more jobs of a kind finish, ``workers`` at a time, each taking the
-    mean of the finished jobs' ``times`` (None before one has finished)."""
-    if not times:
-        return None
-    return sum(times) / len(times) * math.ceil(remaining / max(1, workers))
 
 
 def job_seconds(jobs: Iterable[Job], parts: Path) -> Dict[str, float]:
@@ -402,10 +479,18 @@ def run_jobs(
     workers: int = 1,
     on_done: Optional[Callable[[Job, dict], None]] = None,
     data: Optional[StudyData] = None,
+    on_step: Optional[Callable[[StepReport], None]] = None,
+    on_tick: Optional[Callable[[], None]] = None,
+    report_every_s: float = 1.0,
 ) -> Dict[str, dict]:
     """Run the jobs that have no stored result in ``parts`` (in ``workers`` processes; 1 runs them
     here, on ``data`` if the caller has loaded it) and return every job's result by key; ``on_done``
-    gets each job and its result as it finishes (stored ones first)."""
+    gets each job and its result as it finishes (stored ones first), ``on_step`` the running jobs'
+    ``StepReport``s (at most one per ``report_every_s`` per job) and, with workers, ``on_tick`` a call
+    every ``report_every_s`` while it waits for them.
+
+    An exception here (``utils.interrupts.Interrupted`` on Ctrl-C) cancels the queued jobs and stops
+    the workers before it propagates; the results stored so far stay."""
     jobs = list(jobs)
     for folder in {job.path(parts).parent for job in jobs}:
         folder.mkdir(parents=True, exist_ok=True)
@@ -423,24 +508,52 @@ def run_jobs(
         else:
             pending.append(job)
     if workers <= 1 or len(pending) <= 1:
-        if pending:
-            _context(cfg, data)
-        for job in pending:
-            results[job.key] = _run_job(cfg, job, parts)
-            if on_done is not None:
-                on_done(job, results[job.key])
-        _CONTEXTS.clear()  # free the data this process loaded
+        set_step_reporter(on_step, report_every_s)
+        try:
+            if pending:
+                _context(cfg, data)
+            for job in pending:
+                results[job.key] = _run_job(cfg, job, parts)
+                if on_done is not None:
+                    on_done(job, results[job.key])
+        finally:
+            set_step_reporter(None)
+            _CONTEXTS.clear()  # free the data this process loaded
         return results
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context,
-                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = {pool.submit(_run_job, cfg, job, parts): job for job in pending}
+    reports = context.Queue() if on_step is not None else None
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=context, initializer=_worker_start,
+                               initargs=(os.getpid(), reports, report_every_s))
+    poll = max(report_every_s, 0.2) if on_step is not None or on_tick is not None else None
+    try:
+        futures = {pool.submit(call_in_worker, _run_job, cfg, job, parts): job for job in pending}
         remaining = set(futures)
         while remaining:
-            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            done, remaining = wait(remaining, timeout=poll, return_when=FIRST_COMPLETED)
+            _drain(reports, on_step)
+            if on_tick is not None:
+                on_tick()
             for future in done:
                 job = futures[future]
                 results[job.key] = future.result()
                 if on_done is not None:
                     on_done(job, results[job.key])
+    except BaseException:
+        stop_pool(pool)
+        raise
+    finally:
+        if reports is not None:
+            reports.close()
+            reports.join_thread()
+    pool.shutdown()
     return results
+
+
+def _drain(reports: Optional["multiprocessing.Queue"], on_step: Optional[Callable[[StepReport], None]]) -> None:
+    """Pass the step reports the workers have sent so far to ``on_step``."""
+    while reports is not None and on_step is not None:
+        try:
+            report = reports.get_nowait()
+        except queue.Empty:
+            return
+        on_step(report)

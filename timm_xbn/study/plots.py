@@ -9,13 +9,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..evaluation.plots import save_figure  # noqa: E402
-from .config import JOB_KINDS  # noqa: E402
+from .config import JOB_KINDS, QUICK_NOTE  # noqa: E402
 from .report import esm_profiles  # noqa: E402
 from .tta import TTA_STREAMS  # noqa: E402
 
 __all__ = ["plot_study", "PLOT_FILES"]
 
 MODEL_STYLE = {"BN": dict(color="tab:red", linestyle="-", marker="o"), "GNBN": dict(color="tab:blue", linestyle="--", marker="s")}
+
+
+_title_note = ""  # set by ``plot_study``: a line above every figure's title (a quick run's warning)
+
+
+def _save(fig: Any, path: Path, **kwargs: Any) -> Path:
+    """``save_figure`` with ``_title_note`` (if any) on top of the figure's title."""
+    if _title_note:
+        title = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        fig.suptitle(f"{_title_note}\n{title}" if title else _title_note, fontsize=11)
+    return save_figure(fig, path, **kwargs)
 
 
 def _esm_by_epoch(history: List[dict]) -> Dict[int, List[tuple]]:
@@ -59,7 +70,7 @@ def plot_mlp_setup_one(mlp: Mapping, path: Path) -> Path:
     sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(1, depth))
     fig.colorbar(sm, ax=axes[1:].tolist(), label="layer (depth)")
     fig.suptitle(f"Section 4, setup one: training set = test set S' (paper Figs. 2 and 4), seed {mlp['by_seed'][0]['seed']}", fontsize=11)
-    return save_figure(fig, path, dpi=110, tight=False)
+    return _save(fig, path, dpi=110, tight=False)
 
 
 def plot_mlp_esm_vs_depth(mlp: Mapping, path: Path) -> Path:
@@ -93,7 +104,7 @@ def plot_mlp_esm_vs_depth(mlp: Mapping, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     ax2.legend(fontsize=7, ncol=2)
     fig.suptitle("Section 4: ESM$_\\sigma$ vs depth, BN in every layer vs GN in the odd layers (GNBN)", fontsize=11)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_mlp_setup_two_errors(mlp: Mapping, path: Path) -> Path:
@@ -113,7 +124,7 @@ def plot_mlp_setup_two_errors(mlp: Mapping, path: Path) -> Path:
     ax.set_title("Section 4, setup two: error vs training-set size (paper Figs. 3a, 5b)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def _seed_values(per_seed: Mapping[str, Any], get) -> np.ndarray:
@@ -142,7 +153,7 @@ def plot_resnet_top1(resnet: Mapping, path: Path) -> Path:
     ax.set_title(f"Section 5 (Table 1): top-1 per variant, mean ± sd over {len(resnet['seeds'])} training seeds "
                  "(dots: seeds)", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_resnet_robustness(resnet: Mapping, path: Path) -> Path:
@@ -162,7 +173,7 @@ def plot_resnet_robustness(resnet: Mapping, path: Path) -> Path:
                  f"{len(rob['perturb_seeds'])} perturbation seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
@@ -183,7 +194,7 @@ def plot_resnet_esm(resnet: Mapping, path: Path) -> Path:
     axes[0].set_ylabel("ESM$_\\sigma$ per channel (RMS), mean over seeds (log)")
     axes[0].legend(fontsize=8)
     fig.suptitle("Section 5: estimation shift of every BN, BN vs XBNBlock-P2 (GN / IN)", fontsize=11)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_resnet_adabn(resnet: Mapping, path: Path) -> Path:
@@ -214,7 +225,7 @@ def plot_resnet_adabn(resnet: Mapping, path: Path) -> Path:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, ncol=len(models), loc="upper right")
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_resnet_small_batch(resnet: Mapping, path: Path) -> Path:
@@ -235,7 +246,7 @@ def plot_resnet_small_batch(resnet: Mapping, path: Path) -> Path:
                  f"mean ± sd over {len(resnet['seeds'])} training seeds", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 def plot_tta(tta: Mapping, path: Path) -> Path:
@@ -259,7 +270,7 @@ def plot_tta(tta: Mapping, path: Path) -> Path:
     fig.suptitle(f"Test-time adaptation on {cfg['test_samples']} test images under {cfg['corruption']} (severity "
                  f"{cfg['severity']}): i.i.d. / label-shift (Dirichlet {cfg['dirichlet']:g}) batches of "
                  f"{cfg['batch_size']}, and batch size 1; mean ± sd over training seeds", fontsize=10)
-    return save_figure(fig, path, dpi=110)
+    return _save(fig, path, dpi=110)
 
 
 # figure -> (writer, the section of the results it draws, the job kind its numbers come from)
@@ -278,7 +289,14 @@ PLOT_FILES = tuple(_FIGURES)
 
 
 def plot_study(results: Mapping[str, Any], output_dir: Path, kinds: Sequence[str] = JOB_KINDS) -> List[Path]:
-    """Write the figures of ``PLOT_FILES`` whose job kinds are in ``kinds`` into ``output_dir``; returns their paths."""
+    """Write the figures of ``PLOT_FILES`` whose job kinds are in ``kinds`` into ``output_dir``; returns their
+    paths. A quick run's figures say so above their titles."""
+    global _title_note
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    return [write(results[section], output_dir / name) for name, (write, section, kind) in _FIGURES.items() if kind in kinds]
+    _title_note = QUICK_NOTE if results.get("config", {}).get("preset") == "quick" else ""
+    try:
+        return [write(results[section], output_dir / name) for name, (write, section, kind) in _FIGURES.items()
+                if kind in kinds]
+    finally:
+        _title_note = ""

@@ -6,18 +6,19 @@ claim's verdict (``evidence.combine_verdicts``); the others are reported beside 
 forced: a claim whose interval contains zero is INCONCLUSIVE, one whose interval excludes zero on
 the other side is CONTRADICTED.
 """
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .config import JOB_KINDS
+from .config import JOB_KINDS, QUICK_NOTE, JobKind
 from .tta import TTA_STREAMS
-from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, paired_effect
+from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, correlation_effect, paired_effect
 
 __all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines",
-           "claims_from_csv"]
+           "claims_from_csv", "config_differences", "design_differences", "is_quick"]
 
 
 @dataclass
@@ -80,10 +81,6 @@ def _log_growth(values: Sequence[float]) -> float:
     return math.log(last / first) if first > 0 and last > 0 else math.nan
 
 
-def _zeros(n: int) -> List[float]:
-    return [0.0] * n
-
-
 # ---- Section 4 (MLP) ------------------------------------------------------------------------------
 
 
@@ -127,12 +124,13 @@ def claim_esm_grows(mlp: Mapping) -> Claim:
         "bn_esm_grows_with_depth",
         "ESM_sigma of BN grows with depth (estimation shift accumulates)",
         "Sec. 4.2.1, Figs. 2-3 (MLP with BN in every layer)",
-        "BN MLP, setup one: Spearman(layer, ESM_sigma) per training seed; its 95% CI over seeds > 0. "
-        "Setup two sizes are reported beside it",
+        "BN MLP, setup one: Spearman(layer, ESM_sigma) per training seed; its 95% CI over seeds (on Fisher's z, "
+        "back-transformed) > 0. Setup two sizes are reported beside it",
     )
     for i, (case, per_seed) in enumerate(_mlp_cases(mlp).items()):
         rho = [spearman(*zip(*models["BN"])) for models in per_seed]
-        claim.add(paired_effect(f"Spearman(layer, ESM_sigma), {case}", rho, _zeros(len(rho)), +1, "rho"), counts=i == 0)
+        claim.add(correlation_effect(f"Spearman(layer, ESM_sigma), {case}", rho, +1, len(per_seed[0]["BN"])),
+                  counts=i == 0)
     return claim
 
 
@@ -379,18 +377,18 @@ def evaluate_claims(results: Mapping, done: Sequence[str] = JOB_KINDS) -> List[C
     those whose numbers come from these job kinds alone (so each can be reported once its jobs finish)."""
     mlp, rn = results["mlp"], results["resnet"]
     claims = []
-    if "mlp" in done:
+    if JobKind.MLP in done:
         claims += [claim_esm_grows(mlp), claim_gn_flattens(mlp), claim_gnbn_gap(mlp), claim_gnbn_test_error(mlp)]
-    if "network" in done:
+    if JobKind.NETWORK in done:
         claims.append(claim_table1_p2(rn))
         if "GN" in rn["networks"]:
             claims.append(claim_table1_full_gn(rn))
         claims.append(claim_xbn_robust(rn))
-    if "small_batch" in done:
+    if JobKind.SMALL_BATCH in done:
         claims += [claim_small_batch(rn, "BN"), claim_small_batch(rn, "GN")]
-    if "network" in done:
+    if JobKind.NETWORK in done:
         claims += [claim_esm_lower(rn), claim_adabn(rn)]
-    if "tta" in done and results.get("tta", {}).get("models"):
+    if JobKind.TTA in done and results.get("tta", {}).get("models"):
         claims.append(claim_tta_non_iid(results["tta"]))
     return claims
 
@@ -431,11 +429,18 @@ def tta_lines(tta: Mapping) -> List[str]:
     return lines
 
 
-def summary_lines(results: Mapping) -> List[str]:
-    """The plain-text summary: data, models and accuracies, then each claim with its verdict, criterion and effects."""
+def is_quick(results: Mapping) -> bool:
+    """Whether ``results`` (study.json, or ``claims_from_csv``'s dict) are of a quick smoke run."""
+    return results.get("config", {}).get("preset") == "quick"
+
+
+def summary_lines(results: Mapping, skip: Collection[str] = ()) -> List[str]:
+    """The plain-text summary: data, models and accuracies, then each claim with its verdict, criterion and
+    effects (but the claims whose ids are in ``skip``, e.g. printed already). A quick run says so first and last."""
     ds = results["dataset"]
     mlp_cfg, rn = results["mlp"]["config"], results["resnet"]
-    lines = [
+    lines = [QUICK_NOTE.upper()] if is_quick(results) else []
+    lines += [
         f"Data: {ds['description']}",
         f"Seeds: {results['seeds']}; torch threads per job: {results['threads']}",
         (
@@ -455,25 +460,80 @@ def summary_lines(results: Mapping) -> List[str]:
         cells = [f"b{b} {_mean_sd([sizes[str(b)][s] for s in _seeds(rn)])}" for b in sorted(sb["batch_sizes"])]
         lines.append(f"  {label:7s} " + " | ".join(cells))
     lines += tta_lines(results.get("tta", {}))
-    lines.append("")
-    for i, c in enumerate(results["claims"], start=1):
+    shown = [(i, c) for i, c in enumerate(results["claims"], start=1) if c["id"] not in skip]
+    lines += [""] if shown else []
+    for i, c in shown:
         lines += claim_lines(c, f"{i}. ")
     counts = {v: sum(c["verdict"] == v for c in results["claims"]) for v in (HOLDS, CONTRADICTED, INCONCLUSIVE)}
     lines.append("")
     lines.append("(* = effect that decides the verdict; the others are reported beside it)")
-    lines.append(f"{len(results['claims'])} claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + ".")
+    lines.append(f"{len(results['claims'])} claims on {ds['name']}: " + ", ".join(f"{n} {v}" for v, n in counts.items())
+                 + (f" ({QUICK_NOTE})." if is_quick(results) else "."))
     return lines
 
 
-def claims_from_csv(rows: Sequence[Mapping[str, str]], label: str) -> dict:
+def claims_from_csv(rows: Sequence[Mapping[str, str]], label: str, config: Optional[Mapping[str, Any]] = None) -> dict:
     """The comparable part of a study result (``compare_lines``) from the rows of its ``claims.csv``
-    (e.g. the committed ``docs/study/claims.csv``); ``label`` names it in the comparison."""
+    (e.g. the committed ``docs/study/claims.csv``); ``label`` names it in the comparison, ``config`` is
+    the design its ``# design:`` line records (older files have none)."""
     claims: Dict[str, dict] = {}
     for row in rows:
         claim = claims.setdefault(row["claim"], {"id": row["claim"], "claim": row["claim"], "verdict": row["verdict"], "effects": []})
-        claim["effects"].append({"name": row["effect"], "verdict": row["effect_verdict"],
-                                 **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}})
-    return {"label": label, "claims": list(claims.values())}
+        effect = {"name": row["effect"], "verdict": row["effect_verdict"],
+                  **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
+        if row.get("n"):
+            effect["n"] = int(row["n"])
+        claim["effects"].append(effect)
+    out = {"label": label, "claims": list(claims.values())}
+    if config is not None:
+        out["config"] = dict(config)
+    return out
+
+
+# settings two runs may differ in and still be compared (``study-compare``'s purpose: threads, machines)
+_RUN_SETTINGS = ("threads", "device")
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(first: Mapping[str, Any], second: Mapping[str, Any], ignore: Collection[str] = ()) -> List[str]:
+    """``"setting: A vs B"`` for every (dotted) setting of two study configurations that differs, but ``ignore``;
+    a ``preset`` missing from one (results written before presets were recorded) is not compared."""
+    flat_a, flat_b = _flat(json.loads(json.dumps(first))), _flat(json.loads(json.dumps(second)))
+    if "preset" not in flat_a or "preset" not in flat_b:
+        ignore = (*ignore, "preset")
+    keys = [k for k in dict.fromkeys([*flat_a, *flat_b]) if k not in ignore]
+    return [f"{k}: {flat_a.get(k, '-')} vs {flat_b.get(k, '-')}" for k in keys if flat_a.get(k) != flat_b.get(k)]
+
+
+def _seed_counts(results: Mapping) -> set:
+    return {e["n"] for c in results["claims"] for e in c["effects"] if "n" in e}
+
+
+def design_differences(first: Mapping, second: Mapping) -> List[str]:
+    """The design settings in which two study results differ, as ``"setting: A vs B"`` (empty when the
+    designs agree). Thread count and device are not design: comparing them is what ``study-compare``
+    is for. A result without its design (an older claims.csv) is compared by its seed count."""
+    a, b = first.get("config"), second.get("config")
+    if a is not None and b is not None:
+        return config_differences(a, b, ignore=_RUN_SETTINGS)
+    out = []
+    if is_quick(first) != is_quick(second):
+        preset = lambda r: "quick" if is_quick(r) else "not recorded" if r.get("config") is None else r["config"].get("preset")
+        out.append(f"preset: {preset(first)} vs {preset(second)}")
+    seeds_a, seeds_b = _seed_counts(first), _seed_counts(second)
+    if seeds_a and seeds_b and seeds_a != seeds_b:
+        show = lambda s: "/".join(map(str, sorted(s)))
+        out.append(f"training seeds per effect: {show(seeds_a)} vs {show(seeds_b)}")
+    return out
 
 
 def _run_label(results: Mapping) -> str:

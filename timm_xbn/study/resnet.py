@@ -13,9 +13,11 @@ of the first ``blocks`` bottlenecks (several perturbation seeds); ESM per BN lay
 on the clean and on a corrupted test split; AdaBN under ImageNet-C corruptions (statistics
 re-estimated on corrupted training images, evaluated on the corrupted test split).
 """
+import json
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 import timm
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from ..corruptions.torch_ops import corrupt_batch
 from ..evaluation.metrics import accuracy_from_counts, topk_correct
@@ -33,6 +37,7 @@ from ..layers import paper_affine
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
 from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
 from ..utils.device import eval_mode, model_device
+from ..utils.files import atomic_write
 from ..utils.norms import is_bn
 
 __all__ = [
@@ -44,6 +49,9 @@ __all__ = [
     "bn_depths",
     "prepare_images",
     "train_classifier",
+    "save_training_state",
+    "load_training_state",
+    "training_state_epoch",
     "evaluate_top1",
     "robustness_sweep",
     "esm_per_layer",
@@ -207,10 +215,16 @@ def train_classifier(
     weight_decay: float,
     warmup_steps: int,
     steps: int,
-    on_step: Optional[Callable[[], None]] = None,
+    on_step: Optional[Callable[[int], None]] = None,
+    checkpoint: Optional[Path] = None,
 ) -> List[dict]:
     """SGD (momentum 0.9) with a warmup + cosine schedule (timm's optimizer and scheduler factories)
-    for ``steps`` updates over seeded reshuffles of ``split``; returns per-epoch loss and train top-1 (%)."""
+    for ``steps`` updates over seeded reshuffles of ``split``; returns per-epoch loss and train top-1 (%).
+
+    ``on_step(update)`` is called after every update. With ``checkpoint`` (a ``.safetensors`` path) the
+    training state is saved there after every epoch but the last (``save_training_state``) and, when
+    the file exists at the start, training resumes from it: the result is bit-identical to an
+    uninterrupted run."""
     optimizer = create_optimizer_v2(model, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=steps, warmup_t=min(warmup_steps, steps // 2),
@@ -219,6 +233,10 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     history: List[dict] = []
     update, epoch = 0, 0
+    epochs = math.ceil(steps / (len(split.y) // batch_size)) if len(split.y) >= batch_size else 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        update, history = load_training_state(checkpoint, model, optimizer, generator, steps)
+        epoch = len(history)
     model.train()
     while update < steps:
         epoch += 1
@@ -239,12 +257,64 @@ def train_classifier(
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             if on_step is not None:
-                on_step()
+                on_step(update)
             if update == steps:
                 break
         history.append({"epoch": epoch, "images": seen, "loss": loss_sum / seen, "train_top1": 100.0 * correct / seen})
+        if checkpoint is not None and update < steps:
+            save_training_state(checkpoint, model, optimizer, generator, update, steps, epochs, history)
     model.eval()
     return history
+
+
+def save_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                        update: int, steps: int, epochs: int, history: List[dict]) -> None:
+    """``train_classifier``'s state after an epoch as one safetensors file (atomically): the weights and
+    buffers, the optimizer's momentum buffers and hyper-parameters, the data-order and torch RNG states,
+    the update count and the history so far."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, per_param in state["state"].items():
+        tensors.update({f"optimizer.{index}.{k}": v.detach().cpu().contiguous() for k, v in per_param.items()
+                        if isinstance(v, torch.Tensor)})
+    tensors["rng.order"] = generator.get_state()
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {"update": update, "steps": steps, "epoch": len(history), "epochs": epochs, "history": history,
+            "param_groups": state["param_groups"]}
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "state": json.dumps(meta)})
+
+
+def training_state_epoch(path: Path) -> Tuple[int, int]:
+    """(epochs done, epochs in all) of a ``save_training_state`` file, read from its header only."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    return meta["epoch"], meta["epochs"]
+
+
+def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator,
+                        steps: int) -> Tuple[int, List[dict]]:
+    """Restore a ``save_training_state`` file into ``model``, ``optimizer``, ``generator`` and the torch
+    RNG; returns (update, history). Momentum buffers get their parameter's memory layout, as in a run
+    that never stopped."""
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    if meta["steps"] != steps:
+        raise ValueError(f"{path} is the training state of a {meta['steps']}-step run, not {steps}; delete it to start over")
+    device = model_device(model)
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    per_param: Dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            param = params[int(index)]
+            per_param.setdefault(int(index), {})[name] = torch.empty_like(param).copy_(value.to(device))
+    optimizer.load_state_dict({"state": per_param, "param_groups": meta["param_groups"]})
+    generator.set_state(tensors["rng.order"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta["update"], meta["history"]
 
 
 @torch.no_grad()

@@ -33,6 +33,7 @@ from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sa
 from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
 
 from ..utils.files import write_text_atomic
+from ..utils.interrupts import Interrupted, StopRequest, interruptible
 from ..evaluation.models import state_dict_sha1
 from ..evaluation.results import claim_output_dir, write_csv, write_json_atomic
 from ..models import state_dict_mismatch
@@ -93,6 +94,7 @@ class Trainer:
         self.rng_states: List[Dict[str, Any]] = []
         self.best: Dict[str, Any] = {}
         self.lock = ExitStack()
+        self.stop = StopRequest()  # set by the first Ctrl-C / SIGTERM (one process only): save, then stop
 
     # ---- setup ---------------------------------------------------------------------------------
     def _setup_device(self) -> None:
@@ -373,6 +375,11 @@ class Trainer:
                 self._save_point()
                 if self.saver is not None:
                     self.saver.save_recovery(epoch, batch_idx=batch_idx + 1)
+            if self.stop and batch_idx + 1 < num_batches:  # at the epoch's end, _run stops after its checkpoint
+                self.progress.update(epoch_loss_sum=loss_sum.item(), epoch_loss_count=loss_count)
+                self._save_point()
+                self.saver.save_recovery(epoch, batch_idx=batch_idx + 1)
+                raise self._interrupted()
             if args.stop_after_steps is not None and self.progress["num_updates"] >= args.stop_after_steps:
                 return False
         if args.distributed:
@@ -450,10 +457,16 @@ class Trainer:
         return results
 
     # ---- run -----------------------------------------------------------------------------------
+    def _interrupted(self) -> Interrupted:
+        return Interrupted(f"interrupted after {self.progress['num_updates']} updates, saved in {self.output_dir}; "
+                           f"continue with --experiment {self.output_dir.name} --resume auto")
+
     def run(self) -> Dict[str, Any]:
         self._setup_device()
         try:
-            with self.lock:
+            # one process: the first Ctrl-C stops after the current update, saved (ranks would not agree on when)
+            with self.lock, interruptible(raise_now=False) if not self.args.distributed else nullcontext(self.stop) as stop:
+                self.stop = stop
                 return self._run()
         finally:
             if self.args.distributed and dist.is_initialized():
@@ -492,6 +505,8 @@ class Trainer:
                     self._dump_rank_weights()
                     return {"kind": "train", "stopped_at_update": self.progress["num_updates"]}
                 self._end_epoch(epoch)
+                if self.stop and epoch + 1 < self.num_epochs:
+                    raise self._interrupted()
         self._dump_rank_weights()
         results = self._results()
         if self.primary:

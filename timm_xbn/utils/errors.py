@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional
 
 from .files import OutputWriteError
+from .interrupts import EXIT_CODE, Interrupted
 
 __all__ = [
     "UserError", "USER_ERRORS", "SYSTEM_ERRNOS", "INTERRUPTED", "INTERRUPTED_RESUMES", "DEBUG_VARIABLE",
@@ -61,11 +62,12 @@ def command_errors(resumes: bool = False) -> Iterator[None]:
     exception propagates with its traceback."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         if _debug():
             traceback.print_exc()
-        _red_line(INTERRUPTED_RESUMES if resumes else INTERRUPTED)
-        raise SystemExit(130) from None
+        said = str(stopped) if isinstance(stopped, Interrupted) else ""  # the run's own line: what it kept
+        _red_line(said or (INTERRUPTED_RESUMES if resumes else INTERRUPTED))
+        raise SystemExit(EXIT_CODE) from None
     except Exception as err:
         message = user_message(err)
         if message is None:
