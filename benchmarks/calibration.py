@@ -15,6 +15,7 @@ one with more cells above zero wins, ties going to ``mix`` (it moves the statist
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py          # docs/calibration.md (about 8 min of one core)
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --tiny   # seconds: a smoke run (xbn_results/calibration_tiny)
+    python benchmarks/calibration.py --portable                 # the committed table: the same bits on any x86-64 CPU
 """
 import argparse
 import copy
@@ -38,6 +39,7 @@ from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
 from timm_xbn.utils.files import write_text_atomic
+from timm_xbn.utils.portable import ensure_portable_or_exit
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 
 OUTPUT_NAME = "calibration.md"
@@ -245,7 +247,11 @@ def main(argv: Optional[List[str]] = None) -> Path:
     parser.add_argument("--tiny", action="store_true", help="a smoke run of seconds (2 seeds, 2 conversions, tiny training)")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"folder for {OUTPUT_NAME} and calibration.json (default: docs/, with --tiny xbn_results/calibration_tiny)")
+    parser.add_argument("--portable", action="store_true", help="portable mode: the same numbers on any x86-64 CPU")
     args = parser.parse_args(argv)
+    if args.portable:  # before any computing: may re-execute this command
+        ensure_portable_or_exit()
+    torch.set_num_threads(1)  # run() computes at one thread; the provenance record says so
     setting = TINY if args.tiny else FULL
     if args.out is None:  # a smoke run never overwrites the documented table
         args.out = Path("xbn_results/calibration_tiny") if args.tiny else Path(__file__).resolve().parent.parent / "docs"

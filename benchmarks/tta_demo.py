@@ -20,6 +20,7 @@ over the seeds (``timm_xbn.study.evidence``); "lower" / "higher" when the interv
 
     python benchmarks/tta_demo.py                       # 3 seeds, ~12 min at 1 thread; writes docs/tta/
     python benchmarks/tta_demo.py --tiny -o /tmp/tta    # seconds (the test; numbers meaningless)
+    python benchmarks/tta_demo.py --portable            # the committed docs/tta: the same bits on any x86-64 CPU
 """
 import argparse
 import json
@@ -33,6 +34,7 @@ import torch.nn as nn
 
 from timm_xbn.adapt import create_adapter, run_protocol
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch
+from timm_xbn.utils.portable import ensure_portable_or_exit
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
@@ -214,6 +216,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the data subsets, the order and the corruptions")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--portable", action="store_true", help="portable mode: the same numbers on any x86-64 CPU")
     parser.add_argument("--tiny", action="store_true", help="tiny settings for a test run in seconds (numbers meaningless)")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/tta"))
     args = parser.parse_args(argv)
@@ -227,6 +230,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.portable:  # before any computing: may re-execute this command
+        ensure_portable_or_exit(threads=args.threads)
     torch.set_num_threads(args.threads)
     prov = provenance(script_command(__file__, argv))
     start = time.perf_counter()

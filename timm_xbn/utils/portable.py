@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 __all__ = ["PINS", "PORTABLE_ENV", "PortableModeError", "cpu_model", "is_pinned", "is_portable", "ensure_portable",
-           "portable_env", "kernel_record"]
+           "portable_env", "kernel_record", "ensure_portable_or_exit"]
 
 #: read by the libraries when they start: set before torch is imported
 PINS: Dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
@@ -63,10 +63,13 @@ def portable_env(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     return {**(os.environ if base is None else base), **PORTABLE_ENV}
 
 
-def ensure_portable(flag: str = "--portable") -> None:
+def ensure_portable(flag: str = "--portable", threads: int = 1) -> None:
     """Enter portable mode: re-execute this process with ``PORTABLE_ENV`` when it is not pinned, then use one
     torch thread. The re-execution happens only when the process's own command line holds ``flag`` (so it
-    runs that same command again); a caller without it, e.g. a notebook, gets ``PortableModeError`` saying how."""
+    runs that same command again); a caller without it, e.g. a notebook, gets ``PortableModeError`` saying how.
+    ``threads`` is the count the caller asked for: anything but 1 is refused (it changes the rounding)."""
+    if threads != 1:
+        raise PortableModeError(f"portable mode runs one thread per job, not {threads}")
     if not is_pinned():
         capability = torch.backends.cpu.get_cpu_capability()
         if capability not in (_CAPABILITY, "AVX512"):  # e.g. DEFAULT: this CPU lacks AVX2
@@ -89,3 +92,12 @@ def kernel_record(threads: Optional[int] = None) -> dict:
     return {"capability": torch.backends.cpu.get_cpu_capability(),
             "isa_cap": os.environ.get("ONEDNN_MAX_CPU_ISA", "none"), "mkl_branch": os.environ.get("MKL_CBWR", "auto"),
             "threads": threads, "cpu": cpu_model(), "portable": is_pinned() and threads == 1}
+
+
+def ensure_portable_or_exit(flag: str = "--portable", threads: int = 1) -> None:
+    """``ensure_portable`` for a script: its refusal as one line ``error: ...`` on stderr and exit code 2."""
+    try:
+        ensure_portable(flag, threads)
+    except PortableModeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
