@@ -39,7 +39,7 @@ from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
 from timm_xbn.utils.files import write_text_atomic
-from timm_xbn.utils.portable import ensure_portable_or_exit
+from timm_xbn.utils.portable import ensure_portable_or_exit, mode_note
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 
 OUTPUT_NAME = "calibration.md"
@@ -206,7 +206,7 @@ def choose_default(results: Dict[str, dict]) -> str:
 def render(results: Dict[str, dict], setting: Setting, seconds: float, cpu_seconds: float) -> str:
     """The markdown page (``stamp`` adds the line naming the command, commit and machine): the settings, one
     table per family and the re-estimation effects with the chosen default."""
-    lines = [f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU-seconds, 1 torch thread.", "",
+    lines = [f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU-seconds, 1 torch thread. {mode_note()}", "",
              f"Setting: {setting.train_samples} Fashion-MNIST training images at {setting.image_size} px, "
              f"{setting.epochs} epoch(s), batch {setting.batch_size}, SGD lr {setting.lr} cosine; one network per "
              f"training seed ({len(setting.seeds)} seeds). Calibration and re-estimation: {setting.calib_images} "

@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from timm_xbn.adapt import create_adapter, run_protocol
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch
-from timm_xbn.utils.portable import ensure_portable_or_exit
+from timm_xbn.utils.portable import ensure_portable_or_exit, mode_note
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
@@ -182,7 +182,7 @@ def markdown(rows: List[dict], effect_rows: List[dict], settings: dict) -> str:
 
     n = len(settings["seeds"])
     columns = [k for k in rows[0] if not k.endswith("±")]
-    lines = ["", f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
+    lines = ["", mode_note(), "", f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
              f"interval over the seeds); per corruption at severity 5.", "",
              "| " + " | ".join(c[:5] if c in CORRUPTIONS else c for c in columns) + " |",
              "|" + "|".join("---" if c in ("model", "method") else "---:" for c in columns) + "|"]

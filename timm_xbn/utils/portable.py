@@ -22,7 +22,7 @@ from typing import Dict, Mapping, Optional
 import torch
 
 __all__ = ["PINS", "PORTABLE_ENV", "PortableModeError", "cpu_model", "is_pinned", "is_portable", "ensure_portable",
-           "portable_env", "kernel_record", "ensure_portable_or_exit"]
+           "portable_env", "kernel_record", "ensure_portable_or_exit", "mode_note"]
 
 #: read by the libraries when they start: set before torch is imported
 PINS: Dict[str, str] = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "COMPATIBLE"}
@@ -101,3 +101,14 @@ def ensure_portable_or_exit(flag: str = "--portable", threads: int = 1) -> None:
     except PortableModeError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def mode_note() -> str:
+    """One sentence for a generated page: which mode made its numbers, and what another machine may show."""
+    record = kernel_record()
+    if record["portable"]:
+        return (f"Portable mode (torch kernels {record['capability']}, oneDNN cap {record['isa_cap']}, MKL branch "
+                f"{record['mkl_branch']}, 1 thread): the same numbers on any x86-64 CPU with the same torch; "
+                f"`python -m benchmarks.regenerate --check` compares.")
+    return (f"Native kernels ({record['capability']}, {record['threads']} thread{'s' * (record['threads'] != 1)}) on "
+            f"{record['cpu']}: another CPU gives other numbers, within the intervals only.")
