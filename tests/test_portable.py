@@ -21,7 +21,7 @@ ROOT = Path(__file__).parents[1]
 HAS_AVX2 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 needs_avx2 = pytest.mark.skipif(not HAS_AVX2, reason="portable mode needs an x86-64 CPU with AVX2")
 _REPORT = ("import json; from timm_xbn.utils.portable import ensure_portable, kernel_record; "
-           "ensure_portable(); print(json.dumps(kernel_record()))")
+           "ensure_portable(); print(json.dumps([kernel_record(), kernel_record(threads=2)]))")
 
 
 def _unpinned_env(**extra: str) -> dict:
@@ -37,9 +37,18 @@ def _run(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_a_command_with_the_flag_reexecutes_itself_pinned():
     result = _run(_unpinned_env(OMP_NUM_THREADS="4"), "--portable")
     assert result.returncode == 0, result.stderr
-    record = json.loads(result.stdout)
+    record, two_threads = json.loads(result.stdout)
     assert (record["capability"], record["isa_cap"], record["mkl_branch"]) == ("AVX2", "AVX2", "COMPATIBLE")
     assert record["threads"] == 1 and record["portable"] is True
+    assert two_threads["portable"] is False  # pinned, but two threads round otherwise
+
+
+@needs_avx2
+def test_a_process_started_pinned_runs_without_reexecution_at_one_thread():
+    result = _run({**_unpinned_env(OMP_NUM_THREADS="4"), **portable.PINS})  # no flag: nothing to re-execute
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)[0]
+    assert record["capability"] == "AVX2" and record["threads"] == 1 and record["portable"] is True
 
 
 @needs_avx2
