@@ -4,12 +4,12 @@ same bits on any such machine.
 torch picks its CPU kernels by the machine it runs on: ATen's vectorized kernels (AVX-512 / AVX2 / default),
 oneDNN's convolutions (up to AMX) and MKL's GEMMs (its own dispatch, per vendor). Each choice rounds
 differently, and a few hundred SGD steps turn those roundings into different networks: a committed table then
-depends on the CPU its author's session got. Portable mode caps ATen and oneDNN at AVX2, puts MKL on its
-conditional-numerical-reproducibility branch that is the same on Intel and non-Intel CPUs (``COMPATIBLE``) and
-runs one thread. The libraries read these settings once, when they start, so they must be in the environment
+depends on the CPU its author's session got. Portable mode caps ATen and oneDNN at AVX2, puts MKL on the
+conditional-numerical-reproducibility branch meant for Intel and non-Intel CPUs alike (``COMPATIBLE``; its
+other fixed branches exist on Intel CPUs only) and runs one thread. The libraries read these settings once, when they start, so they must be in the environment
 before torch is imported: ``ensure_portable`` re-executes the running command with them (``os.execve``).
 
-Measured with ``../shared/tools/cpu_fingerprint.py``-style runs (docs/tta.md, "Portable mode"): the AVX2 caps
+Measured with ``cpu_fingerprint.py``-style runs (docs/tta.md, "Numbers that hold on another machine"): the AVX2 caps
 alone leave MKL on its AVX-512 branch; ``torch.use_deterministic_algorithms`` and flushing denormals do not
 change the bits on CPU, so the mode leaves them alone. Native speed stays the default for users.
 """
