@@ -31,7 +31,7 @@ class Field:
 
 @dataclass(frozen=True)
 class Moved:
-    """A field whose new value differs from the committed one."""
+    """A field whose new value differs from the committed one (``within``: by no more than allowed)."""
 
     file: str
     field: str
@@ -66,9 +66,18 @@ def _numbers(name: str, per_seed: Sequence[float]) -> List[Field]:
             *(Field(f"{name} [seed {i}]", v) for i, v in enumerate(per_seed))]
 
 
+_NOT_SETTINGS = ("train_seconds", "total_seconds", "portable")  # timings; the mode is the record's
+
+
+def _settings(settings: dict) -> List[Field]:
+    """The run's settings as fields that must be equal: numbers of two different experiments do not compare."""
+    return [Field(f"setting {key}", json.dumps(value)) for key, value in settings.items() if key not in _NOT_SETTINGS]
+
+
 def tta_fields(data: dict) -> List[Field]:
-    """benchmarks/tta_demo.py's JSON: every table cell (mean over seeds), each comparison and its verdict."""
-    fields = []
+    """benchmarks/tta_demo.py's JSON: its settings, every table cell (mean over seeds), each comparison and its
+    verdict."""
+    fields = _settings(data["settings"])
     for i, row in enumerate(data["rows"]):
         for key in row:
             if key in ("model", "method") or key.endswith("±"):
@@ -81,10 +90,11 @@ def tta_fields(data: dict) -> List[Field]:
 
 
 def calibration_fields(data: dict) -> List[Field]:
-    """benchmarks/calibration.py's JSON: every top-1 / R² cell, the re-estimation verdicts, the chosen default."""
+    """benchmarks/calibration.py's JSON: its setting, every top-1 / R² cell, the re-estimation verdicts, the
+    chosen default."""
     from benchmarks.calibration import reestimation_effects
 
-    fields = []
+    fields = _settings(data["setting"])
     for family, per in data["results"].items():
         fields += _numbers(f"{family} / BN", per["BN"])
         for variant, cells in per.items():
@@ -145,7 +155,7 @@ def compare_file(name: str, committed: Path, new: Path) -> FileCheck:
         if key not in new_fields:
             continue
         value = new_fields[key].value
-        if isinstance(old.value, str):  # a verdict: always equal
+        if isinstance(old.value, str):  # a verdict or a setting: always equal
             within = value == old.value
         elif identical:
             within = value == old.value
@@ -185,6 +195,6 @@ def report(results: List[FileCheck], shown_within: int = 10) -> str:
         verdicts = [m for m in r.moved if isinstance(m.committed, str)]
         lines.append(f"{r.file}: {'PASS' if r.passed else 'FAIL'} ({r.mode}): {r.compared} values compared, "
                      f"{len(r.moved)} moved, {sum(not m.within for m in r.moved)} outside, "
-                     f"{len(verdicts)} verdicts changed" + (f"; fields in one file only: {', '.join(r.missing[:5])}"
+                     f"{len(verdicts)} verdicts or settings changed" + (f"; fields in one file only: {', '.join(r.missing[:5])}"
                                                             if r.missing else ""))
     return "\n".join(lines)

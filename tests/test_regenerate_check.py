@@ -29,7 +29,8 @@ def _tta(prov: dict, seed_values=((20.0, 40.0), (30.0, 50.0)), verdict: str = "i
     rows = [{"model": "BN", "method": "norm", "mean sev 5": 0.0, "mean sev 5 ±": 0.0, "mean sev 3": 0.0}]
     effects = [{"comparison": "BN: norm - source", "severity": 5, "mean": -1.0, "ci_low": -3.0, "ci_high": 1.0,
                 "verdict": verdict, "per_seed": [-1.0, -1.0]}]
-    return {"provenance": prov, "rows": rows, "effects": effects, "per_seed": per_seed}
+    return {"provenance": prov, "settings": {"seeds": [0, 1], "train_seconds": 5}, "rows": rows, "effects": effects,
+            "per_seed": per_seed}
 
 
 def _write(folder: Path, data: dict) -> Path:
@@ -61,6 +62,13 @@ def test_a_changed_verdict_fails_and_both_portable_files_must_be_identical(tmp_p
     result = compare_file("tta/tta_demo.json", committed / "tta/tta_demo.json", nudged / "tta/tta_demo.json")
     assert result.mode == "identical" and not result.passed
     assert {m.field for m in result.moved} == {"BN / norm / mean sev 3", "BN / norm / mean sev 3 [seed 1]"}
+    slower = _tta(PORTABLE)
+    slower["settings"]["train_seconds"] = 9  # a timing: not compared
+    assert compare_file("tta/tta_demo.json", committed / "tta/tta_demo.json", _write(tmp_path / "e", slower) / "tta/tta_demo.json").passed
+    more_seeds = _tta(PORTABLE)
+    more_seeds["settings"]["seeds"] = [0, 1, 2]  # another experiment: fails whatever its numbers
+    result = compare_file("tta/tta_demo.json", committed / "tta/tta_demo.json", _write(tmp_path / "f", more_seeds) / "tta/tta_demo.json")
+    assert not result.passed and [m.field for m in result.moved] == ["setting seeds"]
     other_torch = _write(tmp_path / "d", _tta({**PORTABLE, "machine": "box, torch 2.15.0"}, ((20.0, 40.0), (30.0, 50.000001))))
     assert compare_file("tta/tta_demo.json", committed / "tta/tta_demo.json", other_torch / "tta/tta_demo.json").passed
 
