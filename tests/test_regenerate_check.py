@@ -1,7 +1,8 @@
-"""``python -m benchmarks.regenerate --check``: the tiny tta and calibration targets, rerun in portable mode,
-give the numbers of the committed tiny references (tests/data/regenerate_tiny, written by the same command)
-bit for bit; the comparison rules (identical when both files are portable, else within the committed
-interval's half-width, verdicts always equal) on hand-made files."""
+"""``python -m benchmarks.regenerate --check`` (benchmarks/regenerate_check.py): the tiny tta and calibration
+targets (--tiny), rerun in portable mode, give the numbers of the committed tiny references
+(tests/data/regenerate_tiny, written by the same command) bit for bit; the comparison rules (identical when
+both files are portable, else within the committed interval's half-width, verdicts and settings always equal)
+on hand-made files."""
 import contextlib
 import copy
 import io
