@@ -6,8 +6,9 @@ oneDNN's convolutions (up to AMX) and MKL's GEMMs (its own dispatch, per vendor)
 differently, and a few hundred SGD steps turn those roundings into different networks: a committed table then
 depends on the CPU its author's session got. Portable mode caps ATen and oneDNN at AVX2, puts MKL on the
 conditional-numerical-reproducibility branch meant for Intel and non-Intel CPUs alike (``COMPATIBLE``; its
-other fixed branches exist on Intel CPUs only) and runs one thread. The libraries read these settings once, when they start, so they must be in the environment
-before torch is imported: ``ensure_portable`` re-executes the running command with them (``os.execve``).
+other fixed branches exist on Intel CPUs only) and runs one thread. The libraries read these settings once,
+when they start, so they must be in the environment before torch is imported: ``ensure_portable``
+re-executes the running command with them (``os.execve``).
 
 Measured with ``cpu_fingerprint.py``-style runs (docs/tta.md, "Numbers that hold on another machine"): the AVX2 caps
 alone leave MKL on its AVX-512 branch; ``torch.use_deterministic_algorithms`` and flushing denormals do not
