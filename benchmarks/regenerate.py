@@ -178,6 +178,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Path]:
         args.out = args.made or (args.out if out_given else Path(tempfile.mkdtemp(prefix="xbn_regenerate_check_")))
     if args.tiny and args.out.resolve() == (ROOT / "docs").resolve():
         parser.error("--tiny would overwrite docs/ with meaningless numbers: give --out another folder")
+    if args.made:
+        absent = [f for name in names for f in TARGETS[name].files if not (args.made / f).is_file()]
+        if absent:
+            parser.error(f"--from {args.made}: no {', '.join(absent[:3])}{' ...' if len(absent) > 3 else ''}")
     written = []
     for name in names:
         if args.made:

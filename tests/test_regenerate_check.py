@@ -109,3 +109,10 @@ def test_the_check_prints_what_moved_and_fails(tiny_check, tmp_path, capsys):
     old, new = changed["results"]["ResNet"]["BN"][1], data["results"]["ResNet"]["BN"][1]
     assert f"| calibration.json | ResNet / BN [seed 1] | {old:.4f} | {new:.4f} | NO |" in out
     assert "calibration.json: FAIL (identical)" in out
+
+
+def test_from_needs_check_and_the_files(tmp_path):
+    for argv in (["--only", "tta", "--from", str(tmp_path)], ["--check", "--only", "tta", "--from", str(tmp_path)]):
+        with pytest.raises(SystemExit) as refused:
+            regenerate.main(argv)
+        assert refused.value.code == 2
