@@ -15,6 +15,7 @@ one with more cells above zero wins, ties going to ``mix`` (it moves the statist
 
     OMP_NUM_THREADS=1 python benchmarks/calibration.py          # docs/calibration.md (about 8 min of one core)
     OMP_NUM_THREADS=1 python benchmarks/calibration.py --tiny   # seconds: a smoke run (xbn_results/calibration_tiny)
+    python benchmarks/calibration.py --portable                 # the committed table: the same bits on any x86-64 CPU
 """
 import argparse
 import copy
@@ -39,6 +40,7 @@ from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import INCONCLUSIVE, paired_effect
 from timm_xbn.study.resnet import ImageSplit, evaluate_top1, prepare_images, train_classifier
 from timm_xbn.utils.files import write_text_atomic
+from timm_xbn.utils.portable import ensure_portable_or_exit, mode_note
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 
 OUTPUT_NAME = "calibration.md"
@@ -205,7 +207,7 @@ def choose_default(results: Dict[str, dict]) -> str:
 def render(results: Dict[str, dict], setting: Setting, seconds: float, cpu_seconds: float) -> str:
     """The markdown page (``stamp`` adds the line naming the command, commit and machine): the settings, one
     table per family and the re-estimation effects with the chosen default."""
-    lines = [f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU-seconds, 1 torch thread.", "",
+    lines = [f"{seconds:.0f} s wall, {cpu_seconds:.0f} CPU-seconds, 1 torch thread. {mode_note()}", "",
              f"Setting: {setting.train_samples} Fashion-MNIST training images at {setting.image_size} px, "
              f"{setting.epochs} epoch(s), batch {setting.batch_size}, SGD lr {setting.lr} cosine; one network per "
              f"training seed ({len(setting.seeds)} seeds). Calibration and re-estimation: {setting.calib_images} "
@@ -246,7 +248,11 @@ def main(argv: Optional[List[str]] = None) -> Path:
     parser.add_argument("--tiny", action="store_true", help="a smoke run of seconds (2 seeds, 2 conversions, tiny training)")
     parser.add_argument("-o", "--output", dest="out", type=Path, default=None,
                         help=f"folder for {OUTPUT_NAME} and calibration.json (default: docs/, with --tiny xbn_results/calibration_tiny)")
+    parser.add_argument("--portable", action="store_true", help="portable mode: the same numbers on any x86-64 CPU")
     args = parser.parse_args(translate_argv(sys.argv[1:] if argv is None else argv, RENAMED["benchmarks/calibration.py"]))
+    if args.portable:  # before any computing: may re-execute this command
+        ensure_portable_or_exit()
+    torch.set_num_threads(1)  # run() computes at one thread; the provenance record says so
     setting = TINY if args.tiny else FULL
     if args.out is None:  # a smoke run never overwrites the documented table
         args.out = Path("xbn_results/calibration_tiny") if args.tiny else Path(__file__).resolve().parent.parent / "docs"

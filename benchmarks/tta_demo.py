@@ -16,10 +16,11 @@ episodically (reset per corruption x severity) and TENT, EATA and SAR also conti
 Comparisons (``COMPARISONS``) are paired by training seed (the same seed's networks on the same
 images): mean difference of the error means over the 15 corruptions, with a Student-t 95 % interval
 over the seeds (``timm_xbn.study.evidence``); "lower" / "higher" when the interval excludes 0, else
-"inconclusive".
+"inconclusive"; "seed-sensitive" when leaving out one of the seeds changes the verdict (``seed_stable``).
 
-    python benchmarks/tta_demo.py                       # 3 seeds, ~12 min at 1 thread; writes docs/tta/
+    python benchmarks/tta_demo.py                       # 5 seeds, ~20 min at 1 thread; writes docs/tta/
     python benchmarks/tta_demo.py --tiny -o /tmp/tta    # seconds (the test; numbers meaningless)
+    python benchmarks/tta_demo.py --portable            # the committed docs/tta: the same bits on any x86-64 CPU
 """
 import argparse
 import json
@@ -33,6 +34,7 @@ import torch.nn as nn
 
 from timm_xbn.adapt import create_adapter, run_protocol
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch
+from timm_xbn.utils.portable import ensure_portable_or_exit, mode_note
 from timm_xbn.utils.provenance import provenance, script_command, stamp
 from timm_xbn.study.data import load_fashion_mnist, subset
 from timm_xbn.study.evidence import CONTRADICTED, HOLDS, paired_effect
@@ -138,8 +140,26 @@ def summary_rows(per_seed: List[List[dict]]) -> List[dict]:
     return rows
 
 
+def _verdict(values: Sequence[float], baseline: Sequence[float], name: str = ""):
+    """The paired effect of ``values`` vs ``baseline`` (seeds) and its verdict: lower / higher / inconclusive."""
+    effect = paired_effect(name, values, baseline, direction=-1)
+    return effect, {HOLDS: "lower", CONTRADICTED: "higher"}.get(effect.verdict, "inconclusive")
+
+
+def seed_stable(values: Sequence[float], baseline: Sequence[float]) -> bool:
+    """True when every leave-one-seed-out subset gives the verdict of all the seeds (docs/tta.md, "Verdicts that
+    survive a second machine"): a verdict that one seed can flip is one another machine's rounding can flip.
+    With 2 seeds a subset has no interval: not stable."""
+    if len(values) < 3:
+        return False
+    verdict = _verdict(values, baseline)[1]
+    return all(_verdict([*values[:i], *values[i + 1:]], [*baseline[:i], *baseline[i + 1:]])[1] == verdict
+               for i in range(len(values)))
+
+
 def effects(per_seed: List[List[dict]]) -> List[dict]:
-    """``COMPARISONS`` at each severity: mean paired difference (points of error), 95 % interval, verdict."""
+    """``COMPARISONS`` at each severity: mean paired difference (points of error), 95 % interval, verdict and
+    whether the verdict survives leaving out any one seed."""
     out = []
     for severity in SEVERITIES:
         key = f"mean sev {severity}"
@@ -147,10 +167,11 @@ def effects(per_seed: List[List[dict]]) -> List[dict]:
             def values(m, a):
                 return [next(r[key] for r in rows if r["model"] == m and r["method"] == a) for rows in per_seed]
 
-            effect = paired_effect(name, values(model, method), values(base_model, base_method), direction=-1)
-            verdict = {HOLDS: "lower", CONTRADICTED: "higher"}.get(effect.verdict, "inconclusive")
+            first, second = values(model, method), values(base_model, base_method)
+            effect, verdict = _verdict(first, second, name)
             out.append({"comparison": name, "severity": severity, "mean": effect.mean, "ci_low": effect.ci_low,
-                        "ci_high": effect.ci_high, "verdict": verdict, "per_seed": effect.per_seed})
+                        "ci_high": effect.ci_high, "verdict": verdict, "seed_stable": seed_stable(first, second),
+                        "per_seed": effect.per_seed})
     return out
 
 
@@ -161,7 +182,7 @@ def markdown(rows: List[dict], effect_rows: List[dict], settings: dict) -> str:
 
     n = len(settings["seeds"])
     columns = [k for k in rows[0] if not k.endswith("±")]
-    lines = ["", f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
+    lines = ["", mode_note(), "", f"Top-1 error (%), mean over {n} training seeds ({settings['test_samples']} test images; ± is the 95 % "
              f"interval over the seeds); per corruption at severity 5.", "",
              "| " + " | ".join(c[:5] if c in CORRUPTIONS else c for c in columns) + " |",
              "|" + "|".join("---" if c in ("model", "method") else "---:" for c in columns) + "|"]
@@ -169,11 +190,13 @@ def markdown(rows: List[dict], effect_rows: List[dict], settings: dict) -> str:
         cells = [f"{row[c]:.1f} ± {row[c + ' ±']:.1f}" if c.startswith("mean sev") else cell(c, row[c]) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Paired differences of the mean error over the corruptions (points; negative: the first has lower "
-                  f"error), mean over {n} seeds with the 95 % t-interval:", "",
+                  f"error), mean over {n} seeds with the 95 % t-interval; a verdict that leaving out one seed changes "
+                  f"is marked seed-sensitive (docs/tta.md):", "",
               "| comparison | severity | mean | 95 % interval | verdict |", "|---|---:|---:|---|---|"]
     for e in effect_rows:
         lines.append(f"| {e['comparison']} | {e['severity']} | {e['mean']:+.1f} | "
-                     f"[{e['ci_low']:+.1f}, {e['ci_high']:+.1f}] | {e['verdict']} |")
+                     f"[{e['ci_low']:+.1f}, {e['ci_high']:+.1f}] | {e['verdict']}"
+                     f"{'' if e['seed_stable'] else ' (seed-sensitive)'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -210,10 +233,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--test-samples", type=int, default=256)
     parser.add_argument("-b", "--batch-size", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (at least 2 for an interval)")
+    parser.add_argument("--seeds", type=int, default=5, help="training seeds 0..N-1 (at least 2 for an interval)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the data subsets, the order and the corruptions")
     parser.add_argument("--corruptions", default=",".join(CORRUPTIONS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--portable", action="store_true", help="portable mode: the same numbers on any x86-64 CPU")
     parser.add_argument("--tiny", action="store_true", help="tiny settings for a test run in seconds (numbers meaningless)")
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/tta"))
     args = parser.parse_args(argv)
@@ -227,6 +251,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.portable:  # before any computing: may re-execute this command
+        ensure_portable_or_exit(threads=args.threads)
     torch.set_num_threads(args.threads)
     prov = provenance(script_command(__file__, argv))
     start = time.perf_counter()

@@ -47,9 +47,19 @@ def test_steps_copy_capture_and_stamp_their_files(tmp_path, monkeypatch):
     assert written == [tmp_path / "docs/x/r.csv", tmp_path / "docs/x/out.txt"]
     csv_lines = written[0].read_text().splitlines()
     assert csv_lines[0].startswith("# Written by `python -c ") and csv_lines[1:] == ["a,b", "1,2"]
-    assert written[1].read_text().splitlines()[1:] == ["tablesmall"]  # the tiny flag reached the command
+    assert written[1].read_text().splitlines()[1:] == ["table--portablesmall"]  # both flags reached the command
     prov = read_provenance(written[1])
-    assert prov["command"].endswith(f"{tmp_path / 'w'}/run small") and prov["commit"] and prov["machine"]
+    assert prov["command"].endswith(f"{tmp_path / 'w'}/run --portable small") and prov["commit"] and prov["machine"]
+    assert prov["portable"] and (prov["capability"], prov["threads"]) == ("AVX2", 1)  # the child's kernels
+
+
+def test_no_portable_runs_the_command_as_given(tmp_path, monkeypatch):
+    step = Step(f"python -c \"{_WRITER}\" {{work}}/run", "", stdout="x/out.txt", threads=3)
+    monkeypatch.setitem(regenerate.TARGETS, "fake", Target("fake", ("x/out.txt",), (step,)))
+    written = regenerate.main(["--only", "fake", "--no-portable", "--out", str(tmp_path / "docs"), "--work", str(tmp_path / "w")])
+    assert written[0].read_text().splitlines()[1:] == ["table"]
+    prov = read_provenance(written[0])
+    assert not prov["portable"] and prov["threads"] == 3
 
 
 def test_a_target_that_leaves_a_file_unwritten_fails(tmp_path, monkeypatch):

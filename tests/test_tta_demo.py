@@ -78,7 +78,7 @@ def test_every_file_names_its_command_commit_and_machine(tiny_run):
     for name in ("tta_demo.json", "tta_demo.md", "tta_demo.png"):
         prov = read_provenance(out / name)
         assert prov is not None, name
-        assert prov["command"] == f"python benchmarks/tta_demo.py -o {out} --tiny"
+        assert prov["command"] == f"python benchmarks/tta_demo.py -o {out} --portable --tiny"
         assert prov["commit"] and prov["machine"]
     table = (out / "tta_demo.md").read_text().splitlines()
     assert table[0].startswith("Written by `") and "| XBN-P2 | sar (cont.) |" in "\n".join(table)

@@ -25,6 +25,7 @@ def eval_study(
     fresh: bool = typer.Option(False, "--fresh", help="Recompute everything instead of reusing finished jobs in --output."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda (bf16 autocast, channels_last; part of the configuration: numbers differ across devices)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the summary, claims and plots of a run with other settings in --output (without it such a folder is refused; finished jobs are reused either way)."),
+    portable: bool = typer.Option(False, "--portable", help="Portable mode: kernels pinned to AVX2 and one thread, so the numbers are the same on any x86-64 CPU (slower; re-runs the command with the settings in its environment)."),
     part: Optional[List[StudyPart]] = typer.Option(None, "--part", help="Run only these parts (repeat): mlp (Section 4), network (Section 5 networks and their evaluations), small-batch, tta (test-time adaptation of the stored networks on i.i.d., label-shift and batch-1 streams); default all. The summary covers the parts run."),
 ) -> None:
     """The paper's findings on real data in one command, on a CPU: estimation shift in a deep MLP (Section 4) and BN vs XBNBlock ResNets with 16 bottlenecks (Section 5: Table 1 top-1, Fig. 8 accuracy vs Δ, small-batch training, ESM per layer, AdaBN under corruptions), and test-time adaptation of those networks when test batches are not i.i.d.
@@ -56,6 +57,10 @@ def eval_study(
 
     if quick and full:
         raise ValueError("choose one of --quick and --full")
+    if portable:  # before any computing: may re-execute this command
+        from ..utils.portable import ensure_portable
+
+        ensure_portable(threads=threads)
     if threads < 1 or (jobs is not None and jobs < 1) or (seeds is not None and seeds < 2):
         raise ValueError("--threads and --jobs must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
     cfg = StudyConfig.preset("quick" if quick else "full" if full else "default",

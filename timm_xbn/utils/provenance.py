@@ -1,7 +1,10 @@
 """Where a committed table or figure came from: the command, the commit and the machine, kept in the file.
 
 Tables and plots under ``docs/`` must say which command wrote them, at which commit, on which machine, so
-that a reader can regenerate them (``python -m benchmarks.regenerate``) and tell a stale one apart.
+that a reader can regenerate them (``python -m benchmarks.regenerate``) and tell a stale one apart. The record
+also names what decides the CPU's rounding (``timm_xbn.utils.portable.kernel_record``: torch's kernel level,
+the oneDNN and MKL caps, the thread count, the CPU model, portable mode on or off): numbers made in portable
+mode are bit-identical on another machine, others only within their intervals.
 ``stamp`` writes that record into a file in the form its format allows: a first line for text
 (``#`` comment for ``.csv`` / ``.txt``, a sentence for ``.md``), a ``provenance`` field for ``.json``
 and a ``provenance`` text chunk for ``.png``. ``read_provenance`` reads it back.
@@ -9,6 +12,7 @@ and a ``provenance`` text chunk for ``.png``. ``read_provenance`` reads it back.
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -18,6 +22,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .files import atomic_write, write_text_atomic
+from .portable import cpu_model, kernel_record
 
 __all__ = ["Provenance", "provenance", "stamp", "read_provenance", "current_command", "script_command"]
 
@@ -59,32 +64,32 @@ def _git_commit(root: Path) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     """The machine in one line: CPU (or GPU), cores, OS, Python, torch."""
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_model()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (f"{device}, {cores} cores, {platform.system()} {platform.machine()}, Python {platform.python_version()}, "
             f"torch {torch.__version__}")
 
 
-def provenance(command: Optional[str] = None) -> Provenance:
-    """``{"command", "commit", "machine"}`` of the running process (``command`` defaults to its command line)."""
+def provenance(command: Optional[str] = None, kernels: Optional[dict] = None) -> Provenance:
+    """``{"command", "commit", "machine", **kernels}`` of the running process: ``command`` defaults to its
+    command line, ``kernels`` to its ``kernel_record()`` (give a child's when the child did the computing)."""
     return {"command": command or current_command(), "commit": _git_commit(Path(__file__).resolve().parent),
-            "machine": machine()}
+            "machine": machine(), **(kernel_record() if kernels is None else kernels)}
+
+
+_KERNELS = re.compile(r"; kernels (?P<capability>\S+), oneDNN cap (?P<isa_cap>\S+), MKL branch (?P<mkl_branch>\S+), "
+                      r"(?P<threads>\d+) threads?, (?P<mode>portable|native) mode, CPU (?P<cpu>.*)$")
 
 
 def _sentence(prov: Provenance) -> str:
-    return f"{_LEAD}`{prov['command']}` at commit {prov['commit']} on {prov['machine']}"
+    text = f"{_LEAD}`{prov['command']}` at commit {prov['commit']} on {prov['machine']}"
+    if "capability" in prov:  # records written before portable mode existed have no kernel fields
+        text += (f"; kernels {prov['capability']}, oneDNN cap {prov['isa_cap']}, MKL branch {prov['mkl_branch']}, "
+                 f"{prov['threads']} thread{'s' * (prov['threads'] != 1)}, "
+                 f"{'portable' if prov['portable'] else 'native'} mode, CPU {prov['cpu']}")
+    return text
 
 
 def stamp(path: Union[str, Path], prov: Provenance) -> Path:
@@ -137,4 +142,12 @@ def read_provenance(path: Union[str, Path]) -> Optional[Provenance]:
         return None
     command, rest = first[len(prefix) + 1:].split("` at commit ", 1)
     commit, machine_ = rest.split(" on ", 1)
-    return {"command": command, "commit": commit, "machine": machine_.removesuffix(".")}
+    machine_ = machine_.removesuffix(".")
+    record = {"command": command, "commit": commit, "machine": machine_}
+    kernels = _KERNELS.search(machine_)
+    if kernels:
+        found = kernels.groupdict()
+        record.update(machine=machine_[:kernels.start()], capability=found["capability"], isa_cap=found["isa_cap"],
+                      mkl_branch=found["mkl_branch"], threads=int(found["threads"]),
+                      portable=found["mode"] == "portable", cpu=found["cpu"])
+    return record
