@@ -95,13 +95,17 @@ class Draws:
 
     def random(self, shape: tuple[int, ...]) -> Tensor:
         """Uniform on [0, 1)."""
-        return torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        return self.uniform(shape, 0.0, 1.0)
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Tensor:
-        return self.random(shape).mul_(high - low).add_(low)
+        """Uniform on [low, high). float32 on the CPU: the top 24 bits of ``bits31`` (torch.rand's
+        own 24-bit grid, from half the generator's output), scaled in one pass."""
+        if self.dtype == torch.float32 and self.device.type == "cpu":
+            return self.bits31(shape).bitwise_right_shift_(7).to(self.dtype).mul_((high - low) * 2.0 ** -24).add_(low)
+        return torch.empty(shape, device=self.device, dtype=self.dtype).uniform_(low, high, generator=self.generator)
 
     def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype).mul_(scale).add_(loc)
+        return torch.empty(shape, device=self.device, dtype=self.dtype).normal_(loc, scale, generator=self.generator)
 
     def poisson(self, rate: Tensor) -> Tensor:
         return torch.poisson(rate, generator=self.generator)
@@ -113,9 +117,16 @@ class Draws:
         words = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device).random_(generator=self.generator)
         return words.view(torch.int32)[:n].view(shape).bitwise_and_(0x7FFFFFFF)
 
-    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
-        """``bits31`` per pixel of each image, as (H, W, B)."""
-        return self.bits31((height, width, batch))
+    def bits15(self, shape: tuple[int, ...]) -> Tensor:
+        """Uniform 15-bit integers (int16 in [0, 2^15)): four per 64-bit draw of the generator, for
+        choices whose probabilities need no finer grid than 2^-15."""
+        n = math.prod(shape)
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=self.device).random_(generator=self.generator)
+        return words.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)
+
+    def pixel_bits15(self, height: int, width: int, batch: int) -> Tensor:
+        """``bits15`` per pixel of each image, as (H, W, B)."""
+        return self.bits15((height, width, batch))
 
     def integers(self, high: Tensor) -> Tensor:
         """One integer in ``[0, high[i])`` per element of the integer tensor ``high``."""
@@ -158,10 +169,11 @@ class Draws:
         return out.view(levels.shape)
 
     def image_salt_and_pepper(self, shape: tuple[int, int, int, int], amount: float) -> tuple[Tensor, Tensor]:
-        """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2."""
-        bits = self.bits31(shape)
-        salt = bits < round(amount / 2 * 2 ** 31)
-        return salt, (bits < round(amount * 2 ** 31)).logical_xor_(salt)
+        """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2 (to
+        2^-15: 15-bit numbers, a quarter of a 64-bit draw each)."""
+        bits = self.bits15(shape)
+        salt = bits < round(amount / 2 * 2 ** 15)
+        return salt, (bits < round(amount * 2 ** 15)).logical_xor_(salt)
 
 
 class ImageDraws(Draws):
@@ -200,9 +212,13 @@ class ImageDraws(Draws):
         one = self._image_shape(shape)
         return self._per_image(lambda d, i: d.bits31(one))
 
-    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
+    def bits15(self, shape: tuple[int, ...]) -> Tensor:
+        one = self._image_shape(shape)
+        return self._per_image(lambda d, i: d.bits15(one))
+
+    def pixel_bits15(self, height: int, width: int, batch: int) -> Tensor:
         one = self._image_shape((height, width, batch), -1)
-        return self._per_image(lambda d, i: d.bits31(one), -1)
+        return self._per_image(lambda d, i: d.bits15(one), -1)
 
     def integers(self, high: Tensor) -> Tensor:
         self._image_shape(tuple(high.shape))
@@ -297,17 +313,28 @@ def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
     return t.permute(2, 0, 1).reshape(shape)
 
 
+def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
+    """Pad a (H, W, N) tensor by ``ry`` rows and ``rx`` columns on each side, scipy-style border:
+    the interior in one copy, the borders as copies of whole rows, then of whole (padded) columns."""
+    h, w, n = t.shape
+    out = t.new_empty((h + 2 * ry, w + 2 * rx, n))
+    out[ry:ry + h, rx:rx + w] = t
+    rows = _border_index(h, ry, ry, mode, t.device) + ry
+    cols = _border_index(w, rx, rx, mode, t.device) + rx
+    for side in (slice(0, ry), slice(ry + h, None)):
+        out[side, rx:rx + w] = out[:, rx:rx + w].index_select(0, rows[side])
+    for side in (slice(0, rx), slice(rx + w, None)):
+        out[:, side] = out.index_select(1, cols[side])
+    return out
+
+
 def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str) -> Tensor:
     """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows, then along the columns,
     the borders following ``mode``: two depthwise convolutions over N channels-last planes. Both
     borders are padded first (padding the columns commutes with filtering the rows)."""
     n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
-    # (1, N, H', W') planes with channels-last strides; not ``_pad``: its index_select fallback
-    # would return NCHW planes, for which the depthwise convolution is ~3x slower
-    if mode in _TORCH_PAD_MODES and max(ry, rx) < min(t.shape[:2]):
-        planes = F.pad(t.unsqueeze(0).permute(0, 3, 1, 2), (rx, rx, ry, ry), mode=_TORCH_PAD_MODES[mode])
-    else:
-        planes = _pad_dim(_pad_dim(t, 0, ry, ry, mode), 1, rx, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
+    # (1, N, H', W') planes with channels-last strides (F.pad's channels-last kernels are ~5x slower)
+    planes = _pad_hwn(t, ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
     for kernel, shape in ((row_kernel, (1, 1, -1, 1)), (col_kernel, (1, 1, 1, -1))):
         planes = F.conv2d(planes, kernel.reshape(shape).expand(n, -1, -1, -1).contiguous(), groups=n)
     return planes.permute(0, 2, 3, 1)[0]
@@ -394,8 +421,8 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 
 def gaussian_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.08, .12, 0.18, 0.26, 0.38][severity - 1]
-    noise = draws.image_normal(tuple(x.shape), scale=c)
-    return noise.add_(x.div_(255.0)).clamp_(0, 1).mul_(255)
+    # clip(x / 255 + noise, 0, 1) * 255 in grey levels: two passes fewer, the same values up to rounding
+    return draws.image_normal(tuple(x.shape), scale=255 * c).add_(x).clamp_(0, 255)
 
 
 @lru_cache(maxsize=None)
@@ -457,7 +484,7 @@ def _glass_offsets(severity: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
-def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 16) -> tuple[Tensor, Tensor]:
+def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> tuple[Tensor, Tensor]:
     """Inverse-CDF tables of the offsets: a uniform u gives (dy, dx) = tables[int(u * bins)]."""
     offsets, probs = _glass_offsets(severity)
     pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
@@ -473,7 +500,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     blurred = _gaussian_blur_hwn(_to_hwn(x.div_(255.0)), (sigma, sigma), "nearest").mul_(255).floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
-    pick = draws.pixel_bits31(*pick_shape) >> (31 - int(math.log2(len(dy_table))))
+    pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
     # only the interior is visited by the reference's scan; each pixel there reads its source
     rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
     cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
@@ -605,15 +632,26 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
-def plasma_fractal(batch: int, size: int, decay: float, draws: Draws) -> Tensor:
-    """Diamond-square height maps (batch, size, size) in [0, 1], float64 like the reference;
-    ``size`` a power of two."""
-    grid = torch.zeros((batch, size, size), device=draws.device, dtype=torch.float64)
-    step, wibble = size, 100.0
+def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
+    """Diamond-square height maps (batch, size, size) in [0, scale], in the draws' dtype (float64
+    like the reference when replaying it); ``size`` a power of two.
+
+    All the uniforms are drawn at once, one row of the whole map's count per image, and each
+    level takes the next of them in the reference's order (its squares, then its two diamond
+    sets): the reference's stream, and one draw call instead of three per level."""
+    dtype = draws.dtype
+    grid = torch.zeros((batch, size, size), device=draws.device, dtype=dtype)
+    levels = size.bit_length() - 1
+    noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
+    used, step, wibble = 0, size, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
-        noise = draws.uniform(tuple(total.shape), -wibble, wibble).to(torch.float64)
-        return total.div_(4).add_(noise.mul_(wibble))
+        nonlocal used
+        n = total.shape[1] * total.shape[2]
+        # the reference's wibble * uniform(-wibble, wibble)
+        part = noise[:, used:used + n].view(total.shape)
+        used += n
+        return total.div_(4).add_(part, alpha=wibble * wibble)
 
     while step >= 2:
         half = step // 2
@@ -629,17 +667,18 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws) -> Tensor:
         step //= 2
         wibble /= decay
     grid -= grid.amin(dim=(1, 2), keepdim=True)
-    return grid.div_(grid.amax(dim=(1, 2), keepdim=True))
+    return grid.mul_(scale / grid.amax(dim=(1, 2), keepdim=True))
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
-    x = x.div_(255.0)
-    peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    haze = plasma_fractal(b, size, decay, draws)[:, None, :h, :w].to(x.dtype).mul_(strength)
-    return x.add_(haze).mul_(peak).div_(peak + strength).clamp_(0, 1).mul_(255)
+    # (x / 255 + strength * plasma) * peak / (peak + strength), clipped to [0, 1], in grey levels:
+    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch
+    peak = x.amax(dim=(1, 2, 3), keepdim=True).div_(255.0)
+    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w].to(x.dtype)
+    return x.add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -647,10 +686,9 @@ def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.1, .2, .3, .4, .5][severity - 1]
     x = x.div_(255.0)
     v = x.amax(dim=1, keepdim=True)
-    v_new = (v + c).clamp_(0, 1)
-    is_max = x == v  # the value channel itself takes v' exactly
-    x.mul_(v_new / v.clamp_min(torch.finfo(x.dtype).tiny))
-    return torch.where(is_max, v_new, x).clamp_(0, 1).mul_(255)
+    v_new = (v + c).clamp_(0, 1).mul_(255)
+    # x / v is exactly 1 in the value channel, which so takes v' exactly; 0 / 0 (black) reads 1 too
+    return x.div_(v).nan_to_num_(1.0).mul_(v_new).clamp_(0, 255)
 
 
 def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -848,7 +886,7 @@ def corrupt_batch(
     fn = TORCH_CORRUPTIONS[name]
     chunk = _CPU_CHUNKS.get(name, _CPU_CHUNK) if x.device.type == "cpu" else len(x)
     draws = draws or (None if per_image else Draws(generator, x.device, dtype))
-    outs = []
+    result = torch.empty_like(x, memory_format=torch.contiguous_format)
     for start, part in zip(range(0, len(x), chunk), x.split(chunk)):
         part_draws = draws or ImageDraws(generator[start:start + len(part)], x.device, dtype)
         if is_uint8:
@@ -856,6 +894,6 @@ def corrupt_batch(
         else:
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
-        outs.append(out.to(torch.uint8) if is_uint8 else (out / 255).to(x.dtype))  # uint8: truncation
-    out = outs[0].contiguous() if len(outs) == 1 else torch.cat(outs)
-    return out[0] if single else out
+        # one pass: into the result's rows, and to uint8 by truncation (the reference's np.uint8 cast)
+        result[start:start + len(part)].copy_(out if is_uint8 else out / 255)
+    return result[0] if single else result
