@@ -107,6 +107,13 @@ class Draws:
     def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
         return torch.empty(shape, device=self.device, dtype=self.dtype).normal_(loc, scale, generator=self.generator)
 
+    def normal_window(self, shape: tuple[int, ...], window: tuple[slice, slice], loc: float = 0.0,
+                      scale: float = 1.0) -> Tensor:
+        """``normal(shape, loc, scale)[..., rows, cols]`` for ``window = (rows, cols)``: only the
+        window's numbers are drawn (a replay of the reference draws them all and crops)."""
+        rows, cols = window
+        return self.normal((*shape[:-2], rows.stop - rows.start, cols.stop - cols.start), loc, scale)
+
     def poisson(self, rate: Tensor) -> Tensor:
         return torch.poisson(rate, generator=self.generator)
 
@@ -146,19 +153,21 @@ class Draws:
         rate ``rates[levels]``, ``levels`` a (B, C, H, W) uint8 batch, ``rates`` 256 rates.
 
         Inverse-CDF sampling of a 31-bit uniform: its top 12 bits pick a bin of a per-level table
-        that holds the result directly, except in the few bins where the CDF jumps, where the count
-        is resolved against the CDF itself (float64).
+        that holds the result directly (one byte: the 1 MiB table stays in cache), except in the few
+        bins where the CDF jumps, marked by a byte, where the count is resolved against the CDF
+        itself (float64) from the count at the bin's start.
         """
-        cdf, table, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
+        cdf, table, starts, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
         index = (levels.reshape(-1).to(torch.int32) << (31 - shift)).bitwise_or_(bits >> shift)
-        entry = table.index_select(0, index)
-        out, todo = entry.to(torch.uint8), torch.nonzero(entry >= 0x4000).squeeze(1)
+        out = table.index_select(0, index)
+        todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
-            rows = index.index_select(0, todo) // bins * cdf.shape[1]
+            bin_index = index.index_select(0, todo)
+            rows = bin_index // bins * cdf.shape[1]
             u = bits.index_select(0, todo).double() * 2.0 ** -31
-            count = entry.index_select(0, todo).long().bitwise_and_(0x3FFF)
+            count = starts.index_select(0, bin_index).long()
             cdf_flat = cdf.flatten()
             while True:
                 step = u >= cdf_flat.index_select(0, rows + count)
@@ -235,10 +244,11 @@ class ImageDraws(Draws):
 
 @lru_cache(maxsize=16)
 def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
-                    bins: int = 4096) -> tuple[Tensor, Tensor, int]:
-    """Per-rate CDFs (L, n) in float64 and an int16 guide table (L * bins): for each bin of u,
-    ``lut`` of the count (the smallest whose CDF exceeds u) where that count is the same across the
-    bin; else 0x4000 + the count at the bin's start."""
+                    bins: int = 4096) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """Per-rate CDFs (L, n) in float64, a uint8 guide table (L * bins): for each bin of u, ``lut``
+    of the count (the smallest whose CDF exceeds u) where that count is the same across the bin,
+    else ``mark``; the count at each bin's start (int16, L * bins); mark;
+    bins."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
@@ -248,8 +258,11 @@ def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
     first = torch.searchsorted(cdf, edges, right=True).clamp_max(n_max)
     start, jumps = first[:, :-1], first[:, 1:] != first[:, :-1]
     mapped = torch.frombuffer(bytearray(lut), dtype=torch.uint8).long()[start.clamp_max(len(lut) - 1)]
-    table = torch.where(jumps, 0x4000 + start, mapped)
-    return cdf.to(device), table.flatten().to(torch.int16).to(device), bins
+    # the byte the table holds least often (one ``lut`` never returns, where there is one): the
+    # bins that hold it go the slow way too, which returns their count all the same
+    mark = int(torch.bincount(mapped[~jumps], minlength=256).argmin())
+    table = torch.where(jumps, mark, mapped).flatten().to(torch.uint8)
+    return cdf.to(device), table.to(device), start.flatten().to(torch.int16).to(device), mark, bins
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,14 +392,24 @@ def _kernel_spectrum(kernel: bytes, shape: tuple[int, int], size: tuple[int, int
     return torch.fft.rfft2(k.flip(-2, -1), s=size)
 
 
-def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
-    """Crop the centre ``ceil(n / zoom)`` pixels and enlarge them by ``zoom`` with bilinear
-    interpolation that maps the first/last pixel centres onto each other (scipy's ``zoom``)."""
-    h, w = x.shape[-2:]
-    ch, cw = int(math.ceil(h / zoom)), int(math.ceil(w / zoom))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = x[..., top:top + ch, left:left + cw]
+def _zoom_window(n: int, zoom: float) -> slice:
+    """The centre ``ceil(n / zoom)`` indices of an axis of length ``n``: what ``_clipped_zoom`` keeps."""
+    crop = int(math.ceil(n / zoom))
+    start = (n - crop) // 2
+    return slice(start, start + crop)
+
+
+def _enlarge(crop: Tensor, zoom: float) -> Tensor:
+    """Enlarge by ``zoom`` with bilinear interpolation that maps the first/last pixel centres onto
+    each other (scipy's ``zoom``)."""
+    ch, cw = crop.shape[-2:]
     return F.interpolate(crop, size=(int(round(ch * zoom)), int(round(cw * zoom))), mode="bilinear", align_corners=True)
+
+
+def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
+    """Crop the centre ``ceil(n / zoom)`` pixels and enlarge them by ``zoom``."""
+    h, w = x.shape[-2:]
+    return _enlarge(x[..., _zoom_window(h, zoom), _zoom_window(w, zoom)], zoom)
 
 
 def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
@@ -414,7 +437,7 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 
 
 # ---------------------------------------------------------------------------------------------
-# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _INTEGER_OPS) to
+# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _UINT8_INPUT) to
 # 0..255 (float, clipped, or uint8). A float x is a copy the corruption may change in place;
 # a uint8 x is the caller's batch, read only.
 # ---------------------------------------------------------------------------------------------
@@ -496,8 +519,9 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     sigma, delta, _ = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     b, ch, h, w = x.shape
     # everything in (H, W, B, C) layout: blurs are depthwise convolutions, the pixel gather moves
-    # the C values of a pixel together
-    blurred = _gaussian_blur_hwn(_to_hwn(x.div_(255.0)), (sigma, sigma), "nearest").mul_(255).floor_()
+    # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
+    # up to rounding: this corruption is matched statistically)
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest").floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
@@ -511,7 +535,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     images = torch.arange(b, device=x.device, dtype=torch.int32)
     source[delta:h - delta, delta:w - delta] = rows.mul_(w).add_(cols).mul_(b).add_(images)
     shuffled = blurred.view(h * w * b, ch).index_select(0, source.view(-1)).view(h, w, b * ch)
-    out = _gaussian_blur_hwn(shuffled.div_(255), (sigma, sigma), "nearest").clamp_(0, 1).mul_(255)
+    out = _gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").clamp_(0, 255)
     return _from_hwn(out, x.shape)
 
 
@@ -580,8 +604,9 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
     x = x.div_(255.0)
-    flakes = draws.normal((b, h, w), loc=loc, scale=scale).unsqueeze(1)
-    flakes = _clipped_zoom(flakes, zoom)
+    # the reference zooms the centre of a field of normals: only that centre is drawn
+    window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
+    flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
     flakes = flakes[..., :h, :w].mul(255).round_().div_(255.0)
@@ -845,9 +870,9 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
 _CPU_CHUNK = 4
-_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64}
-# corruptions that take and return uint8 (integer arithmetic, like the reference's PIL)
-_INTEGER_OPS = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
+_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2}
+# corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
@@ -890,7 +915,7 @@ def corrupt_batch(
     for start, part in zip(range(0, len(x), chunk), x.split(chunk)):
         part_draws = draws or ImageDraws(generator[start:start + len(part)], x.device, dtype)
         if is_uint8:
-            part = part if name in _INTEGER_OPS else part.to(dtype)
+            part = part if name in _UINT8_INPUT else part.to(dtype)
         else:
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
