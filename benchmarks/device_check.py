@@ -475,7 +475,7 @@ def main() -> None:
     parser.add_argument("--smoke-size", type=int, default=64)
     parser.add_argument("--nproc", type=int, default=None, help="torchrun processes for the smokes (default: the GPUs, 1 on CPU)")
     parser.add_argument("--budget-s", type=float, default=560, help="the whole run's deadline")
-    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[200, 30, 100, 30, 30, 60, 60, 220], metavar="S",
+    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[200, 30, 100, 20, 40, 60, 60, 220], metavar="S",
                         help=f"seconds per section: {' '.join(SECTIONS)}")
     parser.add_argument("--collective-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--study-job", action="store_true", help=argparse.SUPPRESS)
