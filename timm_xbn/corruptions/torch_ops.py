@@ -269,6 +269,7 @@ def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
 # Helpers: borders, separable Gaussian, FFT filtering, resampling
 # ---------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=256)
 def _border_index(n: int, pad_before: int, pad_after: int, mode: str, device: torch.device) -> Tensor:
     """Source indices of a padded axis. Modes follow scipy.ndimage:
     ``nearest`` (aaa|abcd|ddd), ``reflect`` (cba|abcd|dcb), ``mirror`` (dcb|abcd|cba, cv2's default)."""
@@ -308,6 +309,7 @@ def _pad(x: Tensor, ph: int, pw: int, mode: str) -> Tensor:
     return _pad_dim(_pad_dim(x, -2, ph, ph, mode), -1, pw, pw, mode)
 
 
+@lru_cache(maxsize=64)
 def _gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     radius = int(truncate * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
@@ -348,9 +350,17 @@ def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str)
     n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
     # (1, N, H', W') planes with channels-last strides (F.pad's channels-last kernels are ~5x slower)
     planes = _pad_hwn(t, ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
-    for kernel, shape in ((row_kernel, (1, 1, -1, 1)), (col_kernel, (1, 1, 1, -1))):
-        planes = F.conv2d(planes, kernel.reshape(shape).expand(n, -1, -1, -1).contiguous(), groups=n)
+    for weight in _depthwise_weights(row_kernel, col_kernel, n):
+        planes = F.conv2d(planes, weight, groups=n)
     return planes.permute(0, 2, 3, 1)[0]
+
+
+@lru_cache(maxsize=64)
+def _depthwise_weights(row_kernel: Tensor, col_kernel: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes, per kernel pair
+    (the kernels are cached tensors, so the pair is a cache key)."""
+    return (row_kernel.reshape(1, 1, -1, 1).expand(n, -1, -1, -1).contiguous(),
+            col_kernel.reshape(1, 1, 1, -1).expand(n, -1, -1, -1).contiguous())
 
 
 def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
