@@ -22,8 +22,8 @@ corruption         agreement                   why not bit-exact
 gaussian_noise     exact given the draws       -
 shot_noise         exact given the draws       (torch draws: inverse-CDF tables of 31-bit
                                                uniforms, same distribution)
-impulse_noise      exact given the draws       (torch draws: one 31-bit uniform per value for
-                                               salt and pepper, same distribution)
+impulse_noise      exact given the draws       (torch draws: one 15-bit uniform per value for
+                                               salt and pepper, the same distribution to 2^-15)
 defocus_blur       near-exact                  FFT instead of cv2.filter2D's direct sum
 glass_blur         statistical only            the reference swaps pixels in a sequential scan,
                                                each swap depending on all earlier ones; here
@@ -51,11 +51,15 @@ jpeg_compression   exact                       the same libjpeg round trip (torc
 values that are integers in exact arithmetic, which the reference's truncation to uint8 puts on
 either side depending on float64 rounding; float32 compute (the default) adds a few more.
 
-Speed (``benchmarks/corruptions.py``): the linear, image-independent parts run as one operator
-each (zoom_blur's summed zooms as a sparse matrix, defocus_blur's disk through cached FFT
-spectra); Gaussian blurs are depthwise convolutions over all images and channels at once in an
-(H, W, N) channels-last layout; the noise draws use two 31-bit numbers per 64-bit draw of
-torch's generator; shot noise reads its result from one table lookup for ~98 % of the values;
+Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
+or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
+zooms as a sparse matrix, defocus_blur's disk through cached FFT spectra); Gaussian blurs are
+depthwise convolutions over all images and channels at once in an (H, W, N) channels-last
+layout, their kernels and borders cached; the noise draws use two 31-bit (or four 15-bit)
+numbers per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one;
+fog draws its whole plasma at once, snow only the centre its zoom keeps; the float corruptions
+work in grey levels where that saves passes (the reference's x / 255 ... * 255 up to rounding);
+shot noise reads its result from one byte-table lookup for ~98 % of the values;
 pixelate sums its box windows as runs of k and k + 1 values (contiguous adds, one gather per
 pass, int16; integer ratios slice and repeat instead of gathering); JPEG converts planes to and
 from libjpeg's interleaved pixels with OpenCV.
