@@ -249,10 +249,10 @@ class ImageDraws(Draws):
 @lru_cache(maxsize=16)
 def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
                     bins: int = 4096) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """Per-rate CDFs (L, n) in float64, a uint8 guide table (L * bins): for each bin of u, ``lut``
-    of the count (the smallest whose CDF exceeds u) where that count is the same across the bin,
-    else ``mark``; the count at each bin's start (int16, L * bins); mark;
-    bins."""
+    """(cdf, table, starts, mark, bins): per-rate CDFs (L, n) in float64; a uint8 guide table
+    (L * bins) holding for each bin of u ``lut`` of the count (the smallest whose CDF exceeds u)
+    where that count is the same across the bin, else the byte ``mark``; the count at each bin's
+    start (int16, L * bins)."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
