@@ -105,7 +105,8 @@ class Draws:
         """Uniform on [low, high). float32 on the CPU: the top 24 bits of ``bits31`` (torch.rand's
         own 24-bit grid, from half the generator's output), scaled in one pass."""
         if self.dtype == torch.float32 and self.device.type == "cpu":
-            return self.bits31(shape).bitwise_right_shift_(7).to(self.dtype).mul_((high - low) * 2.0 ** -24).add_(low)
+            # int32 times a float: float32 in the same pass as the conversion
+            return torch.mul(self.bits31(shape).bitwise_right_shift_(7), (high - low) * 2.0 ** -24).add_(low)
         return torch.empty(shape, device=self.device, dtype=self.dtype).uniform_(low, high, generator=self.generator)
 
     def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
@@ -671,6 +672,17 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
+def _plus_rolled(a: Tensor, b: Tensor, shift: int, dim: int) -> Tensor:
+    """``a + b.roll(shift, dim)`` for a shift of 1 or -1, as two sums into one new tensor (no
+    copy of ``b``; the same additions, so the same values)."""
+    n = a.shape[dim]
+    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    lead, wrap = (0, n - 1) if shift == -1 else (1, 0)  # where the n - 1 unwrapped sums start, and the wrapped one
+    torch.add(a.narrow(dim, lead, n - 1), b.narrow(dim, 1 - lead, n - 1), out=out.narrow(dim, lead, n - 1))
+    torch.add(a.narrow(dim, wrap, 1), b.narrow(dim, n - 1 - wrap, 1), out=out.narrow(dim, wrap, 1))
+    return out
+
+
 def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
     """Diamond-square height maps (batch, size, size) in [0, scale], in the draws' dtype (float64
     like the reference when replaying it); ``size`` a power of two.
@@ -695,12 +707,12 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
     while step >= 2:
         half = step // 2
         corners = grid[:, 0:size:step, 0:size:step]
-        square = corners + corners.roll(-1, 1)
-        square += square.roll(-1, 2)
+        square = _plus_rolled(corners, corners, -1, 1)
+        square = _plus_rolled(square, square, -1, 2)
         grid[:, half:size:step, half:size:step] = wibbled_mean(square)
         centres = grid[:, half:size:step, half:size:step]
-        left_sum = (centres + centres.roll(1, 1)).add_(corners + corners.roll(-1, 2))
-        top_sum = (centres + centres.roll(1, 2)).add_(corners + corners.roll(-1, 1))
+        left_sum = _plus_rolled(centres, centres, 1, 1).add_(_plus_rolled(corners, corners, -1, 2))
+        top_sum = _plus_rolled(centres, centres, 1, 2).add_(_plus_rolled(corners, corners, -1, 1))
         grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum)
         grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum)
         step //= 2
