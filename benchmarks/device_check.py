@@ -15,6 +15,9 @@ section, so a killed run keeps what it measured.
 - corruptions: the 15 torch corruptions x 5 severities on a batch on the device against the
   reference (``imagecorruptions``, one core, ``--ref-images`` images), both timed in this run
   (``corruptions.torch_seconds`` / ``reference_seconds``, after an untimed warm-up pass).
+- train_step: the study's training step (``train_step.measure``: its network, batch 128 at 32 px,
+  its data path and bookkeeping) against a bare loop on the same network and batch, BN and
+  XBN-GN, channels_last, bf16 autocast on CUDA (the study's own ``autocast``).
 - nccl: torchrun workers join a process group (NCCL on CUDA, gloo on the CPU) and check an
   all-reduce. With one process the package's own entry points create no process group, so
   this is what checks NCCL on a one-GPU machine.
@@ -63,6 +66,7 @@ from timm_xbn.models import XBN_VARIANTS
 sys.path.insert(0, str(Path(__file__).parent))
 from corruptions import reference_seconds, synchronizer, torch_seconds  # noqa: E402  (benchmarks/)
 from throughput import baseline_of, make_steps, measure_pair  # noqa: E402
+from train_step import measure as measure_train_step  # noqa: E402
 
 PAIRS = ["xbn_resnet50", "xbn_resnet50_d2", "xbn_resnet50_in", "xbn_resnext50_32x4d"]
 AMP = {"off": None, "bf16": "bfloat16", "fp16": "float16"}
@@ -192,6 +196,16 @@ def section_corruptions(args: argparse.Namespace, budget: Budget, record: Dict[s
         record["all"] = {"reference_img_s": 1 / ref_s, "device_img_s": 1 / dev_s, "speedup": ref_s / dev_s}
     record.update(batch=len(batch), size=args.corruption_size, reference_images=len(reference), reference_threads=1,
                   summary=f"{len(rows)} corruptions measured")
+
+
+def section_train_step(args: argparse.Namespace, budget: Budget, record: Dict[str, Any]) -> None:
+    """The study's step vs the bare loop (``train_step.measure``), in the study's layout (channels_last)."""
+    tiny = dict(batch_size=4, steps=1, rounds=1) if args.tiny else {}
+    result = measure_train_step(torch.device(args.device), layouts=(True,), **tiny)
+    record.update(result)
+    s = result["summary"]
+    record["summary"] = (f"study overhead <= {100 * s['max_overhead']:+.1f} %, XBN-GN / BN "
+                         f"{s['xbn_gn_vs_bn_bare']:.2f} (bare), {s['xbn_gn_vs_bn_study']:.2f} (study)")
 
 
 def write_image_folder(root: Path, size: int, classes: int = 3, per_class: int = 8, seed: int = 0) -> Path:
@@ -365,7 +379,7 @@ def study_job(device: str, out: Path, tiny: bool) -> None:
 
 SECTIONS: Dict[str, Callable[[argparse.Namespace, Budget, Dict[str, Any]], None]] = {
     "throughput": section_throughput, "profile": section_profile, "corruptions": section_corruptions,
-    "nccl": section_nccl, "train_smoke": section_train_smoke, "robustness_smoke": section_robustness_smoke,
+    "train_step": section_train_step, "nccl": section_nccl, "train_smoke": section_train_smoke, "robustness_smoke": section_robustness_smoke,
     "study": section_study,
 }
 
@@ -417,6 +431,14 @@ def print_report(report: Dict[str, Any]) -> None:
     for r in c.get("rows", []) + ([{"corruption": "all 15 (per image)", **c["all"]}] if "all" in c else []):
         table.add_row(r["corruption"], f"{r['reference_img_s']:.1f}", f"{r['device_img_s']:.1f}", f"{r['speedup']:.1f}x")
     console.print(table)
+    t = sections.get("train_step", {})
+    if t.get("rows"):
+        table = Table(title=f"Study training step vs bare loop, batch {t['batch_size']} at {t['size']} px (ms per step)")
+        for column in ("variant", "layout", "study ms", "bare ms", "overhead"):
+            table.add_column(column, justify="left" if column in ("variant", "layout") else "right")
+        for r in t["rows"]:
+            table.add_row(r["variant"], r["layout"], f"{r['study_ms']:.2f}", f"{r['bare_ms']:.2f}", f"{100 * r['overhead']:+.1f} %")
+        console.print(table)
     table = Table(title="Sections")
     for column in ("section", "status", "seconds", "detail"):
         table.add_column(column)
@@ -454,7 +476,7 @@ def main() -> None:
     parser.add_argument("--smoke-size", type=int, default=64)
     parser.add_argument("--nproc", type=int, default=None, help="torchrun processes for the smokes (default: the GPUs, 1 on CPU)")
     parser.add_argument("--budget-s", type=float, default=560, help="the whole run's deadline")
-    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[210, 30, 110, 30, 60, 60, 240], metavar="S",
+    parser.add_argument("--section-budgets", type=float, nargs=len(SECTIONS), default=[200, 30, 100, 20, 40, 60, 60, 220], metavar="S",
                         help=f"seconds per section: {' '.join(SECTIONS)}")
     parser.add_argument("--collective-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--study-job", action="store_true", help=argparse.SUPPRESS)

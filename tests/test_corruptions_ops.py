@@ -222,3 +222,51 @@ def test_cuda_matches_cpu(photos):
     for name in RANDOM:
         out = corrupt_batch(batch.cuda(), name, 3, torch.Generator(device="cuda").manual_seed(0))
         assert out.is_cuda and out.shape == batch.shape
+
+
+def test_bits15_are_uniform_15_bit_integers():
+    bits = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32).bits15((1003, 997))
+    assert bits.dtype == torch.int16 and bits.shape == (1003, 997)
+    assert int(bits.min()) == 0 and int(bits.max()) == 2 ** 15 - 1
+    values = bits.flatten().long()
+    for k in range(15):  # every bit a fair coin, all four quarters of each 64-bit draw alike
+        for quarter in range(4):
+            ones = float(((values[quarter::4] >> k) & 1).double().mean())
+            assert abs(ones - 0.5) < 5 * (0.25 / len(values[quarter::4])) ** 0.5, (k, quarter)
+
+
+def test_uniform_draws_cover_the_interval_on_torch_rand_s_grid():
+    draws = Draws(torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    u = draws.uniform((1000, 1000), -2.0, 3.0).double()
+    assert float(u.min()) >= -2.0 and float(u.max()) < 3.0
+    assert abs(float(u.mean()) - 0.5) < 5 * (25 / 12 / u.numel()) ** 0.5
+    assert abs(float(u.var()) - 25 / 12) < 0.01
+    grid = draws.random((1000, 1000)).double() * 2 ** 24  # 24-bit steps, like torch.rand's float32
+    assert torch.equal(grid, grid.round()) and float(grid.min()) >= 0 and float(grid.max()) < 2 ** 24
+    counts = torch.histc(u, bins=10, min=-2.0, max=3.0)
+    assert stats.chisquare(counts.numpy()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("mode, numpy_mode", [("nearest", "edge"), ("reflect", "symmetric"), ("mirror", "reflect")])
+def test_hwn_padding_equals_numpy_pad(mode, numpy_mode):
+    from timm_xbn.corruptions.torch_ops import _pad_hwn
+    t = torch.rand(9, 13, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for ry, rx in ((0, 0), (3, 1), (1, 6), (8, 8)):
+        expected = np.pad(t.numpy(), ((ry, ry), (rx, rx), (0, 0)), mode=numpy_mode)
+        np.testing.assert_array_equal(_pad_hwn(t, ry, rx, mode).numpy(), expected)
+
+
+def test_normal_window_replays_the_full_draw_and_draws_only_the_window():
+    from timm_xbn.corruptions.agreement import NumpyDraws
+    window = (slice(3, 7), slice(2, 10))
+    np.random.seed(5)
+    full = np.random.normal(0.2, 0.3, (2, 12, 14))
+    np.random.seed(5)
+    replayed = NumpyDraws(np.random).normal_window((2, 12, 14), window, loc=0.2, scale=0.3)
+    np.testing.assert_array_equal(replayed.numpy(), full[:, 3:7, 2:10])
+    # torch: the window's values only, the next draw continues the stream where a draw of that size ends
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    ours = Draws(g1, torch.device("cpu"), torch.float32).normal_window((2, 12, 14), window, loc=0.2, scale=0.3)
+    assert ours.shape == (2, 4, 8)
+    same = Draws(g2, torch.device("cpu"), torch.float32).normal((2, 4, 8), loc=0.2, scale=0.3)
+    assert torch.equal(ours, same)

@@ -34,7 +34,8 @@ def test_cpu_mode_measures_every_section(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.read_text())
     sections = report["sections"]
-    assert list(sections) == ["throughput", "profile", "corruptions", "nccl", "train_smoke", "robustness_smoke", "study"]
+    assert list(sections) == ["throughput", "profile", "corruptions", "train_step", "nccl", "train_smoke",
+                              "robustness_smoke", "study"]
     assert {name: r["status"] for name, r in sections.items()} == dict.fromkeys(sections, "ok"), sections
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["device"] == "cpu"
 
@@ -62,6 +63,10 @@ def test_cpu_mode_measures_every_section(tmp_path):
     total = corruptions["all"]  # one image through all 15: the per-image times add up
     assert 1 / total["device_img_s"] == pytest.approx(sum(1 / r["device_img_s"] for r in corruptions["rows"]))
     assert 1 / total["reference_img_s"] == pytest.approx(sum(1 / r["reference_img_s"] for r in corruptions["rows"]))
+
+    step = sections["train_step"]
+    assert [(r["variant"], r["layout"]) for r in step["rows"]] == [("BN", "channels_last"), ("XBN-GN", "channels_last")]
+    assert step["batch_size"] == 4 and step["device"] == "cpu"
 
     assert sections["nccl"]["backend"] == "gloo" and "all_reduce ok" in sections["nccl"]["output_tail"]
 
@@ -178,6 +183,21 @@ def test_corruptions_section_totals_and_a_failing_corruption(device_check, monke
     device_check.section_corruptions(args, device_check.Budget(60, math.inf), record)
     assert record["failed"] == [{"corruption": "glass_blur", "error": "RuntimeError: no CUDA kernel"}]
     assert len(record["rows"]) == 14 and "all" not in record  # no total over a partial set
+
+
+def test_train_step_section_times_the_study_step_against_the_bare_loop(device_check):
+    """The CPU mode of the section, for real at tiny sizes: both variants in the study's layout, the
+    ratios in its summary line computed from its rows."""
+    record = {}
+    device_check.section_train_step(argparse.Namespace(device="cpu", tiny=True), device_check.Budget(60, math.inf), record)
+    bn, xbn = record["rows"]
+    assert (bn["variant"], xbn["variant"]) == ("BN", "XBN-GN") and bn["layout"] == xbn["layout"] == "channels_last"
+    assert record["batch_size"] == 4 and record["steps"] == 1 and record["rounds"] == 1
+    # on the CPU the summary reads CPU time
+    assert record["summary"] == (f"study overhead <= {100 * max(bn['overhead_cpu'], xbn['overhead_cpu']):+.1f} %, XBN-GN / BN "
+                                 f"{xbn['bare_cpu_ms'] / bn['bare_cpu_ms']:.2f} (bare), "
+                                 f"{xbn['study_cpu_ms'] / bn['study_cpu_ms']:.2f} (study)")
+    assert set(record["profiles"]) == {"BN", "XBN-GN"} and record["profiles"]["XBN-GN"]["group norm"] > 0
 
 
 def _gated_popen(started: Path, launched: list):

@@ -65,6 +65,9 @@ class NumpyDraws(Draws):
     def normal(self, shape, loc=0.0, scale=1.0):
         return self._t(self.source.normal(loc, scale, shape))
 
+    def normal_window(self, shape, window, loc=0.0, scale=1.0):
+        return self.normal(shape, loc, scale)[(..., *window)]
+
     def poisson(self, rate):
         return self._t(self.source.poisson(rate.cpu().numpy()))
 

@@ -11,7 +11,7 @@ Cost, for the 9 corruptions that draw random numbers (the others need no seed): 
 224 px image and a generator ~0.02 ms (CPU, one thread), and the draws are made image by image
 (``ImageDraws``: the same numbers of values in more, smaller calls), which changes little on the CPU,
 where batches are corrupted in chunks of 4 images anyway. On a GPU each draw becomes one small kernel
-per image (fog: ~24 per image): a fixed launch cost per image instead of per batch.
+per image (fog: one per image, its plasma drawn at once): a fixed launch cost per image instead of per batch.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ corruption         agreement                   why not bit-exact
 gaussian_noise     exact given the draws       -
 shot_noise         exact given the draws       (torch draws: inverse-CDF tables of 31-bit
                                                uniforms, same distribution)
-impulse_noise      exact given the draws       (torch draws: one 31-bit uniform per value for
-                                               salt and pepper, same distribution)
+impulse_noise      exact given the draws       (torch draws: one 15-bit uniform per value for
+                                               salt and pepper, the same distribution to 2^-15)
 defocus_blur       near-exact                  FFT instead of cv2.filter2D's direct sum
 glass_blur         statistical only            the reference swaps pixels in a sequential scan,
                                                each swap depending on all earlier ones; here
@@ -51,11 +51,15 @@ jpeg_compression   exact                       the same libjpeg round trip (torc
 values that are integers in exact arithmetic, which the reference's truncation to uint8 puts on
 either side depending on float64 rounding; float32 compute (the default) adds a few more.
 
-Speed (``benchmarks/corruptions.py``): the linear, image-independent parts run as one operator
-each (zoom_blur's summed zooms as a sparse matrix, defocus_blur's disk through cached FFT
-spectra); Gaussian blurs are depthwise convolutions over all images and channels at once in an
-(H, W, N) channels-last layout; the noise draws use two 31-bit numbers per 64-bit draw of
-torch's generator; shot noise reads its result from one table lookup for ~98 % of the values;
+Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
+or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
+zooms as a sparse matrix, defocus_blur's disk through cached FFT spectra); Gaussian blurs are
+depthwise convolutions over all images and channels at once in an (H, W, N) channels-last
+layout, their kernels and borders cached; the noise draws use two 31-bit (or four 15-bit)
+numbers per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one;
+fog draws its whole plasma at once, snow only the centre its zoom keeps; the float corruptions
+work in grey levels where that saves passes (the reference's x / 255 ... * 255 up to rounding);
+shot noise reads its result from one byte-table lookup for ~98 % of the values;
 pixelate sums its box windows as runs of k and k + 1 values (contiguous adds, one gather per
 pass, int16; integer ratios slice and repeat instead of gathering); JPEG converts planes to and
 from libjpeg's interleaved pixels with OpenCV.
@@ -95,13 +99,25 @@ class Draws:
 
     def random(self, shape: tuple[int, ...]) -> Tensor:
         """Uniform on [0, 1)."""
-        return torch.rand(shape, generator=self.generator, device=self.device, dtype=self.dtype)
+        return self.uniform(shape, 0.0, 1.0)
 
     def uniform(self, shape: tuple[int, ...], low: float, high: float) -> Tensor:
-        return self.random(shape).mul_(high - low).add_(low)
+        """Uniform on [low, high). float32 on the CPU: the top 24 bits of ``bits31`` (torch.rand's
+        own 24-bit grid, from half the generator's output), scaled in one pass."""
+        if self.dtype == torch.float32 and self.device.type == "cpu":
+            # int32 times a float: float32 in the same pass as the conversion
+            return torch.mul(self.bits31(shape).bitwise_right_shift_(7), (high - low) * 2.0 ** -24).add_(low)
+        return torch.empty(shape, device=self.device, dtype=self.dtype).uniform_(low, high, generator=self.generator)
 
     def normal(self, shape: tuple[int, ...], loc: float = 0.0, scale: float = 1.0) -> Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.device, dtype=self.dtype).mul_(scale).add_(loc)
+        return torch.empty(shape, device=self.device, dtype=self.dtype).normal_(loc, scale, generator=self.generator)
+
+    def normal_window(self, shape: tuple[int, ...], window: tuple[slice, slice], loc: float = 0.0,
+                      scale: float = 1.0) -> Tensor:
+        """``normal(shape, loc, scale)[..., rows, cols]`` for ``window = (rows, cols)``: only the
+        window's numbers are drawn (a replay of the reference draws them all and crops)."""
+        rows, cols = window
+        return self.normal((*shape[:-2], rows.stop - rows.start, cols.stop - cols.start), loc, scale)
 
     def poisson(self, rate: Tensor) -> Tensor:
         return torch.poisson(rate, generator=self.generator)
@@ -113,9 +129,16 @@ class Draws:
         words = torch.empty((n + 1) // 2, dtype=torch.int64, device=self.device).random_(generator=self.generator)
         return words.view(torch.int32)[:n].view(shape).bitwise_and_(0x7FFFFFFF)
 
-    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
-        """``bits31`` per pixel of each image, as (H, W, B)."""
-        return self.bits31((height, width, batch))
+    def bits15(self, shape: tuple[int, ...]) -> Tensor:
+        """Uniform 15-bit integers (int16 in [0, 2^15)): four per 64-bit draw of the generator, for
+        choices whose probabilities need no finer grid than 2^-15."""
+        n = math.prod(shape)
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=self.device).random_(generator=self.generator)
+        return words.view(torch.int16)[:n].view(shape).bitwise_and_(0x7FFF)
+
+    def pixel_bits15(self, height: int, width: int, batch: int) -> Tensor:
+        """``bits15`` per pixel of each image, as (H, W, B)."""
+        return self.bits15((height, width, batch))
 
     def integers(self, high: Tensor) -> Tensor:
         """One integer in ``[0, high[i])`` per element of the integer tensor ``high``."""
@@ -135,19 +158,21 @@ class Draws:
         rate ``rates[levels]``, ``levels`` a (B, C, H, W) uint8 batch, ``rates`` 256 rates.
 
         Inverse-CDF sampling of a 31-bit uniform: its top 12 bits pick a bin of a per-level table
-        that holds the result directly, except in the few bins where the CDF jumps, where the count
-        is resolved against the CDF itself (float64).
+        that holds the result directly (one byte: the 1 MiB table stays in cache), except in the few
+        bins where the CDF jumps, marked by a byte, where the count is resolved against the CDF
+        itself (float64) from the count at the bin's start.
         """
-        cdf, table, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
+        cdf, table, starts, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
         index = (levels.reshape(-1).to(torch.int32) << (31 - shift)).bitwise_or_(bits >> shift)
-        entry = table.index_select(0, index)
-        out, todo = entry.to(torch.uint8), torch.nonzero(entry >= 0x4000).squeeze(1)
+        out = table.index_select(0, index)
+        todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
-            rows = index.index_select(0, todo) // bins * cdf.shape[1]
+            bin_index = index.index_select(0, todo)
+            rows = bin_index // bins * cdf.shape[1]
             u = bits.index_select(0, todo).double() * 2.0 ** -31
-            count = entry.index_select(0, todo).long().bitwise_and_(0x3FFF)
+            count = starts.index_select(0, bin_index).long()
             cdf_flat = cdf.flatten()
             while True:
                 step = u >= cdf_flat.index_select(0, rows + count)
@@ -158,10 +183,11 @@ class Draws:
         return out.view(levels.shape)
 
     def image_salt_and_pepper(self, shape: tuple[int, int, int, int], amount: float) -> tuple[Tensor, Tensor]:
-        """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2."""
-        bits = self.bits31(shape)
-        salt = bits < round(amount / 2 * 2 ** 31)
-        return salt, (bits < round(amount * 2 ** 31)).logical_xor_(salt)
+        """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2 (to
+        2^-15: 15-bit numbers, a quarter of a 64-bit draw each)."""
+        bits = self.bits15(shape)
+        salt = bits < round(amount / 2 * 2 ** 15)
+        return salt, (bits < round(amount * 2 ** 15)).logical_xor_(salt)
 
 
 class ImageDraws(Draws):
@@ -200,9 +226,13 @@ class ImageDraws(Draws):
         one = self._image_shape(shape)
         return self._per_image(lambda d, i: d.bits31(one))
 
-    def pixel_bits31(self, height: int, width: int, batch: int) -> Tensor:
+    def bits15(self, shape: tuple[int, ...]) -> Tensor:
+        one = self._image_shape(shape)
+        return self._per_image(lambda d, i: d.bits15(one))
+
+    def pixel_bits15(self, height: int, width: int, batch: int) -> Tensor:
         one = self._image_shape((height, width, batch), -1)
-        return self._per_image(lambda d, i: d.bits31(one), -1)
+        return self._per_image(lambda d, i: d.bits15(one), -1)
 
     def integers(self, high: Tensor) -> Tensor:
         self._image_shape(tuple(high.shape))
@@ -219,10 +249,11 @@ class ImageDraws(Draws):
 
 @lru_cache(maxsize=16)
 def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
-                    bins: int = 4096) -> tuple[Tensor, Tensor, int]:
-    """Per-rate CDFs (L, n) in float64 and an int16 guide table (L * bins): for each bin of u,
-    ``lut`` of the count (the smallest whose CDF exceeds u) where that count is the same across the
-    bin; else 0x4000 + the count at the bin's start."""
+                    bins: int = 4096) -> tuple[Tensor, Tensor, Tensor, int, int]:
+    """(cdf, table, starts, mark, bins): per-rate CDFs (L, n) in float64; a uint8 guide table
+    (L * bins) holding for each bin of u ``lut`` of the count (the smallest whose CDF exceeds u)
+    where that count is the same across the bin, else the byte ``mark``; the count at each bin's
+    start (int16, L * bins)."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
@@ -232,14 +263,18 @@ def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
     first = torch.searchsorted(cdf, edges, right=True).clamp_max(n_max)
     start, jumps = first[:, :-1], first[:, 1:] != first[:, :-1]
     mapped = torch.frombuffer(bytearray(lut), dtype=torch.uint8).long()[start.clamp_max(len(lut) - 1)]
-    table = torch.where(jumps, 0x4000 + start, mapped)
-    return cdf.to(device), table.flatten().to(torch.int16).to(device), bins
+    # the byte the table holds least often (one ``lut`` never returns, where there is one): the
+    # bins that hold it go the slow way too, which returns their count all the same
+    mark = int(torch.bincount(mapped[~jumps], minlength=256).argmin())
+    table = torch.where(jumps, mark, mapped).flatten().to(torch.uint8)
+    return cdf.to(device), table.to(device), start.flatten().to(torch.int16).to(device), mark, bins
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers: borders, separable Gaussian, FFT filtering, resampling
 # ---------------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=256)
 def _border_index(n: int, pad_before: int, pad_after: int, mode: str, device: torch.device) -> Tensor:
     """Source indices of a padded axis. Modes follow scipy.ndimage:
     ``nearest`` (aaa|abcd|ddd), ``reflect`` (cba|abcd|dcb), ``mirror`` (dcb|abcd|cba, cv2's default)."""
@@ -279,6 +314,7 @@ def _pad(x: Tensor, ph: int, pw: int, mode: str) -> Tensor:
     return _pad_dim(_pad_dim(x, -2, ph, ph, mode), -1, pw, pw, mode)
 
 
+@lru_cache(maxsize=64)
 def _gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device: torch.device) -> Tensor:
     radius = int(truncate * sigma + 0.5)
     t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
@@ -297,20 +333,39 @@ def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
     return t.permute(2, 0, 1).reshape(shape)
 
 
+def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
+    """Pad a (H, W, N) tensor by ``ry`` rows and ``rx`` columns on each side, scipy-style border:
+    the interior in one copy, the borders as copies of whole rows, then of whole (padded) columns."""
+    h, w, n = t.shape
+    out = t.new_empty((h + 2 * ry, w + 2 * rx, n))
+    out[ry:ry + h, rx:rx + w] = t
+    rows = _border_index(h, ry, ry, mode, t.device) + ry
+    cols = _border_index(w, rx, rx, mode, t.device) + rx
+    for side in (slice(0, ry), slice(ry + h, None)):
+        out[side, rx:rx + w] = out[:, rx:rx + w].index_select(0, rows[side])
+    for side in (slice(0, rx), slice(rx + w, None)):
+        out[:, side] = out.index_select(1, cols[side])
+    return out
+
+
 def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str) -> Tensor:
     """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows, then along the columns,
     the borders following ``mode``: two depthwise convolutions over N channels-last planes. Both
     borders are padded first (padding the columns commutes with filtering the rows)."""
     n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
-    # (1, N, H', W') planes with channels-last strides; not ``_pad``: its index_select fallback
-    # would return NCHW planes, for which the depthwise convolution is ~3x slower
-    if mode in _TORCH_PAD_MODES and max(ry, rx) < min(t.shape[:2]):
-        planes = F.pad(t.unsqueeze(0).permute(0, 3, 1, 2), (rx, rx, ry, ry), mode=_TORCH_PAD_MODES[mode])
-    else:
-        planes = _pad_dim(_pad_dim(t, 0, ry, ry, mode), 1, rx, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
-    for kernel, shape in ((row_kernel, (1, 1, -1, 1)), (col_kernel, (1, 1, 1, -1))):
-        planes = F.conv2d(planes, kernel.reshape(shape).expand(n, -1, -1, -1).contiguous(), groups=n)
+    # (1, N, H', W') planes with channels-last strides (F.pad's channels-last kernels are ~5x slower)
+    planes = _pad_hwn(t, ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
+    for weight in _depthwise_weights(row_kernel, col_kernel, n):
+        planes = F.conv2d(planes, weight, groups=n)
     return planes.permute(0, 2, 3, 1)[0]
+
+
+@lru_cache(maxsize=64)
+def _depthwise_weights(row_kernel: Tensor, col_kernel: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes, per kernel pair
+    (the kernels are cached tensors, so the pair is a cache key)."""
+    return (row_kernel.reshape(1, 1, -1, 1).expand(n, -1, -1, -1).contiguous(),
+            col_kernel.reshape(1, 1, 1, -1).expand(n, -1, -1, -1).contiguous())
 
 
 def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
@@ -352,14 +407,24 @@ def _kernel_spectrum(kernel: bytes, shape: tuple[int, int], size: tuple[int, int
     return torch.fft.rfft2(k.flip(-2, -1), s=size)
 
 
-def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
-    """Crop the centre ``ceil(n / zoom)`` pixels and enlarge them by ``zoom`` with bilinear
-    interpolation that maps the first/last pixel centres onto each other (scipy's ``zoom``)."""
-    h, w = x.shape[-2:]
-    ch, cw = int(math.ceil(h / zoom)), int(math.ceil(w / zoom))
-    top, left = (h - ch) // 2, (w - cw) // 2
-    crop = x[..., top:top + ch, left:left + cw]
+def _zoom_window(n: int, zoom: float) -> slice:
+    """The centre ``ceil(n / zoom)`` indices of an axis of length ``n``: what ``_clipped_zoom`` keeps."""
+    crop = int(math.ceil(n / zoom))
+    start = (n - crop) // 2
+    return slice(start, start + crop)
+
+
+def _enlarge(crop: Tensor, zoom: float) -> Tensor:
+    """Enlarge by ``zoom`` with bilinear interpolation that maps the first/last pixel centres onto
+    each other (scipy's ``zoom``)."""
+    ch, cw = crop.shape[-2:]
     return F.interpolate(crop, size=(int(round(ch * zoom)), int(round(cw * zoom))), mode="bilinear", align_corners=True)
+
+
+def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
+    """Crop the centre ``ceil(n / zoom)`` pixels and enlarge them by ``zoom``."""
+    h, w = x.shape[-2:]
+    return _enlarge(x[..., _zoom_window(h, zoom), _zoom_window(w, zoom)], zoom)
 
 
 def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
@@ -387,15 +452,15 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 
 
 # ---------------------------------------------------------------------------------------------
-# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _INTEGER_OPS) to
+# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _UINT8_INPUT) to
 # 0..255 (float, clipped, or uint8). A float x is a copy the corruption may change in place;
 # a uint8 x is the caller's batch, read only.
 # ---------------------------------------------------------------------------------------------
 
 def gaussian_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.08, .12, 0.18, 0.26, 0.38][severity - 1]
-    noise = draws.image_normal(tuple(x.shape), scale=c)
-    return noise.add_(x.div_(255.0)).clamp_(0, 1).mul_(255)
+    # clip(x / 255 + noise, 0, 1) * 255 in grey levels: two passes fewer, the same values up to rounding
+    return draws.image_normal(tuple(x.shape), scale=255 * c).add_(x).clamp_(0, 255)
 
 
 @lru_cache(maxsize=None)
@@ -457,7 +522,7 @@ def _glass_offsets(severity: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
-def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 16) -> tuple[Tensor, Tensor]:
+def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> tuple[Tensor, Tensor]:
     """Inverse-CDF tables of the offsets: a uniform u gives (dy, dx) = tables[int(u * bins)]."""
     offsets, probs = _glass_offsets(severity)
     pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
@@ -469,11 +534,12 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     sigma, delta, _ = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     b, ch, h, w = x.shape
     # everything in (H, W, B, C) layout: blurs are depthwise convolutions, the pixel gather moves
-    # the C values of a pixel together
-    blurred = _gaussian_blur_hwn(_to_hwn(x.div_(255.0)), (sigma, sigma), "nearest").mul_(255).floor_()
+    # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
+    # up to rounding: this corruption is matched statistically)
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest").floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
-    pick = draws.pixel_bits31(*pick_shape) >> (31 - int(math.log2(len(dy_table))))
+    pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
     # only the interior is visited by the reference's scan; each pixel there reads its source
     rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
     cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
@@ -484,7 +550,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     images = torch.arange(b, device=x.device, dtype=torch.int32)
     source[delta:h - delta, delta:w - delta] = rows.mul_(w).add_(cols).mul_(b).add_(images)
     shuffled = blurred.view(h * w * b, ch).index_select(0, source.view(-1)).view(h, w, b * ch)
-    out = _gaussian_blur_hwn(shuffled.div_(255), (sigma, sigma), "nearest").clamp_(0, 1).mul_(255)
+    out = _gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").clamp_(0, 255)
     return _from_hwn(out, x.shape)
 
 
@@ -553,8 +619,9 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
     x = x.div_(255.0)
-    flakes = draws.normal((b, h, w), loc=loc, scale=scale).unsqueeze(1)
-    flakes = _clipped_zoom(flakes, zoom)
+    # the reference zooms the centre of a field of normals: only that centre is drawn
+    window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
+    flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
     flakes = flakes[..., :h, :w].mul(255).round_().div_(255.0)
@@ -605,41 +672,64 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
-def plasma_fractal(batch: int, size: int, decay: float, draws: Draws) -> Tensor:
-    """Diamond-square height maps (batch, size, size) in [0, 1], float64 like the reference;
-    ``size`` a power of two."""
-    grid = torch.zeros((batch, size, size), device=draws.device, dtype=torch.float64)
-    step, wibble = size, 100.0
+def _plus_rolled(a: Tensor, b: Tensor, shift: int, dim: int) -> Tensor:
+    """``a + b.roll(shift, dim)`` for a shift of 1 or -1, as two sums into one new tensor (no
+    copy of ``b``; the same additions, so the same values)."""
+    n = a.shape[dim]
+    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
+    lead, wrap = (0, n - 1) if shift == -1 else (1, 0)  # where the n - 1 unwrapped sums start, and the wrapped one
+    torch.add(a.narrow(dim, lead, n - 1), b.narrow(dim, 1 - lead, n - 1), out=out.narrow(dim, lead, n - 1))
+    torch.add(a.narrow(dim, wrap, 1), b.narrow(dim, n - 1 - wrap, 1), out=out.narrow(dim, wrap, 1))
+    return out
+
+
+def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
+    """Diamond-square height maps (batch, size, size) in [0, scale], in the draws' dtype (float64
+    like the reference when replaying it); ``size`` a power of two.
+
+    All the uniforms are drawn at once, one row of the whole map's count per image, and each
+    level takes the next of them in the reference's order (its squares, then its two diamond
+    sets): the reference's stream, and one draw call instead of three per level."""
+    dtype = draws.dtype
+    grid = torch.zeros((batch, size, size), device=draws.device, dtype=dtype)
+    levels = size.bit_length() - 1
+    noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
+    used, step, wibble = 0, size, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
-        noise = draws.uniform(tuple(total.shape), -wibble, wibble).to(torch.float64)
-        return total.div_(4).add_(noise.mul_(wibble))
+        nonlocal used
+        n = total.shape[1] * total.shape[2]
+        # the reference's wibble * uniform(-wibble, wibble)
+        part = noise[:, used:used + n].view(total.shape)
+        used += n
+        return total.div_(4).add_(part, alpha=wibble * wibble)
 
     while step >= 2:
         half = step // 2
         corners = grid[:, 0:size:step, 0:size:step]
-        square = corners + corners.roll(-1, 1)
-        square += square.roll(-1, 2)
+        square = _plus_rolled(corners, corners, -1, 1)
+        square = _plus_rolled(square, square, -1, 2)
         grid[:, half:size:step, half:size:step] = wibbled_mean(square)
         centres = grid[:, half:size:step, half:size:step]
-        left_sum = (centres + centres.roll(1, 1)).add_(corners + corners.roll(-1, 2))
-        top_sum = (centres + centres.roll(1, 2)).add_(corners + corners.roll(-1, 1))
+        left_sum = _plus_rolled(centres, centres, 1, 1).add_(_plus_rolled(corners, corners, -1, 2))
+        top_sum = _plus_rolled(centres, centres, 1, 2).add_(_plus_rolled(corners, corners, -1, 1))
         grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum)
         grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum)
         step //= 2
         wibble /= decay
     grid -= grid.amin(dim=(1, 2), keepdim=True)
-    return grid.div_(grid.amax(dim=(1, 2), keepdim=True))
+    return grid.mul_(scale / grid.amax(dim=(1, 2), keepdim=True))
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
-    x = x.div_(255.0)
-    peak = x.amax(dim=(1, 2, 3), keepdim=True)
-    haze = plasma_fractal(b, size, decay, draws)[:, None, :h, :w].to(x.dtype).mul_(strength)
-    return x.add_(haze).mul_(peak).div_(peak + strength).clamp_(0, 1).mul_(255)
+    # (x / 255 + strength * plasma) * peak / (peak + strength), clipped to [0, 1], in grey levels:
+    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch
+    peak = x.amax(dim=(1, 2, 3), keepdim=True).div_(255.0)
+    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w].to(x.dtype)
+    return x.add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -647,10 +737,9 @@ def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.1, .2, .3, .4, .5][severity - 1]
     x = x.div_(255.0)
     v = x.amax(dim=1, keepdim=True)
-    v_new = (v + c).clamp_(0, 1)
-    is_max = x == v  # the value channel itself takes v' exactly
-    x.mul_(v_new / v.clamp_min(torch.finfo(x.dtype).tiny))
-    return torch.where(is_max, v_new, x).clamp_(0, 1).mul_(255)
+    v_new = (v + c).clamp_(0, 1).mul_(255)
+    # x / v is exactly 1 in the value channel, which so takes v' exactly; 0 / 0 (black) reads 1 too
+    return x.div_(v).nan_to_num_(1.0).mul_(v_new).clamp_(0, 255)
 
 
 def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -807,9 +896,9 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
 _CPU_CHUNK = 4
-_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64}
-# corruptions that take and return uint8 (integer arithmetic, like the reference's PIL)
-_INTEGER_OPS = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
+_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2}
+# corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
@@ -848,14 +937,14 @@ def corrupt_batch(
     fn = TORCH_CORRUPTIONS[name]
     chunk = _CPU_CHUNKS.get(name, _CPU_CHUNK) if x.device.type == "cpu" else len(x)
     draws = draws or (None if per_image else Draws(generator, x.device, dtype))
-    outs = []
+    result = torch.empty_like(x, memory_format=torch.contiguous_format)
     for start, part in zip(range(0, len(x), chunk), x.split(chunk)):
         part_draws = draws or ImageDraws(generator[start:start + len(part)], x.device, dtype)
         if is_uint8:
-            part = part if name in _INTEGER_OPS else part.to(dtype)
+            part = part if name in _UINT8_INPUT else part.to(dtype)
         else:
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
-        outs.append(out.to(torch.uint8) if is_uint8 else (out / 255).to(x.dtype))  # uint8: truncation
-    out = outs[0].contiguous() if len(outs) == 1 else torch.cat(outs)
-    return out[0] if single else out
+        # one pass: into the result's rows, and to uint8 by truncation (the reference's np.uint8 cast)
+        result[start:start + len(part)].copy_(out if is_uint8 else out / 255)
+    return result[0] if single else result
