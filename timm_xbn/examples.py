@@ -27,6 +27,7 @@ from .corruptions.seeding import corrupt_images
 from .hub.publish import describe_weights
 from .models import create_model, export_model
 from .study.data import load_dataset, subset
+from .utils.errors import UserError
 from .utils.files import write_text_atomic
 
 __all__ = ["EXAMPLE_MODEL_KWARGS", "ExampleData", "write_example_data"]
@@ -110,7 +111,7 @@ def write_example_data(
     docstring). Work is bounded by the arguments: ``10 * train_per_class`` training images, ``steps`` steps of
     ``batch_size`` per network."""
     if min(train_per_class, val_per_class, steps, batch_size) < 1:
-        raise ValueError("train_per_class, val_per_class, steps and batch_size must be >= 1")
+        raise UserError("train_per_class, val_per_class, steps and batch_size must be >= 1")
     root = Path(folder)
     data = load_dataset("auto", IMAGE_SIZE, seed)
     train_x, train_y = _balanced(data.train_x, data.train_y, train_per_class, seed)

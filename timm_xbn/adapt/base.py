@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import torch
 import torch.nn as nn
 
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules
 from .norms import ParameterSelection, norm_affine_parameters, prepare_norm_adaptation
 
@@ -82,10 +83,10 @@ class Adapter(nn.Module):
         eval mode, the statistics would silently get a variance of 0)."""
         x = args[0]
         if (self.batch_statistics or bn.training or bn.running_mean is None) and x.numel() <= x.shape[1]:
-            raise ValueError(f"{self.name}: {layer} ({type(bn).__name__}) takes its statistics from the batch, "
-                             f"and a batch of {x.shape[0]} gives it 1 value per channel (input {tuple(x.shape)}); "
-                             "use a batch size of 2 or more, or a method that keeps the source statistics "
-                             "(source, prior:N with N > 0)")
+            raise UserError(f"{self.name}: {layer} ({type(bn).__name__}) takes its statistics from the batch, "
+                            f"and a batch of {x.shape[0]} gives it 1 value per channel (input {tuple(x.shape)}); "
+                            "use a batch size of 2 or more, or a method that keeps the source statistics "
+                            "(source, prior:N with N > 0)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` from the (adapted) copy; adapting methods override this."""
@@ -97,12 +98,12 @@ class Adapter(nn.Module):
 def make_optimizer(params: List[nn.Parameter], optimizer: str, lr: float, momentum: float) -> torch.optim.Optimizer:
     """TENT's optimizers: SGD with momentum (its ImageNet-C setting) or Adam (betas 0.9, 0.999; its CIFAR setting)."""
     if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+        raise UserError(f"lr must be > 0, got {lr}")
     if optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999))
-    raise ValueError(f"optimizer must be sgd or adam, got {optimizer!r}")
+    raise UserError(f"optimizer must be sgd or adam, got {optimizer!r}")
 
 
 class AffineAdapter(Adapter):

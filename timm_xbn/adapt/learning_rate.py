@@ -9,13 +9,15 @@ from typing import Any, Dict, Optional
 
 import torch.nn as nn
 
+from ..utils.errors import UserError
+
 __all__ = ["LearningRateRule", "harness_learning_rate", "is_vit"]
 
 
 def harness_learning_rate(batch_size: int, vit: bool, method: str = "tent") -> float:
     """The harness's rate for ``method`` (tent, eata, sar) at ``batch_size`` (module docstring)."""
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if vit:
         lr = 0.001 / 64 * batch_size
     else:
@@ -40,7 +42,7 @@ class LearningRateRule:
 
     def init_rule(self, lr: float) -> None:
         if lr < 0:
-            raise ValueError(f"lr must be > 0 (or 0: the SAR harness's rule from the batch size), got {lr}")
+            raise UserError(f"lr must be > 0 (or 0: the SAR harness's rule from the batch size), got {lr}")
         self.lr_rule = lr == 0
         self.vit = is_vit(self.model)
         self.batch_size: Optional[int] = None  # the stream's, from the first batch

@@ -8,6 +8,7 @@ from typing import Any, Dict, Tuple, Type
 
 import torch.nn as nn
 
+from ..utils.errors import UserError
 from .base import Adapter
 from .eata import EATA
 from .rotta import RoTTA
@@ -27,29 +28,29 @@ def _convert(cls: Type[Adapter], key: str, value: str, spec: str) -> Any:
     params = inspect.signature(cls.__init__).parameters
     if key not in params or key in ("self", "model"):
         options = ", ".join(p for p in params if p not in ("self", "model")) or "none"
-        raise ValueError(f"{spec!r}: {cls.__name__.lower()} has no option {key!r} (options: {options})")
+        raise UserError(f"{spec!r}: {cls.__name__.lower()} has no option {key!r} (options: {options})")
     kind = type(params[key].default)
     try:
         return kind(value)
     except ValueError:
-        raise ValueError(f"{spec!r}: {key} must be a {kind.__name__}, got {value!r}") from None
+        raise UserError(f"{spec!r}: {key} must be a {kind.__name__}, got {value!r}") from None
 
 
 def parse_method(spec: str) -> Tuple[str, Dict[str, Any]]:
     """``"tent:lr=0.001"`` -> ``("tent", {"lr": 0.001})``; ``ValueError`` for unknown names or options."""
     name, _, rest = spec.strip().partition(":")
     if name not in METHODS:
-        raise ValueError(f"unknown adaptation method {name!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown adaptation method {name!r}; choose from {', '.join(METHODS)}")
     cls, kwargs = METHODS[name], {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
         if not eq and name in SHORTHANDS and not kwargs:
             key, value = SHORTHANDS[name], key
         elif not eq:
-            raise ValueError(f"{spec!r}: options are KEY=VALUE, got {item!r}")
+            raise UserError(f"{spec!r}: options are KEY=VALUE, got {item!r}")
         kwargs[key.strip()] = _convert(cls, key.strip(), value.strip(), spec)
     if name in ("prior", "mix") and not kwargs.get("prior", 0.0) >= 0:
-        raise ValueError(f"{spec!r}: prior (the source strength N) must be >= 0")
+        raise UserError(f"{spec!r}: prior (the source strength N) must be >= 0")
     return name, kwargs
 
 

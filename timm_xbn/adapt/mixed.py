@@ -24,6 +24,7 @@ from ..corruptions.prep import BatchPrep
 from ..evaluation.data import EvalData, SkippedSample
 from ..evaluation.metrics import SCORE_SIZE, score_batch
 from ..utils.device import model_device
+from ..utils.errors import UserError
 
 __all__ = ["MixedDataset", "MixedPass", "MixedPrep", "mixed_data"]
 
@@ -61,7 +62,7 @@ class MixedDataset(Dataset):
 def mixed_data(source: CorruptionSource, seed: int) -> EvalData:
     """Every pair of ``source`` (in ``source.pairs`` order) in one data set, read in the seeded shuffle."""
     if not source.pairs:
-        raise ValueError(f"no corruption x severity to mix in {source.source}")
+        raise UserError(f"no corruption x severity to mix in {source.source}")
     parts = [source.pair_data(c, s) for c, s in source.pairs]
     dataset = MixedDataset([p.dataset for p in parts], [f"{c}/{s}" for c, s in source.pairs])
     mixed = dataclasses.replace(parts[0], dataset=dataset, source=f"{source.source} (mixed: {len(parts)} pairs)",

@@ -4,6 +4,7 @@ from typing import Callable, List, Tuple
 import torch.nn as nn
 
 from ..stats.recalibrate import use_batch_stats
+from ..utils.errors import UserError
 from ..utils.norms import NORM_TYPES, bn_modules, is_norm
 
 __all__ = ["NORM_TYPES", "norm_affine_parameters", "prepare_norm_adaptation", "sar_affine_parameters"]
@@ -57,8 +58,8 @@ def prepare_norm_adaptation(model: nn.Module, select: ParameterSelection = norm_
     """
     params = select(model)
     if not params:
-        raise ValueError(f"{type(model).__name__} has no normalization layers with affine parameters to adapt"
-                         + ("" if select is norm_affine_parameters else f" ({select.__name__})"))
+        raise UserError(f"{type(model).__name__} has no normalization layers with affine parameters to adapt"
+                        + ("" if select is norm_affine_parameters else f" ({select.__name__})"))
     model.eval()
     model.requires_grad_(False)
     use_batch_stats(bn_modules(model))

@@ -5,6 +5,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 import torch
 
 from ..evaluation.metrics import SCORE_SIZE, accuracy_from_counts, calibration_from_scores, score_batch
+from ..utils.errors import UserError
 from .base import Adapter
 
 __all__ = ["PROTOCOLS", "check_protocol", "counts_record", "run_protocol"]
@@ -14,7 +15,7 @@ PROTOCOLS = ("episodic", "continual")
 
 def check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+        raise UserError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def counts_record(counts: torch.Tensor, forward: Optional[int], backward: Optional[int]) -> Dict[str, Any]:

@@ -36,6 +36,7 @@ import torch.nn as nn
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules, bns_with_running_stats
 from .base import Adapter, make_optimizer
 
@@ -50,7 +51,7 @@ class CategoryBalancedMemory:
 
     def __init__(self, capacity: int, num_classes: int, lambda_t: float = 1.0, lambda_u: float = 1.0):
         if capacity < 1 or num_classes < 2:
-            raise ValueError(f"the memory needs capacity >= 1 and >= 2 classes, got {capacity} and {num_classes}")
+            raise UserError(f"the memory needs capacity >= 1 and >= 2 classes, got {capacity} and {num_classes}")
         self.capacity, self.num_classes = capacity, num_classes
         self.per_class = capacity / num_classes
         self.lambda_t, self.lambda_u = lambda_t, lambda_u
@@ -194,11 +195,11 @@ class RoTTA(Adapter):
                  capacity: int = 64, update_every: int = 64, lambda_t: float = 1.0, lambda_u: float = 1.0,
                  augment: str = "reference", seed: int = 0):
         if not 0 < alpha <= 1 or not 0 <= nu <= 1:
-            raise ValueError(f"alpha must be in (0, 1] and nu in [0, 1], got {alpha} and {nu}")
+            raise UserError(f"alpha must be in (0, 1] and nu in [0, 1], got {alpha} and {nu}")
         if capacity < 1 or update_every < 1:
-            raise ValueError(f"capacity and update_every must be >= 1, got {capacity} and {update_every}")
+            raise UserError(f"capacity and update_every must be >= 1, got {capacity} and {update_every}")
         if augment not in AUGMENTS:
-            raise ValueError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+            raise UserError(f"augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
         teacher = copy.deepcopy(model).eval()  # before the base class hooks the student's BNs
         super().__init__(model)
         self.teacher = teacher

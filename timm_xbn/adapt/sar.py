@@ -25,6 +25,7 @@ from typing import List, Optional
 import torch
 import torch.nn as nn
 
+from ..utils.errors import UserError
 from .base import AffineAdapter
 from .learning_rate import LearningRateRule, harness_learning_rate
 from .norms import norm_affine_parameters, sar_affine_parameters
@@ -51,9 +52,9 @@ class SAR(LearningRateRule, AffineAdapter):
     def __init__(self, model: nn.Module, lr: float = 0.0, momentum: float = 0.9, rho: float = 0.05,
                  margin: float = 0.4, reset_constant: float = 0.2, layers: str = "reference"):
         if not rho > 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
+            raise UserError(f"rho must be > 0, got {rho}")
         if layers not in LAYERS:
-            raise ValueError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
+            raise UserError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
         super().__init__(model, lr if lr > 0 else 0.00025, "sgd", momentum, select=LAYERS[layers])
         self.init_rule(lr)
         self.rho, self.margin, self.reset_constant = rho, margin, reset_constant

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..stats import recalibrate
+from ..utils.errors import UserError
 from ..utils.norms import bns_with_running_stats
 from .base import Adapter
 
@@ -56,7 +57,7 @@ class Mix(Norm):
     def __init__(self, model: nn.Module, prior: float = 16.0):
         super().__init__(model)
         if not prior >= 0:
-            raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+            raise UserError(f"prior (the source strength N) must be >= 0, got {prior}")
         self.prior = prior
 
 
@@ -101,7 +102,7 @@ class RobustBN(Adapter):
     def __init__(self, model: nn.Module, momentum: float = 0.05):
         super().__init__(model)
         if not 0 < momentum <= 1:
-            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+            raise UserError(f"momentum must be in (0, 1], got {momentum}")
         self.momentum = momentum
         for _, bn in bns_with_running_stats(self.model):
             bn.register_forward_pre_hook(self._update)

@@ -26,6 +26,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..evaluation.data import EvalData, order_label
+from ..utils.errors import UserError
 
 __all__ = ["MAX_SLOTS", "STREAMS", "check_stream", "dataset_labels", "dirichlet_order", "stream_data", "stream_label",
            "stream_order_name", "stream_record", "stream_slots"]
@@ -41,25 +42,25 @@ def check_stream(stream: str, dirichlet: Optional[float], protocol: Optional[str
     given to ``mixed`` (one stream through every pair: nothing to reset between pairs), or a draw
     per domain asked of a stream other than label-shift."""
     if stream not in STREAMS:
-        raise ValueError(f"--stream must be one of {', '.join(STREAMS)}, got {stream!r}")
+        raise UserError(f"--stream must be one of {', '.join(STREAMS)}, got {stream!r}")
     if stream == "label-shift" and not (dirichlet is not None and dirichlet > 0):
-        raise ValueError(f"--stream label-shift needs --dirichlet ALPHA > 0 (e.g. 0.1), got {dirichlet}")
+        raise UserError(f"--stream label-shift needs --dirichlet ALPHA > 0 (e.g. 0.1), got {dirichlet}")
     if stream != "label-shift" and dirichlet is not None:
-        raise ValueError("--dirichlet only applies to --stream label-shift")
+        raise UserError("--dirichlet only applies to --stream label-shift")
     if stream != "iid" and order != "shuffle":
-        raise ValueError(f"--order {order} only applies to --stream iid; --stream {stream} sets its own order, seeded by --seed")
+        raise UserError(f"--order {order} only applies to --stream iid; --stream {stream} sets its own order, seeded by --seed")
     if stream == "mixed" and protocol is not None:
-        raise ValueError("--protocol does not apply to --stream mixed: it is one stream through every corruption x "
-                         "severity, and the adapters are never reset inside it")
+        raise UserError("--protocol does not apply to --stream mixed: it is one stream through every corruption x "
+                        "severity, and the adapters are never reset inside it")
     if per_domain and stream != "label-shift":
-        raise ValueError("--per-domain (a Dirichlet draw per corruption x severity) only applies to --stream label-shift")
+        raise UserError("--per-domain (a Dirichlet draw per corruption x severity) only applies to --stream label-shift")
 
 
 def stream_slots(num_classes: int, slots: Optional[int] = None) -> int:
     """The number of time slots of a label-shift stream: ``slots`` if given, else one per class,
     capped at ``MAX_SLOTS`` (RoTTA: ``num_class if num_class <= 100 else 100``)."""
     if slots is not None and slots < 1:
-        raise ValueError(f"slots must be >= 1, got {slots}")
+        raise UserError(f"slots must be >= 1, got {slots}")
     return slots or min(num_classes, MAX_SLOTS)
 
 

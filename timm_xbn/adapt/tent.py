@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from ..utils.errors import UserError
 from .base import AffineAdapter
 from .learning_rate import LearningRateRule
 
@@ -28,7 +29,7 @@ class Tent(LearningRateRule, AffineAdapter):
     def __init__(self, model: nn.Module, lr: float = 0.00025, optimizer: str = "sgd", momentum: float = 0.9):
         nesterov = optimizer == "nesterov"
         if nesterov and not momentum > 0:
-            raise ValueError(f"optimizer nesterov needs momentum > 0, got {momentum}")
+            raise UserError(f"optimizer nesterov needs momentum > 0, got {momentum}")
         super().__init__(model, lr if lr > 0 else 0.00025, "sgd" if nesterov else optimizer, momentum)
         if nesterov:
             self.optimizer = torch.optim.SGD(self.params, lr=self.optimizer.defaults["lr"], momentum=momentum, nesterov=True)

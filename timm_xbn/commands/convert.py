@@ -6,6 +6,7 @@ import typer
 
 from ..calibration import DEFAULT_REESTIMATE
 from ..layers import is_batch_free
+from ..utils.errors import UserError
 from .options import (
     Bfn, CropPct, ImgSize, Interpolation, Mean, Position, Reestimate, Std, api_method, check_checkpoint_file, cli_method,
     check_eval_options, handle_errors, parse_json_kwargs, reword,
@@ -77,7 +78,7 @@ def convert(
 
     kwargs = parse_json_kwargs(model_kwargs)
     if calibrate is not None and authors is not None:
-        raise ValueError("--calibrate needs the BN model; the authors' checkpoint is already converted")
+        raise UserError("--calibrate needs the BN model; the authors' checkpoint is already converted")
     for option, path in (("--checkpoint", checkpoint), ("--authors", authors)):
         if path is not None:
             check_checkpoint_file(path, option)
@@ -86,8 +87,8 @@ def convert(
         validate_data_dir(calibrate)  # before a download of pretrained weights
     existing = [name for name in ("model.safetensors", "config.json") if (output / name).exists()]
     if existing and not overwrite:
-        raise ValueError(f"--output {output} already holds an export ({', '.join(existing)}); pass --overwrite to replace it, "
-                         "or give another folder")
+        raise UserError(f"--output {output} already holds an export ({', '.join(existing)}); pass --overwrite to replace it, "
+                        "or give another folder")
     given = dict(img_size=img_size, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
     recorded = checkpoint or (model if model.startswith("local-dir:") else None)
     inputs = {**(recorded_input_settings(recorded) if input_config is None else {}),

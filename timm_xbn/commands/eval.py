@@ -4,6 +4,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from ..utils.errors import UserError
 from .options import (
     BLOCKS_FLAGS, BatchSize, Checkpoints, ClassMap, Corrupt, CropPct, DataDir, Dataset, Device, EvalOptions,
     ImgSize, Interpolation, Mean, ModelKwargs, Models, Order, OrderOption, Output, Pretrained, Protocol,
@@ -17,7 +18,7 @@ METHOD_HELP = ("Method (repeat): source, norm (AdaBN), mix[:N] (norm mixed once 
                "eata, sar; options as NAME:KEY=VALUE,... e.g. tent:lr=0.001,optimizer=adam.")
 
 
-@handle_errors
+@handle_errors(resumes=True)
 def eval_robustness(
     model: Models,
     data_dir: DataDir,
@@ -65,7 +66,7 @@ def eval_robustness(
 
 
 @renamed_flags("xbn-eval adabn")
-@handle_errors
+@handle_errors(resumes=True)
 def eval_adabn(
     model: Models,
     data_dir: DataDir,
@@ -173,11 +174,11 @@ def _check_corruption_inputs(imagenet_c, cifar_c, data_dir, corruptions, severit
     from ..corruptions import parse_corruptions, parse_severities
 
     if clean_error is not None and not 0 <= clean_error <= 100:
-        raise ValueError(f"--clean-error is a top-1 error in percent (0-100), got {clean_error}")
+        raise UserError(f"--clean-error is a top-1 error in percent (0-100), got {clean_error}")
 
     chosen = [name for name, value in (("--imagenet-c", imagenet_c), ("--cifar-c", cifar_c), ("--data-dir", data_dir)) if value]
     if len(chosen) != 1:
-        raise ValueError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
+        raise UserError(f"give exactly one of --imagenet-c, --cifar-c, --data-dir (got {', '.join(chosen) or 'none'})")
     return parse_corruptions(corruptions), parse_severities(severities)
 
 
@@ -201,7 +202,7 @@ def _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt, wanted, se
     return source
 
 
-@handle_errors
+@handle_errors(resumes=True)
 def eval_corruption(
     model: Models,
     checkpoint: Checkpoints = None,
@@ -277,7 +278,7 @@ def eval_corruption(
 
 
 
-@handle_errors
+@handle_errors(resumes=True)
 def eval_adapt(
     model: Models,
     checkpoint: Checkpoints = None,
@@ -348,7 +349,7 @@ def eval_adapt(
         source = _corruption_source(built, imagenet_c, cifar_c, data_dir, corrupt.value, wanted, sevs, clean_dir,
                                     class_map, seed, batch_size, workers, opts.overrides)
         if not source.pairs:
-            raise ValueError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
+            raise UserError(f"no corruption x severity found in {source.source} (missing: {', '.join(source.missing[:8])})")
         results = evaluate_adaptation(built, method, source, protocol=protocol, clean_error=clean_error, output_dir=out,
                                       progress=True, order=order.value, order_seed=seed if stream_seed is None else stream_seed,
                                       stream=stream.value, dirichlet=dirichlet, per_domain=per_domain,
@@ -384,7 +385,7 @@ def eval_example_data(
     from ..examples import write_example_data
 
     if output.is_dir() and any(p for p in output.iterdir() if not p.name.startswith(".")):
-        raise ValueError(f"--output {output} is not empty; give a new folder")
+        raise UserError(f"--output {output} is not empty; give a new folder")
     with claim_output_dir(output, "--output") as folder:
         made = write_example_data(folder, train_per_class=train_per_class, val_per_class=val_per_class, steps=steps,
                                   seed=seed)
@@ -429,7 +430,7 @@ def eval_shift(
     from ..grid.tables import shift_table
 
     if len(dataset) != len(data_dir):
-        raise ValueError(f"give one --data-dir per --dataset, in the same order (got {len(dataset)} and {len(data_dir)})")
+        raise UserError(f"give one --data-dir per --dataset, in the same order (got {len(dataset)} and {len(data_dir)})")
     method = [canonical_method(spec) for spec in method]
     opts = EvalOptions.pick(locals())
     dev, specs = checked_specs(opts)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Callable, Dict, Iterator, List, Mapping, Opti
 
 import typer
 
-from ..utils.errors import command_errors
+from ..utils.errors import UserError, command_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,9 +37,9 @@ def parse_json_kwargs(text: Optional[str], option: str = "--model-kwargs") -> Di
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{option} must be a JSON object, e.g. '{{\"num_classes\": 10}}': {err}") from None
+        raise UserError(f"{option} must be a JSON object, e.g. '{{\"num_classes\": 10}}': {err}") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{option} must be a JSON object, got {type(value).__name__}")
+        raise UserError(f"{option} must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -54,8 +54,8 @@ def check_checkpoint_file(path: Path, option: str = "--checkpoint") -> None:
     safetensors = len(head) > 8 and head[8:9] == b"{"  # little-endian header size, then the JSON header
     torch_file = head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")  # torch.save zip / legacy pickle
     if not (safetensors or torch_file):
-        raise ValueError(f"{option} {path} is neither a .safetensors file nor a torch checkpoint "
-                         f"(it starts with {head[:12]!r})")
+        raise UserError(f"{option} {path} is neither a .safetensors file nor a torch checkpoint "
+                        f"(it starts with {head[:12]!r})")
 
 
 @contextmanager
@@ -64,11 +64,11 @@ def reword(replacements: Mapping[str, str]) -> Iterator[None]:
     e.g. ``{"blocks=": "--blocks "}``."""
     try:
         yield
-    except ValueError as err:
+    except UserError as err:
         message = str(err)
         for old, new in replacements.items():
             message = message.replace(old, new)
-        raise ValueError(message) from None
+        raise UserError(message) from None
 
 
 # ---- choices: typer validates them and lists them in --help ------------------------------------
@@ -212,7 +212,7 @@ def check_eval_options(img_size: Optional[int], crop_pct: Optional[float], batch
         (workers < 0, f"--workers (-j) must be >= 0 (0 loads in the main process), got {workers}"),
     ):
         if bad:
-            raise ValueError(message)
+            raise UserError(message)
 
 
 @contextmanager

@@ -4,12 +4,13 @@ from typing import List, Optional
 
 import typer
 
+from ..utils.errors import UserError
 from .options import StudyPart, handle_errors
 from .vocabulary import renamed_flags
 
 
 @renamed_flags("xbn-eval study")
-@handle_errors
+@handle_errors(resumes=True)
 def eval_study(
     dataset: str = typer.Option("auto", "--dataset", help="auto (first available), fashion-mnist, mnist-5k, digits, or an ImageFolder path."),
     output: Path = typer.Option(Path("xbn_results/study"), "--output", "-o", help="Results folder; rerunning with the same folder and settings resumes."),
@@ -56,13 +57,13 @@ def eval_study(
     from ..study.jobs import torchrun_rank
 
     if quick and full:
-        raise ValueError("choose one of --quick and --full")
+        raise UserError("choose one of --quick and --full")
     if portable:  # before any computing: may re-execute this command
         from ..utils.portable import ensure_portable
 
         ensure_portable(threads=threads)
     if threads < 1 or (jobs is not None and jobs < 1) or (seeds is not None and seeds < 2):
-        raise ValueError("--threads and --jobs must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
+        raise UserError("--threads and --jobs must be >= 1 and --seeds >= 2 (a confidence interval needs two seeds)")
     cfg = StudyConfig.preset("quick" if quick else "full" if full else "default",
                              dataset=dataset, image_size=img_size, seed=seed, threads=threads,
                              device=resolve_device(device))
@@ -71,7 +72,7 @@ def eval_study(
     resnet_overrides = {k: v for k, v in (("train_samples", train_samples), ("epochs", epochs)) if v is not None}
     cfg.resnet = dataclasses.replace(cfg.resnet, **resnet_overrides)
     if train_samples is not None and train_samples < cfg.resnet.batch_size:
-        raise ValueError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
+        raise UserError(f"--train-samples must be at least the batch size ({cfg.resnet.batch_size}), got {train_samples}")
     kinds = [p.value.replace("-", "_") for p in part] if part else list(JOB_KINDS)
     if torchrun_rank()[0]:  # torchrun's other ranks share rank 0's folder (and lock)
         run_study(cfg, check_output_dir(output, "--output"), resume=not fresh, workers=jobs, parts=kinds,
@@ -118,22 +119,22 @@ def eval_study_compare(
             designs = [line[len("# design:"):] for line in text if line.startswith("# design:")]
             rows = list(csv.DictReader(lines))
             if not rows or not columns <= set(rows[0]):
-                raise ValueError(f"{path} is not a study claims.csv (needs the columns {', '.join(sorted(columns))})")
+                raise UserError(f"{path} is not a study claims.csv (needs the columns {', '.join(sorted(columns))})")
             try:
                 loaded.append(claims_from_csv(rows, str(path), json.loads(designs[0]) if designs else None))
             except (ValueError, AttributeError) as err:
-                raise ValueError(f"{path} is a damaged claims.csv: {err}") from None
+                raise UserError(f"{path} is a damaged claims.csv: {err}") from None
             continue
         try:
             results = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+            raise UserError(f"{path} is not valid JSON: {err}") from None
         if not isinstance(results, dict) or results.get("kind") != "study":
             kind = results.get("kind") if isinstance(results, dict) else type(results).__name__
-            raise ValueError(f"{path} is not a study results file (kind {kind!r})")
+            raise UserError(f"{path} is not a study results file (kind {kind!r})")
         error = shape_error(results, shape)
         if error:
-            raise ValueError(f"{path} is a damaged or incomplete study results file: {error}")
+            raise UserError(f"{path} is a damaged or incomplete study results file: {error}")
         loaded.append(results)
     differences = design_differences(*loaded)
     warning = (f"WARNING: the two runs have different designs ({'; '.join(differences)}): their effects and verdicts "

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from ..evaluation.classes import class_folders, match_classes
 from ..evaluation.data import EvalData, SkippedSample, SkipUnreadable
+from ..utils.errors import UserError
 from .names import ALL_CORRUPTIONS, CORRUPTIONS, SEVERITIES
 from .reference import corrupt_reference
 from .seeding import pixel_seed
@@ -54,20 +55,20 @@ def discover_imagenet_c(root: Union[str, Path]) -> dict[tuple[str, int], Path]:
         raise FileNotFoundError(f"ImageNet-C folder not found: {root} (expected {layout})")
     dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if dirs and all(p.name in {str(s) for s in SEVERITIES} for p in dirs):
-        raise ValueError(f"{root} holds severity folders ({_listing(root)}), not corruption folders: "
-                         f"point at its parent (expected {layout})")
+        raise UserError(f"{root} holds severity folders ({_listing(root)}), not corruption folders: "
+                        f"point at its parent (expected {layout})")
     unknown = [p.name for p in dirs if p.name not in ALL_CORRUPTIONS]
     if unknown or not dirs:
-        raise ValueError(f"{root} is not in the ImageNet-C layout {layout}: found {_listing(root)}"
-                         + (f"; unknown corruption folders {unknown} (valid: {', '.join(ALL_CORRUPTIONS)})" if unknown else ""))
+        raise UserError(f"{root} is not in the ImageNet-C layout {layout}: found {_listing(root)}"
+                        + (f"; unknown corruption folders {unknown} (valid: {', '.join(ALL_CORRUPTIONS)})" if unknown else ""))
     pairs = {}
     for cdir in dirs:
         for sdir in sorted(p for p in cdir.iterdir() if p.is_dir()):
             if sdir.name not in {str(s) for s in SEVERITIES}:
-                raise ValueError(f"{cdir} should hold severity folders 1-5 ({layout}), found {_listing(cdir)}")
+                raise UserError(f"{cdir} should hold severity folders 1-5 ({layout}), found {_listing(cdir)}")
             classes = [p for p in sdir.iterdir() if p.is_dir()]
             if not classes:
-                raise ValueError(f"{sdir} should hold one folder per class ({layout}), found {_listing(sdir)}")
+                raise UserError(f"{sdir} should hold one folder per class ({layout}), found {_listing(sdir)}")
             pairs[(cdir.name, int(sdir.name))] = sdir
     return pairs
 
@@ -163,7 +164,7 @@ def _folder_dataset(root: Path, class_map: Mapping[str, int], transform) -> Skip
     try:
         ds = ImageDataset(str(root), class_map=dict(class_map))
     except RuntimeError as err:  # timm: "Found 0 images in subfolders of ..."
-        raise ValueError(f"no images found in the class folders of {root}: {err}") from None
+        raise UserError(f"no images found in the class folders of {root}: {err}") from None
     return SkipUnreadable(ds, transform)
 
 
@@ -212,11 +213,11 @@ def _load_npy(path: Path) -> np.ndarray:
     with path.open("rb") as f:
         head = f.read(6)
     if head != b"\x93NUMPY":
-        raise ValueError(f"{path} is not a .npy array file (it starts with {head!r}); CIFAR-C files are .npy arrays")
+        raise UserError(f"{path} is not a .npy array file (it starts with {head!r}); CIFAR-C files are .npy arrays")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:  # e.g. an object array: a pickle inside the .npy
-        raise ValueError(f"{path} is not a plain numeric .npy array ({err.args[0].split(' when ')[0]}); it is not loaded") from None
+        raise UserError(f"{path} is not a plain numeric .npy array ({err.args[0].split(' when ')[0]}); it is not loaded") from None
 
 
 class CifarC(CorruptionSource):
@@ -237,9 +238,9 @@ class CifarC(CorruptionSource):
         files = {p.stem: p for p in root.glob("*.npy") if p.stem != "labels"}
         unknown = [n for n in files if n not in ALL_CORRUPTIONS]
         if unknown:
-            raise ValueError(f"{root}: unknown corruption files {sorted(unknown)} (valid: {', '.join(ALL_CORRUPTIONS)})")
+            raise UserError(f"{root}: unknown corruption files {sorted(unknown)} (valid: {', '.join(ALL_CORRUPTIONS)})")
         if not files:
-            raise ValueError(f"{root} holds no <corruption>.npy files (expected {layout}); found {_listing(root)}")
+            raise UserError(f"{root} holds no <corruption>.npy files (expected {layout}); found {_listing(root)}")
         wanted, sevs = _wanted(corruptions, severities)
         if corruptions is None:
             wanted = list(CORRUPTIONS) + [c for c in ALL_CORRUPTIONS[len(CORRUPTIONS):] if c in files]
@@ -247,17 +248,17 @@ class CifarC(CorruptionSource):
         for name in (c for c in wanted if c in files):
             images = _load_npy(files[name])
             if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) % len(SEVERITIES):
-                raise ValueError(f"{files[name]}: expected (5*N, H, W, 3) uint8 images, found {images.dtype} {images.shape}")
+                raise UserError(f"{files[name]}: expected (5*N, H, W, 3) uint8 images, found {images.dtype} {images.shape}")
             if len(self.labels) not in (len(images), len(images) // len(SEVERITIES)):
-                raise ValueError(f"{files[name]} holds {len(images)} images but labels.npy {len(self.labels)} labels "
-                                 f"(expected {len(images)} or {len(images) // len(SEVERITIES)})")
+                raise UserError(f"{files[name]} holds {len(images)} images but labels.npy {len(self.labels)} labels "
+                                f"(expected {len(images)} or {len(images) // len(SEVERITIES)})")
             self.arrays[name] = images
         present = {(c, s): True for c in self.arrays for s in SEVERITIES}
         pairs = [(c, s) for c in wanted for s in sevs if (c, s) in present]
         super().__init__("cifar-c", str(root), pairs, _missing(wanted, sevs, present), dict(data_config), batch_size, workers)
         n_classes = int(np.max(self.labels)) + 1
         if num_classes is not None and n_classes > num_classes:
-            raise ValueError(f"labels.npy has {n_classes} classes but the model only {num_classes} outputs")
+            raise UserError(f"labels.npy has {n_classes} classes but the model only {num_classes} outputs")
 
     def pair_data(self, corruption: str, severity: int) -> EvalData:
         images = self.arrays[corruption]
@@ -276,22 +277,22 @@ class OnTheFly(CorruptionSource):
                  mode: str = "torch", seed: int = 0, class_map: Optional[Union[str, Path]] = None,
                  batch_size: int = 64, workers: int = 2):
         if mode not in ("torch", "reference"):
-            raise ValueError(f"on-the-fly corruption mode must be 'torch' or 'reference', got {mode!r}")
+            raise UserError(f"on-the-fly corruption mode must be 'torch' or 'reference', got {mode!r}")
         root = Path(root).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"clean data folder not found: {root}")
         if corruptions is not None and mode == "torch":
             extra = [c for c in corruptions if c not in CORRUPTIONS]
             if extra:
-                raise ValueError(f"the torch implementation covers the 15 benchmark corruptions, not {extra}; "
-                                 "use --corrupt reference for them")
+                raise UserError(f"the torch implementation covers the 15 benchmark corruptions, not {extra}; "
+                                "use --corrupt reference for them")
         wanted, sevs = _wanted(corruptions, severities)
         super().__init__(f"on-the-fly-{mode}", str(root), [(c, s) for c in wanted for s in sevs], [],
                          dict(data_config), batch_size, workers, on_device=(mode == "torch"), info={"seed": seed})
         self.root, self.mode, self.seed = root, mode, seed
         names = class_folders(root)
         if not names:
-            raise ValueError(f"{root} should hold one folder per class (<root>/<class>/<image>), found {_listing(root)}")
+            raise UserError(f"{root} should hold one folder per class (<root>/<class>/<image>), found {_listing(root)}")
         self.class_map, _, self.class_warning = match_classes(names, num_classes, class_map, str(root))
 
     def clean_data(self) -> EvalData:

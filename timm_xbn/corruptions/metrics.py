@@ -14,6 +14,7 @@ from __future__ import annotations
 from statistics import fmean
 from typing import Any, Mapping, Optional
 
+from ..utils.errors import UserError
 from .names import CORRUPTIONS, SEVERITIES
 
 __all__ = [
@@ -47,14 +48,14 @@ def _per_severity(errors: Mapping[Any, float], corruption: str) -> list[float]:
     by_severity = {int(k): float(v) for k, v in errors.items()}
     absent = [s for s in SEVERITIES if s not in by_severity]
     if absent:
-        raise ValueError(f"CE of {corruption} needs all severities 1-5; missing {absent}")
+        raise UserError(f"CE of {corruption} needs all severities 1-5; missing {absent}")
     return [by_severity[s] for s in SEVERITIES]
 
 
 def _baseline(corruption: str, baseline: Optional[Mapping[str, tuple[float, ...]]]) -> tuple[float, ...]:
     table = ALEXNET_ERRORS if baseline is None else baseline
     if corruption not in table:
-        raise ValueError(f"no baseline errors for {corruption!r}; CE is defined for: {', '.join(table)}")
+        raise UserError(f"no baseline errors for {corruption!r}; CE is defined for: {', '.join(table)}")
     return table[corruption]
 
 
@@ -76,7 +77,7 @@ def mean_corruption_error(ce: Mapping[str, float], corruptions: tuple[str, ...] 
     """Mean of the CEs of all ``corruptions`` (the 15 benchmark ones); every one is needed."""
     absent = [c for c in corruptions if c not in ce]
     if absent:
-        raise ValueError(f"mCE needs the CE of all {len(corruptions)} corruptions; missing {', '.join(absent)}")
+        raise UserError(f"mCE needs the CE of all {len(corruptions)} corruptions; missing {', '.join(absent)}")
     return fmean(float(ce[c]) for c in corruptions)
 
 

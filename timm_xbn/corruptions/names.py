@@ -1,6 +1,8 @@
 """Corruption names and severities of ImageNet-C, with parsing that fails loudly on typos."""
 from typing import Iterable, Optional, Sequence
 
+from ..utils.errors import UserError
+
 # The 15 benchmark corruptions, in the order of Hendrycks & Dietterich (2019).
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise", "shot_noise", "impulse_noise",
@@ -17,7 +19,7 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 def check_corruption(name: str, valid: Sequence[str] = ALL_CORRUPTIONS) -> str:
     """Return ``name`` if it is a known corruption, else raise a ValueError listing the valid ones."""
     if name not in valid:
-        raise ValueError(f"unknown corruption {name!r}; valid names: {', '.join(valid)}")
+        raise UserError(f"unknown corruption {name!r}; valid names: {', '.join(valid)}")
     return name
 
 
@@ -25,7 +27,7 @@ def check_severity(severity: int | str) -> int:
     """Return ``severity`` as an int if it is an integer in 1..5, else raise ValueError."""
     text = str(severity).strip()
     if isinstance(severity, bool) or not text.isdigit() or int(text) not in SEVERITIES:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+        raise UserError(f"severity must be an integer in 1..5, got {severity!r}")
     return int(text)
 
 

@@ -77,6 +77,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.errors import UserError
 from .names import CORRUPTIONS, check_corruption, check_severity
 
 __all__ = ["Draws", "ImageDraws", "corrupt_batch", "RANDOM_CORRUPTIONS", "TORCH_CORRUPTIONS"]
@@ -924,12 +925,12 @@ def corrupt_batch(
     if single:
         x = x.unsqueeze(0)
     if x.dim() != 4 or x.shape[1] != 3:
-        raise ValueError(f"expected images shaped (B, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
+        raise UserError(f"expected images shaped (B, 3, H, W) or (3, H, W), got {tuple(x.shape)}")
     if min(x.shape[-2:]) < 32:
-        raise ValueError(f"images must be at least 32x32 pixels, got {tuple(x.shape[-2:])}")
+        raise UserError(f"images must be at least 32x32 pixels, got {tuple(x.shape[-2:])}")
     is_uint8 = x.dtype == torch.uint8
     if not is_uint8 and not x.is_floating_point():
-        raise ValueError(f"expected uint8 or floating point images, got {x.dtype}")
+        raise UserError(f"expected uint8 or floating point images, got {x.dtype}")
     dtype = compute_dtype or (torch.float64 if x.dtype == torch.float64 else torch.float32)
     per_image = generator is not None and not isinstance(generator, torch.Generator)
     if per_image and len(generator) != len(x):

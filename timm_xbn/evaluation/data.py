@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.dataloader import default_collate
 
 from ..utils.distributed import world_info
+from ..utils.errors import UserError
 from .classes import ClassMapping, ClassMapSource, class_folders, match_classes
 from .distributed import ShardSampler
 
@@ -77,7 +78,7 @@ def validate_data_dir(data_dir: Union[str, Path], dataset: str = "") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"data folder not found: {path}")
     if not path.is_dir() and not str(path).endswith(".tar"):
-        raise ValueError(f"data source {path} is neither a folder nor a .tar file")
+        raise UserError(f"data source {path} is neither a folder nor a .tar file")
     return check_no_symlink_loop(path)
 
 
@@ -90,7 +91,7 @@ def check_no_symlink_loop(root: Union[str, Path]) -> Path:
             link = Path(folder) / name
             here = link.parent.resolve()
             if link.is_symlink() and (link.resolve() == here or link.resolve() in here.parents):
-                raise ValueError(f"data folder {root} holds a symbolic link loop: {link} -> {os.readlink(link)}; remove it")
+                raise UserError(f"data folder {root} holds a symbolic link loop: {link} -> {os.readlink(link)}; remove it")
     return root
 
 
@@ -153,7 +154,7 @@ def _model_data_configs(
     if isinstance(models, nn.Module):
         models = {"model": models}
     if not models:
-        raise ValueError("no models given")
+        raise UserError("no models given")
     args = {k: v for k, v in dict(overrides or {}).items() if v is not None}
     configs = {}
     for name, model in models.items():
@@ -193,7 +194,7 @@ def resolve_eval_data_config(
     if strict:
         conflicts = data_config_conflicts(models, overrides)
         if conflicts:
-            raise ValueError(
+            raise UserError(
                 "models evaluated together share decoded batches, so they need the same data config, but "
                 + "; ".join(conflicts)
                 + " (set it explicitly, e.g. --img-size / --crop-pct / --mean / --std / --interpolation)"
@@ -209,7 +210,7 @@ ORDERS = ("shuffle", "folder")
 
 def check_order(order: str) -> None:
     if order not in ORDERS:
-        raise ValueError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+        raise UserError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
 
 
 def order_record(order: str, seed: int) -> Dict[str, Any]:
@@ -235,8 +236,8 @@ def input_data_config(model: nn.Module, input_config: Optional[str] = None, **ov
     if input_config is not None:
         named = get_pretrained_cfg(input_config)
         if named is None:
-            raise ValueError(f"no timm pretrained config named {input_config!r} (a model name like resnet50 or "
-                             "resnet50.a1_in1k) to take the input size and normalization from")
+            raise UserError(f"no timm pretrained config named {input_config!r} (a model name like resnet50 or "
+                            "resnet50.a1_in1k) to take the input size and normalization from")
         source = named.to_dict()
     args = {k: v for k, v in overrides.items() if v is not None}
     cfg = resolve_data_config(args=args, pretrained_cfg=dict(source))
@@ -331,9 +332,9 @@ def create_eval_data(
     says when that mapping is a guess.
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
-        raise ValueError(f"workers must be >= 0 (0 loads in the main process), got {workers}")
+        raise UserError(f"workers must be >= 0 (0 loads in the main process), got {workers}")
     root = validate_data_dir(data_dir, dataset)
     matched = _folder_class_mapping(root, split, num_classes, class_map) \
         if _is_folder_reader(dataset) and root.is_dir() else None
@@ -342,19 +343,19 @@ def create_eval_data(
         ds = create_dataset(dataset, root=str(root), split=split, class_map=timm_class_map,
                             is_training=False, input_img_mode=input_img_mode)
     except tarfile.TarError as err:
-        raise ValueError(f"cannot read {root} as a tar file of images: {err}") from None
+        raise UserError(f"cannot read {root} as a tar file of images: {err}") from None
     except RuntimeError as err:
         if "Found 0 images" not in str(err):
             raise
         extensions = ", ".join(get_img_extensions())
-        raise ValueError(f"no images found in {root} (looked in its class sub-folders for {extensions})") from None
+        raise UserError(f"no images found in {root} (looked in its class sub-folders for {extensions})") from None
     if isinstance(ds, torch.utils.data.IterableDataset):
-        raise ValueError(
+        raise UserError(
             f"dataset {dataset!r} is iterable (streaming); evaluation needs a map-style data set "
             "(ImageFolder, tar, hfds/, torch/) for exact sharding and resume"
         )
     if len(ds) == 0:
-        raise ValueError(f"data set {dataset or 'folder'} at {root} (split {split!r}) holds no images")
+        raise UserError(f"data set {dataset or 'folder'} at {root} (split {split!r}) holds no images")
     transform = create_transform(**{k: v for k, v in data_config.items() if v is not None}, is_training=False)
     num_found = len(getattr(getattr(ds, "reader", None), "class_to_idx", {}) or {}) or None
     return EvalData(

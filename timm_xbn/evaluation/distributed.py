@@ -14,6 +14,7 @@ from torch.utils.data import Sampler
 from ..utils.distributed import (
     all_gather_objects, all_reduce_sum, barrier, is_distributed, is_main_process, world_info,
 )
+from ..utils.errors import UserError
 
 __all__ = [
     "ShardSampler",
@@ -33,15 +34,15 @@ def _check_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device {device!r} is not a device name: use auto, cpu, cuda or cuda:K") from None
+        raise UserError(f"device {device!r} is not a device name: use auto, cpu, cuda or cuda:K") from None
     if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:K")
+        raise UserError(f"device {device!r} is not supported: use auto, cpu, cuda or cuda:K")
     if resolved.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if not count:
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu (or auto)")
+            raise UserError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use cpu (or auto)")
         if resolved.index is not None and resolved.index >= count:
-            raise ValueError(f"device {device!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
+            raise UserError(f"device {device!r} asked for, but torch sees {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})")
     return resolved
 
 

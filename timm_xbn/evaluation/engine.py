@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 
 from ..utils.distributed import all_gather_objects, all_reduce_sum, is_main_process, world_info
+from ..utils.errors import UserError
 from .data import EvalData, SkippedSample
 from .metrics import SCORE_SIZE
 from .results import shape_error, write_json_atomic
@@ -82,7 +83,7 @@ def run_pass(
     (data, models, targets); a state file written with other ``meta`` or settings is ignored.
     """
     if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every}")
+        raise UserError(f"checkpoint_every must be a positive number of batches, got {checkpoint_every}")
     keys = list(evaluator.keys)
     meta = dict(meta or {})
     path = Path(state_file) if state_file is not None else None

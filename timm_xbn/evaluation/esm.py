@@ -15,6 +15,7 @@ from rich.progress import Progress
 from ..stats import capture_bn_inputs, esm_from_stats, esm_records_to_rows, stats_from_moments
 from ..utils.device import eval_mode, model_device
 from ..utils.distributed import all_gather_objects, is_main_process
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules
 from .data import EvalData
 from .plots import plot_esm
@@ -41,7 +42,7 @@ def evaluate_esm(
     """
     for label, model in models.items():
         if not bn_modules(model):
-            raise ValueError(f"{label} ({type(model).__name__}) has no BatchNorm layers: there is no estimation shift to measure")
+            raise UserError(f"{label} ({type(model).__name__}) has no BatchNorm layers: there is no estimation shift to measure")
     limit = None if max_batches is None else max_batches * data.batch_size
     loader = data.loader(limit=limit)
     skipped = []
@@ -62,7 +63,7 @@ def evaluate_esm(
     for label, model in models.items():
         stats = stats_from_moments(moments[label])
         if not stats:
-            raise ValueError(f"no images were evaluated from {data.source}: cannot compute expected BN statistics")
+            raise UserError(f"no images were evaluated from {data.source}: cannot compute expected BN statistics")
         rows = esm_records_to_rows(esm_from_stats(model, stats))
         entries[label] = {"layers": rows, "mean_esm_sigma": sum(r["esm_sigma"] for r in rows) / max(1, len(rows))}
     all_skipped = sorted((s for chunk in all_gather_objects(skipped) for s in chunk), key=lambda s: s.index)

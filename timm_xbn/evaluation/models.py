@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..models import check_model_name, create_model
+from ..utils.errors import UserError
 
 __all__ = [
     "ModelSpec", "build_model_specs", "create_eval_model", "create_models", "state_dict_sha1", "weights_sha1",
@@ -54,12 +55,12 @@ def build_model_specs(
     weights, never random ones). Labels are the names,
     suffixed with the checkpoint file stem when that is needed to tell them apart."""
     if not names:
-        raise ValueError("give at least one model")
+        raise UserError("give at least one model")
     if len(checkpoints) > len(names):
-        raise ValueError(f"{len(checkpoints)} checkpoints for {len(names)} models; pass one --checkpoint per --model, in order")
+        raise UserError(f"{len(checkpoints)} checkpoints for {len(names)} models; pass one --checkpoint per --model, in order")
     if 0 < len(checkpoints) < len(names) and not pretrained:
-        raise ValueError(f"{len(checkpoints)} checkpoint(s) for {len(names)} models: the others would be scored with random "
-                         "weights; pass one --checkpoint per --model, in order (or --pretrained for the rest)")
+        raise UserError(f"{len(checkpoints)} checkpoint(s) for {len(names)} models: the others would be scored with random "
+                        "weights; pass one --checkpoint per --model, in order (or --pretrained for the rest)")
     for name in names:
         check_model_name(name)
     ckpts = list(checkpoints) + [None] * (len(names) - len(checkpoints))
@@ -69,7 +70,7 @@ def build_model_specs(
         specs.append(ModelSpec(label, name, pretrained, str(ckpt) if ckpt else None, dict(model_kwargs or {})))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"models must be distinct (name + checkpoint), got {labels}")
+        raise UserError(f"models must be distinct (name + checkpoint), got {labels}")
     return specs
 
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Seque
 
 import torch
 
+from ..utils.errors import UserError
 from ..utils.files import atomic_write, write_text_atomic
 from ..version import __version__
 from .data import SkippedSample
@@ -60,13 +61,13 @@ def check_output_dir(path: Union[str, Path], option: str = "--output") -> Path:
     a read-only place) is reported before any long work; ``ValueError`` naming ``option`` otherwise."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{option} {path} is a file; give a folder (it is created if missing)")
+        raise UserError(f"{option} {path} is a file; give a folder (it is created if missing)")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-probe-"):
             pass
     except OSError as err:
-        raise ValueError(f"{option} {path} is not writable: {err.strerror or err}") from None
+        raise UserError(f"{option} {path} is not writable: {err.strerror or err}") from None
     return path
 
 
@@ -88,8 +89,8 @@ def claim_output_dir(path: Union[str, Path], option: str = "--output") -> Iterat
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ValueError(f"{option} {folder} is in use by another run; wait for it to finish or give "
-                             "another folder") from None
+            raise UserError(f"{option} {folder} is in use by another run; wait for it to finish or give "
+                            "another folder") from None
         try:
             yield folder
         except BaseException:
@@ -144,15 +145,15 @@ def load_results(path: Union[str, Path], kind: str, shape: Optional[Mapping[str,
     try:
         results = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot resume from {path}: not valid JSON ({err}); delete it or use another --output") from None
+        raise UserError(f"cannot resume from {path}: not valid JSON ({err}); delete it or use another --output") from None
     if not isinstance(results, dict):
-        raise ValueError(f"cannot resume from {path}: it holds a JSON {type(results).__name__}, not {kind!r} results; "
-                         "delete it or use another --output")
+        raise UserError(f"cannot resume from {path}: it holds a JSON {type(results).__name__}, not {kind!r} results; "
+                        "delete it or use another --output")
     if results.get("kind") != kind:
-        raise ValueError(f"cannot resume from {path}: it holds {results.get('kind')!r} results, expected {kind!r}")
+        raise UserError(f"cannot resume from {path}: it holds {results.get('kind')!r} results, expected {kind!r}")
     error = shape_error(results, dict(shape or {}))
     if error:
-        raise ValueError(f"cannot resume from {path}: {error}; delete it or use another --output")
+        raise UserError(f"cannot resume from {path}: {error}; delete it or use another --output")
     return results
 
 

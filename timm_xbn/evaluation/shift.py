@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Unio
 import torch
 from torch.utils.data import Dataset
 
+from ..utils.errors import UserError
 from .classes import class_folders
 from .data import EvalData, SkippedSample, create_eval_data
 from .metrics import score_batch, scores_of_counts
@@ -79,10 +80,10 @@ def subset_scorer(indices: Sequence[int], num_outputs: int = 1000) -> Scorer:
 
     def score(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] != num_outputs:
-            raise ValueError(f"the set scores {num_outputs} outputs, the model gives {logits.shape[1]}")
+            raise UserError(f"the set scores {num_outputs} outputs, the model gives {logits.shape[1]}")
         sub = position[targets.cpu()]
         if (sub < 0).any():
-            raise ValueError(f"class {int(targets.cpu()[sub < 0][0])} is not one of the set's {len(index)} classes")
+            raise UserError(f"class {int(targets.cpu()[sub < 0][0])} is not one of the set's {len(index)} classes")
         return score_batch(logits[:, index.to(logits.device)], sub.to(logits.device))
 
     return score
@@ -111,8 +112,8 @@ class RealLabelled(Dataset):
         for name in files:
             match = REAL_FILE.search(Path(name).name)
             if match is None or not 1 <= int(match.group(1)) <= len(labels):
-                raise ValueError(f"imagenet-real scores the ImageNet validation images by their file number "
-                                 f"(ILSVRC2012_val_00000001.JPEG ... _00050000); {name} is not one of them")
+                raise UserError(f"imagenet-real scores the ImageNet validation images by their file number "
+                                f"(ILSVRC2012_val_00000001.JPEG ... _00050000); {name} is not one of them")
             found = labels[int(match.group(1)) - 1]
             self.targets.append(torch.tensor(list(found) + [-1] * (width - len(found))))
 
@@ -140,13 +141,13 @@ def _check_folders(root: Path, shift: ShiftSet) -> None:
     if shift.real:
         extra = sorted(found - expected)
         if extra:
-            raise ValueError(f"{root} is not an ImageNet validation folder for {shift.name}: its class folders "
-                             f"should be ImageNet wnids, found {extra[:3]}")
+            raise UserError(f"{root} is not an ImageNet validation folder for {shift.name}: its class folders "
+                            f"should be ImageNet wnids, found {extra[:3]}")
         return
     missing, extra = sorted(expected - found), sorted(found - expected)
     if missing or extra:
-        raise ValueError(f"{root} does not hold {what}: {len(missing)} missing (e.g. {missing[:3]}), "
-                         f"{len(extra)} not of the set (e.g. {extra[:3]})")
+        raise UserError(f"{root} does not hold {what}: {len(missing)} missing (e.g. {missing[:3]}), "
+                        f"{len(extra)} not of the set (e.g. {extra[:3]})")
 
 
 def create_shift_data(root: Union[str, Path], name: str, data_config: Mapping[str, Any], batch_size: int = 64,
@@ -155,9 +156,9 @@ def create_shift_data(root: Union[str, Path], name: str, data_config: Mapping[st
 
     ``ValueError`` for an unknown set, a model without 1,000 outputs, or a folder that is not the set."""
     if name not in SHIFT_SETS:
-        raise ValueError(f"unknown shift set {name!r}; choose from {', '.join(SHIFT_SETS)}")
+        raise UserError(f"unknown shift set {name!r}; choose from {', '.join(SHIFT_SETS)}")
     if num_classes != 1000:
-        raise ValueError(f"{name} scores ImageNet-1k models; the model has {num_classes} outputs")
+        raise UserError(f"{name} scores ImageNet-1k models; the model has {num_classes} outputs")
     shift = SHIFT_SETS[name]
     data = create_eval_data(root, data_config, batch_size=batch_size, workers=workers, num_classes=1000)
     folder = Path(data.source)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, U
 import torch
 
 from ..utils.distributed import is_main_process
+from ..utils.errors import UserError
 from .data import SkippedSample
 from .metrics import accuracy_from_counts, calibration_from_scores
 from .results import NUMBER, load_results, make_results, shape_error, skipped_report, write_csv, write_json_atomic
@@ -119,20 +120,20 @@ class ResultsStore:
         if previous is None:
             return
         if previous.get("schema") != SCHEMA:
-            raise ValueError(f"{path} was written by timm-xbn {previous.get('timm_xbn_version', '0.1')} in "
-                             "an older layout, which cannot be resumed; use another output folder")
+            raise UserError(f"{path} was written by timm-xbn {previous.get('timm_xbn_version', '0.1')} in "
+                            "an older layout, which cannot be resumed; use another output folder")
         error = shape_error(previous, _SHAPE)
         if error:
-            raise ValueError(f"cannot resume from {path}: {error}; delete it or use another --output")
+            raise UserError(f"cannot resume from {path}: {error}; delete it or use another --output")
         for key in sorted(set(self.run) | set(previous["run"])):
             if previous["run"].get(key) != self.run.get(key):
-                raise ValueError(f"{path} holds results for {key}={previous['run'].get(key)!r}, this run has "
-                                 f"{key}={self.run.get(key)!r}; use another output folder")
+                raise UserError(f"{path} holds results for {key}={previous['run'].get(key)!r}, this run has "
+                                f"{key}={self.run.get(key)!r}; use another output folder")
         for label, info in self.models.items():
             old = previous["models"].get(label)
             if old is not None and any(old.get(f) != info.get(f) for f in self.identity_fields):
-                raise ValueError(f"{path} holds results of {label!r} with other "
-                                 f"{' or '.join(self.identity_fields)}; use another output folder")
+                raise UserError(f"{path} holds results of {label!r} with other "
+                                f"{' or '.join(self.identity_fields)}; use another output folder")
         self.models = {**previous["models"], **self.models}
         for record in previous["cells"]:
             self.cells[Cell(record["model"], record["method"], record["pair"])] = dict(record)

@@ -16,6 +16,7 @@ from ..evaluation.data import EvalData, order_record
 from ..evaluation.models import weights_sha1
 from ..evaluation.results import jsonable_config
 from ..evaluation.store import ResultsStore
+from ..utils.errors import UserError
 from ..utils.norms import bns_with_running_stats
 from .methods import canonical_method
 from .runner import GridRunner, Unit, unit_inputs
@@ -31,7 +32,7 @@ def adabn_method(mode: str, prior: float = 16.0) -> str:
     """The grid method of an AdaBN ``mode`` (``full``, 0.1's name of ``norm``, is accepted) and source strength."""
     name = canonical_method(mode) if mode == "full" else mode
     if name not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     return canonical_method(f"{name}:{float(prior)!r}" if name in ("prior", "mix") else name)
 
 
@@ -39,8 +40,8 @@ def require_bn_statistics(models: Mapping[str, nn.Module]) -> None:
     """``ValueError`` naming the first model without BatchNorm running statistics (nothing to re-estimate)."""
     for label, model in models.items():
         if not bns_with_running_stats(model):
-            raise ValueError(f"{label}: {type(model).__name__} has no BatchNorm layers with running statistics "
-                             "to recalibrate")
+            raise UserError(f"{label}: {type(model).__name__} has no BatchNorm layers with running statistics "
+                            "to recalibrate")
 
 
 def evaluate_adabn(

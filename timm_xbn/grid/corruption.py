@@ -26,6 +26,7 @@ from ..evaluation.results import jsonable_config
 from ..evaluation.store import ResultsStore, safe_name
 from ..utils.device import model_device
 from ..utils.distributed import is_main_process
+from ..utils.errors import UserError
 from .adabn import require_bn_statistics
 from .methods import canonical_method
 from .robustbench import write_robustbench
@@ -45,11 +46,11 @@ def parse_adapt(spec: Optional[str]) -> Optional[str]:
     name = spec.partition(":")[0]
     try:
         method = canonical_method(spec)
-    except ValueError:
+    except UserError:
         method = None
     if method is None or method.partition(":")[0] not in ADAPT_METHODS:
-        raise ValueError(f"--adapt must be norm, batch, prior:N or mix:N (N >= 0, the source strength), got {spec!r}"
-                         + (f" ({name!r} is a test-time adaptation method: use xbn-eval adapt)" if method else ""))
+        raise UserError(f"--adapt must be norm, batch, prior:N or mix:N (N >= 0, the source strength), got {spec!r}"
+                        + (f" ({name!r} is a test-time adaptation method: use xbn-eval adapt)" if method else ""))
     return method
 
 
@@ -123,7 +124,7 @@ def evaluate_corruptions(
     """
     method = parse_adapt(adapt) or "source"
     if not models:
-        raise ValueError("no models given")
+        raise UserError("no models given")
     if method != "source":
         require_bn_statistics(models)
     run = {"dataset": source.source, "source": source.kind, "adapt": None if method == "source" else method,

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..adapt.methods import METHODS, create_adapter, parse_method
 from ..evaluation.sweep import Perturbed
+from ..utils.errors import UserError
 
 __all__ = ["ALIASES", "PERTURB", "Perturbation", "canonical_method", "method_predictor", "method_names",
            "parse_perturbation", "perturbation_spec", "is_stateful"]
@@ -58,13 +59,13 @@ def parse_perturbation(spec: str) -> Perturbation:
     values = {key.strip() if eq else ("delta", "seed")[i]: (value if eq else key).strip()
               for i, (key, eq, value) in enumerate(items[:2])}
     if name != PERTURB or len(items) != 2 or set(values) != {"delta", "seed"}:
-        raise ValueError(f"{spec!r}: a perturbation is perturb:DELTA,SEED (e.g. perturb:0.5,0)")
+        raise UserError(f"{spec!r}: a perturbation is perturb:DELTA,SEED (e.g. perturb:0.5,0)")
     try:
         delta, seed = float(values["delta"]), int(values["seed"])
     except ValueError:
-        raise ValueError(f"{spec!r}: DELTA is a number in [0, 1) and SEED an integer") from None
+        raise UserError(f"{spec!r}: DELTA is a number in [0, 1) and SEED an integer") from None
     if not 0 <= delta < 1:
-        raise ValueError(f"noise magnitude delta must be in [0, 1), got {delta} ({spec!r})")
+        raise UserError(f"noise magnitude delta must be in [0, 1), got {delta} ({spec!r})")
     return Perturbation(delta, seed)
 
 

@@ -19,6 +19,7 @@ from ..evaluation.results import jsonable_config
 from ..evaluation.store import ResultsStore
 from ..stats import select_perturbation_targets
 from ..utils.distributed import barrier
+from ..utils.errors import UserError
 from .methods import perturbation_spec
 from .runner import GridRunner, Unit
 
@@ -76,17 +77,17 @@ def evaluate_robustness(
     every rank returns the same (all-reduced) results.
     """
     if not deltas:
-        raise ValueError("give at least one noise magnitude delta")
+        raise UserError("give at least one noise magnitude delta")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
-        raise ValueError("give at least one seed")
+        raise UserError("give at least one seed")
     deltas = [float(d) for d in dict.fromkeys(deltas)]
     targets = {}
     for label, model in models.items():
         try:
             targets[label] = select_perturbation_targets(model, blocks, scope)
-        except ValueError as err:
-            raise ValueError(f"{label}: {err}") from None
+        except UserError as err:
+            raise UserError(f"{label}: {err}") from None
     run = {"dataset": data.source, "files": len(data), "data_config": jsonable_config(data.data_config),
            "blocks": blocks if blocks is None or isinstance(blocks, int) else list(blocks), "scope": scope}
     provenance = {label: {"weights_sha1": weights_sha1(m), "targets": targets[label],

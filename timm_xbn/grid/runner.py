@@ -28,6 +28,7 @@ from ..evaluation.sweep import SharedPass
 from ..utils.device import eval_mode, model_device
 from ..utils.distributed import all_reduce_sum, is_main_process, world_info
 from ..adapt.protocol import check_protocol
+from ..utils.errors import UserError
 from .methods import is_stateful, method_predictor
 
 __all__ = ["GridRunner", "Scorer", "Unit", "unit_inputs"]
@@ -85,15 +86,15 @@ class GridRunner:
                  progress: bool = False, checkpoint_every: int = 20, on_unit: Optional[Callable[[str], None]] = None):
         check_protocol(protocol)
         if not models or not methods:
-            raise ValueError("give at least one model and one method")
+            raise UserError("give at least one model and one method")
         if len(set(methods)) != len(methods):
-            raise ValueError(f"methods given twice: {sorted(m for m in set(methods) if list(methods).count(m) > 1)}")
+            raise UserError(f"methods given twice: {sorted(m for m in set(methods) if list(methods).count(m) > 1)}")
         _, world = world_info()
         stateful = [m for m in methods if is_stateful(m)]
         if world > 1 and stateful:
-            raise ValueError(f"{', '.join(stateful)} update the model after every batch, in stream order; under torchrun "
-                             f"each of the {world} ranks would adapt its own copy on its shard (independent, shorter "
-                             "streams: another method). Run them in one process")
+            raise UserError(f"{', '.join(stateful)} update the model after every batch, in stream order; under torchrun "
+                            f"each of the {world} ranks would adapt its own copy on its shard (independent, shorter "
+                            "streams: another method). Run them in one process")
         self.models, self.methods, self.store = dict(models), list(methods), store
         self.protocol, self.targets, self.progress = protocol, dict(targets or {}), progress
         self.checkpoint_every, self.on_unit = checkpoint_every, on_unit
@@ -116,8 +117,8 @@ class GridRunner:
         if not started:
             return
         if path is None or not path.is_file():
-            raise ValueError(f"cannot resume the continual stream of {model!r} | {method!r}: {path} is missing; "
-                             "use another output folder")
+            raise UserError(f"cannot resume the continual stream of {model!r} | {method!r}: {path} is missing; "
+                            "use another output folder")
         adapter.load_state(torch.load(path, map_location=model_device(adapter), weights_only=True))
 
     def _save_state(self, model: str, method: str, adapter: nn.Module) -> None:

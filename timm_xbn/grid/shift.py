@@ -13,6 +13,7 @@ from ..evaluation.data import EvalData, order_record
 from ..evaluation.models import weights_sha1
 from ..evaluation.results import jsonable_config
 from ..evaluation.store import ResultsStore
+from ..utils.errors import UserError
 from .methods import canonical_method
 from .runner import GridRunner, Scorer, Unit
 
@@ -44,7 +45,7 @@ def evaluate_shift(
     """
     methods = [canonical_method(m) for m in methods]
     if not sets:
-        raise ValueError("give at least one shift set")
+        raise UserError("give at least one shift set")
     first = next(iter(sets.values()))[0]
     run = {"sets": {name: {"dataset": data.source, "num_images": len(data)} for name, (data, _) in sets.items()},
            "data_config": jsonable_config(first.data_config), "batch_size": first.batch_size,

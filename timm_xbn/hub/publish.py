@@ -20,6 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 from ..evaluation import input_data_config
 from ..models import create_model, export_model, load_weights
 from ..models.pretrained import hub_problem
+from ..utils.errors import UserError
 from ..version import __version__
 from .card import card_results, render_card
 from .results import for_weights, load_results, select_entry
@@ -55,11 +56,11 @@ class HubInfo:
 def check_repo_id(repo_id: str) -> str:
     """Raise ``ValueError`` unless ``repo_id`` is a valid ``ORG/NAME`` Hub model id."""
     if repo_id.count("/") != 1:
-        raise ValueError(f"invalid repo id {repo_id!r}: expected ORG/NAME, e.g. timm-xbn/xbn_resnet50.in1k")
+        raise UserError(f"invalid repo id {repo_id!r}: expected ORG/NAME, e.g. timm-xbn/xbn_resnet50.in1k")
     try:
         validate_repo_id(repo_id)
     except ValueError as err:
-        raise ValueError(f"invalid repo id {repo_id!r}: {err}") from None
+        raise UserError(f"invalid repo id {repo_id!r}: {err}") from None
     return repo_id
 
 
@@ -67,7 +68,7 @@ def resolve_token(token: Optional[str] = None) -> str:
     """``token``, else the ``HF_TOKEN`` environment variable or the token saved by ``hf auth login``."""
     token = token or get_token()
     if not token:
-        raise ValueError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or `huggingface-cli login`)")
+        raise UserError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (or `huggingface-cli login`)")
     return token
 
 
@@ -78,12 +79,12 @@ def build_model(model: Union[str, nn.Module], checkpoint: Optional[Union[str, Pa
     (``checkpoint`` optionally loaded into a copy)."""
     if isinstance(model, str):
         if checkpoint is None:
-            raise ValueError(f"a checkpoint is required to publish {model!r}: a freshly built model has random weights")
+            raise UserError(f"a checkpoint is required to publish {model!r}: a freshly built model has random weights")
         return create_model(model, checkpoint=checkpoint, **(model_kwargs or {}))  # local-dir: builds from config.json
     if model_kwargs:
-        raise ValueError("model_kwargs only apply when the model is given by name")
+        raise UserError("model_kwargs only apply when the model is given by name")
     if not getattr(model, "pretrained_cfg", None):
-        raise ValueError(f"{type(model).__name__} is not a timm model (no pretrained_cfg): build it with timm.create_model")
+        raise UserError(f"{type(model).__name__} is not a timm model (no pretrained_cfg): build it with timm.create_model")
     if checkpoint is None:
         return model
     return load_weights(copy.deepcopy(model), checkpoint)
@@ -129,7 +130,7 @@ def _check_folder(folder: Path) -> None:
     if folder.is_dir():
         extra = sorted(p.name for p in folder.iterdir() if p.name not in REPO_FILES)
         if extra:
-            raise ValueError(f"dry-run folder {folder} must be new or hold only {', '.join(REPO_FILES)}; found {', '.join(extra)}")
+            raise UserError(f"dry-run folder {folder} must be new or hold only {', '.join(REPO_FILES)}; found {', '.join(extra)}")
 
 
 def write_repo_folder(

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 from ..evaluation.results import NUMBER, OPTIONAL_NUMBER, shape_error
 from ..evaluation.store import legacy_layout
+from ..utils.errors import UserError
 
 __all__ = ["CARD_KINDS", "ResultsFile", "load_results", "for_weights", "base_name", "select_entry"]
 
@@ -49,27 +50,27 @@ def _load_one(path: Path) -> ResultsFile:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"results file {path} is not valid JSON: {err}") from None
+        raise UserError(f"results file {path} is not valid JSON: {err}") from None
     data = legacy_layout(data) if isinstance(data, dict) else data  # xbn-eval's schema 2 or 0.1's layout
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "study":
-        raise ValueError(
+        raise UserError(
             f"{path} is a 'study' results file, which aggregates several models; "
             "a model card takes that model's own train / robustness / adabn / esm / corruption files"
         )
     if kind not in _REQUIRED:
-        raise ValueError(f"{path} has kind {kind!r}; expected one of {', '.join(CARD_KINDS)}")
+        raise UserError(f"{path} has kind {kind!r}; expected one of {', '.join(CARD_KINDS)}")
     missing = [k for k in _REQUIRED[kind] if k not in data]
     if missing:
-        raise ValueError(f"{path} ({kind} results) lacks the field(s) {', '.join(missing)}")
+        raise UserError(f"{path} ({kind} results) lacks the field(s) {', '.join(missing)}")
     if "models" in data and (not isinstance(data["models"], dict) or not data["models"]):
-        raise ValueError(f"{path} ({kind} results) has no per-model results in 'models'")
+        raise UserError(f"{path} ({kind} results) has no per-model results in 'models'")
     error = shape_error(data, _SHAPES[kind])
     if error:
-        raise ValueError(f"{path} ({kind} results) does not have the shape xbn-train / xbn-eval write: {error}")
+        raise UserError(f"{path} ({kind} results) does not have the shape xbn-train / xbn-eval write: {error}")
     for where, value in _percentages(kind, data):
         if value is not None and not 0 <= value <= 100:
-            raise ValueError(f"{path} ({kind} results): {where} is {value}, not a percentage in [0, 100]")
+            raise UserError(f"{path} ({kind} results): {where} is {value}, not a percentage in [0, 100]")
     return ResultsFile(path=path, kind=kind, data=data)
 
 
@@ -106,8 +107,8 @@ def for_weights(results: ResultsFile, sha1: str) -> ResultsFile:
         return ResultsFile(results.path, results.kind, {**data, "val_top1": best.get("top1"), "val_top5": best.get("top5")})
     if data["weights_sha1"] == sha1:
         return results
-    raise ValueError(f"{results.path} (train results) was measured on other weights than this checkpoint (neither "
-                     "its best epoch's nor its last epoch's); pass the results of the run that wrote the checkpoint")
+    raise UserError(f"{results.path} (train results) was measured on other weights than this checkpoint (neither "
+                    "its best epoch's nor its last epoch's); pass the results of the run that wrote the checkpoint")
 
 
 def base_name(name: str) -> str:
@@ -134,9 +135,9 @@ def select_entry(results: ResultsFile, names: Sequence[str]) -> Tuple[str, Any]:
         return matches[0], results.data["models"][matches[0]] if per_model else results.data
     found = f"reports on {', '.join(map(repr, candidates))}"
     if matches:
-        raise ValueError(f"{results.path} ({results.kind} results) {found}: several match; "
-                         "pass the one for this model with --results-name (results_name=...)")
-    raise ValueError(
+        raise UserError(f"{results.path} ({results.kind} results) {found}: several match; "
+                        "pass the one for this model with --results-name (results_name=...)")
+    raise UserError(
         f"{results.path} ({results.kind} results) {found}, not on {', '.join(map(repr, sorted(wanted)))}; "
         "pass the name it uses with --results-name (results_name=...) if it is the same model"
     )

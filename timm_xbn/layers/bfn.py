@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.errors import UserError
+
 __all__ = ["GroupNorm2d", "InstanceNorm2d", "BFN_KINDS", "create_bfn", "paper_affine", "resolve_groups", "is_batch_free"]
 
 BFN_KINDS = ("gn", "in", "ln")
@@ -81,15 +83,15 @@ def resolve_groups(num_channels: int, groups: Optional[int] = 64, channels_per_g
     """
     if channels_per_group is not None:
         if channels_per_group < 1 or num_channels % channels_per_group:
-            raise ValueError(
+            raise UserError(
                 f"channels_per_group={channels_per_group} does not divide {num_channels} channels"
             )
         return num_channels // channels_per_group
     if groups is None or groups < 1:
-        raise ValueError(f"groups must be a positive integer, got {groups}")
+        raise UserError(f"groups must be a positive integer, got {groups}")
     num_groups = min(groups, num_channels)
     if num_channels % num_groups:
-        raise ValueError(
+        raise UserError(
             f"GroupNorm with {num_groups} groups does not divide {num_channels} channels; "
             f"choose groups that divide {num_channels} or set channels_per_group"
         )
@@ -132,4 +134,4 @@ def create_bfn(
         return GroupNorm2d(1, num_channels, eps=eps, affine=affine, act=act, drop=drop)
     if kind == "in":
         return InstanceNorm2d(num_channels, eps=eps, affine=affine, act=act, drop=drop)
-    raise ValueError(f"unknown batch-free norm {kind!r}; choose one of {', '.join(BFN_KINDS)}")
+    raise UserError(f"unknown batch-free norm {kind!r}; choose one of {', '.join(BFN_KINDS)}")

@@ -14,6 +14,7 @@ import torch.nn as nn
 from timm.models import load_state_dict, save_for_hf
 
 from ..layers import is_batch_free
+from ..utils.errors import UserError
 from ..utils.files import atomic_write
 from .names import AUTHORS_LAYOUT, AUTHORS_TAG
 
@@ -55,8 +56,8 @@ def check_finite(state_dict: Dict[str, torch.Tensor], path: Union[str, Path]) ->
     nonfinite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if nonfinite:
         more = f" (+{len(nonfinite) - 1} more)" if len(nonfinite) > 1 else ""
-        raise ValueError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0]}{more}: "
-                         "its results would mean nothing (a diverged training?)")
+        raise UserError(f"checkpoint {path} holds NaN or infinite values in {nonfinite[0]}{more}: "
+                        "its results would mean nothing (a diverged training?)")
 
 
 def _bn_where_bfn(model: nn.Module, state_dict: Dict[str, torch.Tensor]) -> List[str]:
@@ -85,11 +86,11 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path]) -> nn.Module:
     try:
         state_dict = load_state_dict(str(path), weights_only=True)
     except Exception as err:  # corrupt file, or a pickle with non-tensor objects
-        raise ValueError(f"cannot read checkpoint {path}: {load_problem(path, err)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {load_problem(path, err)}") from None
     check_finite(state_dict, path)
     problems = state_dict_mismatch(model, state_dict) + _bn_where_bfn(model, state_dict)
     if problems:
-        raise ValueError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
+        raise UserError(f"checkpoint {path} does not match {type(model).__name__}:\n  " + "\n  ".join(problems))
     model.load_state_dict(state_dict)
     return model
 
@@ -104,7 +105,7 @@ def import_authors_checkpoint(checkpoint: Union[str, Path], arch: str = "resnet5
     its exported config records), or ``xbn_<arch>`` with ``bfn="in"`` for an InstanceNorm run.
     """
     if arch not in AUTHORS_LAYOUT:
-        raise ValueError(f"no registered model of the authors' layout for {arch!r}; known: {sorted(AUTHORS_LAYOUT)}")
+        raise UserError(f"no registered model of the authors' layout for {arch!r}; known: {sorted(AUTHORS_LAYOUT)}")
     name, kwargs = AUTHORS_LAYOUT[arch], dict(model_kwargs)
     if bfn == "gn":
         name = f"{name}.{AUTHORS_TAG}"

@@ -6,6 +6,7 @@ from typing import Any, Optional, Union
 import timm
 import torch.nn as nn
 
+from ..utils.errors import UserError
 from .checkpoints import load_weights
 from .pretrained import check_pretrained
 
@@ -27,7 +28,7 @@ def check_model_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
     hint = f"; did you mean: {', '.join(close)}?" if close else "; see timm.list_models()"
-    raise ValueError(f"unknown model {name!r}{hint}")
+    raise UserError(f"unknown model {name!r}{hint}")
 
 
 def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union[str, Path]] = None,
@@ -42,7 +43,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint: Optional[Union
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as err:  # a kwarg the model's constructor does not take
-        raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
+        raise UserError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model

@@ -14,6 +14,8 @@ from timm.models import load_state_dict, resolve_pretrained_cfg
 from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
+from ..utils.errors import UserError
+
 __all__ = [
     "PretrainedWeightsUnavailable", "HUB_ERRORS", "check_hub_weights", "check_pretrained", "checkpoint_head_kwargs",
     "hub_problem", "unavailable",
@@ -134,8 +136,8 @@ def checkpoint_head_kwargs(name: str, kwargs: Dict[str, Any], classifier: Option
         return kwargs
     if requested is not None and requested != classes:
         source = cfg.get("file") or cfg.get("hf_hub_id") or name
-        raise ValueError(f"the checkpoint of {name} ({source}) has a {classes}-class head, but num_classes={requested} "
-                         f"was requested: load it with num_classes={classes} (or without num_classes), then call "
-                         f"model.reset_classifier({requested}) for a fresh {requested}-class head")
+        raise UserError(f"the checkpoint of {name} ({source}) has a {classes}-class head, but num_classes={requested} "
+                        f"was requested: load it with num_classes={classes} (or without num_classes), then call "
+                        f"model.reset_classifier({requested}) for a fresh {requested}-class head")
     overlay = dict(kwargs.get("pretrained_cfg_overlay") or {}, num_classes=classes)
     return dict(kwargs, num_classes=classes, pretrained_cfg_overlay=overlay)

@@ -30,6 +30,7 @@ from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers import paper_affine
 from ..surgery import convert
+from ..utils.errors import UserError
 from .factory import create_base_model
 from .names import AUTHORS_LAYOUT, AUTHORS_TAG, BN_STEM_SUFFIX, HUB_ORG, PAPER_ARCHS
 from .pretrained import HUB_ERRORS, check_hub_weights, checkpoint_head_kwargs, unavailable
@@ -149,7 +150,7 @@ def _create_xbn_resnet(name: str, pretrained: bool = False, **kwargs: Any) -> XB
     except RuntimeError as err:  # timm's strict load_state_dict
         hint = _bn_stem_hint(name, err, bool(surgery["stem"]))
         if hint:
-            raise ValueError(hint) from None
+            raise UserError(hint) from None
         raise
 
 

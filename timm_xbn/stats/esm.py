@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..utils.device import eval_mode, model_device
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules
 from .moments import ChannelMoments, capture_bn_inputs, iterate_inputs
 
@@ -73,14 +74,14 @@ def expected_bn_stats(
         tensors of shape (C,) on the CPU; BNs that never ran are left out.
     """
     if not bn_modules(model):
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layers")
+        raise UserError(f"{type(model).__name__} has no BatchNorm layers")
     device = torch.device(device) if device is not None else model_device(model)
     with eval_mode([model]), capture_bn_inputs(model, device=device) as moments:
         for x in iterate_inputs(batches, device, max_batches, progress, "expected BN stats"):
             model(x)
     stats = stats_from_moments(moments)
     if not stats:
-        raise ValueError("batches is empty (or never reached a BN): no data to compute the expected BN statistics from")
+        raise UserError("batches is empty (or never reached a BN): no data to compute the expected BN statistics from")
     return stats
 
 
@@ -105,7 +106,7 @@ def esm_from_stats(model: nn.Module, stats: Dict[str, BNStats]) -> List[ESMRecor
     records = []
     for name, (mean, var, _count) in stats.items():
         if name not in depth_of:
-            raise KeyError(f"{name!r} is not a BatchNorm of {type(model).__name__}; BNs: {list(depth_of)[:5]} ...")
+            raise UserError(f"{name!r} is not a BatchNorm of {type(model).__name__}; BNs: {list(depth_of)[:5]} ...")
         bn = model.get_submodule(name)
         if bn.running_mean is None or bn.running_var is None:
             continue
@@ -114,7 +115,7 @@ def esm_from_stats(model: nn.Module, stats: Dict[str, BNStats]) -> List[ESMRecor
         mean = mean.to("cpu", torch.float64)
         var = var.to("cpu", torch.float64)
         if mean.shape != mu_hat.shape:
-            raise ValueError(
+            raise UserError(
                 f"{name}: expected stats have shape {tuple(mean.shape)}, running stats {tuple(mu_hat.shape)}"
             )
         esm_mu = torch.linalg.vector_norm(mu_hat - mean).item()

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..utils.device import eval_mode, model_device
 from ..utils.distributed import is_distributed
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules, bns_with_running_stats
 
 __all__ = [
@@ -116,10 +117,10 @@ def capture_bn_inputs(
 def _first_input(batch: Any) -> torch.Tensor:
     if isinstance(batch, (tuple, list)):
         if not batch:
-            raise ValueError("got an empty batch tuple/list; expected (input, ...) or a Tensor")
+            raise UserError("got an empty batch tuple/list; expected (input, ...) or a Tensor")
         batch = batch[0]
     if not isinstance(batch, torch.Tensor):
-        raise ValueError(
+        raise UserError(
             f"a batch must be a Tensor or a tuple/list whose first element is one, got {type(batch).__name__}"
         )
     return batch
@@ -138,7 +139,7 @@ def iterate_inputs(
     With ``progress`` a rich progress bar is shown (on rank 0 only under torch.distributed).
     """
     if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be a positive integer or None, got {max_batches}")
+        raise UserError(f"max_batches must be a positive integer or None, got {max_batches}")
     try:
         total: Optional[int] = len(batches)  # type: ignore[arg-type]
     except TypeError:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..surgery import find_residual_blocks, supported_families_text
+from ..utils.errors import UserError
 from ..utils.norms import bn_modules, bns_with_running_stats, is_bn
 
 __all__ = [
@@ -29,7 +30,7 @@ def _has_running_stats(module: nn.Module) -> bool:
 def _check_delta(delta: float) -> float:
     delta = float(delta)
     if not 0.0 <= delta < 1.0:
-        raise ValueError(f"noise magnitude delta must be in [0, 1) so that 1 + d stays positive, got {delta}")
+        raise UserError(f"noise magnitude delta must be in [0, 1) so that 1 + d stays positive, got {delta}")
     return delta
 
 
@@ -76,17 +77,17 @@ def _resolve_targets(model: nn.Module, targets: Sequence[str]) -> List[nn.Module
     if isinstance(targets, str):
         targets = [targets]
     if not targets:
-        raise ValueError("no perturbation targets given; use select_perturbation_targets(model) to pick them")
+        raise UserError("no perturbation targets given; use select_perturbation_targets(model) to pick them")
     if len(set(targets)) != len(targets):
-        raise ValueError(f"perturbation targets contain duplicates: {list(targets)}")
+        raise UserError(f"perturbation targets contain duplicates: {list(targets)}")
     modules = []
     for name in targets:
         try:
             module = model.get_submodule(name)
         except AttributeError:
-            raise ValueError(f"{name!r} is not a submodule of {type(model).__name__}") from None
+            raise UserError(f"{name!r} is not a submodule of {type(model).__name__}") from None
         if not _has_running_stats(module):
-            raise ValueError(f"{name!r} is a {type(module).__name__}, expected a BatchNorm with running statistics")
+            raise UserError(f"{name!r} is a {type(module).__name__}, expected a BatchNorm with running statistics")
         modules.append(module)
     return modules
 
@@ -134,7 +135,7 @@ def _first_bn_of_block(model: nn.Module, block) -> str:
         for name in slot:
             if _has_running_stats(model.get_submodule(name)):
                 return name
-    raise ValueError(
+    raise UserError(
         f"block {block.name} ({type(block.module).__name__}) has no BatchNorm with running statistics "
         f"on its main path (norm slots: {block.norm_slots})"
     )
@@ -161,24 +162,24 @@ def select_perturbation_targets(
     keep slot 1. Shortcut/downsample BNs are never a block's first BN.
     """
     if scope not in ("first", "all"):
-        raise ValueError(f"scope must be 'first' or 'all', got {scope!r}")
+        raise UserError(f"scope must be 'first' or 'all', got {scope!r}")
     every_bn = [name for name, _ in bns_with_running_stats(model)]
     if not every_bn:
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to perturb")
+        raise UserError(f"{type(model).__name__} has no BatchNorm layers with running statistics to perturb")
     if scope == "all" or blocks is None:
         return every_bn
 
     residual = find_residual_blocks(model)
     if not residual:
-        raise ValueError(
+        raise UserError(
             f"no supported residual blocks found in {type(model).__name__}; use blocks=None or scope='all' "
             f"to disturb every BN, or a model of one of these timm families:\n" + supported_families_text()
         )
     if isinstance(blocks, bool) or not isinstance(blocks, (int, str, Sequence)):
-        raise ValueError(f"blocks must be an int, a sequence of block names or None, got {blocks!r}")
+        raise UserError(f"blocks must be an int, a sequence of block names or None, got {blocks!r}")
     if isinstance(blocks, int):
         if not 1 <= blocks <= len(residual):
-            raise ValueError(
+            raise UserError(
                 f"blocks={blocks} is out of range: {type(model).__name__} has {len(residual)} residual blocks"
             )
         chosen = residual[:blocks]
@@ -188,7 +189,7 @@ def select_perturbation_targets(
         unknown = [n for n in wanted if n not in by_name]
         if unknown or not wanted:
             valid = ", ".join(list(by_name)[:6])
-            raise ValueError(
+            raise UserError(
                 f"unknown residual block name(s) {unknown or wanted}; {type(model).__name__} has "
                 f"{len(residual)} blocks, e.g. {valid}, ..."
             )

@@ -17,6 +17,8 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
+from ..utils.errors import UserError
+
 __all__ = ["prior_weight", "use_prior_statistics"]
 
 
@@ -46,7 +48,7 @@ def use_prior_statistics(bns: "list[tuple[str, nn.Module]]", prior: float) -> No
     """Make each BN of ``bns`` (which must hold running statistics) mix them with every eval-mode
     batch's statistics, N = ``prior``; the running statistics themselves stay the source ones."""
     if not prior >= 0:
-        raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+        raise UserError(f"prior (the source strength N) must be >= 0, got {prior}")
     for _, bn in bns:
         bn.xbn_prior = float(prior)
         bn.xbn_source_stats = (bn.running_mean, bn.running_var)

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..utils.device import eval_mode, model_device
 from ..utils.distributed import is_distributed
+from ..utils.errors import UserError
 from ..utils.norms import bns_with_running_stats
 from .moments import ChannelMoments, capture_bn_inputs, iterate_inputs
 from .prior import prior_weight, use_prior_statistics
@@ -72,7 +73,7 @@ def _target_moments(
         dist.all_reduce(size, op=dist.ReduceOp.MAX)
         batch_size = int(size.item())
     if batch_size == 0:
-        raise ValueError("batches is empty: no target data to recalibrate the BN statistics with")
+        raise UserError("batches is empty: no target data to recalibrate the BN statistics with")
     return moments, batch_size
 
 
@@ -130,15 +131,15 @@ def recalibrate(
         The recalibrated model (``model`` itself when ``inplace``).
     """
     if mode not in RECALIBRATION_MODES:
-        raise ValueError(f"mode must be one of {', '.join(RECALIBRATION_MODES)}, got {mode!r}")
+        raise UserError(f"mode must be one of {', '.join(RECALIBRATION_MODES)}, got {mode!r}")
     if not bns_with_running_stats(model):
-        raise ValueError(f"{type(model).__name__} has no BatchNorm layers with running statistics to recalibrate")
+        raise UserError(f"{type(model).__name__} has no BatchNorm layers with running statistics to recalibrate")
     if mode not in DATA_FREE_MODES and batches is None:
-        raise ValueError(f"mode={mode!r} needs target batches")
+        raise UserError(f"mode={mode!r} needs target batches")
     if mode in ("prior", "mix") and not prior >= 0:
-        raise ValueError(f"prior (the source strength N) must be >= 0, got {prior}")
+        raise UserError(f"prior (the source strength N) must be >= 0, got {prior}")
     if mix_count is not None and mix_count < 1:
-        raise ValueError(f"mix_count (the target's sample count n) must be >= 1, got {mix_count}")
+        raise UserError(f"mix_count (the target's sample count n) must be >= 1, got {mix_count}")
 
     target = model if inplace else copy.deepcopy(model)
     bns = bns_with_running_stats(target)

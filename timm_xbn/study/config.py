@@ -6,6 +6,7 @@ from typing import Any, Tuple
 
 import torch
 
+from ..utils.errors import UserError
 from .mlp import MLPConfig
 from .resnet import VARIANTS, ResNetConfig
 from .tta import TTAConfig
@@ -42,9 +43,9 @@ DEVICES = ("auto", "cpu", "cuda")
 def resolve_device(name: str) -> str:
     """``cpu`` or ``cuda`` for a ``DEVICES`` choice (``auto``: cuda when available)."""
     if name not in DEVICES:
-        raise ValueError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
+        raise UserError(f"unknown device {name!r}; choose from {', '.join(DEVICES)}")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda: CUDA is not available on this machine (choose cpu, or auto: cuda when available)")
+        raise UserError("device cuda: CUDA is not available on this machine (choose cpu, or auto: cuda when available)")
     return "cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name
 
 
@@ -68,7 +69,7 @@ class StudyConfig:
         """``default`` (65-100 minutes on 2 CPU cores, 7,200-9,700 CPU-seconds), ``quick`` (about a minute; a smoke test whose
         verdicts mean nothing) or ``full`` (more seeds, variants, Deltas and small-batch iterations; hours)."""
         if name not in PRESETS:
-            raise ValueError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
+            raise UserError(f"unknown study preset {name!r}; choose from {', '.join(PRESETS)}")
         cfg = cls(**overrides, preset_name=name)
         if name == "quick":
             cfg.train_seeds = (0, 1)

@@ -21,6 +21,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..utils.errors import UserError
+
 __all__ = [
     "StudyData",
     "DATASET_NAMES",
@@ -83,18 +85,18 @@ def read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read IDX file {path}: {err}") from None
+        raise UserError(f"cannot read IDX file {path}: {err}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
+        raise UserError(f"{path} is not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
     ndim = raw[3]
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
+        raise UserError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise ValueError(
+        raise UserError(
             f"{path}: IDX header says shape {shape} ({expected:,} bytes) but the file holds {len(raw) - header:,} bytes"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
@@ -129,12 +131,12 @@ def load_fashion_mnist(root: Optional[Path] = None) -> StudyData:
         images = read_idx(_idx_file(root, f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(_idx_file(root, f"{prefix}-labels-idx1-ubyte"))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise UserError(
                 f"Fashion-MNIST {split} split in {root}: expected images (N, 28, 28) and N labels, "
                 f"found images {images.shape} and labels {labels.shape}"
             )
         if labels.max() >= len(FASHION_MNIST_CLASSES):
-            raise ValueError(f"Fashion-MNIST {split} labels in {root} go up to {labels.max()}, expected 0..9")
+            raise UserError(f"Fashion-MNIST {split} labels in {root} go up to {labels.max()}, expected 0..9")
         splits[split] = (_images_tensor(images), torch.from_numpy(labels.astype(np.int64)))
     return StudyData("fashion-mnist", str(root), *splits["train"], *splits["test"], list(FASHION_MNIST_CLASSES))
 
@@ -187,7 +189,7 @@ def _read_folder(root: Path, size: int, class_to_idx: Optional[dict] = None):
     tf = transforms.Compose([transforms.Resize(size), transforms.CenterCrop(size), transforms.PILToTensor()])
     folder = ImageFolder(str(root), transform=tf)
     if class_to_idx is not None and folder.class_to_idx != class_to_idx:
-        raise ValueError(
+        raise UserError(
             f"class folders differ between splits: {sorted(class_to_idx)} vs {sorted(folder.class_to_idx)} in {root}"
         )
     images = torch.stack([folder[i][0] for i in range(len(folder))]).float().div_(255.0)
@@ -208,7 +210,7 @@ def load_image_folder(root: Path, size: int = 32, seed: int = 0) -> StudyData:
     x, y, classes, _ = _read_folder(root, size)
     train_idx, test_idx = _stratified_split(y.numpy(), 0.2, seed)
     if len(test_idx) == 0 or len(train_idx) == 0:
-        raise ValueError(f"ImageFolder {root} has too few images ({len(y)}) to split into train and test")
+        raise UserError(f"ImageFolder {root} has too few images ({len(y)}) to split into train and test")
     return StudyData(root.name, str(root), x[train_idx], y[train_idx], x[test_idx], y[test_idx], classes)
 
 
@@ -233,7 +235,7 @@ def load_dataset(name: str = "auto", image_size: int = 32, seed: int = 0) -> Stu
         return loaders[name]()
     if os.sep in name or Path(name).is_dir():
         return load_image_folder(Path(name), image_size, seed)
-    raise ValueError(f"unknown data set {name!r}; choose auto, {', '.join(DATASET_NAMES)} or an ImageFolder path")
+    raise UserError(f"unknown data set {name!r}; choose auto, {', '.join(DATASET_NAMES)} or an ImageFolder path")
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, n: Optional[int], seed: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -22,6 +22,8 @@ from typing import List, Sequence
 import numpy as np
 from scipy import stats
 
+from ..utils.errors import UserError
+
 __all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "correlation_effect", "combine_verdicts"]
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "HOLDS", "CONTRADICTED", "INCONCLUSIVE"
@@ -83,7 +85,7 @@ def correlation_effect(name: str, rho: Sequence[float], direction: int, pairs: i
     infinite) counts as half an adjacent swap short of it, the nearest value a Spearman rho of ``pairs``
     points can take below 1 being 1 - 12 / (pairs (pairs^2 - 1))."""
     if pairs < 3:
-        raise ValueError(f"{name}: a correlation interval needs at least 3 points per seed, got {pairs}")
+        raise UserError(f"{name}: a correlation interval needs at least 3 points per seed, got {pairs}")
     limit = 1.0 - 6.0 / (pairs * (pairs ** 2 - 1))
     r = np.clip(np.asarray(rho, dtype=np.float64), -limit, limit)
     z = paired_effect(name, np.arctanh(r).tolist(), [0.0] * len(r), direction, unit)

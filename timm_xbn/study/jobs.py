@@ -50,6 +50,7 @@ from safetensors.torch import load_file
 
 from ..evaluation.results import write_json_atomic
 from ..training.checkpoint import save_safetensors_atomic
+from ..utils.errors import UserError
 from ..utils.interrupts import call_in_worker, stop_pool, worker_init
 from .config import JOB_KINDS, JobKind, StudyConfig
 from .data import StudyData, load_dataset, subset
@@ -278,7 +279,7 @@ def _mlp_job(ctx: _Context, seed: int) -> dict:
                  for label, layout in (("BN", "bn"), ("GNBN", "gnbn"))}
     sizes = [s for s in mc.train_sizes if s < len(test_y)]  # S must be a proper subset of S'
     if not sizes:
-        raise ValueError(f"every training-set size {list(mc.train_sizes)} is >= the {len(test_y)} test samples S' it is drawn from")
+        raise UserError(f"every training-set size {list(mc.train_sizes)} is >= the {len(test_y)} test samples S' it is drawn from")
     runs: Dict[str, Dict[str, dict]] = {"BN": {}, "GNBN": {}}
     shift = {}
     for size in sizes:
@@ -502,7 +503,7 @@ def run_jobs(
             try:
                 results[job.key] = json.loads(stored.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ValueError(f"cannot resume: {stored} is damaged ({err}); delete it to run that job again") from None
+                raise UserError(f"cannot resume: {stored} is damaged ({err}); delete it to run that job again") from None
             if on_done is not None:
                 on_done(job, results[job.key])
         else:

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..stats import estimation_shift
+from ..utils.errors import UserError
 
 __all__ = ["MLP_LAYOUTS", "MLPConfig", "MLPRun", "StudyMLP", "build_mlp", "layer_of", "train_full_batch", "input_shift"]
 
@@ -65,9 +66,9 @@ class StudyMLP(nn.Module):
     ):
         super().__init__()
         if layout not in MLP_LAYOUTS:
-            raise ValueError(f"layout must be one of {', '.join(MLP_LAYOUTS)}, got {layout!r}")
+            raise UserError(f"layout must be one of {', '.join(MLP_LAYOUTS)}, got {layout!r}")
         if depth < 1 or width < 1:
-            raise ValueError(f"depth and width must be positive, got depth={depth}, width={width}")
+            raise UserError(f"depth and width must be positive, got depth={depth}, width={width}")
         layers = []
         for i in range(depth):
             use_gn = layout == "gnbn" and i % 2 == 0

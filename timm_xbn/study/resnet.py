@@ -37,6 +37,7 @@ from ..layers import paper_affine
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
 from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
 from ..utils.device import eval_mode, model_device
+from ..utils.errors import UserError
 from ..utils.files import atomic_write
 from ..utils.norms import is_bn
 
@@ -113,9 +114,9 @@ class ResNetConfig:
         unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,
                                *self.adabn_variants, *self.small_batch_variants) if v not in VARIANTS]
         if unknown:
-            raise ValueError(f"unknown Section 5 variant(s) {unknown}; choose from {list(VARIANTS)}")
+            raise UserError(f"unknown Section 5 variant(s) {unknown}; choose from {list(VARIANTS)}")
         if "BN" not in self.variants:
-            raise ValueError("the Section 5 variants must include the BN baseline")
+            raise UserError("the Section 5 variants must include the BN baseline")
 
     def train_steps(self, train_images: int) -> int:
         """SGD updates of the main training: ``epochs`` passes over the data, at least ``min_steps``."""
@@ -183,7 +184,7 @@ def _all_norms_batch_free(model: nn.Module, groups: int) -> nn.Module:
 def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) -> nn.Module:
     """Variant ``label`` of ``VARIANTS``, made from the BN network of ``seed`` (same initial weights)."""
     if label not in VARIANTS:
-        raise ValueError(f"unknown Section 5 variant {label!r}; choose from {list(VARIANTS)}")
+        raise UserError(f"unknown Section 5 variant {label!r}; choose from {list(VARIANTS)}")
     model = build_bn_network(cfg, num_classes, seed)
     recipe = VARIANTS[label]
     if recipe is not None and recipe.get("all_norms"):
@@ -301,7 +302,7 @@ def load_training_state(path: Path, model: nn.Module, optimizer: torch.optim.Opt
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["state"])
     if meta["steps"] != steps:
-        raise ValueError(f"{path} is the training state of a {meta['steps']}-step run, not {steps}; delete it to start over")
+        raise UserError(f"{path} is the training state of a {meta['steps']}-step run, not {steps}; delete it to start over")
     device = model_device(model)
     model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -32,6 +32,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..utils.errors import UserError
 from ..utils.files import write_text_atomic
 from ..utils.interrupts import Interrupted, interruptible
 from ..evaluation.results import make_results, write_csv, write_json_atomic
@@ -346,15 +347,15 @@ def _check_design(output_dir: Path, cfg: StudyConfig, overwrite: bool) -> None:
             try:
                 loaded = json.loads(source.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
-                raise ValueError(f"{source} is damaged; remove it, or give --overwrite to start this folder over") from None
+                raise UserError(f"{source} is damaged; remove it, or give --overwrite to start this folder over") from None
             earlier = loaded if source == path else loaded.get("config") if isinstance(loaded, dict) else None
             break
     if earlier is not None and not overwrite:
         changed = config_differences(earlier, current)
         if changed:
             shown = "; ".join(changed[:3]) + (f"; +{len(changed) - 3} more" if len(changed) > 3 else "")
-            raise ValueError(f"{output_dir} holds a study run with other settings ({shown}); give --overwrite to replace "
-                             "its summary, claims and plots (finished jobs stay and are reused), or another --output")
+            raise UserError(f"{output_dir} holds a study run with other settings ({shown}); give --overwrite to replace "
+                            "its summary, claims and plots (finished jobs stay and are reused), or another --output")
     write_json_atomic(path, current)
 
 
@@ -409,7 +410,7 @@ def run_study(
     """
     unknown = [p for p in parts if p not in JOB_KINDS]
     if unknown or not parts:
-        raise ValueError(f"unknown study part(s) {unknown}; choose from {', '.join(JOB_KINDS)}")
+        raise UserError(f"unknown study part(s) {unknown}; choose from {', '.join(JOB_KINDS)}")
     with interruptible():
         return _run_study(config or StudyConfig.preset(), Path(output_dir), resume, progress,
                           console or Console(stderr=True), workers, parts, overwrite, progress_every_s)

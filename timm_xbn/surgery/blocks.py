@@ -21,6 +21,7 @@ from timm.layers import CondConv2d
 from timm.models import _efficientnet_blocks as effnet_blocks
 from timm.models import byobnet, cspnet, regnet, res2net, resnest, resnet
 
+from ..utils.errors import UserError
 from ..utils.norms import is_bn
 
 __all__ = [
@@ -89,7 +90,7 @@ class ResidualBlock:
         """0-based slot of position P1 / P2 / P3 (see the module docstring); a block with
         no spatial convolution before a BN takes its second slot (or only one) for P2."""
         if position not in POSITIONS:
-            raise ValueError(f"position must be P1, P2 or P3, got P{position}")
+            raise UserError(f"position must be P1, P2 or P3, got P{position}")
         if position == 1:
             return 0
         if position == 3:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import create_bfn, is_batch_free
+from ..utils.errors import UserError
 from .blocks import POSITIONS, ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
 
 __all__ = ["XBNConfig", "Replacement", "ConversionResult", "build_bfn_for", "convert", "parse_position", "replace_module"]
@@ -54,7 +55,7 @@ def parse_position(position: Union[str, int]) -> int:
     """``"P2"``, ``"p2"`` or ``2`` -> 2."""
     text = str(position).strip().upper().removeprefix("P")
     if not text.isdigit() or int(text) not in POSITIONS:
-        raise ValueError(f"position must be P1, P2 or P3 (or 1, 2, 3), got {position!r}")
+        raise UserError(f"position must be P1, P2 or P3 (or 1, 2, 3), got {position!r}")
     return int(text)
 
 
@@ -141,7 +142,7 @@ def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[s
                 kind, more = "GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)"
             else:
                 kind, more = "InstanceNorm", "GroupNorm with several channels per group (bfn gn)"
-            raise ValueError(
+            raise UserError(
                 f"{name} gets {shape} maps at input size {'x'.join(map(str, input_size[1:]))}, where {kind} normalizes a "
                 f"single value per sample and outputs a constant: use another position, a larger input, or {more}; "
                 "force=True (--force) converts anyway")
@@ -150,16 +151,16 @@ def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[s
 def _check_convertible(model: nn.Module, blocks: List[ResidualBlock]) -> None:
     already = [n for n, m in model.named_modules() if is_batch_free(m)]
     if already:
-        raise ValueError(
+        raise UserError(
             f"model is already converted: it has {len(already)} batch-free norms from timm_xbn "
             f"(first: {already[0]}); convert the original BN model instead"
         )
     if not any(is_bn(m) for m in model.modules()):
-        raise ValueError(
+        raise UserError(
             f"{type(model).__name__} has no BatchNorm layers to replace (found: {_describe_norms(model)})"
         )
     if not blocks:
-        raise ValueError(
+        raise UserError(
             f"no supported residual blocks found in {type(model).__name__}; supported timm families:\n"
             + supported_families_text()
         )
@@ -209,15 +210,15 @@ def convert(
     """
     cfg = XBNConfig(parse_position(position), int(every), bfn.lower(), groups, channels_per_group, affine, bool(stem))
     if cfg.every < 1:
-        raise ValueError(f"every must be a positive integer (1, 2, 4, 8), got {every}")
+        raise UserError(f"every must be a positive integer (1, 2, 4, 8), got {every}")
     blocks = find_residual_blocks(model)
     _check_convertible(model, blocks)
     chosen = [b for b in blocks if b.index % cfg.every == 0]
     for block in chosen:
         if not block.norm_slots:
-            raise ValueError(f"{block.name} ({type(block.module).__name__}) has no BatchNorm on its main path to replace")
+            raise UserError(f"{block.name} ({type(block.module).__name__}) has no BatchNorm on its main path to replace")
     if not chosen:
-        raise ValueError(f"every={cfg.every} selects no block: the model has only {len(blocks)} residual blocks")
+        raise UserError(f"every={cfg.every} selects no block: the model has only {len(blocks)} residual blocks")
 
     targets = [(name, None) for name in find_stem_norms(model, blocks)] if cfg.stem else []
     targets += [(name, block) for block in chosen for name in block.position_norms(cfg.position)]
@@ -228,8 +229,8 @@ def convert(
     for name, block in targets:  # build every BFN first, so a bad setting fails before any change
         try:
             planned.append((name, block, build_bfn_for(model.get_submodule(name), cfg)))
-        except ValueError as err:
-            raise ValueError(f"cannot replace {name}: {err}") from None
+        except UserError as err:
+            raise UserError(f"cannot replace {name}: {err}") from None
     if input_size is not None and not force:
         _check_normalizable(planned, _input_map_sizes(model, [name for name, _, _ in planned], input_size), input_size)
 

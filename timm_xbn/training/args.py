@@ -13,6 +13,8 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import yaml
 
+from ..utils.errors import UserError
+
 __all__ = [
     "SUPPORTED_KEYS", "UNSUPPORTED_KEYS", "TRAIN_PY_KEYS", "XBN_KEYS",
     "create_parser", "load_recipe", "build_args", "check_values", "config_dict", "resolve_lr",
@@ -28,16 +30,16 @@ class _KwargsAction(argparse.Action):
             try:
                 kwargs = json.loads(values[0])
             except json.JSONDecodeError as err:
-                raise ValueError(f"{option_string} must be a JSON object or key=value pairs: {err}") from None
+                raise UserError(f"{option_string} must be a JSON object or key=value pairs: {err}") from None
             if not isinstance(kwargs, dict):
-                raise ValueError(f"{option_string} must be a JSON object or key=value pairs, got {values[0]!r}")
+                raise UserError(f"{option_string} must be a JSON object or key=value pairs, got {values[0]!r}")
             setattr(namespace, self.dest, kwargs)
             return
         kwargs = {}
         for item in values:
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise ValueError(f"{option_string} expects key=value pairs, got {item!r}")
+                raise UserError(f"{option_string} expects key=value pairs, got {item!r}")
             kwargs[key] = yaml.safe_load(value)
         setattr(namespace, self.dest, kwargs)
 
@@ -46,7 +48,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises ``ValueError`` instead of exiting, so the API and CLI report it."""
 
     def error(self, message: str):
-        raise ValueError(message)
+        raise UserError(message)
 
 
 def _add_train_py_arguments(parser: argparse.ArgumentParser) -> None:
@@ -266,10 +268,10 @@ def _check_key(key: str, source: str) -> None:
     if key in SUPPORTED_KEYS or key in XBN_KEYS:
         return
     if key in UNSUPPORTED_KEYS:
-        raise ValueError(
+        raise UserError(
             f"{source}: train.py key {key!r} is not supported by xbn-train; remove it or train with timm's train.py"
         )
-    raise ValueError(f"{source}: unknown key {key!r}: not a timm train.py argument nor an xbn-train option")
+    raise UserError(f"{source}: unknown key {key!r}: not a timm train.py argument nor an xbn-train option")
 
 
 def _coerce(key: str, value: Any, source: str) -> Any:
@@ -277,7 +279,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     action = _ACTIONS[key]
     if value is None or isinstance(action, _KwargsAction):
         if isinstance(action, _KwargsAction) and value is not None and not isinstance(value, dict):
-            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}")
+            raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
         return value
     convert = action.type or (lambda v: v)
     many = action.nargs in ("+", "*") or isinstance(action.nargs, int)
@@ -296,9 +298,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise TypeError(f"expected a single value, got {value!r}")
         value = convert(value)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: bad value for {key}: {err}") from None
+        raise UserError(f"{source}: bad value for {key}: {err}") from None
     if action.choices is not None and value not in action.choices:
-        raise ValueError(f"{source}: {key} must be one of {sorted(action.choices)}, got {value!r}")
+        raise UserError(f"{source}: {key} must be one of {sorted(action.choices)}, got {value!r}")
     return value
 
 
@@ -312,9 +314,9 @@ def load_recipe(path: Union[str, Path]) -> Dict[str, Any]:
     except yaml.YAMLError as err:  # e.g. an unclosed bracket: name the file and the place, in one line
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping of train.py keys, found {type(cfg).__name__}")
+        raise UserError(f"{path}: expected a mapping of train.py keys, found {type(cfg).__name__}")
     for key in cfg:
         _check_key(key, str(path))
     return {key: _coerce(key, value, str(path)) for key, value in cfg.items()}
@@ -371,7 +373,7 @@ def check_values(args: argparse.Namespace) -> None:
     for key, minimum in _MINIMUM.items():
         value = getattr(args, key)
         if value is not None and value < minimum:
-            raise ValueError(f"{'/'.join(_ACTIONS[key].option_strings)} must be at least {minimum}, got {value}")
+            raise UserError(f"{'/'.join(_ACTIONS[key].option_strings)} must be at least {minimum}, got {value}")
 
 
 def config_dict(args: argparse.Namespace) -> Dict[str, Any]:
@@ -389,6 +391,6 @@ def resolve_lr(args: argparse.Namespace, world_size: int) -> float:
     global_batch = args.batch_size * world_size * args.grad_accum_steps
     scale = args.lr_base_scale or ("sqrt" if any(o in args.opt.lower() for o in ("ada", "lamb")) else "linear")
     if scale not in ("linear", "sqrt"):
-        raise ValueError(f"lr_base_scale must be 'linear' or 'sqrt', got {scale!r}")
+        raise UserError(f"lr_base_scale must be 'linear' or 'sqrt', got {scale!r}")
     ratio = global_batch / args.lr_base_size
     return args.lr_base * (ratio ** 0.5 if scale == "sqrt" else ratio)

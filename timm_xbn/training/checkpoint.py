@@ -20,6 +20,7 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from timm.utils import CheckpointSaver, get_state_dict, unwrap_model
 
+from ..utils.errors import UserError
 from ..utils.files import atomic_write
 from ..models.checkpoints import check_finite, load_problem
 
@@ -178,9 +179,9 @@ def load_training_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
     except Exception as err:  # truncated zip, a text file, a pickle, ...: torch raises many types
         hint = ("; resume from a checkpoint written by xbn-train, or start from its weights with --initial-checkpoint"
                 if isinstance(err, pickle.UnpicklingError) and "Unsupported global" in str(err) else "")
-        raise ValueError(f"cannot resume from {path}: {load_problem(path, err, 'a torch checkpoint')}{hint}") from None
+        raise UserError(f"cannot resume from {path}: {load_problem(path, err, 'a torch checkpoint')}{hint}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "progress" not in checkpoint:
-        raise ValueError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
+        raise UserError(f"{path} is not an xbn-train training checkpoint (expected 'state_dict' and 'progress' entries)")
     check_finite(checkpoint["state_dict"], path)
     return checkpoint
 

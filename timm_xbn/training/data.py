@@ -14,6 +14,8 @@ import torch
 from timm.data import FastCollateMixup, Mixup, create_dataset, create_loader
 from torch.utils.data import DistributedSampler
 
+from ..utils.errors import UserError
+
 __all__ = [
     "ResumableSampler", "create_datasets", "mixup_active", "create_mixup", "create_train_loader", "create_eval_loader", "position_loader",
 ]
@@ -46,8 +48,8 @@ def _folder_splits(args: argparse.Namespace) -> Tuple[Path, Optional[Path]]:
     train_root = Path(_search_split(str(root), args.train_split))
     eval_root = Path(_search_split(str(root), args.val_split)) if args.val_split else None
     if eval_root is not None and (eval_root == root or eval_root.resolve() == train_root.resolve()):
-        raise ValueError(f"no validation split in {root} (looked for {args.val_split}/ and its synonyms such as val/): "
-                         "add one, or pass --val-split '' to train without validation")
+        raise UserError(f"no validation split in {root} (looked for {args.val_split}/ and its synonyms such as val/): "
+                        "add one, or pass --val-split '' to train without validation")
     return train_root, eval_root
 
 
@@ -60,7 +62,7 @@ def _eval_class_map(train: Any, eval_root: Path, warn: Callable[[str], None]) ->
     names = set(class_folders(eval_root))
     unknown = sorted(names - set(mapping))
     if unknown:
-        raise ValueError(f"validation folder {eval_root} has classes the training split lacks: {', '.join(unknown[:5])}")
+        raise UserError(f"validation folder {eval_root} has classes the training split lacks: {', '.join(unknown[:5])}")
     if names != set(mapping):
         missing = sorted(set(mapping) - names)
         warn(f"validation folder {eval_root} has {len(names)} of the {len(mapping)} training classes (missing "

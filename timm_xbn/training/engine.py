@@ -32,6 +32,7 @@ from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationEvaluator, ClassificationTask, evaluation_sample_limit
 from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
 
+from ..utils.errors import UserError
 from ..utils.files import write_text_atomic
 from ..utils.interrupts import Interrupted, StopRequest, interruptible
 from ..evaluation.models import state_dict_sha1
@@ -103,7 +104,7 @@ class Trainer:
             importlib.import_module(module)
         args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         if args.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {args.device!r} requested but CUDA is not available; use --device cpu")
+            raise UserError(f"device {args.device!r} requested but CUDA is not available; use --device cpu")
         self.device = utils.init_distributed_device(args)
         self.primary = utils.is_primary(args)
         self.console = Console(stderr=True, quiet=not self.primary)
@@ -134,7 +135,7 @@ class Trainer:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if args.sync_bn and args.distributed and not self.cuda:
-            raise ValueError("sync_bn needs CUDA devices (torch's SyncBatchNorm); on CPU keep dist_bn: reduce instead")
+            raise UserError("sync_bn needs CUDA devices (torch's SyncBatchNorm); on CPU keep dist_bn: reduce instead")
         if args.distributed and args.sync_bn:
             args.dist_bn = ""  # SyncBN keeps the running stats identical already
             model = convert_sync_batchnorm(model)  # batch-free norms are not BN and stay as they are
@@ -147,7 +148,7 @@ class Trainer:
         if args.bce_loss:
             criterion.update(loss_type="bce", bce_target_thresh=args.bce_target_thresh)
         elif args.bce_target_thresh is not None:
-            raise ValueError("bce_target_thresh needs bce_loss")
+            raise UserError("bce_target_thresh needs bce_loss")
         self.task = ClassificationTask(model, criterion_kwargs=criterion, device=self.device, verbose=False)
 
     def _check_output(self) -> None:
@@ -156,11 +157,11 @@ class Trainer:
         args = self.args
         root = Path(args.output or "./output/train")
         if args.resume and args.resume != "auto" and Path(args.resume).is_dir():
-            raise ValueError(f"--resume {args.resume} is a folder; give a checkpoint file in it (e.g. "
-                             f"{Path(args.resume) / 'last.pth.tar'}), or --resume auto with --experiment")
+            raise UserError(f"--resume {args.resume} is a folder; give a checkpoint file in it (e.g. "
+                            f"{Path(args.resume) / 'last.pth.tar'}), or --resume auto with --experiment")
         if not args.experiment:
             if args.resume == "auto":
-                raise ValueError("--resume auto needs --experiment NAME (the folder to continue in)")
+                raise UserError("--resume auto needs --experiment NAME (the folder to continue in)")
             check_writable(root)
             self.resume_path = args.resume
             return
@@ -178,8 +179,8 @@ class Trainer:
         checkpoint = load_training_checkpoint(path)
         problems = state_dict_mismatch(self.task.get_trainable_module(), checkpoint["state_dict"], limit=3)
         if problems:
-            raise ValueError(f"cannot resume from {path}: its model ({checkpoint.get('arch') or 'unknown'}) does not fit "
-                             f"this run's {self.label}: {'; '.join(problems)}")
+            raise UserError(f"cannot resume from {path}: its model ({checkpoint.get('arch') or 'unknown'}) does not fit "
+                            f"this run's {self.label}: {'; '.join(problems)}")
         self.task.load_checkpoint_state(checkpoint["state_dict"], checkpoint.get("task_state"))
         if not args.no_resume_opt:
             self.optimizer.load_state_dict(checkpoint["optimizer"])
@@ -205,7 +206,7 @@ class Trainer:
         args = self.args
         dataset_train, dataset_eval = create_datasets(args, warn=lambda m: self.console.print(f"[yellow]warning: {m}[/yellow]"))
         if isinstance(dataset_train, (IterableImageDataset, torch.utils.data.IterableDataset)):
-            raise ValueError(f"xbn-train needs a map-style dataset (ImageFolder/ImageTar, torch/, hfds/), got {args.dataset!r}")
+            raise UserError(f"xbn-train needs a map-style dataset (ImageFolder/ImageTar, torch/, hfds/), got {args.dataset!r}")
         mixup = create_mixup(args, args.num_classes, collate=self.prefetch)
         self.mixup_fn = None if self.prefetch else mixup
         self.sampler = ResumableSampler(dataset_train, args.world_size, args.rank, args.seed)
@@ -214,7 +215,7 @@ class Trainer:
             collate_fn=mixup if self.prefetch else None,
         )
         if len(self.loader_train) == 0:
-            raise ValueError(
+            raise UserError(
                 f"train split has {len(dataset_train)} images: fewer than batch_size {args.batch_size} x "
                 f"{args.world_size} process(es), so an epoch has no full batch"
             )
@@ -225,7 +226,7 @@ class Trainer:
     def _build_schedule(self) -> None:
         args = self.args
         if args.sched == "plateau":
-            raise ValueError("sched 'plateau' (deprecated in timm) is not supported by xbn-train: its state cannot be saved weights-only")
+            raise UserError("sched 'plateau' (deprecated in timm) is not supported by xbn-train: its state cannot be saved weights-only")
         self.updates_per_epoch = (len(self.loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
         self.lr_scheduler, self.num_epochs = create_scheduler_v2(
             self.optimizer, **scheduler_kwargs(args, decreasing_metric=args.eval_metric == "loss"),
@@ -421,8 +422,8 @@ class Trainer:
         if self.lr_scheduler is not None:
             self.lr_scheduler.step(epoch + 1, metric)
         if not math.isfinite(self.train_loss):
-            raise ValueError(f"training diverged: the train loss of epoch {epoch} is {self.train_loss}; lower --lr "
-                             "(the last finite state is kept in the experiment folder)")
+            raise UserError(f"training diverged: the train loss of epoch {epoch} is {self.train_loss}; lower --lr "
+                            "(the last finite state is kept in the experiment folder)")
         self.progress.update(epoch=epoch + 1, batch=0, epoch_loss_sum=0.0, epoch_loss_count=0)
         self._save_point()
         if self.primary:

@@ -11,6 +11,7 @@ from ..layers import paper_affine
 from ..models import SURGERY_KWARGS, check_model_name, create_base_model, load_weights
 from ..models.pretrained import check_pretrained
 from ..surgery import convert
+from ..utils.errors import UserError
 
 __all__ = ["surgery_settings", "create_train_model", "model_label"]
 
@@ -31,10 +32,10 @@ def surgery_settings(args: argparse.Namespace) -> Tuple[str, Dict[str, Any]]:
     kwargs = dict(args.model_kwargs or {})
     if not args.convert_from:
         if given:
-            raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only apply with --convert-from MODEL")
+            raise UserError(f"{', '.join('--' + k.replace('_', '-') for k in given)} only apply with --convert-from MODEL")
         return args.model, kwargs
     if args.model not in ("resnet50", "xbn_converted"):  # resnet50 = train.py's default model
-        raise ValueError(f"--convert-from {args.convert_from} builds the model; remove model={args.model!r} from the recipe/flags")
+        raise UserError(f"--convert-from {args.convert_from} builds the model; remove model={args.model!r} from the recipe/flags")
     check_model_name(args.convert_from)
     kwargs["base_model"] = args.convert_from
     kwargs.update({_SURGERY_OPTIONS[opt]: value for opt, value in given.items()})
@@ -64,10 +65,10 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     if surgery is not None:
         name = kwargs.pop("base_model", None)
         if name is None:
-            raise ValueError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
+            raise UserError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
     if args.calibrate and (surgery is None or args.initial_checkpoint):
-        raise ValueError("--calibrate fits a fresh conversion to its BN model: it needs --convert-from MODEL "
-                         "(or model xbn_converted) and no --initial-checkpoint")
+        raise UserError("--calibrate fits a fresh conversion to its BN model: it needs --convert-from MODEL "
+                        "(or model xbn_converted) and no --initial-checkpoint")
     check_model_name(name)
     create = create_base_model if surgery is not None else timm.create_model
     if args.pretrained:
@@ -75,7 +76,7 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     try:
         model = create(name, pretrained=args.pretrained, **common, **kwargs)
     except TypeError as err:  # a model kwarg the constructor does not take: an option error, not a crash
-        raise ValueError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
+        raise UserError(f"cannot create {name} with model kwargs {kwargs}: {err}") from None
     if surgery is not None:
         if surgery.get("affine") is None and not (args.pretrained or args.calibrate):  # from scratch: the authors' BFN
             surgery["affine"] = paper_affine(surgery.get("bfn", "gn"))

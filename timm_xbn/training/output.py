@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Union
 
+from ..utils.errors import UserError
 from .checkpoint import checkpoint_files, find_resume_checkpoint
 
 __all__ = ["check_writable", "resume_path"]
@@ -20,13 +21,13 @@ def check_writable(folder: Union[str, Path]) -> None:
     when it is an existing file, sits below a file, or cannot be written."""
     folder = Path(folder)
     if folder.is_file():
-        raise ValueError(f"output folder {folder} is an existing file; give --output / --experiment a folder")
+        raise UserError(f"output folder {folder} is an existing file; give --output / --experiment a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise ValueError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
+        raise UserError(f"cannot write to output folder {folder}: {err.strerror or err}") from None
 
 
 def resume_path(folder: Union[str, Path], resume: str) -> str:
@@ -41,11 +42,11 @@ def resume_path(folder: Union[str, Path], resume: str) -> str:
     if resume == "auto":
         found = find_resume_checkpoint(folder)
         if found is None and existing:
-            raise ValueError(f"--resume auto: no readable checkpoint in {folder} (damaged: "
-                             f"{', '.join(Path(p).name for p in existing)}); resume one by path or remove them")
+            raise UserError(f"--resume auto: no readable checkpoint in {folder} (damaged: "
+                            f"{', '.join(Path(p).name for p in existing)}); resume one by path or remove them")
         return found or ""
     if existing and not (resume and Path(resume).resolve().parent == folder.resolve()):
         shown = ", ".join(Path(p).name for p in existing[:4]) + (f" +{len(existing) - 4} more" if len(existing) > 4 else "")
-        raise ValueError(f"{folder} holds checkpoints of an earlier run ({shown}): continue it with --resume auto, "
-                         "or train into a new folder with --experiment NAME (or remove those files)")
+        raise UserError(f"{folder} holds checkpoints of an earlier run ({shown}): continue it with --resume auto, "
+                        "or train into a new folder with --experiment NAME (or remove those files)")
     return resume
