@@ -130,12 +130,12 @@ def run_target(target: Target, out: Path, work: Path, tiny: bool, portable: bool
         env = portable_env() if portable and step.portable else None
         command = shlex.join(["python" if argv[0] == sys.executable else argv[0], *argv[1:]])
         print(f"[{target.name}] {command}", flush=True)
+        # the record of the code that runs, taken before anything changes during the run
+        prov = provenance(command, child_kernels(env, step.threads)) if step.stdout or step.copies else None
         (out / (step.stdout or ".")).parent.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE if step.stdout else None, text=True)
         if result.returncode:
             raise SystemExit(f"{target.name}: `{command}` exited with {result.returncode}")
-        if step.stdout or step.copies:
-            prov = provenance(command, child_kernels(env, step.threads))
         if step.stdout:
             write_text_atomic(out / step.stdout, result.stdout)
             stamp(out / step.stdout, prov)
