@@ -316,8 +316,9 @@ def section_robustness_smoke(args: argparse.Namespace, budget: Budget, record: D
               "--seeds", "1", "--blocks", "2", "--img-size", str(args.smoke_size), "--batch-size", "4", "--workers", "0",
               "--device", args.device, "--output", str(out)], budget, record)
     results = json.loads((out / "robustness.json").read_text())
-    record.update(results_file=str(out / "robustness.json"), runs=len(results["runs"]), num_images=results["num_images"],
-                  clean_top1={name: m["clean_top1"] for name, m in results["models"].items()})
+    record.update(results_file=str(out / "robustness.json"), runs=len(results["cells"]),
+                  num_images=next(iter(results["results"].values()))["count"],
+                  clean_top1={name: m["clean_top1"] for name, m in results["results"].items()})
     record["summary"] = f"{record['runs']} runs over {record['num_images']} images"
 
 

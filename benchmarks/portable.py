@@ -46,7 +46,7 @@ def measure(steps: int, batch_size: int) -> None:
     ticks = [(time.process_time(), time.perf_counter())]
     train_classifier(model, split, seed=0, batch_size=batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                      warmup_steps=cfg.warmup_steps, steps=steps + 1,
-                     on_step=lambda: ticks.append((time.process_time(), time.perf_counter())))
+                     on_step=lambda update: ticks.append((time.process_time(), time.perf_counter())))
     cpu = [b[0] - a[0] for a, b in zip(ticks[1:], ticks[2:])]  # from the end of step 1: step 1 builds kernels
     wall = [b[1] - a[1] for a, b in zip(ticks[1:], ticks[2:])]
     weights = hashlib.sha1(b"".join(p.detach().contiguous().numpy().tobytes() for p in model.parameters()))
@@ -84,7 +84,7 @@ def table(results: Dict[str, List[dict]]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per run (after one untimed)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("-b", "--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2, help="runs per setting, the settings alternating")
     parser.add_argument("--tiny", action="store_true", help="2 steps of batch 16, one round (the test)")
     args = parser.parse_args(argv)

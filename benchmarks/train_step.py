@@ -191,8 +191,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the study runs one per job)")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("-b", "--batch-size", type=int, default=128)
+    parser.add_argument("--img-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5, help="updates per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tiny", action="store_true", help="batch 4, 2 steps, 1 round (the test)")
@@ -202,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    result = measure(device, args.batch_size, args.size, args.steps, args.rounds)
+    result = measure(device, args.batch_size, args.img_size, args.steps, args.rounds)
     print_result(result, args.threads if device.type == "cpu" else None)
     return result
 

@@ -116,7 +116,7 @@ def test_cli_adapt_on_released_folders(tree, tmp_path):
     assert saved["results"]["entries"]["resnet18 | tent"]["passes_per_image"] == {"forward": 1.0, "backward": 1.0}
     for extra, message in ((["--method", "tentative"], "unknown adaptation method"),
                            (["--method", "tent:lr=-1", "--severities", "1"], "lr must be > 0"),
-                           (["--protocol", "online"], "--protocol must be"),
+                           (["--protocol", "online"], "Invalid value for '--protocol'"),
                            (["--severities", "3"], "no corruption x severity found")):
         result = runner.invoke(eval_app, base + extra)
         assert result.exit_code == 2, (extra, result.output)

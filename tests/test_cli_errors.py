@@ -100,10 +100,13 @@ def test_blocks_messages_name_the_flag(setup):
 
 @pytest.mark.parametrize("content, message", [
     ([1, 2], "cannot resume from out/robustness.json: it holds a JSON list, not 'robustness' results"),
-    ({"kind": "robustness", "model_info": {}, "runs": {"resnet18|clean": 5}, "skipped_images": {"count": 0, "files": []}},
-     "cannot resume from out/robustness.json: runs['resnet18|clean']: expected an object, got int"),
-    ({"kind": "robustness", "model_info": {"resnet18": {"weights_sha1": "x"}}},
-     "cannot resume from out/robustness.json: model_info['resnet18'].targets: missing"),
+    ({"kind": "robustness", "schema": 2, "run": {}, "models": {}, "cells": [5], "skipped_images": {}},
+     "cannot resume from out/robustness.json: cells[0]: expected an object, got int"),
+    ({"kind": "robustness", "schema": 2, "run": {}, "models": {"resnet18": {"targets": []}}, "cells": [],
+      "skipped_images": {}},
+     "cannot resume from out/robustness.json: models['resnet18'].weights_sha1: missing"),
+    ({"kind": "robustness", "model_info": {"resnet18": {"weights_sha1": "x"}}},  # 0.1's layout
+     "out/robustness.json was written by timm-xbn 0.1 in an older layout, which cannot be resumed; use another output folder"),
 ])
 def test_results_file_of_the_wrong_shape_in_the_resume_folder(setup, content, message):
     (setup / "out").mkdir()
@@ -114,10 +117,11 @@ def test_results_file_of_the_wrong_shape_in_the_resume_folder(setup, content, me
 
 def test_corruption_results_file_of_the_wrong_shape(setup):
     (setup / "out").mkdir()
-    bad = {"kind": "corruption", "runs": {"contrast/1": {"correct1": "3"}}, "skipped_images": {}}
+    bad = {"kind": "corruption", "schema": 2, "run": {}, "models": {}, "skipped_images": {},
+           "cells": [{"model": "resnet18", "method": "source", "pair": "contrast/1", "correct1": "3"}]}
     (setup / "out" / "corruption-resnet18.json").write_text(json.dumps(bad))
     assert_one_line_error(run(eval_app, eval_args("corruption")),
-                          "corruption-resnet18.json: runs['contrast/1'].correct1: expected int, got str")
+                          "corruption-resnet18.json: cells[0].correct1: expected int, got str")
 
 
 @pytest.mark.parametrize("args, message", [

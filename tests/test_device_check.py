@@ -77,9 +77,9 @@ def test_cpu_mode_measures_every_section(tmp_path):
 
     robustness = sections["robustness_smoke"]
     results = json.loads(Path(robustness["results_file"]).read_text())
-    assert results["num_images"] == robustness["num_images"] == 12
+    assert results["run"]["files"] == robustness["num_images"] == 12
     assert robustness["runs"] == 4  # 2 models x (clean + 1 delta x 1 seed)
-    assert all(run["count"] == 12 for run in results["runs"].values())
+    assert all(cell["count"] == 12 for cell in results["cells"])
 
     study = sections["study"]  # one default-study network job at tiny sizes: 3 epochs x 64 images / batch 16
     job = study["network_job"]

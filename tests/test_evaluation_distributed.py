@@ -55,7 +55,7 @@ def interrupted_then_resumed(models, data, out: Path, interrupt_at: int = 3):
     barrier()
     next_index = json.loads((out / "robustness.partial.json").read_text())["next_index"]
     resumed = evaluate_robustness(models, data, deltas=[0.5], seeds=2, blocks=2, output_dir=out, checkpoint_every=1)
-    return {"next_index": next_index, "runs": resumed["runs"]}
+    return {"next_index": next_index, "cells": resumed["cells"]}
 
 
 def run_all(models, data_root: Path, out: Path):
@@ -92,17 +92,19 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "all.json").read_text())
 
-    assert ddp["robustness"]["runs"] == single["robustness"]["runs"]
-    assert ddp["robustness"]["models"] == single["robustness"]["models"]
+    # every cell identical, calibration sums included (integer scores add up the same in any split)
+    assert ddp["robustness"]["cells"] == single["robustness"]["cells"]
+    assert ddp["robustness"]["results"] == single["robustness"]["results"]
     assert ddp["robustness"]["skipped_images"] == single["robustness"]["skipped_images"]
-    assert ddp["robustness"]["skipped_images"]["count"] == 1
-    assert ddp["adabn_batch"]["models"] == single["adabn_batch"]["models"]
-    assert ddp["adabn_full"]["models"] == single["adabn_full"]["models"]
+    assert ddp["robustness"]["skipped_images"]["clean"]["count"] == 1
+    assert ddp["adabn_batch"]["results"] == single["adabn_batch"]["results"]
+    assert ddp["adabn_full"]["results"] == single["adabn_full"]["results"]
     assert not (tmp_path / "ddp" / "robustness.partial.json").exists()
     # interrupted at each rank's 3rd batch: 2 batches of 6 on each of the 2 ranks were done
     assert single["resumed"]["next_index"] == 2 * BATCH and ddp["resumed"]["next_index"] == 2 * 2 * BATCH
-    assert ddp["resumed"]["runs"] == single["resumed"]["runs"]
-    assert ddp["resumed"]["runs"] == {k: v for k, v in single["robustness"]["runs"].items() if v["delta"] in (None, 0.5)}
+    assert ddp["resumed"]["cells"] == single["resumed"]["cells"]
+    assert ddp["resumed"]["cells"] == [c for c in single["robustness"]["cells"]
+                                       if c["method"] == "source" or c["method"].startswith("perturb:0.5,")]
     assert not (tmp_path / "ddp" / "resumed" / "robustness.partial.json").exists()
     for label in ("bn", "xbn"):
         got, ref = ddp["esm"]["models"][label]["layers"], single["esm"]["models"][label]["layers"]
@@ -110,9 +112,9 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
         assert [r["esm_sigma"] for r in got] == pytest.approx([r["esm_sigma"] for r in ref], rel=1e-9)
         assert [r["esm_mu"] for r in got] == pytest.approx([r["esm_mu"] for r in ref], rel=1e-9)
     # not vacuous: the sweep and the recalibration change the numbers
-    bn_runs = [r["correct1"] for k, r in single["robustness"]["runs"].items() if k.startswith("bn|")]
+    bn_runs = [c["correct1"] for c in single["robustness"]["cells"] if c["model"] == "bn"]
     assert len(set(bn_runs)) > 1
-    assert single["adabn_full"]["models"]["bn"]["after_top1"] != single["adabn_full"]["models"]["bn"]["before_top1"]
+    assert single["adabn_full"]["results"]["bn"]["after_top1"] != single["adabn_full"]["results"]["bn"]["before_top1"]
 
 
 if __name__ == "__main__":  # torchrun worker

@@ -28,10 +28,11 @@ FLOORS = (
     "surgery",      # find blocks, convert BNs to BFNs
     "models",       # registered xbn_* models, checkpoints
     "stats",        # BN moments, estimation shift, perturbation, recalibration
-    "evaluation",   # data loaders, passes, robustness / AdaBN / ESM evaluations
+    "evaluation",   # data loaders, shared passes, scores, the results store, shift sets, ESM
     "calibration",  # fit converted BFNs to their BNs (consumes surgery, stats and evaluation's data)
-    "corruptions",  # ImageNet-C style corruptions and their evaluation
+    "corruptions",  # ImageNet-C style corruptions: data sources, batch preparation, metrics
     "adapt",        # test-time adaptation
+    "grid",         # the evaluation grid (models x methods x data) and its views
     "training",     # train.py-compatible training
     "study",        # the CPU study (trains with training's checkpoint writer)
     "hub",          # model cards and Hub publishing

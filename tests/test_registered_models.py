@@ -219,14 +219,14 @@ def test_xbn_convert_cli_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["resnet5", "--output", "x"], "unknown model 'resnet5'; did you mean: resnet50"),
-    (["resnet18", "--position", "P4", "--output", "x"], "position must be P1, P2 or P3"),
-    (["convnext_atto", "--output", "x"], "no BatchNorm layers"),
-    (["resnet18", "--checkpoint", "missing.safetensors", "--output", "x"], "checkpoint not found"),
-    (["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32", "--output", "x"], "layer4.0.bn3 gets 1x1 maps at input size 32x32"),
+    (["resnet5"], "unknown model 'resnet5'; did you mean: resnet50"),
+    (["resnet18", "--position", "P4"], "Invalid value for '--position'"),  # typer's check of the choice
+    (["convnext_atto"], "no BatchNorm layers"),
+    (["resnet18", "--checkpoint", "missing.safetensors"], "checkpoint not found"),
+    (["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32"], "layer4.0.bn3 gets 1x1 maps at input size 32x32"),
 ])
 def test_xbn_convert_cli_errors(tmp_path, args, message):
-    result = CliRunner().invoke(convert_app, args + ["--out", str(tmp_path / "x")])
+    result = CliRunner().invoke(convert_app, args + ["--output", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert message in result.output.replace("\n", "")
 

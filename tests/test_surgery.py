@@ -333,8 +333,8 @@ def test_xbn_convert_force_converts_what_the_check_refuses(tmp_path):
     from timm_xbn.cli import convert_app
 
     args = ["resnet26", "--position", "P3", "--bfn", "in", "--img-size", "32", "--model-kwargs", '{"num_classes": 3}']
-    refused = CliRunner().invoke(convert_app, args + ["--out", str(tmp_path / "a")])
+    refused = CliRunner().invoke(convert_app, args + ["--output", str(tmp_path / "a")])
     assert refused.exit_code == 2 and refused.output.count("\n") == 1 and "layer4.0.bn3 gets 1x1 maps" in refused.output
-    forced = CliRunner().invoke(convert_app, args + ["--force", "--out", str(tmp_path / "b")])
+    forced = CliRunner().invoke(convert_app, args + ["--force", "--output", str(tmp_path / "b")])
     assert forced.exit_code == 0, forced.output
     assert isinstance(timm_xbn.models.load_exported(tmp_path / "b").layer4[0].bn3, InstanceNorm2d)

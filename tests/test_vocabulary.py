@@ -14,7 +14,7 @@ from timm_xbn.commands import options
 from timm_xbn.commands.vocabulary import RENAMED, VOCABULARY, renames_table, translate_argv
 
 BENCHMARKS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py")
-                    if p.stem not in ("__init__",))
+                    if "\ndef main(" in p.read_text())  # the scripts (helper modules have no main)
 APPS = {"xbn-eval": cli.eval_app, "xbn-train": cli.train_app, "xbn-convert": cli.convert_app, "xbn-hub": cli.hub_app}
 Option = Tuple[Tuple[str, ...], bool]  # (its flags, hidden)
 

@@ -22,6 +22,8 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
+from .errors import UserError
+
 __all__ = ["PINS", "PORTABLE_ENV", "PortableModeError", "cpu_model", "is_pinned", "is_portable", "ensure_portable",
            "portable_env", "kernel_record", "ensure_portable_or_exit", "mode_note"]
 
@@ -33,7 +35,7 @@ _CAPABILITY = "AVX2"  # what torch.backends.cpu.get_cpu_capability() reports und
 _REEXECUTED = "TIMM_XBN_PORTABLE_REEXEC"  # set in the re-executed process: never re-execute twice
 
 
-class PortableModeError(ValueError):
+class PortableModeError(UserError):
     """Portable mode cannot be entered here (bad input for a command: one red line, exit code 2)."""
 
 
