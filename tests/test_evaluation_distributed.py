@@ -98,7 +98,14 @@ def test_two_gloo_processes_equal_one_process(image_folder, tmp_path):
     assert ddp["robustness"]["skipped_images"] == single["robustness"]["skipped_images"]
     assert ddp["robustness"]["skipped_images"]["clean"]["count"] == 1
     assert ddp["adabn_batch"]["results"] == single["adabn_batch"]["results"]
-    assert ddp["adabn_full"]["results"] == single["adabn_full"]["results"]
+    # AdaBN's statistics are sums over the ranks' shards, added in another order: the adapted models agree to
+    # rounding, so their predictions (counts) are identical and their calibration equal to 1e-5
+    for label, entry in single["adabn_full"]["results"].items():
+        got = ddp["adabn_full"]["results"][label]
+        assert {k: v for k, v in got.items() if not k.endswith(("_ece", "_nll", "_brier"))} == \
+            {k: v for k, v in entry.items() if not k.endswith(("_ece", "_nll", "_brier"))}
+        assert {k: v for k, v in got.items() if k.endswith(("_ece", "_nll", "_brier"))} == \
+            pytest.approx({k: v for k, v in entry.items() if k.endswith(("_ece", "_nll", "_brier"))}, rel=1e-5)
     assert not (tmp_path / "ddp" / "robustness.partial.json").exists()
     # interrupted at each rank's 3rd batch: 2 batches of 6 on each of the 2 ranks were done
     assert single["resumed"]["next_index"] == 2 * BATCH and ddp["resumed"]["next_index"] == 2 * 2 * BATCH
