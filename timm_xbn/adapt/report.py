@@ -34,7 +34,7 @@ def _mean(entry: Mapping[str, Any], severity: Optional[int]) -> Optional[float]:
 def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) -> list[dict[str, Any]]:
     """One row per model x method: the source model's clean error, error (%) per corruption at
     ``severity``, its mean, the mean over all pairs, mCE / relative mCE (complete ImageNet-C only), the
-    error over the whole stream of a mixed stream, and passes per image."""
+    error over the whole stream of a mixed stream, the mean ECE (%) over the pairs, and passes per image."""
     results = legacy_layout(results)
     severity = severity or table_severity(results)
     corruptions = [c for c in ALL_CORRUPTIONS if any(p.startswith(c + "/") for p in results["pairs"])]
@@ -43,7 +43,7 @@ def adaptation_rows(results: Mapping[str, Any], severity: Optional[int] = None) 
         row = {"model": entry["model"], "method": entry["method"], "clean (source)": entry["clean_error"]}
         row.update({c: entry["errors"].get(c, {}).get(str(severity)) for c in corruptions})
         row.update({f"mean@{severity}": _mean(entry, severity), "mean": _mean(entry, None),
-                    "mCE": entry["mce"], "rel. mCE": entry["relative_mce"],
+                    "mCE": entry["mce"], "rel. mCE": entry["relative_mce"], "ECE": entry.get("mean_ece"),
                     **({"mixed stream": entry["mixed"]["top1_error"]} if "mixed" in entry else {}),
                     "fwd/img": entry["passes_per_image"]["forward"], "bwd/img": entry["passes_per_image"]["backward"]})
         rows.append(row)

@@ -17,7 +17,8 @@ def _pct(value: Any) -> str:
 
 
 def corruption_table(results: Mapping[str, Any]) -> Table:
-    """One row per corruption: top-1 error (%) per severity, CE and relative CE; mCE in the footer."""
+    """One row per corruption: top-1 error (%) per severity, CE, relative CE and the mean ECE (%) over the
+    severities; mCE and the mean ECE over every pair in the footer."""
     results = legacy_layout(results)
     errors, ce, rel = results["errors"], results.get("ce", {}), results.get("relative_ce", {})
     title = (f"{results['model']} on {results['dataset']}: top-1 error (%)"
@@ -30,8 +31,12 @@ def corruption_table(results: Mapping[str, Any]) -> Table:
         table.add_column(str(s), justify="right")
     table.add_column("CE", justify="right", footer=_pct(results.get("mce")))
     table.add_column("rel. CE", justify="right", footer=_pct(results.get("relative_mce")))
+    table.add_column("ECE", justify="right", footer=_pct(results.get("mean_ece")))
+    ece = results.get("ece", {})
     for c in (c for c in ALL_CORRUPTIONS if c in errors):
-        table.add_row(c, *[_pct(errors[c].get(str(s))) for s in SEVERITIES], _pct(ce.get(c)), _pct(rel.get(c)))
+        eces = [v for v in ece.get(c, {}).values() if v is not None]
+        table.add_row(c, *[_pct(errors[c].get(str(s))) for s in SEVERITIES], _pct(ce.get(c)), _pct(rel.get(c)),
+                      _pct(sum(eces) / len(eces) if eces else None))
     if results.get("missing"):
         shown = ", ".join(results["missing"][:8]) + (" ..." if len(results["missing"]) > 8 else "")
         table.caption = f"missing for the benchmark metrics: {shown}"
