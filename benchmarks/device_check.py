@@ -62,6 +62,7 @@ from timm_xbn.commands.vocabulary import RENAMED, translate_argv
 from timm_xbn.corruptions import CORRUPTIONS
 from timm_xbn.corruptions.agreement import real_images
 from timm_xbn.models import XBN_VARIANTS
+from timm_xbn.utils.errors import command_errors
 
 sys.path.insert(0, str(Path(__file__).parent))
 from corruptions import reference_seconds, synchronizer, torch_seconds  # noqa: E402  (benchmarks/)
@@ -497,7 +498,8 @@ def main() -> None:
     args.amp = args.amp or (["off", "bf16"] if args.tiny else ["off", "bf16", "fp16"])
     args.nproc = args.nproc or (torch.cuda.device_count() if args.device.startswith("cuda") else 1)
     torch.backends.cudnn.benchmark = True
-    print_report(run(args))
+    with command_errors():  # one Ctrl-C: one line, exit 130; the JSON keeps every section finished before it
+        print_report(run(args))
     print(f"wrote {args.out}")
 
 

@@ -264,3 +264,25 @@ def test_a_hanging_torchrun_section_stops_within_its_budget(device_check, tmp_pa
     wait_until_gone(worker)
     assert not alive(worker) and not survived.exists(), "torchrun's worker outlived the kill"
     assert [p.poll() for p in launched] == [-signal.SIGKILL]  # the launcher, killed
+
+
+def test_one_interrupt_stops_the_check_with_one_line_keeping_the_finished_sections(device_check, tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Ctrl-C during a section: exit 130, one line on stderr, and the JSON on disk holds the sections before it."""
+    out, calls = tmp_path / "check.json", []
+
+    def section(args, budget, record):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        record["note"] = "finished"
+
+    for name in list(device_check.SECTIONS):
+        monkeypatch.setitem(device_check.SECTIONS, name, section)
+    monkeypatch.setattr(sys, "argv", ["device_check.py", "--device", "cpu", "--tiny", "--output", str(out)])
+    with pytest.raises(SystemExit) as stopped:
+        device_check.main()
+    assert stopped.value.code == 130 and len(calls) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted")
+    finished = json.loads(out.read_text())["sections"]
+    assert len(finished) == 1 and next(iter(finished.values()))["note"] == "finished"
