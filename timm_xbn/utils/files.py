@@ -49,7 +49,7 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     (``tempfile`` and some writers create it 0600, and the rename would keep that).
 
     On any failure the temporary file is removed and ``path`` keeps its earlier content; an ``OSError``
-    (or torch.save's ``RuntimeError`` for a short write) becomes an ``OutputWriteError`` naming ``path``.
+    (or the ``RuntimeError`` / ``SafetensorError`` of torch.save's / safetensors' writer) becomes an ``OutputWriteError`` naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -66,6 +66,8 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
             raise OutputWriteError(path, _reason(err), err.errno or errno.EIO) from None
         if isinstance(err, RuntimeError) and _torch_write_failure(err):
             raise OutputWriteError(path, "write failed (disk full?)") from None
+        if type(err).__name__ == "SafetensorError" and "I/O error: " in str(err):  # safetensors' writer
+            raise OutputWriteError(path, str(err).split("I/O error: ", 1)[1].split(" (os error")[0]) from None
         raise
 
 
