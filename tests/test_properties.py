@@ -9,7 +9,6 @@
 * the study's calibration images never share the test images' corruption draw.
 """
 import inspect
-import json
 import re
 import resource
 import signal
