@@ -52,6 +52,27 @@ def test_torch_saves_unexpected_pos_on_a_full_disk_is_one_line_and_keeps_the_las
     assert {name: (tmp_path / name).read_bytes() for name in _listing(tmp_path)} == before  # no temp file either
 
 
+def test_xbn_train_on_a_disk_that_fills_at_the_second_checkpoint_is_one_line(three_classes, tmp_path, monkeypatch):
+    real_save, calls = torch.save, []
+
+    def full_at_second(obj, f, *args, **kwargs):
+        calls.append(f)
+        real_save(obj, f, *args, **kwargs)
+        if len(calls) > 1:
+            Path(f).write_bytes(Path(f).read_bytes()[:64])
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 50")
+
+    out = tmp_path / "o"
+    argv = ["--data-dir", str(three_classes), *TINY, "--epochs", "2", "--warmup-epochs", "0", "-o", str(out),
+            "--experiment", "e"]
+    monkeypatch.setattr(torch, "save", full_at_second)
+    line = _error_line(runner.invoke(train_app, argv))
+    assert line == f"error: cannot write {out / 'e' / 'tmp.pth.tar'}: write failed (disk full?)"
+    last = torch.load(out / "e" / "last.pth.tar", weights_only=True)
+    assert last["epoch"] == 0  # the first epoch's checkpoint, intact
+    assert not [p.name for p in (out / "e").iterdir() if "tmp" in p.name]
+
+
 # ---- xbn-eval study on a one-class ImageFolder ---------------------------------------------------------------
 
 
