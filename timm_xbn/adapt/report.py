@@ -68,9 +68,9 @@ def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None)
     scored = scored_images(results)
     results = legacy_layout(results)
     rows = adaptation_rows(results, severity)
-    table = Table(title=f"top-1 error (%) on {results['dataset']}, {protocol_label(results)}, "
-                        f"per corruption at severity {severity or table_severity(results)}; {stream_label(results)}"
-                        + (f"; {scored} per pass" if scored else ""))
+    table = Table(title=f"top-1 error (%) on {results['dataset']}" + (f" ({scored} per pass)" if scored else "")
+                        + f", {protocol_label(results)}, per corruption at severity {severity or table_severity(results)}; "
+                        f"{stream_label(results)}")
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     for row in rows:
