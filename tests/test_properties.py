@@ -1,6 +1,7 @@
 """Issue 33: the kinds of bug no test caught, written as properties over every instance rather than for one line.
 
-* every documented default (docs/*.md, an option's help text, the CLI against the Python API) is the code's;
+* every documented default (docs/*.md, the `[default: X]` of each `--help`, numbers an option's help calls its default,
+  the CLI against the Python API) is the code's;
 * every limit option is counted in its documented unit (batches are batches, images are images);
 * every derived metric equals its formula from the raw counts;
 * the Dirichlet stream's within-slot class order is shuffled, for any seed;
@@ -90,6 +91,43 @@ def test_every_cli_default_equals_the_python_apis():
                 assert _same(cli, param.default), f"{name} --{option} defaults to {cli!r}, {function.__name__}({param.name}=) to {param.default!r}"
                 checked += 1
     assert checked >= 15  # the walk found the options
+
+
+def _help_defaults(name):
+    """``{option name: "X"}`` for every option whose ``--help`` line shows ``[default: X]`` (read from the help text)."""
+    from typer.testing import CliRunner
+
+    from timm_xbn.cli import convert_app, eval_app, hub_app
+
+    prefix, _, sub = name.partition(" ")
+    app = {"xbn-eval": eval_app, "xbn-hub": hub_app, "xbn-convert": convert_app}[prefix]
+    result = CliRunner().invoke(app, [*sub.split(), "--help"], env={"COLUMNS": "1000", "TERMINAL_WIDTH": "1000"})
+    assert result.exit_code == 0, result.output
+    flags = {opt: p.name for p in _commands()[name].params for opt in getattr(p, "opts", [])}
+    shown = {}
+    for line in result.output.splitlines():
+        match = re.match(r"\W*(--[\w-]+).*\[default: ([^\]]+)\]", line)
+        if match and match.group(1) in flags:
+            shown[flags[match.group(1)]] = match.group(2).strip()
+    return shown
+
+
+@pytest.mark.parametrize("name", sorted(_API_COMMANDS := ("xbn-eval robustness", "xbn-eval adabn", "xbn-eval esm",
+                                                           "xbn-eval corruption", "xbn-eval adapt", "xbn-eval shift",
+                                                           "xbn-convert")))
+def test_every_default_the_help_shows_is_the_one_the_code_and_the_api_use(name):
+    command, shown = _commands()[name], _help_defaults(name)
+    assert len(shown) >= 4, shown  # the help was read
+    for option, text in shown.items():
+        value = _cli_default(command, option)
+        if not isinstance(value, (list, tuple, bool)):  # a flag shows --x / --no-x
+            assert _same(text, value) or text == str(value), f"{name} --help shows {option} [default: {text}], the code uses {value!r}"
+    for function, aliases in _api_functions()[name]:
+        for param in inspect.signature(function).parameters.values():
+            option = {v: k for k, v in aliases.items()}.get(param.name, param.name)
+            if option in shown and param.default not in (inspect.Parameter.empty, None) and not isinstance(param.default, bool):
+                assert _same(shown[option], param.default), \
+                    f"{name} --help shows {option} [default: {shown[option]}], {function.__name__} uses {param.default!r}"
 
 
 def _resolved_default(command_name, option):
