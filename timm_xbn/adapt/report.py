@@ -15,7 +15,7 @@ from rich.table import Table  # noqa: E402
 from ..corruptions.names import ALL_CORRUPTIONS  # noqa: E402
 from .streams import stream_label  # noqa: E402
 from ..evaluation.plots import save_figure  # noqa: E402
-from ..evaluation.store import legacy_layout  # noqa: E402
+from ..evaluation.store import legacy_layout, scored_images  # noqa: E402
 
 __all__ = ["adaptation_rows", "adaptation_table", "plot_adaptation", "protocol_label", "table_severity"]
 
@@ -64,11 +64,13 @@ def _fmt(value: Any) -> str:
 
 
 def adaptation_table(results: Mapping[str, Any], severity: Optional[int] = None) -> Table:
-    """Rich table of ``adaptation_rows`` (printed by ``xbn-eval adapt``)."""
+    """Rich table of ``adaptation_rows`` (printed by ``xbn-eval adapt``); the title says how many images were scored."""
+    scored = scored_images(results)
     results = legacy_layout(results)
     rows = adaptation_rows(results, severity)
-    table = Table(title=f"top-1 error (%) on {results['dataset']}, {protocol_label(results)}, "
-                        f"per corruption at severity {severity or table_severity(results)}; {stream_label(results)}")
+    table = Table(title=f"top-1 error (%) on {results['dataset']}" + (f" ({scored} per pass)" if scored else "")
+                        + f", {protocol_label(results)}, per corruption at severity {severity or table_severity(results)}; "
+                        f"{stream_label(results)}")
     for column in rows[0]:
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     for row in rows:

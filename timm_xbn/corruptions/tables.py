@@ -6,7 +6,7 @@ from typing import Any, Mapping
 from rich.table import Table
 
 from ..evaluation.data import order_label
-from ..evaluation.store import legacy_layout
+from ..evaluation.store import legacy_layout, scored_images
 from .names import ALL_CORRUPTIONS, SEVERITIES
 
 __all__ = ["corruption_table"]
@@ -19,12 +19,14 @@ def _pct(value: Any) -> str:
 def corruption_table(results: Mapping[str, Any]) -> Table:
     """One row per corruption: top-1 error (%) per severity, CE, relative CE and the mean ECE (%) over the
     severities; mCE and the mean ECE over every pair in the footer."""
+    scored = scored_images(results)
     results = legacy_layout(results)
     errors, ce, rel = results["errors"], results.get("ce", {}), results.get("relative_ce", {})
     title = (f"{results['model']} on {results['dataset']}: top-1 error (%)"
              + (f", clean {_pct(results['clean_error'])}" if results.get("clean_error") is not None else "")
              + (f", BN adapted ({results['adapt']})" if results.get("adapt") else "")
-             + f", {order_label(results.get('order'), results.get('order_seed'))}")
+             + f", {order_label(results.get('order'), results.get('order_seed'))}"
+             + (f"; {scored} per pass" if scored else ""))
     table = Table(title=title, show_footer=True)
     table.add_column("corruption", footer="mCE" + ("" if results["complete"] else " (incomplete)"))
     for s in SEVERITIES:

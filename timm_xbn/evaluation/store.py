@@ -38,7 +38,7 @@ from .data import SkippedSample
 from .metrics import accuracy_from_counts, calibration_from_scores
 from .results import NUMBER, load_results, make_results, shape_error, skipped_report, write_csv, write_json_atomic
 
-__all__ = ["SCHEMA", "Cell", "ResultsStore", "cell_record", "legacy_layout", "safe_name"]
+__all__ = ["SCHEMA", "Cell", "ResultsStore", "cell_record", "legacy_layout", "safe_name", "scored_images"]
 
 SCHEMA = 2
 _SHAPE = {"schema": int, "run": dict, "models": {"*": {"weights_sha1": str}},
@@ -197,6 +197,19 @@ def _only_skipped(document: Mapping[str, Any]) -> Dict[str, Any]:
     if len(reports) == 1 and "count" in reports[0]:
         return dict(reports[0])
     return {"count": sum(r.get("count", 0) for r in reports), "files": [f for r in reports for f in r.get("files", [])]}
+
+
+def scored_images(document: Mapping[str, Any], pairs: Optional[Sequence[str]] = None) -> str:
+    """``"N images scored (K unreadable skipped)"`` for the cells of ``document`` (of ``pairs`` when given):
+    the images each pass actually scored (a range when passes differ), and the most files one pass skipped
+    as unreadable (they are listed in ``skipped_images``); ``""`` for a file without cells (schema 1)."""
+    counts = sorted({c["count"] for c in document.get("cells", []) if pairs is None or c["pair"] in pairs})
+    if not counts:
+        return ""
+    reports = [r for pair, r in document.get("skipped_images", {}).items() if pairs is None or pair in pairs]
+    skipped = max((r.get("count", 0) for r in reports), default=0)
+    scored = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return f"{scored} images scored" + (f" ({skipped} unreadable skipped)" if skipped else "")
 
 
 def legacy_layout(document: Mapping[str, Any]) -> Dict[str, Any]:

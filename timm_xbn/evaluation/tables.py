@@ -4,7 +4,7 @@ from typing import Any, List, Mapping, Optional
 from rich.table import Table
 
 from .data import order_label
-from .store import legacy_layout
+from .store import legacy_layout, scored_images
 
 __all__ = ["robustness_table", "adabn_table", "esm_tables"]
 
@@ -38,10 +38,11 @@ def robustness_table(results: Mapping[str, Any]) -> Table:
 
 
 def adabn_table(results: Mapping[str, Any]) -> Table:
-    """One row per model: top-1/top-5 before and after recalibration."""
+    """One row per model: top-1/top-5 before and after recalibration; the title says how many images were scored."""
+    scored = scored_images(results)
     results = legacy_layout(results)
     table = Table(title=f"BN recalibration on {results['dataset']}, "
-                        f"{order_label(results.get('order'), results.get('order_seed'))}")
+                        f"{order_label(results.get('order'), results.get('order_seed'))}" + (f", {scored}" if scored else ""))
     for column in ("model", "mode", "top-1 before", "top-1 after", "change", "top-5 before", "top-5 after",
                    "ECE before", "ECE after", "NLL before", "NLL after"):
         table.add_column(column, justify="left" if column in ("model", "mode") else "right")

@@ -47,7 +47,7 @@ def evaluate_shift(
     if not sets:
         raise UserError("give at least one shift set")
     first = next(iter(sets.values()))[0]
-    run = {"sets": {name: {"dataset": data.source, "num_images": len(data)} for name, (data, _) in sets.items()},
+    run = {"sets": {name: {"dataset": data.source, "files": len(data)} for name, (data, _) in sets.items()},
            "data_config": jsonable_config(first.data_config), "batch_size": first.batch_size,
            **order_record(order, order_seed)}
     provenance = {label: {"weights_sha1": weights_sha1(m), "spec": dict((model_specs or {}).get(label, {})) or None}

@@ -5,6 +5,8 @@ from typing import Any, Mapping, Optional
 
 from rich.table import Table
 
+from ..evaluation.store import scored_images
+
 __all__ = ["shift_table"]
 
 
@@ -13,10 +15,11 @@ def _fmt(value: Optional[float], digits: int = 2) -> str:
 
 
 def shift_table(results: Mapping[str, Any]) -> Table:
-    """One row per model x method: top-1 (%) and ECE (%) on each shift set (n/a: not scored, e.g. ReaL's ECE)."""
+    """One row per model x method: top-1 (%) and ECE (%) on each shift set (n/a: not scored, e.g. ReaL's ECE);
+    the title gives each set's images scored (unreadable files skipped)."""
     sets = list(results["grid"]["pairs"])
     table = Table(title="Distribution-shift sets: top-1 accuracy (%) / ECE (%), "
-                        + ", ".join(f"{name} {info['num_images']} images" for name, info in results["run"]["sets"].items()))
+                        + ", ".join(f"{name} {scored_images(results, [name])}" for name in sets))
     table.add_column("model | method")
     for name in sets:
         table.add_column(f"{name} top-1", justify="right")

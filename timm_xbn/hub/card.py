@@ -4,6 +4,7 @@ Every figure comes from a results file (``timm_xbn.hub.results``) or from the mo
 (layer and parameter counts); a section without results says so instead of showing numbers.
 """
 import json
+import re
 from pathlib import Path
 from string import Template
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -13,11 +14,12 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..layers import is_batch_free
 from ..models import XBN_VARIANTS
+from ..utils.errors import UserError
 from ..utils.norms import is_bn
 from ..version import __version__
 from .results import ResultsFile, select_entry
 
-__all__ = ["CARD_TEMPLATE", "NO_RESULTS", "render_card", "card_results"]
+__all__ = ["CARD_TEMPLATE", "NO_RESULTS", "check_license", "render_card", "card_results"]
 
 # timm_xbn/hub/hub_cards links to the repository's hub_cards/, so wheels ship the templates too
 CARD_TEMPLATE = Path(__file__).parent / "hub_cards" / "model_card.md"
@@ -276,6 +278,14 @@ _SECTIONS: Dict[str, Callable[[List[ResultsFile], Sequence[str]], Section]] = {
 }
 
 
+def check_license(license: Optional[str]) -> Optional[str]:
+    """``license`` when it is a Hub license id (``apache-2.0``, ``cc-by-nc-4.0``, ``other``: letters, digits and
+    ``.-+_``); ``UserError`` otherwise, so that a newline or YAML never reaches the card's metadata."""
+    if license is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_-]*", license):
+        raise UserError(f"--license {license!r} is not a license id (letters, digits and .-+_, e.g. apache-2.0 or other)")
+    return license
+
+
 def render_card(
     model: nn.Module,
     repo_id: str,
@@ -305,7 +315,7 @@ def render_card(
     card_data = ModelCardData(
         library_name="timm",
         pipeline_tag=TASK,
-        license=license or model.pretrained_cfg.get("license") or "apache-2.0",
+        license=check_license(license) or model.pretrained_cfg.get("license") or "apache-2.0",
         tags=TAGS,
         datasets=list(dict.fromkeys(train_sets)) or None,
         model_name=repo_name,

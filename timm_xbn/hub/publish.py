@@ -22,7 +22,7 @@ from ..models import create_model, export_model, load_weights
 from ..models.pretrained import hub_problem
 from ..utils.errors import UserError
 from ..version import __version__
-from .card import card_results, render_card
+from .card import card_results, check_license, render_card
 from .results import for_weights, load_results, select_entry
 
 __all__ = ["REPO_FILES", "WEIGHTS_KEYS", "PushResult", "HubInfo", "check_repo_id", "resolve_token", "build_model",
@@ -168,11 +168,33 @@ def upload_folder(folder: Union[str, Path], repo_id: str, token: str, commit_mes
     """Create ``repo_id`` if needed and commit every file of ``folder`` in one commit; returns the ``CommitInfo``."""
     folder = Path(folder)
     api = api or HfApi(token=token, library_name="timm-xbn", library_version=__version__)
-    api.create_repo(repo_id, private=private, exist_ok=True, token=token)
-    if revision and revision != "main":
-        api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
-    operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
-    return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision, token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, token=token)
+        if revision and revision != "main":
+            api.create_branch(repo_id, branch=revision, exist_ok=True, token=token)
+        operations = [CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(folder.iterdir())]
+        return api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision, token=token)
+    except Exception as err:
+        why = _upload_problem(err)
+        if why is None:
+            raise
+        raise UserError(f"cannot push {repo_id} to the Hugging Face Hub ({api.endpoint}): {why}; nothing was "
+                        "uploaded (check the connection, or write the repo folder with --dry-run DIR)") from None
+
+
+def _upload_problem(err: BaseException) -> Optional[str]:
+    """Why an upload failed, for errors of the network or the Hub rather than of timm-xbn; else None."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set"
+    if isinstance(err, HfHubHTTPError):
+        status = err.response.status_code if getattr(err, "response", None) is not None else "error"
+        return f"HTTP {status}: {str(err).splitlines()[0]}"
+    network = {"TransportError", "ConnectionError", "TimeoutException", "TimeoutError"}  # of whichever HTTP client
+    if any(cls.__name__ in network for cls in type(err).__mro__):
+        return f"no connection ({type(err).__name__}: offline or no network?)"
+    return None
 
 
 def push(
@@ -212,6 +234,7 @@ def push(
             with the tag of timm's released weights.
     """
     check_repo_id(repo_id)
+    check_license(license)
     if dry_run is not None:
         _check_folder(Path(dry_run))
     built = build_model(model, checkpoint, model_kwargs)

@@ -192,6 +192,9 @@ def _read_folder(root: Path, size: int, class_to_idx: Optional[dict] = None):
         raise UserError(
             f"class folders differ between splits: {sorted(class_to_idx)} vs {sorted(folder.class_to_idx)} in {root}"
         )
+    if len(folder.classes) < 2:
+        raise UserError(f"ImageFolder {root} has {len(folder.classes)} class folder ({', '.join(folder.classes)}); "
+                        "the study trains classifiers: give at least 2 classes")
     images = torch.stack([folder[i][0] for i in range(len(folder))]).float().div_(255.0)
     return images, torch.tensor(folder.targets, dtype=torch.int64), folder.classes, folder.class_to_idx
 

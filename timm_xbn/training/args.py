@@ -8,6 +8,7 @@ these sets, or a rejected one, is a ``ValueError`` naming the key; nothing is si
 """
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
@@ -367,13 +368,24 @@ _MINIMUM = {
 }
 
 
+# Learning-rate options: finite and >= 0 (NaN passes every ``<`` test, and the warm-up would start from it).
+_RATES = ("lr", "lr_base", "warmup_lr", "min_lr")
+
+
 def check_values(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` naming the flag when an option is out of range (``--epochs 0``, ``-j -1``),
-    before any model or data is built."""
+    """Raise ``UserError`` naming the flag when an option is out of range (``--epochs 0``, ``-j -1``,
+    ``--lr nan``, an ``--experiment`` that leaves ``--output``), before any model or data is built."""
     for key, minimum in _MINIMUM.items():
         value = getattr(args, key)
         if value is not None and value < minimum:
             raise UserError(f"{'/'.join(_ACTIONS[key].option_strings)} must be at least {minimum}, got {value}")
+    for key in _RATES:
+        value = getattr(args, key)
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{'/'.join(_ACTIONS[key].option_strings)} must be a finite number >= 0, got {value}")
+    experiment = Path(args.experiment) if args.experiment else None
+    if experiment is not None and (experiment.is_absolute() or ".." in experiment.parts):
+        raise UserError(f"--experiment {args.experiment} must be a folder name inside --output, not a path that leaves it")
 
 
 def config_dict(args: argparse.Namespace) -> Dict[str, Any]:

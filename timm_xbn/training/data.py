@@ -17,7 +17,7 @@ from torch.utils.data import DistributedSampler
 from ..utils.errors import UserError
 
 __all__ = [
-    "ResumableSampler", "create_datasets", "mixup_active", "create_mixup", "create_train_loader", "create_eval_loader", "position_loader",
+    "ResumableSampler", "check_class_count", "create_datasets", "mixup_active", "create_mixup", "create_train_loader", "create_eval_loader", "position_loader",
 ]
 
 
@@ -98,6 +98,16 @@ def create_datasets(args: argparse.Namespace, warn: Callable[[str], None] = prin
         evaluation = create_dataset(args.dataset, split=args.val_split, is_training=False,
                                     num_samples=args.val_num_samples, **common)
     return train, evaluation
+
+
+def check_class_count(dataset: Any, num_classes: int) -> None:
+    """``UserError`` when the training split's class folders outnumber the model's outputs (the labels of the
+    extra classes would index past the classifier)."""
+    reader = getattr(dataset, "reader", None)
+    found = len(getattr(reader, "class_to_idx", None) or {})
+    if found > num_classes:
+        raise UserError(f"the training split has {found} class folders but the model has {num_classes} outputs: "
+                        f"pass --num-classes {found} (or a --class-map of at most {num_classes} classes)")
 
 
 def mixup_active(args: argparse.Namespace) -> bool:

@@ -44,7 +44,7 @@ from .checkpoint import (
     unwrapped_state_dict,
 )
 from .data import (
-    ResumableSampler, create_datasets, create_eval_loader, create_mixup, create_train_loader, mixup_active, position_loader,
+    ResumableSampler, check_class_count, create_datasets, create_eval_loader, create_mixup, create_train_loader, mixup_active, position_loader,
 )
 from .model import create_train_model, model_label, surgery_settings
 from .output import check_writable, resume_path
@@ -207,6 +207,7 @@ class Trainer:
         dataset_train, dataset_eval = create_datasets(args, warn=lambda m: self.console.print(f"[yellow]warning: {m}[/yellow]"))
         if isinstance(dataset_train, (IterableImageDataset, torch.utils.data.IterableDataset)):
             raise UserError(f"xbn-train needs a map-style dataset (ImageFolder/ImageTar, torch/, hfds/), got {args.dataset!r}")
+        check_class_count(dataset_train, args.num_classes)
         mixup = create_mixup(args, args.num_classes, collate=self.prefetch)
         self.mixup_fn = None if self.prefetch else mixup
         self.sampler = ResumableSampler(dataset_train, args.world_size, args.rank, args.seed)

@@ -32,6 +32,15 @@ def _reason(err: BaseException) -> str:
     return getattr(err, "strerror", None) or str(err).splitlines()[0]
 
 
+#: what torch.save's zip stream writer says when a write comes short (a full disk): "file write failed", or
+#: "[enforce fail at inline_container.cc:NNN] unexpected pos" when the next record lands where it should not
+_TORCH_WRITE_FAILURES = ("write failed", "unexpected pos")
+
+
+def _torch_write_failure(err: RuntimeError) -> bool:
+    return any(words in str(err) for words in _TORCH_WRITE_FAILURES)
+
+
 @contextmanager
 def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` to write to; rename it onto ``path`` when the block succeeds.
@@ -40,7 +49,7 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
     (``tempfile`` and some writers create it 0600, and the rename would keep that).
 
     On any failure the temporary file is removed and ``path`` keeps its earlier content; an ``OSError``
-    (or torch's "file write failed" ``RuntimeError``) becomes an ``OutputWriteError`` naming ``path``.
+    (or the ``RuntimeError`` / ``SafetensorError`` of torch.save's / safetensors' writer) becomes an ``OutputWriteError`` naming ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -55,8 +64,10 @@ def atomic_write(path: Union[str, Path]) -> Iterator[Path]:
             raise
         if isinstance(err, OSError):
             raise OutputWriteError(path, _reason(err), err.errno or errno.EIO) from None
-        if isinstance(err, RuntimeError) and "write failed" in str(err):  # torch.save's stream writer
+        if isinstance(err, RuntimeError) and _torch_write_failure(err):
             raise OutputWriteError(path, "write failed (disk full?)") from None
+        if type(err).__name__ == "SafetensorError" and "I/O error: " in str(err):  # safetensors' writer
+            raise OutputWriteError(path, str(err).split("I/O error: ", 1)[1].split(" (os error")[0]) from None
         raise
 
 
