@@ -4,7 +4,6 @@ The reference forward passes below are written out with torch.nn.functional (BN 
 by hand), gradients come from central finite differences (TENT) or autograd through that written-out
 forward (SAR), so a wrong parameter set, a skipped filter or a missing reset shows up.
 """
-import copy
 import math
 
 import pytest

@@ -13,7 +13,7 @@ import csv
 import json
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 from ..corruptions.names import CORRUPTIONS, SEVERITIES
 from ..evaluation.store import safe_name

@@ -32,7 +32,7 @@ from ..layers import paper_affine
 from ..surgery import convert
 from ..utils.errors import UserError
 from .factory import create_base_model
-from .names import AUTHORS_LAYOUT, AUTHORS_TAG, BN_STEM_SUFFIX, HUB_ORG, PAPER_ARCHS
+from .names import AUTHORS_LAYOUT, AUTHORS_TAG, BN_STEM_SUFFIX, HUB_ORG
 from .pretrained import HUB_ERRORS, check_hub_weights, checkpoint_head_kwargs, unavailable
 
 __all__ = ["XBN_VARIANTS", "XBNResNet", "SURGERY_KWARGS"]
