@@ -279,7 +279,8 @@ def test_ce_relative_ce_mce_and_mean_error_equal_their_formulas(seed):
 
 @pytest.mark.parametrize("seed", range(5))
 def test_top1_top5_and_their_errors_equal_the_counts(seed):
-    from timm_xbn.evaluation.metrics import accuracy_from_counts, topk_correct
+    from timm_xbn.evaluation.metrics import accuracy_from_counts, scores_of_counts, topk_correct
+    from timm_xbn.evaluation.store import Cell, cell_record
     from timm_xbn.grid.adapt import _with_errors
 
     g = torch.Generator().manual_seed(seed)
@@ -289,8 +290,7 @@ def test_top1_top5_and_their_errors_equal_the_counts(seed):
     correct1, correct5 = int((rank < 1).sum()), int((rank < 5).sum())
     acc = accuracy_from_counts(counts)
     assert (acc["top1"], acc["top5"], acc["count"]) == (100 * correct1 / 50, 100 * correct5 / 50, 50)
-    cell = {"correct1": correct1, "correct5": correct5, "count": 50, **acc, "forward": 1, "backward": 0,
-            "ece": None, "nll": None, "brier": None}
+    cell = cell_record(Cell("m", "norm", "fog/1"), scores_of_counts(counts), 1, 0)  # a stored cell of these counts
     run = _with_errors(cell)
     assert run["top1_error"] == pytest.approx(100 * (1 - correct1 / 50))
     assert run["top5_error"] == pytest.approx(100 * (1 - correct5 / 50))

@@ -12,7 +12,7 @@ import statistics
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -36,6 +36,7 @@ __all__ = [
     "skipped_report",
     "summarize_robustness",
     "make_results",
+    "mean_std",
     "write_csv",
     "write_json_atomic",
 ]
@@ -185,7 +186,8 @@ def skipped_report(skipped: Iterable[SkippedSample]) -> Dict[str, Any]:
             "files": [{"file": s.filename, "error": s.error} for s in skipped[:MAX_LISTED_SKIPPED]]}
 
 
-def _mean_std(values: List[float]) -> Dict[str, float]:
+def mean_std(values: Sequence[float]) -> Dict[str, float]:
+    """Mean and sample standard deviation (0 for one value) of ``values``."""
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
@@ -208,6 +210,6 @@ def summarize_robustness(runs: Mapping[str, Mapping[str, Any]], settings: Sequen
             d["top5"].append(run["top5"])
     for entry in models.values():
         for key, d in list(entry["deltas"].items()):
-            entry["deltas"][key] = {**_mean_std(d["per_seed"]), "per_seed": d["per_seed"], "seeds": d["seeds"],
+            entry["deltas"][key] = {**mean_std(d["per_seed"]), "per_seed": d["per_seed"], "seeds": d["seeds"],
                                     "top5_mean": statistics.fmean(d["top5"])}
     return models

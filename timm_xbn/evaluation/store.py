@@ -43,7 +43,8 @@ __all__ = ["SCHEMA", "Cell", "ResultsStore", "cell_record", "legacy_layout", "sa
 SCHEMA = 2
 _SHAPE = {"schema": int, "run": dict, "models": {"*": {"weights_sha1": str}},
           "cells": [{"model": str, "method": str, "pair": str, "correct1": int, "correct5": int, "count": int,
-                     "top1": NUMBER, "top5": NUMBER, "forward": (int, type(None)), "backward": (int, type(None))}],
+                     "top1": NUMBER, "top5": NUMBER, "forward": (int, type(None)), "backward": (int, type(None)),
+                     "scores": [int]}],
           "skipped_images": {"*": dict}}
 
 

@@ -6,15 +6,12 @@ from rich.table import Table
 from .data import order_label
 from .store import legacy_layout, scored_images
 
-__all__ = ["robustness_table", "adabn_table", "esm_tables"]
+__all__ = ["adabn_table", "esm_tables", "format_value", "robustness_table"]
 
 
-def _pct(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
-
-
-def _num(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def format_value(value: Optional[float], digits: int = 2) -> str:
+    """A table cell: ``value`` with ``digits`` decimals, ``n/a`` where there is none."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def robustness_table(results: Mapping[str, Any]) -> Table:
@@ -33,7 +30,7 @@ def robustness_table(results: Mapping[str, Any]) -> Table:
         table.add_column(f"Δ={d}", justify="right")
     for label, entry in results["models"].items():
         cells = [f"{entry['deltas'][d]['mean']:.2f} ± {entry['deltas'][d]['std']:.2f}" for d in deltas]
-        table.add_row(label, f"{entry['clean_top1']:.2f}", _pct(entry.get("clean_ece")), *cells)
+        table.add_row(label, f"{entry['clean_top1']:.2f}", format_value(entry.get("clean_ece")), *cells)
     return table
 
 
@@ -50,8 +47,8 @@ def adabn_table(results: Mapping[str, Any]) -> Table:
         mode = e["mode"] + (f" (N={e['prior']:g})" if "prior" in e else "")
         table.add_row(label, mode, f"{e['before_top1']:.2f}", f"{e['after_top1']:.2f}",
                       f"{e['after_top1'] - e['before_top1']:+.2f}", f"{e['before_top5']:.2f}", f"{e['after_top5']:.2f}",
-                      *(_pct(e.get(k)) for k in ("before_ece", "after_ece")),
-                      *(_num(e.get(k)) for k in ("before_nll", "after_nll")))
+                      *(format_value(e.get(k)) for k in ("before_ece", "after_ece")),
+                      *(format_value(e.get(k), 3) for k in ("before_nll", "after_nll")))
     return table
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..adapt.mixed import MixedPass, MixedPrep, mixed_data
+from ..adapt.protocol import counts_record
 from ..adapt.report import plot_adaptation
 from ..adapt.streams import check_stream, stream_data, stream_record
 from ..corruptions.datasets import CorruptionSource
@@ -30,7 +31,7 @@ from ..evaluation.store import Cell, ResultsStore
 from ..utils.device import eval_mode, model_device
 from .corruption import CLEAN, corruption_units
 from .methods import canonical_method
-from .runner import GridRunner, Unit, _passes
+from .runner import GridRunner, Unit, adapter_passes
 
 __all__ = ["MIXED", "RESULTS_FILE", "entry_key", "evaluate_adaptation"]
 
@@ -44,10 +45,8 @@ def entry_key(label: str, method: str) -> str:
 
 
 def _with_errors(cell: Mapping[str, Any]) -> dict[str, Any]:
-    """A cell as one stream's result (``timm_xbn.adapt.counts_record``: counts, errors (%), passes)."""
-    return {**{k: cell[k] for k in ("correct1", "correct5", "count")}, "top1_error": 100.0 - cell["top1"],
-            "top5_error": 100.0 - cell["top5"], "forward": cell["forward"], "backward": cell["backward"],
-            **{k: cell[k] for k in ("ece", "nll", "brier")}}
+    """A cell as one stream's result (``timm_xbn.adapt.counts_record`` of its scores and passes)."""
+    return counts_record(torch.tensor(cell["scores"]), cell["forward"], cell["backward"])
 
 
 def _summary(store: ResultsStore, label: str, method: str, pairs: Sequence[str],
@@ -97,7 +96,7 @@ def _run_mixed(runner: GridRunner, source: CorruptionSource, seed: int, device: 
     evaluator = MixedPass(predictors, prep, pairs)
     with eval_mode(runner.models.values()):
         result = run_pass(evaluator, data, progress=progress, description=MIXED)
-    passes = _passes(adapters, start)
+    passes = adapter_passes(adapters, start)
     for (label, method), (key, split) in zip(keys, evaluator.split(result.counts).items()):
         for pair, counts in split.items():
             store.record(Cell(label, method, pair), counts)

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..evaluation.data import EvalData
 from ..evaluation.models import weights_sha1
 from ..evaluation.plots import plot_robustness
-from ..evaluation.results import jsonable_config
+from ..evaluation.results import jsonable_config, mean_std
 from ..evaluation.store import ResultsStore
 from ..stats import select_perturbation_targets
 from ..utils.distributed import barrier
@@ -29,10 +29,6 @@ RESULTS_FILE = "robustness.json"
 CLEAN = "clean"
 
 
-def _mean_std(values: Sequence[float]) -> Dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-
 def _summary(store: ResultsStore, label: str, deltas: Sequence[float], seeds: Sequence[int]) -> Dict[str, Any]:
     """The images scored (the data's files less the unreadable ones), clean top-1/top-5 and calibration (ECE %, NLL, Brier) of ``label``, and per Delta the mean and (sample)
     std of top-1 over the seeds, the per-seed top-1 values (seed order), the mean top-5 and the mean ECE."""
@@ -42,7 +38,7 @@ def _summary(store: ResultsStore, label: str, deltas: Sequence[float], seeds: Se
     for delta in deltas:
         cells = [store.get(label, perturbation_spec(delta, seed), CLEAN) for seed in seeds]
         top1 = [c["top1"] for c in cells]
-        entry["deltas"][str(delta)] = {**_mean_std(top1), "per_seed": top1, "seeds": list(seeds),
+        entry["deltas"][str(delta)] = {**mean_std(top1), "per_seed": top1, "seeds": list(seeds),
                                        "top5_mean": statistics.fmean(c["top5"] for c in cells),
                                        "ece_mean": statistics.fmean(c["ece"] for c in cells)}
     return entry

@@ -31,7 +31,7 @@ from ..adapt.protocol import check_protocol
 from ..utils.errors import UserError
 from .methods import is_stateful, method_predictor
 
-__all__ = ["GridRunner", "Scorer", "Unit", "unit_inputs"]
+__all__ = ["GridRunner", "Scorer", "Unit", "adapter_passes", "unit_inputs"]
 
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Prep = Callable[[torch.Tensor], torch.Tensor]
@@ -166,7 +166,7 @@ class GridRunner:
             result = run_pass(SharedPass(predictors, unit.prep, unit.scorer), unit.data, progress=self.progress,
                               state_file=self.store.partial_path, meta=meta, checkpoint_every=self.checkpoint_every,
                               description=unit.pair)
-        passes = _passes(adapters, start)
+        passes = adapter_passes(adapters, start)
         for cell in cells:
             counts = result.counts[cell.key]
             forward, backward = passes.get(cell.key, (int(counts[2]), 0))
@@ -178,7 +178,7 @@ class GridRunner:
         return result
 
 
-def _passes(adapters: Mapping[str, Any], start: Mapping[str, Mapping[str, int]]) -> Dict[str, Tuple[int, int]]:
+def adapter_passes(adapters: Mapping[str, Any], start: Mapping[str, Mapping[str, int]]) -> Dict[str, Tuple[int, int]]:
     """(forward, backward) samples of each adapter since ``start``, summed over ranks."""
     if not adapters:
         return {}

@@ -1,17 +1,15 @@
 """Rich tables of the grid views that have no older home (``shift``); they render in notebooks too."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 from rich.table import Table
+
+from ..evaluation.tables import format_value
 
 from ..evaluation.store import scored_images
 
 __all__ = ["shift_table"]
-
-
-def _fmt(value: Optional[float], digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def shift_table(results: Mapping[str, Any]) -> Table:
@@ -25,6 +23,6 @@ def shift_table(results: Mapping[str, Any]) -> Table:
         table.add_column(f"{name} top-1", justify="right")
         table.add_column("ECE", justify="right")
     for key, per_set in results["results"].items():
-        table.add_row(key, *(v for name in sets for v in (_fmt(per_set.get(name, {}).get("top1")),
-                                                          _fmt(per_set.get(name, {}).get("ece")))))
+        table.add_row(key, *(v for name in sets for v in (format_value(per_set.get(name, {}).get("top1")),
+                                                          format_value(per_set.get(name, {}).get("ece")))))
     return table
