@@ -79,7 +79,7 @@ class StudyConfig:
                 batch_size=64, deltas=(0.9,), perturb_seeds=(0,), corruptions=("gaussian_noise",),
                 small_batch_sizes=(4, 16), small_batch_iterations=8,
             )
-            cfg.tta = dataclasses.replace(cfg.tta, test_samples=48, batch_size=16)
+            cfg.tta = dataclasses.replace(cfg.tta, test_samples=48, short_samples=8, batch_size=16)
         elif name == "full":
             cfg.train_seeds = tuple(range(10))
             cfg.resnet = dataclasses.replace(

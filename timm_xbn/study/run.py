@@ -167,11 +167,14 @@ def _write_claims_csv(path: Path, results: dict) -> None:
         text.write(f"# {QUICK_NOTE}\n")
     text.write(f"# design: {json.dumps(results['config'], sort_keys=True)}\n")
     writer = csv.DictWriter(text, fieldnames=["claim", "verdict", "effect", "counts", "mean", "ci_low", "ci_high", "sd",
-                                              "n", "effect_verdict"], lineterminator="\n")
+                                              "n", "effect_verdict", "unit", "direction", "pairs", "per_seed"],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(
         {"claim": c["id"], "verdict": c["verdict"], "effect": e["name"], "counts": e["counts"], "mean": e["mean"],
-         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": e["sd"], "n": e["n"], "effect_verdict": e["verdict"]}
+         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": e["sd"], "n": e["n"], "effect_verdict": e["verdict"],
+         "unit": e["unit"], "direction": e["direction"], "pairs": e.get("pairs", 0),
+         "per_seed": ";".join(repr(float(v)) for v in e["per_seed"])}
         for c in results["claims"] for e in c["effects"])
     write_text_atomic(path, text.getvalue())
 
