@@ -79,13 +79,17 @@ def input_map_sizes(model: nn.Module, names: Sequence[str], input_size: Sequence
 @contextmanager
 def _skipped(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Run ``modules`` as the identity (a norm keeps its input's shape, so the maps after it are unchanged)."""
+    own = [module.__dict__.get("forward") for module in modules]  # an instance's own forward (rare) comes back
     for module in modules:
         module.forward = _identity
     try:
         yield
     finally:
-        for module in modules:
-            del module.forward
+        for module, forward in zip(modules, own):
+            if forward is None:
+                del module.forward
+            else:
+                module.forward = forward
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
