@@ -310,7 +310,7 @@ def calibrate(
     data = _CalibrationImages(images, max_images, _first_conv_channels(original), model_device(target))
     first = next(iter(data), None)  # one batch: its size is the maps' size (no images: an error on the first pass)
     if first is not None:
-        check_one_value_norms(target, tuple(first.shape[1:]), "calibrate on larger images")
+        check_one_value_norms(target, tuple(first.shape[1:]), "calibrate on larger images (--img-size)")
     start = time.perf_counter()
     fits = []
     with eval_mode([target, original]), _layer_progress(progress, len(pairs)) as advance:
