@@ -364,13 +364,16 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     verdicts = sum(summary.count(f"[{v}]") for v in (HOLDS, CONTRADICTED, INCONCLUSIVE))
     assert verdicts == len(saved["claims"]) == 12
     assert "CPU-seconds" in summary and len(list(out.glob("parts/*/*.time.json"))) == 28
-    # test-time adaptation: BN, XBN-GN, GN x 2 seeds x 3 streams x 5 methods; source does not depend on the batches
+    # test-time adaptation: BN, XBN-GN, GN x 2 seeds x 4 streams x 9 methods; source does not depend on the batches
     tta = saved["tta"]["models"]
     assert sorted(tta) == ["BN", "GN", "XBN-GN"] and all(sorted(s) == ["0", "1"] for s in tta.values())
     for seeds in tta.values():
         for streams in seeds.values():
-            assert sorted(streams) == ["batch-1", "iid", "label-shift"]
-            assert len({streams[s]["source"] for s in streams}) == 1
+            assert sorted(streams) == ["batch-1", "iid", "iid-short", "label-shift"]
+            assert all(len(m) == 9 for m in streams.values())
+            # the same images in another grouping: the same source error
+            assert streams["iid"]["source"] == streams["label-shift"]["source"]
+            assert streams["batch-1"]["source"] == streams["iid-short"]["source"]
             assert all(0.0 <= e <= 100.0 for m in streams.values() for e in m.values())
     mlp = saved["mlp"]
     assert [r["seed"] for r in mlp["by_seed"]] == [0, 1] and mlp["setup_one"] == mlp["by_seed"][0]["setup_one"]

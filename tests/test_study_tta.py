@@ -144,12 +144,12 @@ def test_claim_follows_its_criterion(loss_bn, loss_xbn, noise, verdict):
 
 def test_batch_1_loss_is_against_the_same_images_in_iid_batches():
     tta = _tta_results(3.0, 1.0, 0.0)
-    for variant in ("BN", "XBN-GN"):
+    for variant, reference in (("BN", 30.0), ("XBN-GN", 50.0)):
         for s in map(str, range(5)):
-            tta["models"][variant][s]["iid-short"] = {m: 50.0 for m in tta["config"]["methods"]}  # iid is still 20
+            tta["models"][variant][s]["iid-short"] = {m: reference for m in tta["config"]["methods"]}  # iid is still 20
     (effect,) = [e for e in claim_tta_non_iid(tta).to_dict()["effects"]
                  if e["name"] == "batch size 1: loss XBN-GN - BN, mean over methods"]
-    assert effect["mean"] == pytest.approx(1.0 - 3.0, abs=1e-12)  # the 50s cancel: each variant's own reference
+    assert effect["mean"] == pytest.approx((21.0 - 50.0) - (23.0 - 30.0), abs=1e-12)  # each against its own iid-short
 
 
 def test_adaptation_check_reports_the_gradient_methods_gap_to_batch():
