@@ -133,6 +133,17 @@ def test_esm_refuses_by_name_before_any_batch(image_folder, tmp_path):
     assert len(layers) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def test_every_eval_command_refuses_by_name_before_any_batch(image_folder, tmp_path):
+    """robustness (and adabn, corruption, adapt, shift: one setup) check the models like esm."""
+    root = image_folder(classes=CLASSES, per_class=2, size=40)
+    result = CliRunner().invoke(eval_app, [
+        "robustness", "--delta", "0.5", "--model", "xbn_converted", "--model-kwargs", json.dumps(P3_IN), "--data-dir", str(root),
+        "--batch-size", "4", "--workers", "0", "--device", "cpu", "--img-size", "32", "--output", str(tmp_path / "r")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "xbn_converted: layer4.0.bn3 gets 1x1 maps at input size 32x32" in result.stderr
+    assert not list((tmp_path / "r").glob("*.json"))
+
+
 def test_evaluate_esm_api_refuses_gn_with_one_channel_per_group(image_folder):
     from timm_xbn.evaluation import create_eval_data, evaluate_esm, input_data_config
 
