@@ -393,8 +393,8 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     for seeds in rn["esm"]["models"].values():
         for e in seeds.values():
             assert all(_finite(r["esm_sigma"]) and r["esm_sigma"] >= 0 for rows in e.values() for r in rows)
-    # XBN-P2 replaces bn2 of all 16 bottlenecks: 16 fewer BNs than the BN network
-    assert len(rn["esm"]["models"]["BN"]["0"]["clean"]) - len(rn["esm"]["models"]["XBN-GN"]["0"]["clean"]) == 16
+    # XBN-P2 replaces bn2 of all 16 bottlenecks and the stem BN (the authors' layout): 17 fewer BNs
+    assert len(rn["esm"]["models"]["BN"]["0"]["clean"]) - len(rn["esm"]["models"]["XBN-GN"]["0"]["clean"]) == 17
     targets = rn["robustness"]["models"]["BN"]["0"]["targets"]
     assert targets == ["layer1.0.bn1", "layer1.1.bn1", "layer1.2.bn1", "layer2.0.bn1", "layer2.1.bn1", "layer2.2.bn1"]
     # claims.csv holds every effect of every claim with its interval, after its "#" lines
@@ -489,7 +489,7 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
                         progress=False, workers=1, parts=["tta"], overwrite=True)
     assert sorted(ran) == ["tta_bn_seed0", "tta_xbn_gn_seed0"] and trained == []
     assert shifted["parts"] == ["tta"] and [c["id"] for c in shifted["claims"]] == ["xbn_tta_loses_less_non_iid"]
-    assert "dirichlet alpha 1)" in shifted["claims"][0]["criterion"].lower()
+    assert "dirichlet alpha 1 per block" in shifted["claims"][0]["criterion"].lower()
     run_study(new, tmp_path / "a", resume=False, progress=False, workers=1, overwrite=True)  # --fresh: trains the networks again
     assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)

@@ -1,4 +1,4 @@
-"""The study's training options (lr schedules, weight-decay grouping, batch-free stem) and the schedule trial."""
+"""The study's training options (lr schedules, weight-decay grouping, batch-free stem) and the schedule trial (benchmarks/study_schedules.py --tiny)."""
 import json
 
 import pytest

@@ -253,13 +253,14 @@ def train_classifier(
     checkpoint: Optional[Path] = None,
     schedule: str = "cosine",
     label_smoothing: float = 0.0,
-    decay_norms: bool = True,
+    decay_norms: bool = False,
 ) -> List[dict]:
     """SGD (momentum 0.9, timm's optimizer factory) with a linear warm-up and a cosine or linear decay
     (``schedule``, timm's schedulers) for ``steps`` updates over seeded reshuffles of ``split``, on
     cross-entropy with ``label_smoothing``; returns per-epoch loss and train top-1 (%).
-    ``decay_norms``: weight decay on every parameter, as the authors' ``extension/optimizer.py``
-    (False: timm's ``filter_bias_and_bn``, norm weights and biases without decay).
+    ``decay_norms``: weight decay on every parameter, as the authors' ``extension/optimizer.py`` (the
+    study passes ``ResNetConfig.decay_norms``); False: timm's ``filter_bias_and_bn``, norm weights and
+    biases without decay.
 
     ``on_step(update)`` is called after every update. With ``checkpoint`` (a ``.safetensors`` path) the
     training state is saved there after every epoch but the last (``save_training_state``) and, when
