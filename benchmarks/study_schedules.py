@@ -68,8 +68,7 @@ def train_one(name: str, variant: str, seed: int, tiny: bool, out: Path) -> dict
     model = build_variant(variant, rc, int(train.y.max()) + 1, seed)
     steps = rc.train_steps(len(train.y))
     wall, cpu = time.perf_counter(), time.process_time()
-    train_classifier(model, train, seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps,
-                     schedule=rc.schedule, label_smoothing=rc.label_smoothing, decay_norms=rc.decay_norms)
+    train_classifier(model, train, seed, steps=steps, **rc.recipe())
     record = {"candidate": name, "variant": variant, "seed": seed, "steps": steps,
               "train_cpu_s": time.process_time() - cpu, "train_wall_s": time.perf_counter() - wall,
               "top1": evaluate_top1(model, test.batches(rc.eval_batch_size)), "settings": rc.to_dict()}

@@ -318,9 +318,8 @@ def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, d
     steps = rc.train_steps(len(train.y))
     state = job.training_path(parts, ".ckpt.safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)
-    history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps,
-                               on_step=_step_callback(job, steps), checkpoint=state, schedule=rc.schedule,
-                               label_smoothing=rc.label_smoothing, decay_norms=rc.decay_norms)
+    history = train_classifier(model, train, job.seed, steps=steps, on_step=_step_callback(job, steps), checkpoint=state,
+                               **rc.recipe())
     save_safetensors_atomic(model.state_dict(), weights)
     training = {"steps": steps, "history": history}
     write_json_atomic(record, training)

@@ -18,7 +18,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -119,6 +119,12 @@ class ResNetConfig:
     small_batch_variants: Tuple[str, ...] = ("BN", "GN", "XBN-GN")
     small_batch_sizes: Tuple[int, ...] = (2, 4, 8, 32)
     small_batch_iterations: int = 300
+
+    def recipe(self) -> Dict[str, Any]:
+        """The main training's recipe as ``train_classifier`` keywords: one place for the study and its benchmarks."""
+        return {"batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
+                "warmup_steps": self.warmup_steps, "schedule": self.schedule, "label_smoothing": self.label_smoothing,
+                "decay_norms": self.decay_norms}
 
     def __post_init__(self) -> None:
         unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,
