@@ -95,3 +95,18 @@ def test_schedule_trial_tiny_run_trains_each_network_once_and_resumes(tmp_path, 
     study_schedules.main(["--tiny", "-o", str(tmp_path), "--jobs", "1"])
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.json")} == stamps  # nothing retrained
     assert "top-1" not in capsys.readouterr().out.split("Study schedules")[0]
+
+
+def test_recipe_passes_every_training_setting_of_the_config():
+    """Every ``train_classifier`` keyword that the config also holds comes from the config (a field left out
+    would train with ``train_classifier``'s default, e.g. timm's decay grouping instead of the authors')."""
+    import dataclasses
+    import inspect
+
+    cfg = ResNetConfig(batch_size=7, lr=0.3, weight_decay=3e-4, warmup_steps=11, schedule="linear",
+                       label_smoothing=0.2, decay_norms=True)
+    shared = [p for p in inspect.signature(train_classifier).parameters if p in {f.name for f in dataclasses.fields(cfg)}]
+    assert shared and sorted(cfg.recipe()) == sorted(shared)
+    assert all(cfg.recipe()[k] == getattr(cfg, k) for k in shared)
+    defaults = inspect.signature(train_classifier).parameters
+    assert cfg.recipe()["decay_norms"] != defaults["decay_norms"].default  # the study differs from the default
