@@ -675,29 +675,20 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
-def _plus_rolled(a: Tensor, b: Tensor, shift: int, dim: int) -> Tensor:
-    """``a + b.roll(shift, dim)`` for a shift of 1 or -1, as two sums into one new tensor (no
-    copy of ``b``; the same additions, so the same values)."""
-    n = a.shape[dim]
-    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-    lead, wrap = (0, n - 1) if shift == -1 else (1, 0)  # where the n - 1 unwrapped sums start, and the wrapped one
-    torch.add(a.narrow(dim, lead, n - 1), b.narrow(dim, 1 - lead, n - 1), out=out.narrow(dim, lead, n - 1))
-    torch.add(a.narrow(dim, wrap, 1), b.narrow(dim, n - 1 - wrap, 1), out=out.narrow(dim, wrap, 1))
-    return out
-
-
 def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
     """Diamond-square height maps (batch, size, size) in [0, scale], in the draws' dtype (float64
     like the reference when replaying it); ``size`` a power of two.
 
     All the uniforms are drawn at once, one row of the whole map's count per image, and each
     level takes the next of them in the reference's order (its squares, then its two diamond
-    sets): the reference's stream, and one draw call instead of three per level."""
-    dtype = draws.dtype
-    grid = torch.zeros((batch, size, size), device=draws.device, dtype=dtype)
+    sets): the reference's stream, and one draw call instead of three per level. The reference
+    fills one map through strided views; here each level's four point sets (corners, square
+    centres, the two diamond sets) are separate contiguous (m, m) grids, interleaved into the
+    next level's corners (2m, 2m): contiguous sums instead of stride-2 ones (~4x faster)."""
+    corners = torch.zeros((batch, 1, 1), device=draws.device, dtype=draws.dtype)
     levels = size.bit_length() - 1
     noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
-    used, step, wibble = 0, size, 100.0
+    used, wibble = 0, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
         nonlocal used
@@ -707,32 +698,35 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
         used += n
         return total.div_(4).add_(part, alpha=wibble * wibble)
 
-    while step >= 2:
-        half = step // 2
-        corners = grid[:, 0:size:step, 0:size:step]
-        square = _plus_rolled(corners, corners, -1, 1)
-        square = _plus_rolled(square, square, -1, 2)
-        grid[:, half:size:step, half:size:step] = wibbled_mean(square)
-        centres = grid[:, half:size:step, half:size:step]
-        left_sum = _plus_rolled(centres, centres, 1, 1).add_(_plus_rolled(corners, corners, -1, 2))
-        top_sum = _plus_rolled(centres, centres, 1, 2).add_(_plus_rolled(corners, corners, -1, 1))
-        grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum)
-        grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum)
-        step //= 2
+    def plus_rolled(a: Tensor, shift: int, dim: int) -> Tensor:  # the reference's a + np.roll(a, shift, axis)
+        return a + a.roll(shift, dim)
+
+    for m in (1 << k for k in range(levels)):  # m x m corners, step size / m apart
+        square = plus_rolled(corners, -1, 1)
+        centres = wibbled_mean(plus_rolled(square, -1, 2))
+        # the diamonds right of the corners, then those below
+        left = wibbled_mean(plus_rolled(centres, 1, 1).add_(plus_rolled(corners, -1, 2)))
+        below = wibbled_mean(plus_rolled(centres, 1, 2).add_(plus_rolled(corners, -1, 1)))
+        grid = corners.new_empty((batch, m, 2, m, 2))  # point (2i + row parity, 2j + column parity)
+        for (row, col), points in zip(((0, 0), (0, 1), (1, 0), (1, 1)), (corners, left, below, centres)):
+            grid[:, :, row, :, col] = points
+        corners = grid.view(batch, 2 * m, 2 * m)
         wibble /= decay
-    grid -= grid.amin(dim=(1, 2), keepdim=True)
-    return grid.mul_(scale / grid.amax(dim=(1, 2), keepdim=True))
+    corners -= corners.amin(dim=(1, 2), keepdim=True)
+    return corners.mul_(scale / corners.amax(dim=(1, 2), keepdim=True))
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, float out."""
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
     # (x / 255 + strength * plasma) * peak / (peak + strength), clipped to [0, 1], in grey levels:
-    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch
-    peak = x.amax(dim=(1, 2, 3), keepdim=True).div_(255.0)
-    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w].to(x.dtype)
-    return x.add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
+    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch;
+    # the peak read from the uint8 batch (~20x faster than from a float copy)
+    peak = x.amax(dim=(1, 2, 3), keepdim=True).to(draws.dtype).div_(255.0)
+    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w]
+    return x.to(draws.dtype).add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -895,9 +889,9 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
 _CPU_CHUNK = 4
-_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2}
+_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "fog", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
