@@ -167,7 +167,8 @@ def test_fft_sizes_have_only_small_prime_factors():
 
     for n in range(1, 400):
         size = _fft_size(n)
-        assert size >= n and smooth(size) and not any(smooth(m) for m in range(n, size))
+        assert size >= n and size % 8 == 0 and smooth(size)
+        assert not any(smooth(m) for m in range(-(-n // 8) * 8, size, 8))
 
 
 def test_batches_equal_single_images_and_any_size(photos):

@@ -378,28 +378,33 @@ def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncat
 
 
 def _fft_size(n: int) -> int:
-    """The smallest length >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes)."""
+    """The smallest length >= n that is 8 times a number whose only prime factors are 2, 3 and 5:
+    fast FFT sizes (at 224 px MKL transforms 240 and 256 ~2x faster than 243 and 250)."""
     def smooth(m: int) -> bool:
         for f in (2, 3, 5):
             while m % f == 0:
                 m //= f
         return m == 1
 
+    n = -(-n // 8) * 8
     while not smooth(n):
-        n += 1
+        n += 8
     return n
 
 
-def _filter2d(x: Tensor, kernel: np.ndarray, mode: str) -> Tensor:
+def _filter2d(x: Tensor, kernel: np.ndarray) -> Tensor:
     """Correlate each channel of ``x`` (B, C, H, W) with ``kernel`` (kh, kw), odd sizes, keeping
-    the size; the border follows ``mode``. Done with real FFTs: cost independent of kernel size."""
+    the size, the border mirrored (cv2's default). Done with real FFTs: cost independent of kernel
+    size. The image is mirror-padded straight to the transform's size (the kept outputs never
+    read past the kernel's reach, so a longer border changes nothing and saves a zero-padding
+    copy); the inverse runs down the columns first, then along only the rows that are kept."""
     kh, kw = kernel.shape
     h, w = x.shape[-2:]
-    xp = _pad(x, kh // 2, kw // 2, mode)
-    size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
+    size = (_fft_size(h + kh - 1), _fft_size(w + kw - 1))
+    xp = F.pad(x, (kw // 2, size[1] - w - kw // 2, kh // 2, size[0] - h - kh // 2), mode="reflect")
     spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, x.dtype, x.device)
-    y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size).mul_(spectrum), s=size)
-    return y[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
+    columns = torch.fft.ifft(torch.fft.rfft2(xp).mul_(spectrum), dim=-2)[..., kh - 1:kh - 1 + h, :]
+    return torch.fft.irfft(columns, n=size[1], dim=-1)[..., kw - 1:kw - 1 + w]
 
 
 @lru_cache(maxsize=32)
@@ -513,7 +518,8 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
 
 def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
-    return _filter2d(x.div_(255.0), _disk_kernel(radius, alias), "mirror").clamp_(0, 1).mul_(255)
+    # in grey levels (linear: the reference's filter(x / 255) * 255 up to rounding)
+    return _filter2d(x, _disk_kernel(radius, alias)).clamp_(0, 255)
 
 
 @lru_cache(maxsize=None)
@@ -938,6 +944,11 @@ def corrupt_batch(
         else:
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
+        out = out if is_uint8 else out / 255
+        if len(part) == len(x) and out.dtype == x.dtype and out.is_contiguous() and \
+                out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            result = out  # one chunk, already the result (the uint8 ops' own output): no copy
+            break
         # one pass: into the result's rows, and to uint8 by truncation (the reference's np.uint8 cast)
-        result[start:start + len(part)].copy_(out if is_uint8 else out / 255)
+        result[start:start + len(part)].copy_(out)
     return result[0] if single else result
