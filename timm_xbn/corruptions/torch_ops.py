@@ -325,15 +325,26 @@ def _gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device
     return (k / k.sum()).to(dtype)
 
 
+def _transpose2d(t: Tensor) -> Tensor:
+    """Contiguous transpose of a 2-D tensor; on the CPU with OpenCV's SIMD transpose (1.2x faster
+    than torch's copy for float32, ~5x for uint8)."""
+    if t.device.type != "cpu":
+        return t.t().contiguous()
+    import cv2
+
+    return torch.from_numpy(cv2.transpose(t.contiguous().numpy()))
+
+
 def _to_hwn(x: Tensor) -> Tensor:
     """(..., H, W) -> contiguous (H, W, N), N the product of the leading dims. In this layout a
     depthwise convolution vectorises over the N images x channels (oneDNN's channels-last kernels)."""
-    return x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()
+    h, w = x.shape[-2:]
+    return _transpose2d(x.reshape(-1, h * w)).view(h, w, -1)
 
 
 def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
-    """Inverse of ``_to_hwn`` as a view (channels stay the fastest axis)."""
-    return t.permute(2, 0, 1).reshape(shape)
+    """Inverse of ``_to_hwn``: contiguous ``shape``."""
+    return _transpose2d(t.reshape(-1, t.shape[-1])).view(shape)
 
 
 def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
@@ -540,12 +551,14 @@ def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> t
 
 
 def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, the same dtype out."""
     sigma, delta, _ = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     b, ch, h, w = x.shape
     # everything in (H, W, B, C) layout: blurs are depthwise convolutions, the pixel gather moves
     # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
-    # up to rounding: this corruption is matched statistically)
-    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest").floor_()
+    # up to rounding: this corruption is matched statistically). uint8 batches are transposed to
+    # and from that layout as uint8 (a quarter of the bytes).
+    blurred = _gaussian_blur_hwn(_to_hwn(x).to(draws.dtype), (sigma, sigma), "nearest").floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
@@ -560,7 +573,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     source[delta:h - delta, delta:w - delta] = rows.mul_(w).add_(cols).mul_(b).add_(images)
     shuffled = blurred.view(h * w * b, ch).index_select(0, source.view(-1)).view(h, w, b * ch)
     out = _gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").clamp_(0, 255)
-    return _from_hwn(out, x.shape)
+    return _from_hwn(out.to(x.dtype), x.shape)  # uint8: truncated, like the reference's cast
 
 
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -897,7 +910,7 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "fog", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "fog", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
