@@ -271,3 +271,44 @@ def test_normal_window_replays_the_full_draw_and_draws_only_the_window():
     assert ours.shape == (2, 4, 8)
     same = Draws(g2, torch.device("cpu"), torch.float32).normal((2, 4, 8), loc=0.2, scale=0.3)
     assert torch.equal(ours, same)
+
+
+@pytest.mark.parametrize("size", ((224, 224), (37, 50)))
+def test_fft_filter_equals_a_direct_mirrored_correlation(size):
+    """The FFT correlation (padded straight to a multiple-of-8 transform size, inverted on the kept rows) against
+    scipy's direct sum with the same border, for the smallest and largest defocus disks."""
+    from scipy import ndimage
+
+    from timm_xbn.corruptions.torch_ops import _disk_kernel, _filter2d
+
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
+    for radius, alias in ((3, 0.1), (10, 0.5)):
+        kernel = _disk_kernel(radius, alias)
+        ours = _filter2d(x, kernel).numpy()
+        for image, out in zip(x.numpy(), ours):
+            for plane, got in zip(image, out):
+                expected = ndimage.correlate(plane, kernel.astype(np.float64), mode="mirror")
+                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ("fog", "glass_blur"))
+def test_uint8_and_float_batches_take_the_same_draws(photos, name):
+    """fog and glass_blur read the uint8 batch themselves: with the same generator a float batch in [0, 1] gives the
+    same images, up to the last grey level's rounding."""
+    batch = as_batch(photos[:3])
+    for severity in (1, 5):
+        as_uint8 = corrupt_batch(batch, name, severity, torch.Generator().manual_seed(2))
+        as_float = corrupt_batch(batch.float() / 255, name, severity, torch.Generator().manual_seed(2))
+        assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+        torch.testing.assert_close(as_float, as_uint8.float() / 255, atol=1.01 / 255, rtol=0)
+
+
+def test_results_never_share_the_callers_batch(photos):
+    """One chunk of a uint8 corruption is returned as it comes out: never the input itself, which stays as it was."""
+    batch = as_batch(photos[:3])
+    before = batch.clone()
+    for name in CORRUPTIONS:
+        out = corrupt_batch(batch, name, 1, torch.Generator().manual_seed(0))
+        assert out.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr(), name
+        out.fill_(7)
+        assert torch.equal(batch, before), name
