@@ -637,11 +637,15 @@ def _zoom_blur_operator(h: int, w: int, severity: int, dtype: torch.dtype, devic
 
 
 def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, the same dtype out."""
     b, ch, h, w = x.shape
-    # every image and channel is a column of one (H W, B C) matrix, column-major: no copy
-    columns = x.div_(255.0).reshape(b * ch, h * w).t()
-    out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, x.dtype, x.device), columns)
-    return out.t().reshape(x.shape).clamp_(0, 1).mul_(255)
+    # every image and channel a column of one row-major (H W, B C) matrix, the layout the sparse
+    # product reads and writes: OpenCV transposes to and from it (torch's copies cost more than
+    # the product), as uint8 for uint8 batches; in grey levels (a linear map: the reference's
+    # x / 255 ... * 255 up to rounding)
+    columns = _transpose2d(x.reshape(b * ch, h * w)).to(draws.dtype)
+    out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, draws.dtype, x.device), columns)
+    return _transpose2d(out.clamp_(0, 255).to(x.dtype)).view(x.shape)  # uint8: truncated, like the reference
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -919,7 +923,7 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "fog", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
