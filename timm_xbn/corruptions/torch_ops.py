@@ -588,7 +588,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
     angles = draws.uniform((x.shape[0],), -45, 45)
-    return _motion_blur(x, radius, sigma, angles).clamp(0, 255)
+    return _motion_blur(x, radius, sigma, angles).clamp_(0, 255)
 
 
 _ZOOMS = [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
@@ -653,16 +653,18 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
-    x = x.div_(255.0)
     # the reference zooms the centre of a field of normals: only that centre is drawn
     window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
     flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
-    flakes = flakes[..., :h, :w].mul(255).round_().div_(255.0)
+    # in grey levels (the reference's x / 255 ... * 255 up to rounding), the flakes as the
+    # reference's uint8 layer, added to their half-turn on the (1-channel) layer: one pass less
+    flakes = flakes[..., :h, :w].mul(255).round_()
+    flakes += flakes.flip(-2, -1)
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    lifted = torch.maximum(x, gray.mul_(1.5).add_(0.5)).mul_(1 - blend)
-    return x.mul_(blend).add_(lifted).add_(flakes).add_(flakes.flip(-2, -1)).clamp_(0, 1).mul_(255)
+    lifted = torch.maximum(x, gray.mul_(1.5).add_(127.5)).mul_(1 - blend)
+    return x.mul_(blend).add_(lifted).add_(flakes).clamp_(0, 255)
 
 
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
