@@ -177,7 +177,7 @@ class Draws:
         cdf, table, starts, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
-        index = (levels.reshape(-1).to(torch.int32) << (31 - shift)).bitwise_or_(bits >> shift)
+        index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
         todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
@@ -797,8 +797,9 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     for axis, (d, n, shape) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
         base = torch.arange(n, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(n).sub_(1).view(shape)
         torch.add(base, d, alpha=2 / n, out=grid[..., axis])
-    out = F.grid_sample(x.div_(255.0), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return out.clamp_(0, 1).mul_(255)
+    # in grey levels (bilinear: the reference's x / 255 ... * 255 up to rounding)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp_(0, 255)
 
 
 _PIL_BITS = 22  # fixed-point precision of PIL's 8-bit resampling
@@ -978,5 +979,9 @@ def corrupt_batch(
             result = out  # one chunk, already the result (the uint8 ops' own output): no copy
             break
         # one pass: into the result's rows, and to uint8 by truncation (the reference's np.uint8 cast)
-        result[start:start + len(part)].copy_(out)
+        target = result[start:start + len(part)]
+        if is_uint8 and out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64):
+            np.copyto(target.numpy(), out.numpy(), casting="unsafe")  # NumPy's cast: ~2x faster than torch's
+        else:
+            target.copy_(out)
     return result[0] if single else result
