@@ -53,18 +53,20 @@ either side depending on float64 rounding; float32 compute (the default) adds a 
 
 Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
 or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
-zooms as a sparse matrix, defocus_blur's disk through cached FFT spectra at multiple-of-8 sizes);
-Gaussian blurs are depthwise convolutions over all images and channels at once in an (H, W, N)
-channels-last layout, their kernels and borders cached, the layout reached by one OpenCV
-transpose (uint8 where the input is); the noise draws use two 31-bit (or four 15-bit) numbers
+zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
+at multiple-of-8 sizes); Gaussian blurs are depthwise convolutions over all images and channels
+at once in an (H, W, N) channels-last layout, their kernels and borders cached; those layouts
+are reached and left by one OpenCV transpose (torch's strided copies cost more than the work;
+uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
 per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog
 draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
 saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
 from one byte-table lookup for ~98 % of the values; pixelate runs every pass down the rows of
 OpenCV-transposed planes (row gathers, PIL's rounding in float32); JPEG converts planes to and
-from libjpeg's interleaved pixels with OpenCV; a batch that is one chunk of a uint8 corruption
-is returned without a copy.
+from libjpeg's interleaved pixels with OpenCV; float results become uint8 through NumPy's cast
+(2x faster than torch's), and a batch that is one chunk of a uint8 corruption is returned
+without a copy.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
 reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
