@@ -460,7 +460,7 @@ def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
 def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
     """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
     taps, tap i reading the image shifted by round(i * direction) (edges replicated). Taps whose
-    shift reaches the image size end the line, as in the reference."""
+    shift reaches the image size end the line, as in the reference. ``x`` is overwritten."""
     h, w = x.shape[-2:]
     width = 2 * radius + 1
     i = np.arange(width, dtype=np.float64)
@@ -473,7 +473,7 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
     dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(int)
     taps = np.cumprod((np.abs(dy) < h) & (np.abs(dx) < w), axis=1).sum(1)
     xp = _pad(x, width, width, "nearest")
-    out = x * float(weights[0])  # tap 0: no shift
+    out = x.mul_(float(weights[0]))  # tap 0: no shift (the taps read the padded copy: x is free)
     for image, padded, shifts_y, shifts_x, count in zip(out, xp, dy, dx, taps):
         for t in range(1, count):  # output[y, x] += k_t * input[y - dy_t, x - dx_t]
             top, left = width - shifts_y[t], width - shifts_x[t]
