@@ -312,3 +312,21 @@ def test_results_never_share_the_callers_batch(photos):
         assert out.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr(), name
         out.fill_(7)
         assert torch.equal(batch, before), name
+
+
+def test_the_device_path_equals_the_host_path(photos, monkeypatch):
+    """What CUDA batches run: the torch ops in place of the NumPy / OpenCV ones (transposes, row takes, pixelate's
+    box passes, the uint8 cast), here on the CPU. Pixelate still equals PIL; the others equal the host path."""
+    from timm_xbn.corruptions import torch_ops
+
+    batch = as_batch(photos[:3])
+    host = {name: corrupt_batch(batch, name, 3, torch.Generator().manual_seed(1)) for name in CORRUPTIONS}
+    monkeypatch.setattr(torch_ops, "_on_host", lambda t: False)
+    for images in (photos[:3], photos[3:]):
+        for severity in range(1, 6):
+            ours = corrupt_batch(as_batch(images), "pixelate", severity).permute(0, 2, 3, 1).numpy()
+            for image, out in zip(images, ours):
+                np.testing.assert_array_equal(out, corrupt_reference(image, "pixelate", severity))
+    for name in CORRUPTIONS:
+        torch.testing.assert_close(corrupt_batch(batch, name, 3, torch.Generator().manual_seed(1)), host[name],
+                                   atol=0, rtol=0, msg=name)
