@@ -63,17 +63,18 @@ draws its whole plasma at once and keeps each level's point sets as contiguous g
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
 saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
 from one byte-table lookup for ~98 % of the values; pixelate runs every pass down the rows of
-OpenCV-transposed planes (row gathers, PIL's rounding in float32); JPEG converts planes to and
-from libjpeg's interleaved pixels with OpenCV; float results become uint8 through NumPy's cast
-(2x faster than torch's), and a batch that is one chunk of a uint8 corruption is returned
-without a copy.
+OpenCV-transposed planes (row takes, PIL's rounding in float32; in NumPy on the CPU); JPEG
+converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
+uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
+corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
+(``_on_host``); CUDA batches take the torch ops.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
 reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
-OpenCV plane conversions around the codec take the rest), and pixelate: PIL's box filter is
-one integer loop in C over the interleaved pixels, which vectorised tensor passes (transposes,
-gathers, sums, rounding: ~10 passes over the image) only match, with no random numbers or codec
-to blame.
+OpenCV plane conversions around the codec take the rest), and pixelate (~1.3x): PIL's box
+filter is one integer loop in C over the interleaved pixels, which vectorised passes
+(transposes, row takes, sums, rounding: ~10 passes over the image) barely beat, with no random
+numbers or codec to blame.
 """
 from __future__ import annotations
 
