@@ -15,7 +15,7 @@ nothing else) or, for jpeg, the libjpeg encode + decode of the interleaved pixel
 floor" is the reference's time over the floor's: the most any implementation built on those
 draws or that codec can reach per core. Below the table: the corruptions under the per-corruption
 goal (2x) and whether a floor bounds them (jpeg: libjpeg, ~2x at the floor; pixelate has none:
-PIL's box filter is one integer C loop that ~10 vectorised tensor passes only match, see
+PIL's box filter is one integer C loop that ~10 vectorised passes barely beat, see
 ``torch_ops``), what one random number per value and one elementwise pass cost torch on this
 CPU, per image, and what the per-core goal (20x, all corruptions together) allows.
 
