@@ -72,8 +72,9 @@ from train_step import measure as measure_train_step  # noqa: E402
 PAIRS = ["xbn_resnet50", "xbn_resnet50_d2", "xbn_resnet50_in", "xbn_resnext50_32x4d"]
 AMP = {"off": None, "bf16": "bfloat16", "fp16": "float16"}
 # the smokes' model: a narrow one-block-per-stage ResNet-26 converted to XBNBlock-P2
+# GN with 32 groups: 64 would normalize one value per group on layer4's 1x1 maps at the tiny 32 px (refused)
 SMOKE_MODEL = ["--convert-from", "resnet26", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]",
-               "stem_width=8", "--num-classes", "3"]
+               "stem_width=8", "--num-classes", "3", "--groups", "32"]
 
 
 class Budget:

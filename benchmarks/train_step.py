@@ -79,7 +79,7 @@ def bare_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ResNetCon
 def study_loop(model: nn.Module, split: ImageSplit, cfg: ResNetConfig) -> Callable[[int], None]:
     """``run(steps)``: the study's ``train_classifier`` for ``steps`` updates (one epoch of the split)."""
     def run(steps: int) -> None:
-        train_classifier(model, split, 0, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_steps, steps)
+        train_classifier(model, split, 0, steps=steps, **cfg.recipe())
     return run
 
 

@@ -258,7 +258,7 @@ def main(argv=None) -> None:
     start = time.perf_counter()
     corruptions = args.corruptions.split(",")
     cfg = ResNetConfig(arch="resnet26", channels=(8, 16, 32, 64), gn_groups=8, batch_size=128, lr=0.05,
-                       weight_decay=1e-4, warmup_steps=20)
+                       weight_decay=1e-4, warmup_steps=20, stem_bfn=False)  # the committed docs/tta layout: BN stem
     train, test = load_splits(args)
     steps = int(args.epochs * len(train.y)) // cfg.batch_size
     streams = corrupted_streams(test, corruptions, args.batch_size, args.data_seed)

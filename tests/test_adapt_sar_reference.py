@@ -146,3 +146,22 @@ def test_sar_steps_with_momentum_when_no_sample_is_reliable():
     for name in AFFINE:
         assert not torch.equal(w1[name], w0[name])
         torch.testing.assert_close(affine_of(sar.model)[name], w1[name] + 0.9 * (w1[name] - w0[name]), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["eata", "sar"])
+def test_eata_and_sar_take_adams_first_step_on_the_gradient_sgd_steps_on(method):
+    """``optimizer=adam`` (claim 12's small-image setting): the same gradient, Adam's step. Plain SGD
+    (momentum 0) moves w by -lr g, so g = (w0 - w_sgd) / lr; Adam's first step is -lr g / (|g| + 1e-8)."""
+    net = tiny_net()
+    x, _ = batch()
+    w0 = affine_of(net)
+    sgd = create_adapter(net, f"{method}:lr=0.1,momentum=0,margin=10")
+    adam = create_adapter(net, f"{method}:lr=0.01,optimizer=adam,margin=10")
+    sgd(x)
+    adam(x)
+    assert type(adam.optimizer) is torch.optim.Adam and type(sgd.optimizer) is torch.optim.SGD
+    for name in AFFINE:
+        grad = (w0[name] - affine_of(sgd.model)[name]) / 0.1
+        assert grad.abs().min() > 1e-4, name  # a real gradient, so the sign test means something
+        torch.testing.assert_close(affine_of(adam.model)[name], w0[name] - 0.01 * grad / (grad.abs() + 1e-8),
+                                   rtol=0, atol=2e-5)

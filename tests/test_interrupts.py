@@ -49,8 +49,8 @@ def test_interruptible_raises_on_the_first_signal_and_restores_the_handlers():
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-TINY = [
-    "--convert-from", "resnet26", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]", "stem_width=8",
+TINY = [  # 32 groups: 64 would normalize one value per group in layer4's bn2 (1x1 maps at 32 px)
+    "--convert-from", "resnet26", "--groups", "32", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]", "stem_width=8",
     "--num-classes", "3", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
     "--epochs", "20", "--lr", "0.02",
 ]

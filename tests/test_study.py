@@ -364,13 +364,16 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     verdicts = sum(summary.count(f"[{v}]") for v in (HOLDS, CONTRADICTED, INCONCLUSIVE))
     assert verdicts == len(saved["claims"]) == 12
     assert "CPU-seconds" in summary and len(list(out.glob("parts/*/*.time.json"))) == 28
-    # test-time adaptation: BN, XBN-GN, GN x 2 seeds x 3 streams x 5 methods; source does not depend on the batches
+    # test-time adaptation: BN, XBN-GN, GN x 2 seeds x 4 streams x 9 methods; source does not depend on the batches
     tta = saved["tta"]["models"]
     assert sorted(tta) == ["BN", "GN", "XBN-GN"] and all(sorted(s) == ["0", "1"] for s in tta.values())
     for seeds in tta.values():
         for streams in seeds.values():
-            assert sorted(streams) == ["batch-1", "iid", "label-shift"]
-            assert len({streams[s]["source"] for s in streams}) == 1
+            assert sorted(streams) == ["batch-1", "iid", "iid-short", "label-shift"]
+            assert all(len(m) == 9 for m in streams.values())
+            # the same images in another grouping: the same source error
+            assert streams["iid"]["source"] == streams["label-shift"]["source"]
+            assert streams["batch-1"]["source"] == streams["iid-short"]["source"]
             assert all(0.0 <= e <= 100.0 for m in streams.values() for e in m.values())
     mlp = saved["mlp"]
     assert [r["seed"] for r in mlp["by_seed"]] == [0, 1] and mlp["setup_one"] == mlp["by_seed"][0]["setup_one"]
@@ -390,8 +393,8 @@ def test_quick_run_writes_sane_artefacts(quick_run):
     for seeds in rn["esm"]["models"].values():
         for e in seeds.values():
             assert all(_finite(r["esm_sigma"]) and r["esm_sigma"] >= 0 for rows in e.values() for r in rows)
-    # XBN-P2 replaces bn2 of all 16 bottlenecks: 16 fewer BNs than the BN network
-    assert len(rn["esm"]["models"]["BN"]["0"]["clean"]) - len(rn["esm"]["models"]["XBN-GN"]["0"]["clean"]) == 16
+    # XBN-P2 replaces bn2 of all 16 bottlenecks and the stem BN (the authors' layout): 17 fewer BNs
+    assert len(rn["esm"]["models"]["BN"]["0"]["clean"]) - len(rn["esm"]["models"]["XBN-GN"]["0"]["clean"]) == 17
     targets = rn["robustness"]["models"]["BN"]["0"]["targets"]
     assert targets == ["layer1.0.bn1", "layer1.1.bn1", "layer1.2.bn1", "layer2.0.bn1", "layer2.1.bn1", "layer2.2.bn1"]
     # claims.csv holds every effect of every claim with its interval, after its "#" lines
@@ -486,7 +489,7 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
                         progress=False, workers=1, parts=["tta"], overwrite=True)
     assert sorted(ran) == ["tta_bn_seed0", "tta_xbn_gn_seed0"] and trained == []
     assert shifted["parts"] == ["tta"] and [c["id"] for c in shifted["claims"]] == ["xbn_tta_loses_less_non_iid"]
-    assert "dirichlet alpha 1)" in shifted["claims"][0]["criterion"].lower()
+    assert "dirichlet alpha 1 per block" in shifted["claims"][0]["criterion"].lower()
     run_study(new, tmp_path / "a", resume=False, progress=False, workers=1, overwrite=True)  # --fresh: trains the networks again
     assert trained.count(3 * 48 // 16) == len(cfg.resnet.variants)  # their steps: 3 epochs x 48 images / batch 16
     monkeypatch.setattr(jobs_module, "train_classifier", real_train)

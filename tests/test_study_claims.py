@@ -7,6 +7,7 @@ is worse than BN": GN top-1 = BN top-1 - 1), with ``s = -1`` the other way, with
 per-seed differences are small numbers of both signs. So a claim whose predicted direction is
 flipped in the code reads CONTRADICTED where HOLDS is expected, and the other way round.
 """
+import csv
 import dataclasses
 import json
 import math
@@ -22,7 +23,8 @@ from timm_xbn.study.jobs import job_fingerprints, plan_jobs
 from timm_xbn.study.tta import TTAConfig
 from timm_xbn.study.mlp import MLPConfig
 from timm_xbn.study.report import compare_lines, evaluate_claims
-from timm_xbn.study.resnet import ResNetConfig
+from timm_xbn.study.resnet import SCHEDULES, ResNetConfig
+from timm_xbn.utils.errors import UserError
 
 SEEDS = (0, 1, 2)
 JITTER = (0.03, -0.05, 0.02)  # per-seed wobble of every difference: both signs, so s = 0 is a null effect
@@ -197,7 +199,7 @@ UNUSED = {
     "network": {"mlp", "tta", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes",
                 "resnet.small_batch_iterations"},
     "small_batch": {"mlp", "tta", "resnet.variants", "resnet.small_batch_variants", "resnet.small_batch_sizes", "resnet.epochs",
-                    "resnet.min_steps", "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds",
+                    "resnet.min_steps", "resnet.schedule", "resnet.label_smoothing", "resnet.robustness_variants", "resnet.deltas", "resnet.perturb_seeds",
                     "resnet.blocks", "resnet.esm_variants", "resnet.esm_corruption", "resnet.adabn_variants",
                     "resnet.corruptions", "resnet.severity", "resnet.calib_samples"},
     # the main networks' training (their stored weights): everything but the evaluation settings
@@ -216,6 +218,8 @@ def _changed(value):
         return value + 1
     if isinstance(value, float):
         return value + 0.5
+    if value in SCHEDULES:
+        return next(s for s in SCHEDULES if s != value)
     if isinstance(value, str):
         return value + "_x"
     if value is None:
@@ -328,3 +332,40 @@ def test_claims_csv_compares_like_the_results_it_was_written_from(tmp_path):
     bad.write_text("a,b\n1,2\n")
     refused = CliRunner().invoke(eval_app, ["study-compare", str(bad), str(out)])
     assert refused.exit_code == 2 and "not a study claims.csv" in refused.output
+
+
+def test_claims_csv_recomputes_every_effect_from_its_per_seed_values(tmp_path):
+    """claims.csv records each effect's per-seed values: reading it recomputes the mean, interval and verdict
+    (t interval; Fisher z for a correlation) and each claim's verdict, and refuses a file where they disagree."""
+    from timm_xbn.study.evidence import correlation_effect
+    from timm_xbn.study.report import Claim, claims_from_csv
+    from timm_xbn.study.run import _write_claims_csv
+
+    paired = Claim("p", "a paired claim", "paper", "CI > 0")
+    paired.add(paired_effect("gain", [1.2, 0.8, 1.1, 0.9, 1.4], [0.0] * 5, +1))
+    paired.add(paired_effect("beside", [0.1, -0.3, 0.2, 0.0, -0.1], [0.0] * 5, +1), counts=False)
+    corr = Claim("r", "a correlation", "paper", "CI > 0")
+    corr.add(correlation_effect("rho", [0.98, 0.97, 1.0, 0.95, 0.99], +1, pairs=8))
+    path = tmp_path / "claims.csv"
+    _write_claims_csv(path, {"config": {"preset": "default"}, "claims": [paired.to_dict(), corr.to_dict()]})
+    rows = [r for r in csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))]
+    # the recorded interval is the one computed by hand: mean ± t(0.975, 4) sd / sqrt(5)
+    gain = np.array([1.2, 0.8, 1.1, 0.9, 1.4])
+    half = 2.7764451051977987 * gain.std(ddof=1) / np.sqrt(5)
+    assert float(rows[0]["ci_low"]) == pytest.approx(gain.mean() - half, abs=1e-12)
+    read = claims_from_csv(rows, "committed")
+    assert [c["verdict"] for c in read["claims"]] == ["HOLDS", "HOLDS"]
+    for column, value in (("per_seed", "1.2;0.8;1.1;0.9;-1.4"), ("ci_high", "9.0")):
+        tampered = [dict(r) for r in rows]
+        tampered[0][column] = value
+        with pytest.raises(UserError, match="per-seed values give"):
+            claims_from_csv(tampered, "committed")
+    tampered = [dict(r) for r in rows]
+    tampered[2]["pairs"] = "4"  # the correlation's interval depends on its point count (the clip at rho = 1)
+    with pytest.raises(UserError, match="rho"):
+        claims_from_csv(tampered, "committed")
+    tampered = [dict(r) for r in rows]
+    for r in tampered[:2]:
+        r["verdict"] = "INCONCLUSIVE"
+    with pytest.raises(UserError, match="deciding effects give HOLDS"):
+        claims_from_csv(tampered, "committed")

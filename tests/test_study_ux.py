@@ -330,7 +330,8 @@ def test_study_compare_warns_and_exits_1_on_different_designs(quick_results, tmp
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert lines[0] == lines[-1] and lines[0].startswith("WARNING: the two runs have different designs")
-    assert "training seeds per effect: 5 vs 2" in lines[0]
+    # the committed claims.csv records its design: the differing settings are named
+    assert "train_seeds: [0, 1, 2, 3, 4] vs [0, 1]" in lines[0] and "preset: default vs quick" in lines[0]
     same = CliRunner().invoke(eval_app, ["study-compare", str(out / "claims.csv"), str(out)])
     assert same.exit_code == 0 and "WARNING" not in same.output, same.output
 

@@ -282,8 +282,8 @@ def test_from_scratch_models_keep_the_papers_instance_norm_without_affine():
                   build_variant("XBN-IN", ResNetConfig(arch="resnet26", channels_last=False), num_classes=10, seed=0),
                   timm_xbn.convert(_trained_looking_resnet26(), bfn="in", affine=False).model):
         norms = [m for m in model.modules() if isinstance(m, InstanceNorm2d)]
-        # 4 blocks; 5 with the registered model's batch-free stem; 8: the study's resnet26
-        assert len(norms) in (4, 5, 8) and all(m.weight is None and m.bias is None for m in norms)
+        # 4 blocks; 5 with the registered model's batch-free stem; 9: the study's resnet26 (8 blocks and its stem)
+        assert len(norms) in (4, 5, 9) and all(m.weight is None and m.bias is None for m in norms)
     gn = [m for m in timm.create_model("xbn_resnet26", **narrow).modules() if isinstance(m, GroupNorm2d)]
     assert gn and all(m.weight is not None for m in gn)  # the authors' GN is affine
 

@@ -23,8 +23,9 @@ from timm_xbn.training.model import create_train_model
 from timm.task import ClassificationTask
 
 # A narrow one-block-per-stage ResNet-26 converted to XBNBlock-P2: trains in a fraction of a second per epoch.
+# 32 groups: layer4's bn2 (64 channels) sees 1x1 maps at 32 px, where 64 groups would normalize one value each.
 TINY = [
-    "--convert-from", "resnet26", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]", "stem_width=8",
+    "--convert-from", "resnet26", "--groups", "32", "--model-kwargs", "layers=[1,1,1,1]", "channels=[8,16,32,64]", "stem_width=8",
     "--num-classes", "3", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu",
 ]
 

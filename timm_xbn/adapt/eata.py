@@ -25,14 +25,15 @@ __all__ = ["EATA"]
 class EATA(LearningRateRule, AffineAdapter):
     """EATA on the affine parameters of every BN / GN / LN / IN. Defaults: EATA's ImageNet-C setting
     (SGD lr 0.00025, momentum 0.9, E0 = 0.4 ln C, ``d_margin`` 0.05); ``lr=0``: the SAR harness's rule
-    from the batch size (``timm_xbn.adapt.learning_rate``)."""
+    from the batch size (``timm_xbn.adapt.learning_rate``); ``optimizer="adam"``: TENT's small-image
+    optimizer (Adam, betas 0.9, 0.999) under EATA's step, which is TENT's on a filtered, weighted batch."""
 
     name = "eata"
     extra_state = ("model_probs",)
 
     def __init__(self, model: nn.Module, lr: float = 0.00025, momentum: float = 0.9, margin: float = 0.4,
-                 d_margin: float = 0.05):
-        super().__init__(model, lr if lr > 0 else 0.00025, "sgd", momentum)
+                 d_margin: float = 0.05, optimizer: str = "sgd"):
+        super().__init__(model, lr if lr > 0 else 0.00025, optimizer, momentum)
         self.init_rule(lr)
         self.margin, self.d_margin = margin, d_margin
         self.model_probs: Optional[torch.Tensor] = None

@@ -15,7 +15,8 @@ Defaults are the reference's. Its two knobs that depend on the setting are optio
 ``layers`` (``"reference"``: its name rules, which leave out ResNet's ``layer4`` and ViT-Base's last
 three blocks and final norm; ``"all"``: every BN / GN / LN / IN, for networks whose top the rules do
 not name) and ``lr`` (0: its harness's rule from the batch size, doubled at batch size 1 as its
-batch-size-1 experiment does, ``sar_learning_rate``; else a fixed rate).
+batch-size-1 experiment does, ``sar_learning_rate``; else a fixed rate). ``optimizer="adam"`` makes
+Adam (TENT's small-image optimizer) SAM's base step in place of SGD: not a setting of the reference.
 Not as the reference: the copy is in eval mode (dropout off; the reference runs train mode), and E0
 is 0.4 ln C for the model's C classes (the reference fixes C = 1000, ImageNet).
 """
@@ -50,12 +51,12 @@ class SAR(LearningRateRule, AffineAdapter):
     extra_state = ("ema",)
 
     def __init__(self, model: nn.Module, lr: float = 0.0, momentum: float = 0.9, rho: float = 0.05,
-                 margin: float = 0.4, reset_constant: float = 0.2, layers: str = "reference"):
+                 margin: float = 0.4, reset_constant: float = 0.2, layers: str = "reference", optimizer: str = "sgd"):
         if not rho > 0:
             raise UserError(f"rho must be > 0, got {rho}")
         if layers not in LAYERS:
             raise UserError(f"layers must be one of {', '.join(LAYERS)}, got {layers!r}")
-        super().__init__(model, lr if lr > 0 else 0.00025, "sgd", momentum, select=LAYERS[layers])
+        super().__init__(model, lr if lr > 0 else 0.00025, optimizer, momentum, select=LAYERS[layers])
         self.init_rule(lr)
         self.rho, self.margin, self.reset_constant = rho, margin, reset_constant
         self.ema: Optional[float] = None

@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import is_batch_free
+from ..layers import check_one_value_norms, is_batch_free
 from ..stats import recalibrate
 from ..utils.device import eval_mode, model_device
 from ..utils.errors import UserError
@@ -308,6 +308,9 @@ def calibrate(
     pairs = _bfn_pairs(converted, original)
     target = converted if inplace else copy.deepcopy(converted)
     data = _CalibrationImages(images, max_images, _first_conv_channels(original), model_device(target))
+    first = next(iter(data), None)  # one batch: its size is the maps' size (no images: an error on the first pass)
+    if first is not None:
+        check_one_value_norms(target, tuple(first.shape[1:]), "calibrate on larger images (--img-size)")
     start = time.perf_counter()
     fits = []
     with eval_mode([target, original]), _layer_progress(progress, len(pairs)) as advance:

@@ -254,6 +254,7 @@ def eval_setup(command: str, opts: EvalOptions, data_dir: Path) -> Iterator[tupl
     the shared eval data; yields (models, specs, data, out) with the output folder locked."""
     from ..evaluation import (create_eval_data, create_models, data_config_conflicts, is_main_process,
                              resolve_eval_data_config, validate_data_dir)
+    from ..layers import check_one_value_norms
 
     dev, specs = checked_specs(opts)
     validate_data_dir(data_dir, opts.dataset)
@@ -266,6 +267,9 @@ def eval_setup(command: str, opts: EvalOptions, data_dir: Path) -> Iterator[tupl
                                 split=opts.split, batch_size=opts.batch_size, workers=opts.workers,
                                 class_map=opts.class_map, num_classes=model_num_classes(built))
         warn(data.info.get("class_warning"))
+        for label, model in built.items():  # a BFN on one value per sample: torch's "when training" error otherwise
+            check_one_value_norms(model, data.data_config["input_size"], "evaluate at a larger input size (--img-size)",
+                                  label=f"{label}: ")
         yield built, specs, data, out
 
 

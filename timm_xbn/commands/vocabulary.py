@@ -34,6 +34,7 @@ VOCABULARY: Tuple[Concept, ...] = (
     Concept("jobs run in parallel (processes)", "--jobs", None, ("-w",)),
     Concept("timm.create_model kwargs as a JSON object", "--model-kwargs"),
     Concept("images to fit the batch-free norms on (BFN calibration)", "--calibrate"),
+    Concept("convert even where a batch-free norm normalizes one value per sample", "--force"),
     Concept("images to re-estimate BN statistics on", "--recalib-dir", None, ("--calib-dir",)),
     Concept("batches to re-estimate BN statistics on", "--recalib-batches", None, ("--calib-batches",)),
 )

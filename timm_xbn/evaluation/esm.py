@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 from rich.progress import Progress
 
+from ..layers import check_one_value_norms
 from ..stats import capture_bn_inputs, esm_from_stats, esm_records_to_rows, stats_from_moments
 from ..utils.device import eval_mode, model_device
 from ..utils.distributed import all_gather_objects, is_main_process
@@ -43,6 +44,8 @@ def evaluate_esm(
     for label, model in models.items():
         if not bn_modules(model):
             raise UserError(f"{label} ({type(model).__name__}) has no BatchNorm layers: there is no estimation shift to measure")
+        check_one_value_norms(model, data.data_config["input_size"], "evaluate at a larger input size (--img-size)",
+                              label=f"{label}: ")
     limit = None if max_batches is None else max_batches * data.batch_size
     loader = data.loader(limit=limit)
     skipped = []

@@ -102,16 +102,13 @@ def import_authors_checkpoint(checkpoint: Union[str, Path], arch: str = "resnet5
     The authors' checkpoints are torchvision-style state dicts of ResNets / ResNeXts with a BFN in
     the stem and in ``bn2`` of every bottleneck (XBNBlock-P2, ``models/resnet_XBNBlock_P2.py``), e.g.
     ``arch="resnext50_32x4d"``: the registered ``xbn_<arch>`` under its ``authors_in1k`` tag (the tag
-    its exported config records), or ``xbn_<arch>`` with ``bfn="in"`` for an InstanceNorm run.
+    its exported config records), with ``bfn="in"`` for an InstanceNorm run (still the authors' weights:
+    the same tag, and ``bfn`` among the model args).
     """
     if arch not in AUTHORS_LAYOUT:
         raise UserError(f"no registered model of the authors' layout for {arch!r}; known: {sorted(AUTHORS_LAYOUT)}")
-    name, kwargs = AUTHORS_LAYOUT[arch], dict(model_kwargs)
-    if bfn == "gn":
-        name = f"{name}.{AUTHORS_TAG}"
-    else:
-        kwargs["bfn"] = bfn
-    return load_weights(timm.create_model(name, **kwargs), checkpoint)
+    kwargs = dict(model_kwargs) if bfn == "gn" else dict(model_kwargs, bfn=bfn)
+    return load_weights(timm.create_model(f"{AUTHORS_LAYOUT[arch]}.{AUTHORS_TAG}", **kwargs), checkpoint)
 
 
 def export_model(model: nn.Module, out_dir: Union[str, Path], data_config: Optional[Dict[str, Any]] = None) -> Path:

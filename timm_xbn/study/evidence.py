@@ -24,7 +24,8 @@ from scipy import stats
 
 from ..utils.errors import UserError
 
-__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "correlation_effect", "combine_verdicts"]
+__all__ = ["HOLDS", "CONTRADICTED", "INCONCLUSIVE", "Effect", "paired_effect", "correlation_effect", "combine_verdicts",
+           "effect_from_per_seed"]
 
 HOLDS, CONTRADICTED, INCONCLUSIVE = "HOLDS", "CONTRADICTED", "INCONCLUSIVE"
 CONFIDENCE = 0.95
@@ -43,6 +44,7 @@ class Effect:
     ci_low: float
     ci_high: float
     verdict: str
+    pairs: int = 0  # a correlation's points per seed (``correlation_effect``); 0 for a paired difference
 
     @property
     def n(self) -> int:
@@ -92,7 +94,15 @@ def correlation_effect(name: str, rho: Sequence[float], direction: int, pairs: i
     sd = float(np.std(rho, ddof=1)) if len(rho) > 1 else math.nan
     low, high = math.tanh(z.ci_low), math.tanh(z.ci_high)
     return Effect(name, unit, direction, [float(v) for v in rho], math.tanh(z.mean), sd, low, high,
-                  _verdict(low, high, direction))
+                  _verdict(low, high, direction), pairs)
+
+
+def effect_from_per_seed(name: str, unit: str, direction: int, per_seed: Sequence[float], pairs: int = 0) -> Effect:
+    """An effect recomputed from its recorded per-seed values (``Effect.per_seed``, ``Effect.pairs``), as
+    ``paired_effect`` (a difference against 0) or ``correlation_effect`` (``pairs`` > 0) computed it."""
+    if pairs:
+        return correlation_effect(name, per_seed, direction, pairs, unit)
+    return paired_effect(name, per_seed, [0.0] * len(per_seed), direction, unit)
 
 
 def combine_verdicts(verdicts: Sequence[str]) -> str:

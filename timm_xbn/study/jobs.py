@@ -55,24 +55,25 @@ from ..utils.interrupts import call_in_worker, stop_pool, worker_init
 from .config import JOB_KINDS, JobKind, StudyConfig
 from .data import StudyData, load_dataset, subset
 from .mlp import build_mlp, input_shift, train_full_batch
-from .tta import tta_errors
+from .tta import Domain, domains_of, tta_errors
 from .resnet import (
     ImageSplit, adabn_under_corruption, bn_depths, build_variant, corrupted, esm_per_layer, evaluate_top1,
     prepare_images, robustness_sweep, train_classifier, training_state_epoch,
 )
 
 __all__ = ["Job", "StepReport", "job_fingerprints", "plan_jobs", "run_jobs", "default_workers", "job_seconds",
-           "job_steps", "training_epoch", "set_step_reporter", "torchrun_rank", "wait_for_results"]
+           "job_steps", "study_splits", "training_epoch", "set_step_reporter", "torchrun_rank", "wait_for_results"]
 
 # ResNetConfig fields a job kind's results do not depend on (everything else goes into its fingerprint)
 _SMALL_BATCH_ONLY = ("small_batch_variants", "small_batch_sizes", "small_batch_iterations")
-_MAIN_NETWORK_ONLY = ("epochs", "min_steps", "robustness_variants", "deltas", "perturb_seeds", "blocks", "esm_variants",
+_MAIN_NETWORK_ONLY = ("epochs", "min_steps", "schedule", "label_smoothing", "robustness_variants", "deltas", "perturb_seeds", "blocks", "esm_variants",
                       "esm_corruption", "adabn_variants", "corruptions", "severity", "calib_samples")
 _IGNORED = {"network": ("variants", *_SMALL_BATCH_ONLY),
             "small_batch": ("variants", "small_batch_variants", "small_batch_sizes", *_MAIN_NETWORK_ONLY)}
 # ResNetConfig fields the main networks' trained weights depend on (the ``train`` fingerprint)
 _TRAINING = ("arch", "channels", "stem_width", "gn_groups", "stem_pool", "channels_last", "train_samples", "epochs",
-             "min_steps", "batch_size", "lr", "weight_decay", "warmup_steps")
+             "min_steps", "batch_size", "lr", "weight_decay", "decay_norms", "stem_bfn", "warmup_steps", "schedule",
+             "label_smoothing")
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class _Context:
         self.data: StudyData = data if data is not None else load_dataset(cfg.dataset, cfg.image_size, cfg.seed)
         self._splits: Optional[tuple] = None
         self._corrupted: Dict[tuple, torch.Tensor] = {}
-        self._tta: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
+        self._tta: Optional[Tuple[torch.Tensor, torch.Tensor, List[Domain]]] = None
 
     def splits(self):
         """(train, test, calib) image splits for the ResNets, normalized with the training statistics, on the study's device."""
@@ -230,15 +231,20 @@ class _Context:
             self._corrupted[key] = corrupted(images, corruption, self.cfg.resnet.severity, seed).to(self.cfg.device)
         return self._corrupted[key]
 
-    def tta_images(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The test-time adaptation images (normalized model inputs, on the study's device) and labels:
-        ``tta.test_samples`` test images (a seeded subset) under ``tta.corruption``, the same for every network."""
+    def tta_images(self) -> Tuple[torch.Tensor, torch.Tensor, List[Domain]]:
+        """The test-time adaptation stream's images (normalized model inputs, on the study's device), labels
+        and blocks: ``tta.test_samples`` test images (a seeded subset; all by default), a block per
+        ``tta.corruptions`` entry, each under its corruption; the same for every network."""
         if self._tta is None:
             tc = self.cfg.tta
             train, _, _ = self.splits()
-            x, y = subset(self.data.test_x, self.data.test_y, tc.test_samples, self.cfg.seed + 2)
-            x = corrupted(prepare_images(x, self.cfg.image_size), tc.corruption, tc.severity, self.cfg.seed + 2000)
-            self._tta = (train.normalize(x.to(self.cfg.device)), y.to(self.cfg.device))
+            count = min(tc.test_samples or len(self.data.test_y), len(self.data.test_y))
+            pick = torch.randperm(len(self.data.test_y), generator=torch.Generator().manual_seed(self.cfg.seed + 2))[:count]
+            x, y = prepare_images(self.data.test_x[pick], self.cfg.image_size), self.data.test_y[pick]
+            domains = domains_of(len(y), tc.corruptions)
+            x = torch.cat([corrupted(x[d.start:d.end], d.corruption, tc.severity, self.cfg.seed + 2000 + k)
+                           for k, d in enumerate(domains)])
+            self._tta = (train.normalize(x.to(self.cfg.device)), y.to(self.cfg.device), domains)
         return self._tta
 
 
@@ -253,6 +259,11 @@ def _context(cfg: StudyConfig, data: Optional[StudyData] = None) -> _Context:
         _CONTEXTS.clear()
         _CONTEXTS[key] = _Context(cfg, data)
     return _CONTEXTS[key]
+
+
+def study_splits(cfg: StudyConfig, data: Optional[StudyData] = None) -> Tuple[ImageSplit, ImageSplit, ImageSplit]:
+    """The (train, test, calib) image splits of the Section 5 networks under ``cfg`` (this process's copy)."""
+    return _context(cfg, data).splits()
 
 
 # ---- the jobs -----------------------------------------------------------------------------------
@@ -307,8 +318,8 @@ def _trained_network(ctx: _Context, job: Job, parts: Path) -> Tuple[nn.Module, d
     steps = rc.train_steps(len(train.y))
     state = job.training_path(parts, ".ckpt.safetensors")
     weights.parent.mkdir(parents=True, exist_ok=True)
-    history = train_classifier(model, train, job.seed, rc.batch_size, rc.lr, rc.weight_decay, rc.warmup_steps, steps,
-                               on_step=_step_callback(job, steps), checkpoint=state)
+    history = train_classifier(model, train, job.seed, steps=steps, on_step=_step_callback(job, steps), checkpoint=state,
+                               **rc.recipe())
     save_safetensors_atomic(model.state_dict(), weights)
     training = {"steps": steps, "history": history}
     write_json_atomic(record, training)
@@ -341,8 +352,10 @@ def _network_job(ctx: _Context, job: Job, parts: Path) -> dict:
 def _tta_job(ctx: _Context, job: Job, parts: Path) -> dict:
     """Test-time adaptation of one stored main network on the i.i.d., label-shift and batch-1 streams."""
     model, _ = _trained_network(ctx, job, parts)
-    images, labels = ctx.tta_images()
-    return {"variant": job.variant, "seed": job.seed, "errors": tta_errors(model, images, labels, ctx.cfg.tta, ctx.cfg.seed)}
+    images, labels, domains = ctx.tta_images()
+    # the streams are drawn with the training seed: the interval over training seeds covers the draw
+    return {"variant": job.variant, "seed": job.seed,
+            "errors": tta_errors(model, images, labels, domains, ctx.cfg.tta, job.seed)}
 
 
 def _small_batch_job(ctx: _Context, job: Job) -> dict:
@@ -353,7 +366,7 @@ def _small_batch_job(ctx: _Context, job: Job) -> dict:
     lr = rc.small_batch_lr(job.batch_size)
     history = train_classifier(model, train, job.seed, job.batch_size, lr, rc.weight_decay,
                                rc.warmup_steps, rc.small_batch_iterations,
-                               on_step=_step_callback(job, rc.small_batch_iterations))
+                               on_step=_step_callback(job, rc.small_batch_iterations), decay_norms=rc.decay_norms)
     return {"variant": job.variant, "seed": job.seed, "batch_size": job.batch_size, "lr": lr,
             "iterations": rc.small_batch_iterations, "train_loss": history[-1]["loss"],
             "top1": evaluate_top1(model, test.batches(rc.eval_batch_size))}

@@ -253,7 +253,7 @@ def plot_tta(tta: Mapping, path: Path) -> Path:
     """Test-time adaptation: top-1 error per method, one panel per stream, bars per variant (mean ± sd over seeds)."""
     cfg = tta["config"]
     methods, variants, seeds = cfg["methods"], list(tta["models"]), [str(s) for s in tta["seeds"]]
-    fig, axes = plt.subplots(1, len(TTA_STREAMS), figsize=(13, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(TTA_STREAMS), figsize=(17, 4.4), sharey=True)
     width = 0.8 / len(variants)
     x = np.arange(len(methods))
     for ax, stream in zip(axes, TTA_STREAMS):
@@ -262,14 +262,15 @@ def plot_tta(tta: Mapping, path: Path) -> Path:
             sd = values.std(1, ddof=1) if values.shape[1] > 1 else np.zeros(len(methods))
             ax.bar(x - 0.4 + width * (i + 0.5), values.mean(1), width, yerr=sd, capsize=2, label=variant)
         ax.set_xticks(x)
-        ax.set_xticklabels(methods, fontsize=8)
+        ax.set_xticklabels(methods, fontsize=8, rotation=45)
         ax.set_title(stream, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_ylabel("top-1 error (%)")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Test-time adaptation on {cfg['test_samples']} test images under {cfg['corruption']} (severity "
-                 f"{cfg['severity']}): i.i.d. / label-shift (Dirichlet {cfg['dirichlet']:g}) batches of "
-                 f"{cfg['batch_size']}, and batch size 1; mean ± sd over training seeds", fontsize=10)
+    fig.suptitle(f"Test-time adaptation, continual stream of {cfg['test_samples'] or 'all'} test images "
+                 f"({', '.join(cfg['corruptions'])}, severity {cfg['severity']}): i.i.d. / label-shift (Dirichlet "
+                 f"{cfg['dirichlet']:g}) batches of {cfg['batch_size']}; the first {cfg['short_samples']} at batch 1 and "
+                 "in i.i.d. batches; mean ± sd over training seeds", fontsize=10)
     return _save(fig, path, dpi=110)
 
 

@@ -13,9 +13,12 @@ from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tup
 
 import numpy as np
 
+from ..utils.errors import UserError
 from .config import JOB_KINDS, QUICK_NOTE, JobKind
-from .tta import TTA_STREAMS
-from .evidence import CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, correlation_effect, paired_effect
+from .tta import BESIDE, REFERENCE, TTA_STREAMS
+from .evidence import (
+    CONTRADICTED, HOLDS, INCONCLUSIVE, Effect, combine_verdicts, correlation_effect, effect_from_per_seed, paired_effect,
+)
 
 __all__ = ["Claim", "spearman", "growth", "esm_profiles", "evaluate_claims", "summary_lines", "compare_lines",
            "claims_from_csv", "config_differences", "design_differences", "is_quick"]
@@ -337,21 +340,26 @@ def claim_adabn(rn: Mapping) -> Claim:
 
 
 def _stream_loss(errors: Mapping, stream: str, methods: Sequence[str]) -> float:
-    """Error on ``stream`` minus the i.i.d. error, mean over ``methods``."""
-    return float(np.mean([errors[stream][m] - errors["iid"][m] for m in methods]))
+    """Error on ``stream`` minus its reference stream's error (``REFERENCE``), mean over ``methods``."""
+    return float(np.mean([errors[stream][m] - errors[REFERENCE[stream]][m] for m in methods]))
+
+
+GRADIENT_METHODS = ("tent", "eata", "sar", "rotta")  # the adaptation check: do they move away from ``batch``?
 
 
 def claim_tta_non_iid(tta: Mapping) -> Claim:
     cfg = tta["config"]
-    adapting = [m for m in cfg["methods"] if m != "source"]
+    averaged = [m for m in cfg["methods"] if m not in BESIDE]
+    blocks = ", ".join(cfg["corruptions"])
     claim = Claim(
         "xbn_tta_loses_less_non_iid",
         "XBNBlock networks lose less accuracy than BN under test-time adaptation when test batches are not i.i.d.",
-        "estimation shift at test time (this project's question; SAR's wild settings, NOTE, TTAB)",
-        f"loss = top-1 error on a stream - error on i.i.d. batches of {cfg['batch_size']}, same {cfg['test_samples']} "
-        f"test images under {cfg['corruption']} (severity {cfg['severity']}), mean over {', '.join(adapting)}; "
-        f"effect = loss(XBN-GN) - loss(BN) per training seed on the label-shift stream (Dirichlet alpha "
-        f"{cfg['dirichlet']:g}); CI < 0. Batch size 1, all-GN and each method beside it",
+        "estimation shift at test time (this project's question; SAR's wild settings, NOTE, RoTTA, TTAB)",
+        f"loss = top-1 error on a stream - error of the same images in i.i.d. batches of {cfg['batch_size']}; continual "
+        f"stream of {cfg['test_samples'] or 'all'} test images, one block per corruption ({blocks}; severity "
+        f"{cfg['severity']}), stream drawn per training seed; effect = loss(XBN-GN) - loss(BN) per training seed on the "
+        f"label-shift stream (Dirichlet alpha {cfg['dirichlet']:g} per block), mean over {', '.join(averaged)}; CI < 0. "
+        f"{', '.join(BESIDE)}, batch size 1, all-GN, each method and the gradient methods' gap to batch beside it",
         predicted_by="hypothesis",
     )
     seeds = [str(s) for s in tta["seeds"]]
@@ -362,13 +370,18 @@ def claim_tta_non_iid(tta: Mapping) -> Claim:
 
     for stream, label in (("label-shift", f"label shift (alpha {cfg['dirichlet']:g})"), ("batch-1", "batch size 1")):
         for variant in [v for v in models if v != "BN"]:
-            claim.add(paired_effect(f"{label}: loss {variant} - BN, mean over methods", losses(variant, stream, adapting),
-                                    losses("BN", stream, adapting), -1),
+            claim.add(paired_effect(f"{label}: loss {variant} - BN, mean over methods", losses(variant, stream, averaged),
+                                    losses("BN", stream, averaged), -1),
                       counts=stream == "label-shift" and variant == "XBN-GN")
-        for method in adapting:
-            if "XBN-GN" in models:
+        for method in cfg["methods"]:
+            if "XBN-GN" in models and method != "source":
                 claim.add(paired_effect(f"{label}: loss XBN-GN - BN, {method}", losses("XBN-GN", stream, [method]),
                                         losses("BN", stream, [method]), -1), counts=False)
+    for variant in [v for v in ("BN", "XBN-GN") if v in models and "batch" in cfg["methods"]]:
+        for method in [m for m in cfg["methods"] if m.partition(":")[0] in GRADIENT_METHODS]:
+            claim.add(paired_effect(f"adaptation check, iid: {method} - batch, {variant}",
+                                    [models[variant][s]["iid"][method] for s in seeds],
+                                    [models[variant][s]["iid"]["batch"] for s in seeds], -1), counts=False)
     return claim
 
 
@@ -417,15 +430,17 @@ def tta_lines(tta: Mapping) -> List[str]:
         return []
     cfg = tta["config"]
     seeds = [str(s) for s in tta["seeds"]]
-    lines = [f"Test-time adaptation ({cfg['test_samples']} test images under {cfg['corruption']}, severity "
-             f"{cfg['severity']}; each method reset per stream), top-1 error (%) mean ± sd over training seeds:",
+    lines = [f"Test-time adaptation (continual stream of {cfg['test_samples'] or 'all'} test images, a block per corruption: "
+             f"{', '.join(cfg['corruptions'])}, severity {cfg['severity']}; each method reset per stream), top-1 error (%) "
+             "mean ± sd over training seeds:",
              f"  {'stream':12s} {'variant':7s} " + " ".join(f"{m:>13s}" for m in cfg["methods"])]
     for stream in TTA_STREAMS:
         for variant, by_seed in tta["models"].items():
             cells = [_mean_sd([by_seed[s][stream][m] for s in seeds]) for m in cfg["methods"]]
             lines.append(f"  {stream:12s} {variant:7s} " + " ".join(f"{c:>13s}" for c in cells))
-    lines.append(f"  (iid and label-shift: batches of {cfg['batch_size']}; label-shift: Dirichlet alpha {cfg['dirichlet']:g}; "
-                 "batch-1: the iid order one image at a time)")
+    lines.append(f"  (iid and label-shift: batches of {cfg['batch_size']}; label-shift: Dirichlet alpha {cfg['dirichlet']:g} "
+                 f"per block; batch-1: the first {cfg['short_samples']} images of the iid order (a share of each block) "
+                 "one at a time; iid-short: those images in iid batches)")
     return lines
 
 
@@ -472,6 +487,17 @@ def summary_lines(results: Mapping, skip: Collection[str] = ()) -> List[str]:
     return lines
 
 
+def _check_recorded_effect(row: Mapping[str, str], label: str) -> None:
+    """A claims.csv row's mean, interval and verdict recomputed from its per-seed values (``UserError`` if they differ)."""
+    per_seed = [float(v) for v in row["per_seed"].split(";")]
+    e = effect_from_per_seed(row["effect"], row["unit"], int(row["direction"]), per_seed, int(row.get("pairs") or 0))
+    recorded = [float(row[k]) for k in ("mean", "ci_low", "ci_high")]
+    if e.verdict != row["effect_verdict"] or not np.allclose([e.mean, e.ci_low, e.ci_high], recorded, rtol=1e-9, atol=1e-12,
+                                                             equal_nan=True):
+        raise UserError(f"{label}: effect {row['effect']!r} records {recorded} {row['effect_verdict']}, its per-seed values "
+                        f"give {[e.mean, e.ci_low, e.ci_high]} {e.verdict}")
+
+
 def claims_from_csv(rows: Sequence[Mapping[str, str]], label: str, config: Optional[Mapping[str, Any]] = None) -> dict:
     """The comparable part of a study result (``compare_lines``) from the rows of its ``claims.csv``
     (e.g. the committed ``docs/study/claims.csv``); ``label`` names it in the comparison, ``config`` is
@@ -479,11 +505,18 @@ def claims_from_csv(rows: Sequence[Mapping[str, str]], label: str, config: Optio
     claims: Dict[str, dict] = {}
     for row in rows:
         claim = claims.setdefault(row["claim"], {"id": row["claim"], "claim": row["claim"], "verdict": row["verdict"], "effects": []})
-        effect = {"name": row["effect"], "verdict": row["effect_verdict"],
+        effect = {"name": row["effect"], "verdict": row["effect_verdict"], "counts": row.get("counts") == "True",
                   **{k: float(row[k]) for k in ("mean", "ci_low", "ci_high")}}
         if row.get("n"):
             effect["n"] = int(row["n"])
+        if row.get("per_seed"):
+            _check_recorded_effect(row, label)
         claim["effects"].append(effect)
+    for claim in claims.values():
+        if all(row.get("per_seed") for row in rows if row["claim"] == claim["id"]):
+            recomputed = combine_verdicts([e["verdict"] for e in claim["effects"] if e["counts"]])
+            if recomputed != claim["verdict"]:
+                raise UserError(f"{label}: claim {claim['id']} records {claim['verdict']}, its deciding effects give {recomputed}")
     out = {"label": label, "claims": list(claims.values())}
     if config is not None:
         out["config"] = dict(config)

@@ -18,14 +18,14 @@ import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import timm
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -35,13 +35,14 @@ from ..evaluation.results import summarize_robustness
 from ..evaluation.sweep import SharedPass, robustness_settings
 from ..layers import paper_affine
 from ..stats import estimation_shift, recalibrate, select_perturbation_targets
-from ..surgery import XBNConfig, build_bfn_for, convert, replace_module
+from ..surgery import XBNConfig, build_bfn_for, convert, find_stem_norms, replace_module
 from ..utils.device import eval_mode, model_device
 from ..utils.errors import UserError
 from ..utils.files import atomic_write
 from ..utils.norms import is_bn
 
 __all__ = [
+    "SCHEDULES",
     "VARIANTS",
     "ResNetConfig",
     "ImageSplit",
@@ -49,6 +50,7 @@ __all__ = [
     "build_variant",
     "bn_depths",
     "prepare_images",
+    "lr_scheduler",
     "train_classifier",
     "save_training_state",
     "load_training_state",
@@ -71,6 +73,10 @@ VARIANTS: Dict[str, Optional[dict]] = {
 }
 
 
+# lr schedules of the main training (both with a linear warm-up from lr / 10 over ``warmup_steps``)
+SCHEDULES = ("cosine", "linear")  # cosine over all updates (timm's CosineLRScheduler), or one-cycle: linear decay to 0 after the warm-up (PolyLRScheduler, power 1)
+
+
 @dataclass
 class ResNetConfig:
     """Settings of the Section 5 experiments (the default study's; ``StudyConfig.preset`` changes them)."""
@@ -89,7 +95,11 @@ class ResNetConfig:
     batch_size: int = 128
     lr: float = 0.1
     weight_decay: float = 1e-4
+    decay_norms: bool = True  # the authors' grouping: every parameter decays (False: timm's, norms and biases without)
+    stem_bfn: bool = True  # XBN variants normalize the stem with their BFN too, as the authors' networks do
     warmup_steps: int = 100
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
     eval_samples: Optional[int] = None
     eval_batch_size: int = 250  # forward passes are fastest per image at 128-250 on the CPU (cache-sized activations)
     # Figure 8
@@ -110,6 +120,12 @@ class ResNetConfig:
     small_batch_sizes: Tuple[int, ...] = (2, 4, 8, 32)
     small_batch_iterations: int = 300
 
+    def recipe(self) -> Dict[str, Any]:
+        """The main training's recipe as ``train_classifier`` keywords: one place for the study and its benchmarks."""
+        return {"batch_size": self.batch_size, "lr": self.lr, "weight_decay": self.weight_decay,
+                "warmup_steps": self.warmup_steps, "schedule": self.schedule, "label_smoothing": self.label_smoothing,
+                "decay_norms": self.decay_norms}
+
     def __post_init__(self) -> None:
         unknown = [v for v in (*self.variants, *self.robustness_variants, *self.esm_variants,
                                *self.adabn_variants, *self.small_batch_variants) if v not in VARIANTS]
@@ -117,6 +133,8 @@ class ResNetConfig:
             raise UserError(f"unknown Section 5 variant(s) {unknown}; choose from {list(VARIANTS)}")
         if "BN" not in self.variants:
             raise UserError("the Section 5 variants must include the BN baseline")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"unknown lr schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
 
     def train_steps(self, train_images: int) -> int:
         """SGD updates of the main training: ``epochs`` passes over the data, at least ``min_steps``."""
@@ -181,6 +199,14 @@ def _all_norms_batch_free(model: nn.Module, groups: int) -> nn.Module:
     return model
 
 
+def _batch_free_stem(model: nn.Module, bfn: XBNConfig) -> None:
+    """The stem's BN replaced by ``bfn`` in place. The authors' stem norm is GN with 64 groups on 64
+    channels, one channel per group; timm's plain stem keeps 64 channels here (``stem_width`` sizes deep
+    stems only), so one channel per group keeps the paper's stem exactly."""
+    for name in find_stem_norms(model):
+        replace_module(model, name, build_bfn_for(model.get_submodule(name), bfn))
+
+
 def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) -> nn.Module:
     """Variant ``label`` of ``VARIANTS``, made from the BN network of ``seed`` (same initial weights)."""
     if label not in VARIANTS:
@@ -191,7 +217,10 @@ def build_variant(label: str, cfg: ResNetConfig, num_classes: int, seed: int) ->
         model = _all_norms_batch_free(model, cfg.gn_groups)
     elif recipe is not None:
         # trained from scratch: the authors' BFN (IN without affine parameters), not surgery's kept weight and bias
-        model = convert(model, groups=cfg.gn_groups, inplace=True, affine=paper_affine(recipe["bfn"]), **recipe).model
+        affine = paper_affine(recipe["bfn"])
+        model = convert(model, groups=cfg.gn_groups, inplace=True, affine=affine, **recipe).model
+        if cfg.stem_bfn:
+            _batch_free_stem(model, XBNConfig(bfn=recipe["bfn"], groups=None, channels_per_group=1, affine=affine))
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
@@ -207,6 +236,16 @@ def bn_depths(cfg: ResNetConfig) -> Dict[str, int]:
     return {name: i for i, name in enumerate((n for n, m in model.named_modules() if is_bn(m)), start=1)}
 
 
+def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, steps: int, warmup_steps: int, lr: float):
+    """timm's per-update scheduler for ``schedule`` (``SCHEDULES``): warm-up from lr / 10, then decay to 0."""
+    warmup = dict(warmup_t=min(warmup_steps, steps // 2), warmup_lr_init=lr / 10, lr_min=0.0, t_in_epochs=False)
+    if schedule == "cosine":
+        return CosineLRScheduler(optimizer, t_initial=steps, **warmup)
+    if schedule == "linear":  # one-cycle: the decay starts at the end of the warm-up, from the peak
+        return PolyLRScheduler(optimizer, t_initial=steps - warmup["warmup_t"], power=1.0, warmup_prefix=True, **warmup)
+    raise UserError(f"unknown lr schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+
+
 def train_classifier(
     model: nn.Module,
     split: ImageSplit,
@@ -218,19 +257,24 @@ def train_classifier(
     steps: int,
     on_step: Optional[Callable[[int], None]] = None,
     checkpoint: Optional[Path] = None,
+    schedule: str = "cosine",
+    label_smoothing: float = 0.0,
+    decay_norms: bool = False,
 ) -> List[dict]:
-    """SGD (momentum 0.9) with a warmup + cosine schedule (timm's optimizer and scheduler factories)
-    for ``steps`` updates over seeded reshuffles of ``split``; returns per-epoch loss and train top-1 (%).
+    """SGD (momentum 0.9, timm's optimizer factory) with a linear warm-up and a cosine or linear decay
+    (``schedule``, timm's schedulers) for ``steps`` updates over seeded reshuffles of ``split``, on
+    cross-entropy with ``label_smoothing``; returns per-epoch loss and train top-1 (%).
+    ``decay_norms``: weight decay on every parameter, as the authors' ``extension/optimizer.py`` (the
+    study passes ``ResNetConfig.decay_norms``); False: timm's ``filter_bias_and_bn``, norm weights and
+    biases without decay.
 
     ``on_step(update)`` is called after every update. With ``checkpoint`` (a ``.safetensors`` path) the
     training state is saved there after every epoch but the last (``save_training_state``) and, when
     the file exists at the start, training resumes from it: the result is bit-identical to an
     uninterrupted run."""
-    optimizer = create_optimizer_v2(model, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9)
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=steps, warmup_t=min(warmup_steps, steps // 2),
-        warmup_lr_init=lr / 10, lr_min=0.0, t_in_epochs=False,
-    )
+    optimizer = create_optimizer_v2(model, "sgd", lr=lr, weight_decay=weight_decay, momentum=0.9,
+                                    filter_bias_and_bn=not decay_norms)
+    scheduler = lr_scheduler(optimizer, schedule, steps, warmup_steps, lr)
     generator = torch.Generator().manual_seed(seed)
     history: List[dict] = []
     update, epoch = 0, 0
@@ -248,7 +292,7 @@ def train_classifier(
             x, y = split.normalize(split.x[idx]), split.y[idx]
             with autocast(model):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -81,10 +81,13 @@ def _collect(cfg: StudyConfig, data: StudyData, results: Dict[str, dict], jobs: 
     test_images = len(data.test_y) if rc.eval_samples is None else min(rc.eval_samples, len(data.test_y))
     description = (
         f"timm {rc.arch} layout ({sum(len(getattr(bn, f'layer{i}')) for i in range(1, 5))} bottlenecks), "
-        f"channels {tuple(rc.channels)}, stem {rc.stem_width}{'' if rc.stem_pool else ' without stem max-pool'}, "
+        f"channels {tuple(rc.channels)}, stem {bn.conv1.out_channels} channels{'' if rc.stem_pool else ' without stem max-pool'}"
+        f"{' (batch-free in the XBN variants, one channel per group)' if rc.stem_bfn else ''}, "
         f"{cfg.image_size} px RGB, {sum(p.numel() for p in bn.parameters()):,} parameters; GN {rc.gn_groups} groups; "
         f"{train_images:,} training images, {rc.train_steps(train_images)} SGD steps of {rc.batch_size} "
-        f"(lr {rc.lr}, warmup + cosine), "
+        f"(lr {rc.lr}, warmup + {'cosine' if rc.schedule == 'cosine' else 'linear decay'}"
+        f"{f', label smoothing {rc.label_smoothing:g}' if rc.label_smoothing else ''}, weight decay {rc.weight_decay:g} on "
+        f"{'every parameter' if rc.decay_norms else 'weights only'}), "
         f"{len(cfg.train_seeds)} training seeds per variant; evaluated on {test_images:,} test images"
     )
     resnet = {
@@ -167,11 +170,14 @@ def _write_claims_csv(path: Path, results: dict) -> None:
         text.write(f"# {QUICK_NOTE}\n")
     text.write(f"# design: {json.dumps(results['config'], sort_keys=True)}\n")
     writer = csv.DictWriter(text, fieldnames=["claim", "verdict", "effect", "counts", "mean", "ci_low", "ci_high", "sd",
-                                              "n", "effect_verdict"], lineterminator="\n")
+                                              "n", "effect_verdict", "unit", "direction", "pairs", "per_seed"],
+                            lineterminator="\n")
     writer.writeheader()
     writer.writerows(
         {"claim": c["id"], "verdict": c["verdict"], "effect": e["name"], "counts": e["counts"], "mean": e["mean"],
-         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": e["sd"], "n": e["n"], "effect_verdict": e["verdict"]}
+         "ci_low": e["ci_low"], "ci_high": e["ci_high"], "sd": e["sd"], "n": e["n"], "effect_verdict": e["verdict"],
+         "unit": e["unit"], "direction": e["direction"], "pairs": e.get("pairs", 0),
+         "per_seed": ";".join(repr(float(v)) for v in e["per_seed"])}
         for c in results["claims"] for e in c["effects"])
     write_text_atomic(path, text.getvalue())
 

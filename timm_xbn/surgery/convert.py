@@ -9,10 +9,9 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn as nn
 
-from ..layers import create_bfn, is_batch_free
+from ..layers import create_bfn, find_one_value_norms, is_batch_free
 from ..utils.errors import UserError
 from .blocks import POSITIONS, ResidualBlock, find_residual_blocks, find_stem_norms, is_bn, supported_families_text
 
@@ -101,51 +100,13 @@ def _short_repr(module: nn.Module) -> str:
     return f"{type(module).__name__}({module.extra_repr()})"
 
 
-def _input_map_sizes(model: nn.Module, names: Sequence[str], input_size: Sequence[int]) -> Dict[str, Tuple[int, ...]]:
-    """Spatial size of the input of each module in ``names`` for one image of ``input_size`` (C, H, W):
-    a dry forward pass in eval mode without gradients; every module's train/eval flag is restored."""
-    sizes: Dict[str, Tuple[int, ...]] = {}
-
-    def recorder(name: str):
-        def hook(module: nn.Module, args: Tuple[torch.Tensor, ...]) -> None:
-            sizes.setdefault(name, tuple(args[0].shape[2:]))
-        return hook
-
-    hooks = [model.get_submodule(name).register_forward_pre_hook(recorder(name)) for name in names]
-    modes = {m: m.training for m in model.modules()}
-    reference = next(model.parameters(), None)
-    x = torch.zeros(1, *input_size, device=None if reference is None else reference.device,
-                    dtype=None if reference is None else reference.dtype)
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, mode in modes.items():
-            module.training = mode
-    return sizes
-
-
-def _check_normalizable(planned: List[Tuple[str, Any, nn.Module]], sizes: Dict[str, Tuple[int, ...]],
-                        input_size: Sequence[int]) -> None:
-    """``ValueError`` naming the first BFN whose group holds one value per sample at this input size:
-    its output would be its bias alone (and torch's InstanceNorm refuses it in training)."""
-    for name, _, bfn in planned:
-        if name not in sizes:  # not on the forward path (e.g. an unused head)
-            continue
-        grouped = isinstance(bfn, nn.GroupNorm)
-        per_group = bfn.num_channels // bfn.num_groups if grouped else 1  # InstanceNorm: one channel per group
-        if per_group * torch.Size(sizes[name]).numel() == 1:
-            shape = "x".join(map(str, sizes[name]))
-            if grouped:
-                kind, more = "GroupNorm with one channel per group", "more channels per group (fewer groups, or channels_per_group >= 2)"
-            else:
-                kind, more = "InstanceNorm", "GroupNorm with several channels per group (bfn gn)"
-            raise UserError(
-                f"{name} gets {shape} maps at input size {'x'.join(map(str, input_size[1:]))}, where {kind} normalizes a "
-                f"single value per sample and outputs a constant: use another position, a larger input, or {more}; "
-                "force=True (--force) converts anyway")
+def _check_normalizable(model: nn.Module, planned: List[Tuple[str, Any, nn.Module]], input_size: Sequence[int]) -> None:
+    """``UserError`` naming the first planned BFN whose group holds one value per sample at this input size:
+    its output would be its bias alone (and torch's InstanceNorm refuses it)."""
+    found = find_one_value_norms(model, input_size, [(name, bfn) for name, _, bfn in planned])
+    if found:
+        raise UserError(f"{found[0].describe(input_size)}: use another position, a larger input, or "
+                        f"{found[0].more_values}; force=True (--force) converts anyway")
 
 
 def _check_convertible(model: nn.Module, blocks: List[ResidualBlock]) -> None:
@@ -232,7 +193,7 @@ def convert(
         except UserError as err:
             raise UserError(f"cannot replace {name}: {err}") from None
     if input_size is not None and not force:
-        _check_normalizable(planned, _input_map_sizes(model, [name for name, _, _ in planned], input_size), input_size)
+        _check_normalizable(model, planned, input_size)
 
     target = model if inplace else copy.deepcopy(model)
     replaced: List[Replacement] = []

@@ -205,6 +205,7 @@ def _add_xbn_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels-per-group", type=int, default=None, help="GroupNorm channels per group (instead of --groups)")
     group.add_argument("--bfn-affine", action=argparse.BooleanOptionalAction, default=None, help="affine BFN (default: kept from the BN with --pretrained / --calibrate, else the authors' choice: GN affine, IN not)")
     group.add_argument("--stem", action="store_const", const=True, default=None, help="also replace the stem BN")
+    group.add_argument("--force", action="store_true", default=False, help="convert even where a batch-free norm normalizes one value per sample at the training input size (1x1 maps with InstanceNorm, or one channel per group): such a norm outputs a constant")
     group.add_argument("--calibrate", default=None, metavar="DIR", help="unlabeled images: fit each BFN to the BN it replaces before training (timm_xbn.calibrate)")
     group.add_argument("--calib-images", type=int, default=256, metavar="N", help="images of --calibrate to use (default 256)")
     # Debug hooks for the tests (hidden from --help): stop as if killed after N optimizer updates

@@ -66,6 +66,8 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
         name = kwargs.pop("base_model", None)
         if name is None:
             raise UserError("model xbn_converted needs model_kwargs base_model=NAME (or --convert-from NAME)")
+    if args.force and surgery is None:
+        raise UserError("--force only applies to a conversion: --convert-from MODEL (or model xbn_converted)")
     if args.calibrate and (surgery is None or args.initial_checkpoint):
         raise UserError("--calibrate fits a fresh conversion to its BN model: it needs --convert-from MODEL "
                         "(or model xbn_converted) and no --initial-checkpoint")
@@ -80,12 +82,12 @@ def create_train_model(args: argparse.Namespace, in_chans: int) -> nn.Module:
     if surgery is not None:
         if surgery.get("affine") is None and not (args.pretrained or args.calibrate):  # from scratch: the authors' BFN
             surgery["affine"] = paper_affine(surgery.get("bfn", "gn"))
-        images = None
-        if args.calibrate:  # the images the trainer evaluates on: its data config, not the model's default
+        data_config = resolve_data_config(vars(args), model=model, verbose=False)  # the images the trainer feeds it
+        # a copy: the BN model is what calibration fits to
+        converted = convert(model, **surgery, input_size=data_config["input_size"], force=args.force).model
+        if args.calibrate:
             images = calibration_batches(args.calibrate, model, args.calib_images, workers=args.workers,
-                                        data_config=resolve_data_config(vars(args), model=model, verbose=False))
-        converted = convert(model, **surgery).model  # a copy: the BN model is what calibration fits to
-        if images is not None:
+                                         data_config=data_config)
             calibrate(converted, model, images, inplace=True, progress=getattr(args, "rank", 0) == 0)
         model = converted
     if args.initial_checkpoint:
