@@ -54,9 +54,9 @@ either side depending on float64 rounding; float32 compute (the default) adds a 
 Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
 or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
 zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
-at multiple-of-8 sizes); Gaussian blurs are depthwise convolutions over all images and channels
-at once in an (H, W, N) channels-last layout, their kernels and borders cached; those layouts
-are reached and left by one OpenCV transpose (torch's strided copies cost more than the work;
+at multiple-of-8 sizes); Gaussian blurs run over all images and channels at once in an
+(H, W, N) channels-last layout (OpenCV's separable filter on the CPU, depthwise convolutions
+elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies cost more than the work;
 uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
 per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog
 draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
@@ -381,29 +381,65 @@ def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
     return out
 
 
-def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str) -> Tensor:
-    """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows, then along the columns,
-    the borders following ``mode``: two depthwise convolutions over N channels-last planes. Both
-    borders are padded first (padding the columns commutes with filtering the rows)."""
+def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str,
+                   dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows and along the columns, the
+    borders following ``mode``, into ``dtype`` (default: the kernels'; ``t`` may be uint8). On the
+    CPU one OpenCV separable filter over the N interleaved channels (SIMD, symmetric kernels
+    folded, borders read in place: ~2.5x faster than ``_separable_conv``), otherwise that."""
+    dtype = dtype or row_kernel.dtype
+    if _on_host(t):
+        return _separable_cv2(t, row_kernel.to(dtype), col_kernel.to(dtype), mode, dtype)
+    return _separable_conv(t, row_kernel, col_kernel, mode, dtype)
+
+
+def _separable_conv(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str, dtype: torch.dtype) -> Tensor:
+    """``_separable_hwn`` as two depthwise convolutions over N channels-last planes (any device),
+    both borders padded first (padding the columns commutes with filtering the rows)."""
     n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
     # (1, N, H', W') planes with channels-last strides (F.pad's channels-last kernels are ~5x slower)
-    planes = _pad_hwn(t, ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
-    for weight in _depthwise_weights(row_kernel, col_kernel, n):
+    planes = _pad_hwn(t.to(dtype), ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
+    for weight in _depthwise_weights(row_kernel.to(dtype), col_kernel.to(dtype), n):
         planes = F.conv2d(planes, weight, groups=n)
     return planes.permute(0, 2, 3, 1)[0]
 
 
+# scipy's border names -> OpenCV's (the same source index for every padded position)
+_CV2_BORDERS = {"nearest": "BORDER_REPLICATE", "reflect": "BORDER_REFLECT", "mirror": "BORDER_REFLECT_101"}
+_CV2_MAX_CHANNELS = 512  # CV_CN_MAX: more planes go through in slices of channels
+
+
+def _separable_cv2(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str, dtype: torch.dtype) -> Tensor:
+    """``_separable_hwn`` on the CPU: cv2.sepFilter2D (its kernelX runs along the columns, kernelY
+    down the rows), ``t``'s channels as the image's."""
+    import cv2
+
+    depth = {torch.float32: cv2.CV_32F, torch.float64: cv2.CV_64F}[dtype]
+    border = getattr(cv2, _CV2_BORDERS[mode])
+    src = t.contiguous().numpy()
+    kx, ky = col_kernel.numpy(), row_kernel.numpy()
+    if src.shape[-1] <= _CV2_MAX_CHANNELS:
+        return torch.from_numpy(cv2.sepFilter2D(src, depth, kx, ky, borderType=border).reshape(t.shape))
+    out = np.empty(t.shape, dtype=kx.dtype)
+    for start in range(0, src.shape[-1], _CV2_MAX_CHANNELS):
+        part = np.ascontiguousarray(src[..., start:start + _CV2_MAX_CHANNELS])
+        out[..., start:start + _CV2_MAX_CHANNELS] = cv2.sepFilter2D(part, depth, kx, ky, borderType=border).reshape(part.shape)
+    return torch.from_numpy(out)
+
+
 @lru_cache(maxsize=64)
 def _depthwise_weights(row_kernel: Tensor, col_kernel: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes, per kernel pair
-    (the kernels are cached tensors, so the pair is a cache key)."""
+    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes."""
     return (row_kernel.reshape(1, 1, -1, 1).expand(n, -1, -1, -1).contiguous(),
             col_kernel.reshape(1, 1, 1, -1).expand(n, -1, -1, -1).contiguous())
 
 
-def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
-    """scipy.ndimage.gaussian_filter over the rows then the columns of a (H, W, N) tensor."""
-    rows, cols = (_gaussian_kernel1d(s, truncate, t.dtype, t.device) for s in sigma)
+def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0,
+                       dtype: Optional[torch.dtype] = None) -> Tensor:
+    """scipy.ndimage.gaussian_filter over the rows and the columns of a (H, W, N) tensor, into
+    ``dtype`` (default: ``t``'s)."""
+    dtype = dtype or t.dtype
+    rows, cols = (_gaussian_kernel1d(s, truncate, dtype, t.device) for s in sigma)
     return _separable_hwn(t, rows, cols, mode)
 
 
@@ -541,7 +577,8 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
     ksize = 3 if radius <= 8 else 5
     g = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias_blur ** 2))
     g = torch.from_numpy((g / g.sum()).astype(np.float32))
-    k = _separable_hwn(torch.from_numpy(disk)[..., None], g, g, "mirror")[..., 0].numpy()
+    # the convolutions on every device: the kernel's float32 bits stay those the tests validated
+    k = _separable_conv(torch.from_numpy(disk)[..., None], g, g, "mirror", torch.float32)[..., 0].numpy()
     r = half - int(np.abs(np.argwhere(k != 0) - half).max())  # zero border rows/columns: dropped
     return np.ascontiguousarray(k[r:k.shape[0] - r, r:k.shape[1] - r])
 
@@ -577,7 +614,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
     # up to rounding: this corruption is matched statistically). uint8 batches are transposed to
     # and from that layout as uint8 (a quarter of the bytes).
-    blurred = _gaussian_blur_hwn(_to_hwn(x).to(draws.dtype), (sigma, sigma), "nearest").floor_()
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype).floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
