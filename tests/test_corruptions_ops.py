@@ -105,6 +105,36 @@ def test_poisson_levels_sample_the_poisson_distribution():
         assert abs((counts >= tail).sum() - mass) < 5 * mass ** 0.5 + 3, (level, (counts >= tail).sum(), mass)
 
 
+class FixedBits(Draws):
+    """Draws whose 31-bit numbers are given (the rest as usual)."""
+
+    def __init__(self, bits: torch.Tensor) -> None:
+        super().__init__(None, torch.device("cpu"), torch.float32)
+        self.fixed = bits
+
+    def bits31(self, shape):
+        return self.fixed.reshape(shape).clone()
+
+
+def test_poisson_levels_switch_count_exactly_at_each_cdf_step():
+    """u = bits / 2^31 at a CDF value gives the next count, one step below it the count itself (the jump bins'
+    binary search), against scipy's Poisson CDF, at a small, a middle and the largest rate."""
+    rates = torch.arange(256, dtype=torch.float64) / 255 * 60
+    levels, bits, expected = [], [], []
+    for level in (1, 100, 255):
+        lam = float(rates[level])
+        for k in range(int(lam + 3 * lam ** 0.5) + 1):
+            step = int(np.ceil(stats.poisson.cdf(k, lam) * 2 ** 31))
+            if stats.poisson.pmf(k + 1, lam) < 1e-6 or not 0 < step < 2 ** 31:
+                continue  # the next count's step too thin to tell apart from scipy's rounding
+            levels += [level, level]
+            bits += [step, step - 1]
+            expected += [k + 1, k]
+    levels = torch.tensor(levels, dtype=torch.uint8).view(1, 1, 1, -1)
+    counts = FixedBits(torch.tensor(bits, dtype=torch.int32)).image_poisson_levels(levels, rates, IDENTITY)
+    np.testing.assert_array_equal(counts.view(-1).numpy(), expected)
+
+
 def test_poisson_levels_follow_each_value_level():
     draws = Draws(torch.Generator().manual_seed(1), torch.device("cpu"), torch.float32)
     rates = torch.arange(256, dtype=torch.float64) / 255 * 25

@@ -175,25 +175,23 @@ class Draws:
         Inverse-CDF sampling of a 31-bit uniform: its top 12 bits pick a bin of a per-level table
         that holds the result directly (one byte: the 1 MiB table stays in cache), except in the few
         bins where the CDF jumps, marked by a byte, where the count is resolved against the CDF
-        itself (float64) from the count at the bin's start.
+        itself: one binary search per value among its level's keys (``_poisson_tables``).
         """
-        cdf, table, starts, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
+        keys, table, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
         index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
-        todo = torch.nonzero(out == mark).squeeze(1)
+        if _on_host(out):  # NumPy's nonzero: ~7x faster than torch's
+            todo = torch.from_numpy(np.flatnonzero(out.numpy() == mark))
+        else:
+            todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
-            bin_index = index.index_select(0, todo)
-            rows = bin_index // bins * cdf.shape[1]
-            u = bits.index_select(0, todo).double() * 2.0 ** -31
-            count = starts.index_select(0, bin_index).long()
-            cdf_flat = cdf.flatten()
-            while True:
-                step = u >= cdf_flat.index_select(0, rows + count)
-                if not bool(step.any()):
-                    break
-                count += step
+            # the level's keys run from level * 2^32: the keys <= level * 2^32 + bits, past the
+            # level's first, are the counts whose CDF is <= u: their number is the count
+            first = levels.reshape(-1).index_select(0, todo).long().bitwise_left_shift_(32)
+            query = bits.index_select(0, todo).long().add_(first)
+            count = torch.searchsorted(keys, query, right=True).sub_(torch.searchsorted(keys, first))
             out.index_copy_(0, todo, lut.to(self.device).index_select(0, count.clamp_max_(len(lut) - 1)))
         return out.view(levels.shape)
 
@@ -264,11 +262,12 @@ class ImageDraws(Draws):
 
 @lru_cache(maxsize=16)
 def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
-                    bins: int = 4096) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """(cdf, table, starts, mark, bins): per-rate CDFs (L, n) in float64; a uint8 guide table
-    (L * bins) holding for each bin of u ``lut`` of the count (the smallest whose CDF exceeds u)
-    where that count is the same across the bin, else the byte ``mark``; the count at each bin's
-    start (int16, L * bins)."""
+                    bins: int = 4096) -> tuple[Tensor, Tensor, int, int]:
+    """(keys, table, mark, bins): the per-rate CDFs as sorted int64 keys, level * 2^32 +
+    ceil(CDF * 2^31) (a 31-bit uniform ``bits`` has u = bits / 2^31 >= CDF exactly when bits >=
+    that ceiling); a uint8 guide table (L * bins) holding for each bin of u ``lut`` of the count
+    (the smallest whose CDF exceeds u) where that count is the same across the bin, else the byte
+    ``mark``."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
@@ -282,7 +281,9 @@ def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
     # bins that hold it go the slow way too, which returns their count all the same
     mark = int(torch.bincount(mapped[~jumps], minlength=256).argmin())
     table = torch.where(jumps, mark, mapped).flatten().to(torch.uint8)
-    return cdf.to(device), table.to(device), start.flatten().to(torch.int16).to(device), mark, bins
+    levels = torch.arange(len(rates), dtype=torch.int64)[:, None] << 32
+    keys = torch.ceil(cdf * 2.0 ** 31).long().add_(levels).flatten()
+    return keys.to(device), table.to(device), mark, bins
 
 
 # ---------------------------------------------------------------------------------------------
