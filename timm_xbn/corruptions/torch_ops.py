@@ -62,8 +62,9 @@ per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-b
 draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
 saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
-from one byte-table lookup for ~98 % of the values; pixelate runs every pass down the rows of
-OpenCV-transposed planes (row takes, PIL's rounding in float32; in NumPy on the CPU); JPEG
+from one byte-table lookup for > 99 % of the values (the rest: one binary search among integer
+CDF keys); pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
+rounding in float32; in NumPy on the CPU); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
 corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
