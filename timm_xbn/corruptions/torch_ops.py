@@ -56,8 +56,8 @@ or libjpeg): the linear, image-independent parts run as one operator each (zoom_
 zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
 at multiple-of-8 sizes); Gaussian blurs run over all images and channels at once in an
 (H, W, N) channels-last layout (OpenCV's separable filter on the CPU, depthwise convolutions
-elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies cost more than the work;
-uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
+elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies
+cost more than the work; uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
 per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog
 draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
@@ -72,7 +72,7 @@ corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batch
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
 reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
-OpenCV plane conversions around the codec take the rest), and pixelate (~1.3x): PIL's box
+OpenCV plane conversions around the codec take the rest), and pixelate (1.1-1.4x): PIL's box
 filter is one integer loop in C over the interleaved pixels, which vectorised passes
 (transposes, row takes, sums, rounding: ~10 passes over the image) barely beat, with no random
 numbers or codec to blame.
@@ -425,13 +425,15 @@ def _separable_cv2(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str,
     out = np.empty(t.shape, dtype=kx.dtype)
     for start in range(0, src.shape[-1], _CV2_MAX_CHANNELS):
         part = np.ascontiguousarray(src[..., start:start + _CV2_MAX_CHANNELS])
-        out[..., start:start + _CV2_MAX_CHANNELS] = cv2.sepFilter2D(part, depth, kx, ky, borderType=border).reshape(part.shape)
+        filtered = cv2.sepFilter2D(part, depth, kx, ky, borderType=border)
+        out[..., start:start + _CV2_MAX_CHANNELS] = filtered.reshape(part.shape)
     return torch.from_numpy(out)
 
 
 @lru_cache(maxsize=64)
 def _depthwise_weights(row_kernel: Tensor, col_kernel: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes."""
+    """The depthwise convolution weights of ``_separable_conv`` for ``n`` planes, per kernel pair
+    (the kernels are cached tensors, so the pair is a cache key)."""
     return (row_kernel.reshape(1, 1, -1, 1).expand(n, -1, -1, -1).contiguous(),
             col_kernel.reshape(1, 1, 1, -1).expand(n, -1, -1, -1).contiguous())
 
