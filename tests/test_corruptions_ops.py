@@ -197,8 +197,7 @@ def test_fft_sizes_have_only_small_prime_factors():
 
     for n in range(1, 400):
         size = _fft_size(n)
-        assert size >= n and size % 8 == 0 and smooth(size)
-        assert not any(smooth(m) for m in range(-(-n // 8) * 8, size, 8))
+        assert size >= n and smooth(size) and not any(smooth(m) for m in range(n, size))
 
 
 def test_batches_equal_single_images_and_any_size(photos):
@@ -305,8 +304,8 @@ def test_normal_window_replays_the_full_draw_and_draws_only_the_window():
 
 @pytest.mark.parametrize("size", ((224, 224), (37, 50)))
 def test_fft_filter_equals_a_direct_mirrored_correlation(size):
-    """The FFT correlation (padded straight to a multiple-of-8 transform size, inverted on the kept rows) against
-    scipy's direct sum with the same border, for the smallest and largest defocus disks."""
+    """The FFT correlation (mirror-padded, zero-padded to a 2-3-5 transform size) against scipy's direct sum with
+    the same border, for the smallest and largest defocus disks."""
     from scipy import ndimage
 
     from timm_xbn.corruptions.torch_ops import _disk_kernel, _filter2d
@@ -314,7 +313,7 @@ def test_fft_filter_equals_a_direct_mirrored_correlation(size):
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
     for radius, alias in ((3, 0.1), (10, 0.5)):
         kernel = _disk_kernel(radius, alias)
-        ours = _filter2d(x, kernel).numpy()
+        ours = _filter2d(x, kernel, "mirror").numpy()
         for image, out in zip(x.numpy(), ours):
             for plane, got in zip(image, out):
                 expected = ndimage.correlate(plane, kernel.astype(np.float64), mode="mirror")

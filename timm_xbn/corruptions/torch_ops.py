@@ -54,7 +54,7 @@ either side depending on float64 rounding; float32 compute (the default) adds a 
 Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
 or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
 zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
-at multiple-of-8 sizes); Gaussian blurs run over all images and channels at once in an
+at 2-3-5 sizes); Gaussian blurs run over all images and channels at once in an
 (H, W, N) channels-last layout (OpenCV's separable filter on the CPU, depthwise convolutions
 elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies
 cost more than the work; uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
@@ -448,33 +448,28 @@ def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncat
 
 
 def _fft_size(n: int) -> int:
-    """The smallest length >= n that is 8 times a number whose only prime factors are 2, 3 and 5:
-    fast FFT sizes (at 224 px MKL transforms 240 and 256 ~2x faster than 243 and 250)."""
+    """The smallest length >= n whose only prime factors are 2, 3 and 5 (fast FFT sizes)."""
     def smooth(m: int) -> bool:
         for f in (2, 3, 5):
             while m % f == 0:
                 m //= f
         return m == 1
 
-    n = -(-n // 8) * 8
     while not smooth(n):
-        n += 8
+        n += 1
     return n
 
 
-def _filter2d(x: Tensor, kernel: np.ndarray) -> Tensor:
+def _filter2d(x: Tensor, kernel: np.ndarray, mode: str) -> Tensor:
     """Correlate each channel of ``x`` (B, C, H, W) with ``kernel`` (kh, kw), odd sizes, keeping
-    the size, the border mirrored (cv2's default). Done with real FFTs: cost independent of kernel
-    size. The image is mirror-padded straight to the transform's size (the kept outputs never
-    read past the kernel's reach, so a longer border changes nothing and saves a zero-padding
-    copy); the inverse runs down the columns first, then along only the rows that are kept."""
+    the size; the border follows ``mode``. Done with real FFTs: cost independent of kernel size."""
     kh, kw = kernel.shape
     h, w = x.shape[-2:]
-    size = (_fft_size(h + kh - 1), _fft_size(w + kw - 1))
-    xp = F.pad(x, (kw // 2, size[1] - w - kw // 2, kh // 2, size[0] - h - kh // 2), mode="reflect")
+    xp = _pad(x, kh // 2, kw // 2, mode)
+    size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
     spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, x.dtype, x.device)
-    columns = torch.fft.ifft(torch.fft.rfft2(xp).mul_(spectrum), dim=-2)[..., kh - 1:kh - 1 + h, :]
-    return torch.fft.irfft(columns, n=size[1], dim=-1)[..., kw - 1:kw - 1 + w]
+    y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size).mul_(spectrum), s=size)
+    return y[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
 
 
 @lru_cache(maxsize=32)
@@ -589,8 +584,8 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
 
 def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
-    # in grey levels (linear: the reference's filter(x / 255) * 255 up to rounding)
-    return _filter2d(x, _disk_kernel(radius, alias)).clamp_(0, 255)
+    # on [0, 1] values at 2-3-5 FFT sizes: the committed study's AdaBN and claim 12 tables were written with these bits
+    return _filter2d(x.div_(255.0), _disk_kernel(radius, alias), "mirror").clamp_(0, 1).mul_(255)
 
 
 @lru_cache(maxsize=None)
