@@ -105,6 +105,36 @@ def test_poisson_levels_sample_the_poisson_distribution():
         assert abs((counts >= tail).sum() - mass) < 5 * mass ** 0.5 + 3, (level, (counts >= tail).sum(), mass)
 
 
+class FixedBits(Draws):
+    """Draws whose 31-bit numbers are given (the rest as usual)."""
+
+    def __init__(self, bits: torch.Tensor) -> None:
+        super().__init__(None, torch.device("cpu"), torch.float32)
+        self.fixed = bits
+
+    def bits31(self, shape):
+        return self.fixed.reshape(shape).clone()
+
+
+def test_poisson_levels_switch_count_exactly_at_each_cdf_step():
+    """u = bits / 2^31 at a CDF value gives the next count, one step below it the count itself (the jump bins'
+    binary search), against scipy's Poisson CDF, at a small, a middle and the largest rate."""
+    rates = torch.arange(256, dtype=torch.float64) / 255 * 60
+    levels, bits, expected = [], [], []
+    for level in (1, 100, 255):
+        lam = float(rates[level])
+        for k in range(int(lam + 3 * lam ** 0.5) + 1):
+            step = int(np.ceil(stats.poisson.cdf(k, lam) * 2 ** 31))
+            if stats.poisson.pmf(k + 1, lam) < 1e-6 or not 0 < step < 2 ** 31:
+                continue  # the next count's step too thin to tell apart from scipy's rounding
+            levels += [level, level]
+            bits += [step, step - 1]
+            expected += [k + 1, k]
+    levels = torch.tensor(levels, dtype=torch.uint8).view(1, 1, 1, -1)
+    counts = FixedBits(torch.tensor(bits, dtype=torch.int32)).image_poisson_levels(levels, rates, IDENTITY)
+    np.testing.assert_array_equal(counts.view(-1).numpy(), expected)
+
+
 def test_poisson_levels_follow_each_value_level():
     draws = Draws(torch.Generator().manual_seed(1), torch.device("cpu"), torch.float32)
     rates = torch.arange(256, dtype=torch.float64) / 255 * 25
@@ -270,3 +300,94 @@ def test_normal_window_replays_the_full_draw_and_draws_only_the_window():
     assert ours.shape == (2, 4, 8)
     same = Draws(g2, torch.device("cpu"), torch.float32).normal((2, 4, 8), loc=0.2, scale=0.3)
     assert torch.equal(ours, same)
+
+
+@pytest.mark.parametrize("size", ((224, 224), (37, 50)))
+def test_fft_filter_equals_a_direct_mirrored_correlation(size):
+    """The FFT correlation (mirror-padded, zero-padded to a 2-3-5 transform size) against scipy's direct sum with
+    the same border, for the smallest and largest defocus disks."""
+    from scipy import ndimage
+
+    from timm_xbn.corruptions.torch_ops import _disk_kernel, _filter2d
+
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 255
+    for radius, alias in ((3, 0.1), (10, 0.5)):
+        kernel = _disk_kernel(radius, alias)
+        ours = _filter2d(x, kernel, "mirror").numpy()
+        for image, out in zip(x.numpy(), ours):
+            for plane, got in zip(image, out):
+                expected = ndimage.correlate(plane, kernel.astype(np.float64), mode="mirror")
+                np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ("fog", "glass_blur"))
+def test_uint8_and_float_batches_take_the_same_draws(photos, name):
+    """fog and glass_blur read the uint8 batch themselves: with the same generator a float batch in [0, 1] gives the
+    same images, up to the last grey level's rounding."""
+    batch = as_batch(photos[:3])
+    for severity in (1, 5):
+        as_uint8 = corrupt_batch(batch, name, severity, torch.Generator().manual_seed(2))
+        as_float = corrupt_batch(batch.float() / 255, name, severity, torch.Generator().manual_seed(2))
+        assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+        torch.testing.assert_close(as_float, as_uint8.float() / 255, atol=1.01 / 255, rtol=0)
+
+
+def test_results_never_share_the_callers_batch(photos):
+    """One chunk of a uint8 corruption is returned as it comes out: never the input itself, which stays as it was."""
+    batch = as_batch(photos[:3])
+    before = batch.clone()
+    for name in CORRUPTIONS:
+        out = corrupt_batch(batch, name, 1, torch.Generator().manual_seed(0))
+        assert out.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr(), name
+        out.fill_(7)
+        assert torch.equal(batch, before), name
+
+
+# the host path blurs with OpenCV's separable filter, the device path with depthwise convolutions: the same sums
+# in another order, so a few truncations to uint8 land one grey level apart
+HOST_BLURRED = ("glass_blur", "elastic_transform")
+
+
+def test_the_device_path_equals_the_host_path(photos, monkeypatch):
+    """What CUDA batches run: the torch ops in place of the NumPy / OpenCV ones (transposes, row takes, pixelate's
+    box passes, the uint8 cast, the Gaussian blurs), here on the CPU. Pixelate still equals PIL; the others equal
+    the host path (the blurred ones up to the last grey level in a few pixels)."""
+    from timm_xbn.corruptions import torch_ops
+
+    batch = as_batch(photos[:3])
+    host = {name: corrupt_batch(batch, name, 3, torch.Generator().manual_seed(1)) for name in CORRUPTIONS}
+    monkeypatch.setattr(torch_ops, "_on_host", lambda t: False)
+    for images in (photos[:3], photos[3:]):
+        for severity in range(1, 6):
+            ours = corrupt_batch(as_batch(images), "pixelate", severity).permute(0, 2, 3, 1).numpy()
+            for image, out in zip(images, ours):
+                np.testing.assert_array_equal(out, corrupt_reference(image, "pixelate", severity))
+    for name in CORRUPTIONS:
+        device = corrupt_batch(batch, name, 3, torch.Generator().manual_seed(1))
+        if name in HOST_BLURRED:
+            diff = (device.int() - host[name].int()).abs()
+            assert diff.max() <= 1 and (diff == 0).float().mean() >= 0.999, name
+        else:
+            torch.testing.assert_close(device, host[name], atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("mode", ("nearest", "reflect", "mirror"))
+@pytest.mark.parametrize("on_host", (True, False))
+def test_hwn_gaussian_blur_equals_scipy(mode, on_host, monkeypatch):
+    """The (H, W, N) Gaussian blur, both paths (OpenCV on the host, depthwise convolutions on a device), against
+    scipy.ndimage.gaussian_filter with the same border: float64 and uint8 input, a kernel longer than the image,
+    more channels than one OpenCV call takes."""
+    from scipy import ndimage
+
+    from timm_xbn.corruptions import torch_ops
+
+    monkeypatch.setattr(torch_ops, "_on_host", lambda t: on_host)
+    monkeypatch.setattr(torch_ops, "_CV2_MAX_CHANNELS", 4)  # OpenCV's 512 channels at most: 6 go in two slices
+    generator = torch.Generator().manual_seed(0)
+    for source in (torch.rand(37, 50, 6, generator=generator, dtype=torch.float64) * 255,
+                   torch.randint(0, 256, (40, 33, 3), generator=generator, dtype=torch.uint8)):
+        for sigma, truncate in (((0.7, 1.5), 4.0), ((8.0, 3.0), 3.0)):
+            ours = torch_ops._gaussian_blur_hwn(source, sigma, mode, truncate, dtype=torch.float64)
+            expected = ndimage.gaussian_filter(source.double().numpy(), (*sigma, 0), mode=mode, truncate=truncate)
+            assert ours.dtype == torch.float64 and ours.shape == source.shape
+            np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-9)

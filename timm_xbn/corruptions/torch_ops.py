@@ -53,16 +53,29 @@ either side depending on float64 rounding; float32 compute (the default) adds a 
 
 Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
 or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
-zooms as a sparse matrix, defocus_blur's disk through cached FFT spectra); Gaussian blurs are
-depthwise convolutions over all images and channels at once in an (H, W, N) channels-last
-layout, their kernels and borders cached; the noise draws use two 31-bit (or four 15-bit)
-numbers per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one;
-fog draws its whole plasma at once, snow only the centre its zoom keeps; the float corruptions
-work in grey levels where that saves passes (the reference's x / 255 ... * 255 up to rounding);
-shot noise reads its result from one byte-table lookup for ~98 % of the values;
-pixelate sums its box windows as runs of k and k + 1 values (contiguous adds, one gather per
-pass, int16; integer ratios slice and repeat instead of gathering); JPEG converts planes to and
-from libjpeg's interleaved pixels with OpenCV.
+zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
+at 2-3-5 sizes); Gaussian blurs run over all images and channels at once in an
+(H, W, N) channels-last layout (OpenCV's separable filter on the CPU, depthwise convolutions
+elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies
+cost more than the work; uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
+per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog
+draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
+draws only the centre its zoom keeps; the float corruptions work in grey levels where that
+saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
+from one byte-table lookup for > 99 % of the values (the rest: one binary search among integer
+CDF keys); pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
+rounding in float32; in NumPy on the CPU); JPEG
+converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
+uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
+corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
+(``_on_host``); CUDA batches take the torch ops.
+
+Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
+reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
+OpenCV plane conversions around the codec take the rest), and pixelate (1.1-1.4x): PIL's box
+filter is one integer loop in C over the interleaved pixels, which vectorised passes
+(transposes, row takes, sums, rounding: ~10 passes over the image) barely beat, with no random
+numbers or codec to blame.
 """
 from __future__ import annotations
 
@@ -163,25 +176,23 @@ class Draws:
         Inverse-CDF sampling of a 31-bit uniform: its top 12 bits pick a bin of a per-level table
         that holds the result directly (one byte: the 1 MiB table stays in cache), except in the few
         bins where the CDF jumps, marked by a byte, where the count is resolved against the CDF
-        itself (float64) from the count at the bin's start.
+        itself: one binary search per value among its level's keys (``_poisson_tables``).
         """
-        cdf, table, starts, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
+        keys, table, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
-        index = (levels.reshape(-1).to(torch.int32) << (31 - shift)).bitwise_or_(bits >> shift)
+        index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
-        todo = torch.nonzero(out == mark).squeeze(1)
+        if _on_host(out):  # NumPy's nonzero: ~7x faster than torch's
+            todo = torch.from_numpy(np.flatnonzero(out.numpy() == mark))
+        else:
+            todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
-            bin_index = index.index_select(0, todo)
-            rows = bin_index // bins * cdf.shape[1]
-            u = bits.index_select(0, todo).double() * 2.0 ** -31
-            count = starts.index_select(0, bin_index).long()
-            cdf_flat = cdf.flatten()
-            while True:
-                step = u >= cdf_flat.index_select(0, rows + count)
-                if not bool(step.any()):
-                    break
-                count += step
+            # the level's keys run from level * 2^32: the keys <= level * 2^32 + bits, past the
+            # level's first, are the counts whose CDF is <= u: their number is the count
+            first = levels.reshape(-1).index_select(0, todo).long().bitwise_left_shift_(32)
+            query = bits.index_select(0, todo).long().add_(first)
+            count = torch.searchsorted(keys, query, right=True).sub_(torch.searchsorted(keys, first))
             out.index_copy_(0, todo, lut.to(self.device).index_select(0, count.clamp_max_(len(lut) - 1)))
         return out.view(levels.shape)
 
@@ -252,11 +263,12 @@ class ImageDraws(Draws):
 
 @lru_cache(maxsize=16)
 def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
-                    bins: int = 4096) -> tuple[Tensor, Tensor, Tensor, int, int]:
-    """(cdf, table, starts, mark, bins): per-rate CDFs (L, n) in float64; a uint8 guide table
-    (L * bins) holding for each bin of u ``lut`` of the count (the smallest whose CDF exceeds u)
-    where that count is the same across the bin, else the byte ``mark``; the count at each bin's
-    start (int16, L * bins)."""
+                    bins: int = 4096) -> tuple[Tensor, Tensor, int, int]:
+    """(keys, table, mark, bins): the per-rate CDFs as sorted int64 keys, level * 2^32 +
+    ceil(CDF * 2^31) (a 31-bit uniform ``bits`` has u = bits / 2^31 >= CDF exactly when bits >=
+    that ceiling); a uint8 guide table (L * bins) holding for each bin of u ``lut`` of the count
+    (the smallest whose CDF exceeds u) where that count is the same across the bin, else the byte
+    ``mark``."""
     lam = torch.tensor(rates, dtype=torch.float64)
     n_max = int(lam.max() + 12 * math.sqrt(lam.max()) + 12)
     j = torch.arange(n_max + 1, dtype=torch.float64)
@@ -270,7 +282,9 @@ def _poisson_tables(rates: tuple[float, ...], lut: bytes, device: torch.device,
     # bins that hold it go the slow way too, which returns their count all the same
     mark = int(torch.bincount(mapped[~jumps], minlength=256).argmin())
     table = torch.where(jumps, mark, mapped).flatten().to(torch.uint8)
-    return cdf.to(device), table.to(device), start.flatten().to(torch.int16).to(device), mark, bins
+    levels = torch.arange(len(rates), dtype=torch.int64)[:, None] << 32
+    keys = torch.ceil(cdf * 2.0 ** 31).long().add_(levels).flatten()
+    return keys.to(device), table.to(device), mark, bins
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,15 +339,33 @@ def _gaussian_kernel1d(sigma: float, truncate: float, dtype: torch.dtype, device
     return (k / k.sum()).to(dtype)
 
 
+def _on_host(t: Tensor) -> bool:
+    """Whether ``t``'s work may go through NumPy / OpenCV (CPU tensors), where their SIMD casts,
+    transposes and row takes beat torch's; otherwise the device-agnostic torch ops run (the path
+    of CUDA batches, which the tests also run on the CPU by patching this)."""
+    return t.device.type == "cpu"
+
+
+def _transpose2d(t: Tensor) -> Tensor:
+    """Contiguous transpose of a 2-D tensor; on the CPU with OpenCV's SIMD transpose (1.2x faster
+    than torch's copy for float32, ~5x for uint8)."""
+    if not _on_host(t):
+        return t.t().contiguous()
+    import cv2
+
+    return torch.from_numpy(cv2.transpose(t.contiguous().numpy()))
+
+
 def _to_hwn(x: Tensor) -> Tensor:
     """(..., H, W) -> contiguous (H, W, N), N the product of the leading dims. In this layout a
     depthwise convolution vectorises over the N images x channels (oneDNN's channels-last kernels)."""
-    return x.reshape(-1, *x.shape[-2:]).permute(1, 2, 0).contiguous()
+    h, w = x.shape[-2:]
+    return _transpose2d(x.reshape(-1, h * w)).view(h, w, -1)
 
 
 def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
-    """Inverse of ``_to_hwn`` as a view (channels stay the fastest axis)."""
-    return t.permute(2, 0, 1).reshape(shape)
+    """Inverse of ``_to_hwn``: contiguous ``shape``."""
+    return _transpose2d(t.reshape(-1, t.shape[-1])).view(shape)
 
 
 def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
@@ -351,29 +383,67 @@ def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
     return out
 
 
-def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str) -> Tensor:
-    """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows, then along the columns,
-    the borders following ``mode``: two depthwise convolutions over N channels-last planes. Both
-    borders are padded first (padding the columns commutes with filtering the rows)."""
+def _separable_hwn(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str,
+                   dtype: Optional[torch.dtype] = None) -> Tensor:
+    """Correlate a (H, W, N) tensor with odd 1-D kernels down the rows and along the columns, the
+    borders following ``mode``, into ``dtype`` (default: the kernels'; ``t`` may be uint8). On the
+    CPU one OpenCV separable filter over the N interleaved channels (SIMD, symmetric kernels
+    folded, borders read in place: ~2.5x faster than ``_separable_conv``), otherwise that."""
+    dtype = dtype or row_kernel.dtype
+    if _on_host(t):
+        return _separable_cv2(t, row_kernel.to(dtype), col_kernel.to(dtype), mode, dtype)
+    return _separable_conv(t, row_kernel, col_kernel, mode, dtype)
+
+
+def _separable_conv(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str, dtype: torch.dtype) -> Tensor:
+    """``_separable_hwn`` as two depthwise convolutions over N channels-last planes (any device),
+    both borders padded first (padding the columns commutes with filtering the rows)."""
     n, ry, rx = t.shape[-1], row_kernel.numel() // 2, col_kernel.numel() // 2
     # (1, N, H', W') planes with channels-last strides (F.pad's channels-last kernels are ~5x slower)
-    planes = _pad_hwn(t, ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
-    for weight in _depthwise_weights(row_kernel, col_kernel, n):
+    planes = _pad_hwn(t.to(dtype), ry, rx, mode).unsqueeze(0).permute(0, 3, 1, 2)
+    for weight in _depthwise_weights(row_kernel.to(dtype), col_kernel.to(dtype), n):
         planes = F.conv2d(planes, weight, groups=n)
     return planes.permute(0, 2, 3, 1)[0]
 
 
+# scipy's border names -> OpenCV's (the same source index for every padded position)
+_CV2_BORDERS = {"nearest": "BORDER_REPLICATE", "reflect": "BORDER_REFLECT", "mirror": "BORDER_REFLECT_101"}
+_CV2_MAX_CHANNELS = 512  # CV_CN_MAX: more planes go through in slices of channels
+
+
+def _separable_cv2(t: Tensor, row_kernel: Tensor, col_kernel: Tensor, mode: str, dtype: torch.dtype) -> Tensor:
+    """``_separable_hwn`` on the CPU: cv2.sepFilter2D (its kernelX runs along the columns, kernelY
+    down the rows), ``t``'s channels as the image's."""
+    import cv2
+
+    depth = {torch.float32: cv2.CV_32F, torch.float64: cv2.CV_64F}[dtype]
+    border = getattr(cv2, _CV2_BORDERS[mode])
+    src = t.contiguous().numpy()
+    kx, ky = col_kernel.numpy(), row_kernel.numpy()
+    if src.shape[-1] <= _CV2_MAX_CHANNELS:
+        return torch.from_numpy(cv2.sepFilter2D(src, depth, kx, ky, borderType=border).reshape(t.shape))
+    out = np.empty(t.shape, dtype=kx.dtype)
+    for start in range(0, src.shape[-1], _CV2_MAX_CHANNELS):
+        part = np.ascontiguousarray(src[..., start:start + _CV2_MAX_CHANNELS])
+        filtered = cv2.sepFilter2D(part, depth, kx, ky, borderType=border)
+        out[..., start:start + _CV2_MAX_CHANNELS] = filtered.reshape(part.shape)
+    return torch.from_numpy(out)
+
+
 @lru_cache(maxsize=64)
 def _depthwise_weights(row_kernel: Tensor, col_kernel: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """The depthwise convolution weights of ``_separable_hwn`` for ``n`` planes, per kernel pair
+    """The depthwise convolution weights of ``_separable_conv`` for ``n`` planes, per kernel pair
     (the kernels are cached tensors, so the pair is a cache key)."""
     return (row_kernel.reshape(1, 1, -1, 1).expand(n, -1, -1, -1).contiguous(),
             col_kernel.reshape(1, 1, 1, -1).expand(n, -1, -1, -1).contiguous())
 
 
-def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0) -> Tensor:
-    """scipy.ndimage.gaussian_filter over the rows then the columns of a (H, W, N) tensor."""
-    rows, cols = (_gaussian_kernel1d(s, truncate, t.dtype, t.device) for s in sigma)
+def _gaussian_blur_hwn(t: Tensor, sigma: tuple[float, float], mode: str, truncate: float = 4.0,
+                       dtype: Optional[torch.dtype] = None) -> Tensor:
+    """scipy.ndimage.gaussian_filter over the rows and the columns of a (H, W, N) tensor, into
+    ``dtype`` (default: ``t``'s)."""
+    dtype = dtype or t.dtype
+    rows, cols = (_gaussian_kernel1d(s, truncate, dtype, t.device) for s in sigma)
     return _separable_hwn(t, rows, cols, mode)
 
 
@@ -433,7 +503,7 @@ def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
 def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
     """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
     taps, tap i reading the image shifted by round(i * direction) (edges replicated). Taps whose
-    shift reaches the image size end the line, as in the reference."""
+    shift reaches the image size end the line, as in the reference. ``x`` is overwritten."""
     h, w = x.shape[-2:]
     width = 2 * radius + 1
     i = np.arange(width, dtype=np.float64)
@@ -446,7 +516,7 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
     dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(int)
     taps = np.cumprod((np.abs(dy) < h) & (np.abs(dx) < w), axis=1).sum(1)
     xp = _pad(x, width, width, "nearest")
-    out = x * float(weights[0])  # tap 0: no shift
+    out = x.mul_(float(weights[0]))  # tap 0: no shift (the taps read the padded copy: x is free)
     for image, padded, shifts_y, shifts_x, count in zip(out, xp, dy, dx, taps):
         for t in range(1, count):  # output[y, x] += k_t * input[y - dy_t, x - dx_t]
             top, left = width - shifts_y[t], width - shifts_x[t]
@@ -506,13 +576,15 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
     ksize = 3 if radius <= 8 else 5
     g = np.exp(-((np.arange(ksize) - ksize // 2) ** 2) / (2 * alias_blur ** 2))
     g = torch.from_numpy((g / g.sum()).astype(np.float32))
-    k = _separable_hwn(torch.from_numpy(disk)[..., None], g, g, "mirror")[..., 0].numpy()
+    # the convolutions on every device: the kernel's float32 bits stay those the tests validated
+    k = _separable_conv(torch.from_numpy(disk)[..., None], g, g, "mirror", torch.float32)[..., 0].numpy()
     r = half - int(np.abs(np.argwhere(k != 0) - half).max())  # zero border rows/columns: dropped
     return np.ascontiguousarray(k[r:k.shape[0] - r, r:k.shape[1] - r])
 
 
 def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
+    # on [0, 1] values at 2-3-5 FFT sizes: the committed study's AdaBN and claim 12 tables were written with these bits
     return _filter2d(x.div_(255.0), _disk_kernel(radius, alias), "mirror").clamp_(0, 1).mul_(255)
 
 
@@ -534,12 +606,14 @@ def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> t
 
 
 def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, the same dtype out."""
     sigma, delta, _ = [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)][severity - 1]
     b, ch, h, w = x.shape
     # everything in (H, W, B, C) layout: blurs are depthwise convolutions, the pixel gather moves
     # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
-    # up to rounding: this corruption is matched statistically)
-    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest").floor_()
+    # up to rounding: this corruption is matched statistically). uint8 batches are transposed to
+    # and from that layout as uint8 (a quarter of the bytes).
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype).floor_()
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
@@ -554,13 +628,13 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     source[delta:h - delta, delta:w - delta] = rows.mul_(w).add_(cols).mul_(b).add_(images)
     shuffled = blurred.view(h * w * b, ch).index_select(0, source.view(-1)).view(h, w, b * ch)
     out = _gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").clamp_(0, 255)
-    return _from_hwn(out, x.shape)
+    return _from_hwn(out.to(x.dtype), x.shape)  # uint8: truncated, like the reference's cast
 
 
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
     angles = draws.uniform((x.shape[0],), -45, 45)
-    return _motion_blur(x, radius, sigma, angles).clamp(0, 255)
+    return _motion_blur(x, radius, sigma, angles).clamp_(0, 255)
 
 
 _ZOOMS = [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
@@ -609,11 +683,15 @@ def _zoom_blur_operator(h: int, w: int, severity: int, dtype: torch.dtype, devic
 
 
 def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, the same dtype out."""
     b, ch, h, w = x.shape
-    # every image and channel is a column of one (H W, B C) matrix, column-major: no copy
-    columns = x.div_(255.0).reshape(b * ch, h * w).t()
-    out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, x.dtype, x.device), columns)
-    return out.t().reshape(x.shape).clamp_(0, 1).mul_(255)
+    # every image and channel a column of one row-major (H W, B C) matrix, the layout the sparse
+    # product reads and writes: OpenCV transposes to and from it (torch's copies cost more than
+    # the product), as uint8 for uint8 batches; in grey levels (a linear map: the reference's
+    # x / 255 ... * 255 up to rounding)
+    columns = _transpose2d(x.reshape(b * ch, h * w)).to(draws.dtype)
+    out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, draws.dtype, x.device), columns)
+    return _transpose2d(out.clamp_(0, 255).to(x.dtype)).view(x.shape)  # uint8: truncated, like the reference
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -621,16 +699,18 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
-    x = x.div_(255.0)
     # the reference zooms the centre of a field of normals: only that centre is drawn
     window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
     flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
-    flakes = flakes[..., :h, :w].mul(255).round_().div_(255.0)
+    # in grey levels (the reference's x / 255 ... * 255 up to rounding), the flakes as the
+    # reference's uint8 layer, added to their half-turn on the (1-channel) layer: one pass less
+    flakes = flakes[..., :h, :w].mul(255).round_()
+    flakes += flakes.flip(-2, -1)
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
-    lifted = torch.maximum(x, gray.mul_(1.5).add_(0.5)).mul_(1 - blend)
-    return x.mul_(blend).add_(lifted).add_(flakes).add_(flakes.flip(-2, -1)).clamp_(0, 1).mul_(255)
+    lifted = torch.maximum(x, gray.mul_(1.5).add_(127.5)).mul_(1 - blend)
+    return x.mul_(blend).add_(lifted).add_(flakes).clamp_(0, 255)
 
 
 FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
@@ -675,29 +755,20 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
 
 
-def _plus_rolled(a: Tensor, b: Tensor, shift: int, dim: int) -> Tensor:
-    """``a + b.roll(shift, dim)`` for a shift of 1 or -1, as two sums into one new tensor (no
-    copy of ``b``; the same additions, so the same values)."""
-    n = a.shape[dim]
-    out = torch.empty(a.shape, dtype=a.dtype, device=a.device)
-    lead, wrap = (0, n - 1) if shift == -1 else (1, 0)  # where the n - 1 unwrapped sums start, and the wrapped one
-    torch.add(a.narrow(dim, lead, n - 1), b.narrow(dim, 1 - lead, n - 1), out=out.narrow(dim, lead, n - 1))
-    torch.add(a.narrow(dim, wrap, 1), b.narrow(dim, n - 1 - wrap, 1), out=out.narrow(dim, wrap, 1))
-    return out
-
-
 def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
     """Diamond-square height maps (batch, size, size) in [0, scale], in the draws' dtype (float64
     like the reference when replaying it); ``size`` a power of two.
 
     All the uniforms are drawn at once, one row of the whole map's count per image, and each
     level takes the next of them in the reference's order (its squares, then its two diamond
-    sets): the reference's stream, and one draw call instead of three per level."""
-    dtype = draws.dtype
-    grid = torch.zeros((batch, size, size), device=draws.device, dtype=dtype)
+    sets): the reference's stream, and one draw call instead of three per level. The reference
+    fills one map through strided views; here each level's four point sets (corners, square
+    centres, the two diamond sets) are separate contiguous (m, m) grids, interleaved into the
+    next level's corners (2m, 2m): contiguous sums instead of stride-2 ones (~4x faster)."""
+    corners = torch.zeros((batch, 1, 1), device=draws.device, dtype=draws.dtype)
     levels = size.bit_length() - 1
     noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
-    used, step, wibble = 0, size, 100.0
+    used, wibble = 0, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
         nonlocal used
@@ -707,32 +778,35 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
         used += n
         return total.div_(4).add_(part, alpha=wibble * wibble)
 
-    while step >= 2:
-        half = step // 2
-        corners = grid[:, 0:size:step, 0:size:step]
-        square = _plus_rolled(corners, corners, -1, 1)
-        square = _plus_rolled(square, square, -1, 2)
-        grid[:, half:size:step, half:size:step] = wibbled_mean(square)
-        centres = grid[:, half:size:step, half:size:step]
-        left_sum = _plus_rolled(centres, centres, 1, 1).add_(_plus_rolled(corners, corners, -1, 2))
-        top_sum = _plus_rolled(centres, centres, 1, 2).add_(_plus_rolled(corners, corners, -1, 1))
-        grid[:, 0:size:step, half:size:step] = wibbled_mean(left_sum)
-        grid[:, half:size:step, 0:size:step] = wibbled_mean(top_sum)
-        step //= 2
+    def plus_rolled(a: Tensor, shift: int, dim: int) -> Tensor:  # the reference's a + np.roll(a, shift, axis)
+        return a + a.roll(shift, dim)
+
+    for m in (1 << k for k in range(levels)):  # m x m corners, step size / m apart
+        square = plus_rolled(corners, -1, 1)
+        centres = wibbled_mean(plus_rolled(square, -1, 2))
+        # the diamonds right of the corners, then those below
+        left = wibbled_mean(plus_rolled(centres, 1, 1).add_(plus_rolled(corners, -1, 2)))
+        below = wibbled_mean(plus_rolled(centres, 1, 2).add_(plus_rolled(corners, -1, 1)))
+        grid = corners.new_empty((batch, m, 2, m, 2))  # point (2i + row parity, 2j + column parity)
+        for (row, col), points in zip(((0, 0), (0, 1), (1, 0), (1, 1)), (corners, left, below, centres)):
+            grid[:, :, row, :, col] = points
+        corners = grid.view(batch, 2 * m, 2 * m)
         wibble /= decay
-    grid -= grid.amin(dim=(1, 2), keepdim=True)
-    return grid.mul_(scale / grid.amax(dim=(1, 2), keepdim=True))
+    corners -= corners.amin(dim=(1, 2), keepdim=True)
+    return corners.mul_(scale / corners.amax(dim=(1, 2), keepdim=True))
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in, float out."""
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
     # (x / 255 + strength * plasma) * peak / (peak + strength), clipped to [0, 1], in grey levels:
-    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch
-    peak = x.amax(dim=(1, 2, 3), keepdim=True).div_(255.0)
-    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w].to(x.dtype)
-    return x.add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
+    # the haze scaled on the (smaller) map, one factor per image, three passes over the batch;
+    # the peak read from the uint8 batch (~20x faster than from a float copy)
+    peak = x.amax(dim=(1, 2, 3), keepdim=True).to(draws.dtype).div_(255.0)
+    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w]
+    return x.to(draws.dtype).add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -769,81 +843,93 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     for axis, (d, n, shape) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
         base = torch.arange(n, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(n).sub_(1).view(shape)
         torch.add(base, d, alpha=2 / n, out=grid[..., axis])
-    out = F.grid_sample(x.div_(255.0), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    return out.clamp_(0, 1).mul_(255)
+    # in grey levels (bilinear: the reference's x / 255 ... * 255 up to rounding)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.clamp_(0, 255)
 
 
 _PIL_BITS = 22  # fixed-point precision of PIL's 8-bit resampling
 
 
 @lru_cache(maxsize=64)
-def _box_windows(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor, int]:
-    """PIL's BOX downscaling n_in -> n_out: per output, the first input tap and the number of taps
-    (int64), the int32 fixed-point weight of each tap (all taps of a box window weigh the same),
-    and k when every window is the k taps from o * k (an integer ratio), else 0."""
+def _box_taps(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """PIL's BOX downscaling n_in -> n_out as (index (T, n_out), weight (n_out, 1)): output o is
+    the sum of the inputs ``index[t, o]``, t < T, times ``weight[o]``, plus 1/2, rounded down.
+    Taps past a window's end read input n_in, a zero row. The weight is PIL's fixed-point weight
+    over 2^22, exact in float32 (under 2^23 over a power of two).
+
+    The windows tile the input, k or k + 1 taps each (k = floor(n_in / n_out)). float32 rounds
+    like PIL's (sum x weight + 2^21) >> 22 for the at most 5 taps of pixelate's scales (n_in /
+    n_out < 4.6 from 32 px): with 1, 2 or 4 taps the weight is a power of two, with 3 or 5 the
+    exact sum / taps is 1/10 or more away from a rounding edge."""
     scale = n_in / n_out
     support = 0.5 * max(scale, 1.0)
-    first, count, weight = (np.zeros(n_out, dtype=np.int64) for _ in range(3))
+    taps = []
     for o in range(n_out):
         centre = (o + 0.5) * scale
         lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
         t = (np.arange(lo, hi) - centre + 0.5) / max(scale, 1.0)
-        taps = np.arange(lo, hi)[(t > -0.5) & (t <= 0.5)]  # a contiguous run
-        first[o], count[o] = taps[0], len(taps)
-        weight[o] = np.floor(0.5 + (1 << _PIL_BITS) / len(taps))
-    k = int(count[0])
-    stride = k if (count == k).all() and (first == k * np.arange(n_out)).all() else 0
-    return (*(torch.from_numpy(a).to(device) for a in (first, count, weight.astype(np.int32))), stride)
+        taps.append(np.arange(lo, hi)[(t > -0.5) & (t <= 0.5)])  # a contiguous run
+    index = np.full((max(map(len, taps)), n_out), n_in, dtype=np.int64)
+    for o, run in enumerate(taps):
+        index[:len(run), o] = run
+    count = np.array([len(run) for run in taps], dtype=np.float64)
+    weight = np.floor(0.5 + (1 << _PIL_BITS) / count) / (1 << _PIL_BITS)
+    return torch.from_numpy(index).to(device), torch.from_numpy(weight.astype(np.float32)[:, None]).to(device)
 
 
-def _select(x: Tensor, dim: int, index: Tensor, stride: int = 0, repeat: int = 0) -> Tensor:
-    """``x.index_select(dim, index)`` for dim -2 or -1. Shortcuts: ``stride`` k when index is
-    0, k, 2k, ... (a strided view), ``repeat`` r when it is 0 (r times), 1 (r times), ... (a
-    broadcast copy); otherwise along the last dim a ``gather`` (on the CPU ``index_select`` there
-    copies element by element, ~3x slower)."""
-    if stride:
-        return x[..., ::stride, :] if dim == -2 else x[..., ::stride]
-    if repeat:
-        shape = list(x.unsqueeze(dim).shape)
-        shape[dim] = repeat
-        return x.unsqueeze(dim).expand(shape).flatten(dim - 1, dim)
-    if dim == -2:
-        return x.index_select(-2, index)
-    return torch.gather(x, -1, index.expand(*x.shape[:-1], len(index)))
+def _transposed(x: Tensor, zero_row: bool = False) -> Tensor:
+    """(..., H, W) -> contiguous (..., W, H), plus a zero row W if ``zero_row`` (for ``_box_rows``).
+    On the CPU with OpenCV's SIMD transpose, plane by plane (~7x faster than a torch copy)."""
+    *lead, h, w = x.shape
+    out = x.new_empty((*lead, w + zero_row, h))
+    if zero_row:
+        out[..., w, :] = 0
+    if not _on_host(x):
+        out[..., :w, :] = x.transpose(-1, -2)
+        return out
+    import cv2
+
+    for plane, target in zip(x.reshape(-1, h, w).numpy(), out.view(-1, w + zero_row, h).numpy()):
+        cv2.transpose(plane, target[:w])
+    return out
 
 
-def _box_resize(x: Tensor, dim: int, n_out: int) -> Tensor:
-    """One PIL 8-bit box-resampling pass along ``dim`` (-2 or -1) of an int16 tensor in 0..255,
-    returned as int16. The windows hold k or k + 1 taps: the sums of every run of k and of k + 1
-    values are k contiguous adds, and each output gathers its window's sum once (an integer ratio
-    takes every k-th run). Then PIL's fixed-point rounding in int32 (sum x weight + 2^21 < 256 *
-    2^22: no clipping needed)."""
-    first, count, weight, stride = _box_windows(x.shape[dim], n_out, x.device)
-    n, k = x.shape[dim], int(count.min())
-    shape = list(x.shape)
-    shape[dim] = 2 * (n - k) + 1
-    both = x.new_empty(shape)  # the n - k + 1 sums of k values, then the n - k sums of k + 1
-    runs = both.narrow(dim, 0, n - k + 1).copy_(x.narrow(dim, 0, n - k + 1))
-    for j in range(1, k):
-        runs += x.narrow(dim, j, n - k + 1)
-    if not stride:
-        torch.add(runs.narrow(dim, 0, n - k), x.narrow(dim, k, n - k), out=both.narrow(dim, n - k + 1, n - k))
-    index = torch.where(count == k, first, first + (n - k + 1))
-    sums = _select(runs if stride else both, dim, index, stride=stride).int()
-    weight = weight[:, None] if dim == -2 else weight
-    return sums.mul_(weight).add_(1 << (_PIL_BITS - 1)).bitwise_right_shift_(_PIL_BITS).to(torch.int16)
+def _box_rows(x: Tensor, n_out: int) -> Tensor:
+    """One PIL 8-bit box-resampling pass down the rows of ``x`` (..., n + 1, m), uint8 with a zero
+    last row, to n_out rows (uint8): per tap one row gather and one add (the rows are contiguous:
+    whole-row copies), then the rounding of ``_box_taps``. On the CPU in NumPy, ~2x faster than
+    the same torch ops (its casts and row takes; less overhead per op)."""
+    index, weight = _box_taps(x.shape[-2] - 1, n_out, x.device)
+    if _on_host(x):
+        a, taps = x.numpy(), index.numpy()
+        sums = np.take(a, taps[0], axis=-2).astype(np.int16)
+        for tap in taps[1:]:
+            sums += np.take(a, tap, axis=-2)
+        out = sums.astype(np.float32)
+        out *= np.broadcast_to(weight.numpy(), out.shape[-2:]).copy()  # whole rows: a SIMD multiply
+        out += 0.5
+        return torch.from_numpy(out.astype(np.uint8))  # truncates: rounds down, the values are >= 0
+    x = x.to(torch.int16)  # one conversion: the sums below then add like dtypes (mixed: ~3x slower)
+    sums = x.index_select(-2, index[0])
+    for taps in index[1:]:
+        sums += x.index_select(-2, taps)
+    return sums.float().mul_(weight).add_(0.5).to(torch.uint8)  # truncates, like above
+
+
+def _take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x.index_select(-2, index)``; on the CPU NumPy's take (~2x faster)."""
+    if _on_host(x):
+        return torch.from_numpy(np.take(x.numpy(), index.numpy(), axis=-2))
+    return x.index_select(-2, index)
 
 
 @lru_cache(maxsize=64)
-def _nearest_index(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, int]:
-    """PIL's nearest-neighbour source index (centres accumulated in float64 steps of n_in / n_out),
-    and r when it repeats every input r times (an integer ratio), else 0."""
+def _nearest_index(n_in: int, n_out: int, device: torch.device) -> Tensor:
+    """PIL's nearest-neighbour source index (centres accumulated in float64 steps of n_in / n_out)."""
     step = n_in / n_out
     centres = np.cumsum(np.r_[step * 0.5, np.full(n_out - 1, step)])
-    index = np.minimum(centres.astype(np.int64), n_in - 1)
-    r = n_out // n_in
-    repeat = r if n_out == r * n_in and (index == np.arange(n_out) // r).all() else 0
-    return torch.from_numpy(index).to(device), repeat
+    return torch.from_numpy(np.minimum(centres.astype(np.int64), n_in - 1)).to(device)
 
 
 def _as_uint8(x: Tensor) -> Tensor:
@@ -854,13 +940,14 @@ def pixelate(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Integer op: uint8 (or float 0..255) in, uint8 out."""
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
-    # horizontal pass first, like PIL (each pass rounds to 8 bits)
-    small = _box_resize(_box_resize(_as_uint8(x).to(torch.int16), -1, int(w * c)), -2, int(h * c)).to(torch.uint8)
-    # nearest enlargement, columns first (on the small image: fewer rows to gather from)
-    index, repeat = _nearest_index(small.shape[-1], w, x.device)
-    out = _select(small, -1, index, repeat=repeat)
-    index, repeat = _nearest_index(small.shape[-2], h, x.device)
-    return _select(out, -2, index, repeat=repeat)
+    # Every pass runs down the rows of a transposed copy (row gathers and adds of whole rows; along
+    # the last dim each would be a slow element gather): the box pass over the columns first, like
+    # PIL (each pass rounds to 8 bits), then over the rows, then the nearest enlargement, columns
+    # then rows (the columns' on the small image: fewer rows to gather).
+    columns = _box_rows(_transposed(_as_uint8(x), zero_row=True), int(w * c))  # (.., w c, h)
+    small = _box_rows(_transposed(columns, zero_row=True), int(h * c))  # (.., h c, w c)
+    wide = _take_rows(_transposed(small), _nearest_index(small.shape[-1], w, x.device))  # (.., w, h c)
+    return _take_rows(_transposed(wide), _nearest_index(small.shape[-2], h, x.device))
 
 
 def jpeg_compression(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -899,9 +986,9 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
 _CPU_CHUNK = 4
-_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2}
+_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
@@ -948,6 +1035,15 @@ def corrupt_batch(
         else:
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
+        out = out if is_uint8 else out / 255
+        if len(part) == len(x) and out.dtype == x.dtype and out.is_contiguous() and \
+                out.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            result = out  # one chunk, already the result (the uint8 ops' own output): no copy
+            break
         # one pass: into the result's rows, and to uint8 by truncation (the reference's np.uint8 cast)
-        result[start:start + len(part)].copy_(out if is_uint8 else out / 255)
+        target = result[start:start + len(part)]
+        if is_uint8 and _on_host(out) and out.dtype in (torch.float32, torch.float64):
+            np.copyto(target.numpy(), out.numpy(), casting="unsafe")  # NumPy's cast: ~2x faster than torch's
+        else:
+            target.copy_(out)
     return result[0] if single else result
