@@ -476,7 +476,7 @@ def test_new_evaluation_settings_reuse_the_trained_weights(tmp_path, monkeypatch
     stored = {p: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest()) for p in weights}
     trained, ran = [], []
     real_train = jobs_module.train_classifier
-    monkeypatch.setattr(jobs_module, "train_classifier", lambda model, *a, **k: trained.append(a[-1]) or real_train(model, *a, **k))
+    monkeypatch.setattr(jobs_module, "train_classifier", lambda model, *a, **k: trained.append(k.get("steps", a[-1] if a else None)) or real_train(model, *a, **k))
     monkeypatch.setattr(jobs_module, "_run_job", lambda c, job, p: ran.append(job.key) or real_job(c, job, p))
     new = dataclasses.replace(cfg, resnet=dataclasses.replace(
         cfg.resnet, deltas=(0.3, 0.8), perturb_seeds=(1, 2), corruptions=("contrast", "fog")))
