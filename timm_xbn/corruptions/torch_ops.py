@@ -346,26 +346,34 @@ def _on_host(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-def _transpose2d(t: Tensor) -> Tensor:
-    """Contiguous transpose of a 2-D tensor; on the CPU with OpenCV's SIMD transpose (1.2x faster
-    than torch's copy for float32, ~5x for uint8)."""
-    if not _on_host(t):
-        return t.t().contiguous()
+def _transposed(x: Tensor, zero_row: bool = False) -> Tensor:
+    """(..., H, W) -> contiguous (..., W, H), plus a zero row W if ``zero_row`` (for ``_box_rows``).
+    On the CPU with OpenCV's SIMD transpose, plane by plane (torch's strided copy: 1.2x slower for
+    float32, ~5-7x for uint8)."""
+    *lead, h, w = x.shape
+    out = x.new_empty((*lead, w + zero_row, h))
+    if zero_row:
+        out[..., w, :] = 0
+    if not _on_host(x):
+        out[..., :w, :] = x.transpose(-1, -2)
+        return out
     import cv2
 
-    return torch.from_numpy(cv2.transpose(t.contiguous().numpy()))
+    for plane, target in zip(x.reshape(-1, h, w).contiguous().numpy(), out.view(-1, w + zero_row, h).numpy()):
+        cv2.transpose(plane, target[:w])
+    return out
 
 
 def _to_hwn(x: Tensor) -> Tensor:
     """(..., H, W) -> contiguous (H, W, N), N the product of the leading dims. In this layout a
     depthwise convolution vectorises over the N images x channels (oneDNN's channels-last kernels)."""
     h, w = x.shape[-2:]
-    return _transpose2d(x.reshape(-1, h * w)).view(h, w, -1)
+    return _transposed(x.reshape(-1, h * w)).view(h, w, -1)
 
 
 def _from_hwn(t: Tensor, shape: torch.Size) -> Tensor:
     """Inverse of ``_to_hwn``: contiguous ``shape``."""
-    return _transpose2d(t.reshape(-1, t.shape[-1])).view(shape)
+    return _transposed(t.reshape(-1, t.shape[-1])).view(shape)
 
 
 def _pad_hwn(t: Tensor, ry: int, rx: int, mode: str) -> Tensor:
@@ -689,9 +697,9 @@ def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # product reads and writes: OpenCV transposes to and from it (torch's copies cost more than
     # the product), as uint8 for uint8 batches; in grey levels (a linear map: the reference's
     # x / 255 ... * 255 up to rounding)
-    columns = _transpose2d(x.reshape(b * ch, h * w)).to(draws.dtype)
+    columns = _transposed(x.reshape(b * ch, h * w)).to(draws.dtype)
     out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, draws.dtype, x.device), columns)
-    return _transpose2d(out.clamp_(0, 255).to(x.dtype)).view(x.shape)  # uint8: truncated, like the reference
+    return _transposed(out.clamp_(0, 255).to(x.dtype)).view(x.shape)  # uint8: truncated, like the reference
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -876,23 +884,6 @@ def _box_taps(n_in: int, n_out: int, device: torch.device) -> tuple[Tensor, Tens
     count = np.array([len(run) for run in taps], dtype=np.float64)
     weight = np.floor(0.5 + (1 << _PIL_BITS) / count) / (1 << _PIL_BITS)
     return torch.from_numpy(index).to(device), torch.from_numpy(weight.astype(np.float32)[:, None]).to(device)
-
-
-def _transposed(x: Tensor, zero_row: bool = False) -> Tensor:
-    """(..., H, W) -> contiguous (..., W, H), plus a zero row W if ``zero_row`` (for ``_box_rows``).
-    On the CPU with OpenCV's SIMD transpose, plane by plane (~7x faster than a torch copy)."""
-    *lead, h, w = x.shape
-    out = x.new_empty((*lead, w + zero_row, h))
-    if zero_row:
-        out[..., w, :] = 0
-    if not _on_host(x):
-        out[..., :w, :] = x.transpose(-1, -2)
-        return out
-    import cv2
-
-    for plane, target in zip(x.reshape(-1, h, w).numpy(), out.view(-1, w + zero_row, h).numpy()):
-        cv2.transpose(plane, target[:w])
-    return out
 
 
 def _box_rows(x: Tensor, n_out: int) -> Tensor:
