@@ -91,6 +91,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.errors import UserError
+from .kernels import plasma, pointwise
 from .names import CORRUPTIONS, check_corruption, check_severity
 
 __all__ = ["Draws", "ImageDraws", "corrupt_batch", "RANDOM_CORRUPTIONS", "TORCH_CORRUPTIONS"]
@@ -346,6 +347,22 @@ def _on_host(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def _kernel_path(x: Tensor, draws: Draws) -> bool:
+    """Whether the uint8 batch ``x`` goes through the compiled CPU kernels (``kernels/``: float32
+    compute on the host) instead of the tensor program."""
+    return x.dtype == torch.uint8 and draws.dtype == torch.float32 and _on_host(x)
+
+
+def _kernel_output(x: Tensor) -> tuple[np.ndarray, Tensor]:
+    """``x`` as a contiguous NumPy array and a new uint8 tensor of its shape for a kernel's result."""
+    return x.contiguous().numpy(), torch.empty(x.shape, dtype=torch.uint8)
+
+
+def _as_compute(x: Tensor, draws: Draws) -> Tensor:
+    """A float copy of a uint8 batch for the tensor program (a float batch is already the caller's copy)."""
+    return x.to(draws.dtype) if x.dtype == torch.uint8 else x
+
+
 def _transposed(x: Tensor, zero_row: bool = False) -> Tensor:
     """(..., H, W) -> contiguous (..., W, H), plus a zero row W if ``zero_row`` (for ``_box_rows``).
     On the CPU with OpenCV's SIMD transpose, plane by plane (torch's strided copy: 1.2x slower for
@@ -541,7 +558,12 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 def gaussian_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [.08, .12, 0.18, 0.26, 0.38][severity - 1]
     # clip(x / 255 + noise, 0, 1) * 255 in grey levels: two passes fewer, the same values up to rounding
-    return draws.image_normal(tuple(x.shape), scale=255 * c).add_(x).clamp_(0, 255)
+    noise = draws.image_normal(tuple(x.shape), scale=255 * c)
+    if _kernel_path(x, draws):
+        pixels, out = _kernel_output(x)
+        pointwise.add_noise(pixels.reshape(-1), noise.numpy().reshape(-1), out.numpy().reshape(-1))
+        return out
+    return noise.add_(x).clamp_(0, 255)
 
 
 @lru_cache(maxsize=None)
@@ -592,8 +614,21 @@ def _disk_kernel(radius: int, alias_blur: float) -> np.ndarray:
 
 def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, alias = [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)][severity - 1]
+    kernel = _disk_kernel(radius, alias)
+    if _kernel_path(x, draws):  # _filter2d's steps, its padding and the result's scaling as kernels
+        b, ch, h, w = x.shape
+        kh, kw = kernel.shape
+        rows, cols = (_border_index(n, k // 2, k // 2, "mirror", x.device).numpy() for n, k in ((h, kh), (w, kw)))
+        size = (_fft_size(len(rows)), _fft_size(len(cols)))
+        padded = torch.empty((b, ch, *size))
+        pixels, out = _kernel_output(x)
+        pointwise.padded_unit(pixels, rows, cols, kw // 2, padded.numpy())
+        spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, draws.dtype, x.device)
+        pointwise.unit_to_uint8(torch.fft.irfft2(torch.fft.rfft2(padded).mul_(spectrum), s=size).numpy(),
+                                kh - 1, kw - 1, out.numpy())
+        return out
     # on [0, 1] values at 2-3-5 FFT sizes: the committed study's AdaBN and claim 12 tables were written with these bits
-    return _filter2d(x.div_(255.0), _disk_kernel(radius, alias), "mirror").clamp_(0, 1).mul_(255)
+    return _filter2d(_as_compute(x, draws).div_(255.0), kernel, "mirror").clamp_(0, 1).mul_(255)
 
 
 @lru_cache(maxsize=None)
@@ -758,9 +793,14 @@ def frost(x: Tensor, severity: int, draws: Draws) -> Tensor:
     index = draws.integers(torch.full((b,), 6, device=x.device))
     top = draws.integers(sizes[index, 0] - h)
     left = draws.integers(sizes[index, 1] - w)
-    crops = torch.stack([textures[int(i)][:, int(t):int(t) + h, int(l):int(l) + w]
-                         for i, t, l in zip(index.tolist(), top.tolist(), left.tolist())])
-    return x.mul_(keep).add_(crops.to(x.dtype).mul_(amount)).clamp_(0, 255)
+    offsets = list(zip(index.tolist(), top.tolist(), left.tolist()))
+    if _kernel_path(x, draws):
+        pixels, out = _kernel_output(x)
+        for image, target, (i, t, l) in zip(pixels, out.numpy(), offsets):
+            pointwise.blend_texture(image, textures[i].numpy(), t, l, np.float32(keep), np.float32(amount), target)
+        return out
+    crops = torch.stack([textures[i][:, t:t + h, l:l + w] for i, t, l in offsets])
+    return _as_compute(x, draws).mul_(keep).add_(crops.to(draws.dtype).mul_(amount)).clamp_(0, 255)
 
 
 def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: float = 1.0) -> Tensor:
@@ -773,9 +813,11 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
     fills one map through strided views; here each level's four point sets (corners, square
     centres, the two diamond sets) are separate contiguous (m, m) grids, interleaved into the
     next level's corners (2m, 2m): contiguous sums instead of stride-2 ones (~4x faster)."""
-    corners = torch.zeros((batch, 1, 1), device=draws.device, dtype=draws.dtype)
     levels = size.bit_length() - 1
     noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
+    if draws.dtype == torch.float32 and _on_host(noise):  # one compiled loop, the same bits
+        return torch.from_numpy(plasma.plasma_maps(noise.numpy(), size, float(decay), float(scale)))
+    corners = torch.zeros((batch, 1, 1), device=draws.device, dtype=draws.dtype)
     used, wibble = 0, 100.0
 
     def wibbled_mean(total: Tensor) -> Tensor:
@@ -805,7 +847,7 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
 
 
 def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
-    """uint8 (or float 0..255) in, float out."""
+    """uint8 (or float 0..255) in; float out (uint8 from the CPU kernel)."""
     strength, decay = [(1.5, 2), (2., 2), (2.5, 1.7), (2.5, 1.5), (3., 1.4)][severity - 1]
     b, ch, h, w = x.shape
     size = 1 << (max(h, w, ch) - 1).bit_length()
@@ -813,14 +855,23 @@ def fog(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # the haze scaled on the (smaller) map, one factor per image, three passes over the batch;
     # the peak read from the uint8 batch (~20x faster than from a float copy)
     peak = x.amax(dim=(1, 2, 3), keepdim=True).to(draws.dtype).div_(255.0)
-    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)[:, None, :h, :w]
-    return x.to(draws.dtype).add_(haze).mul_(peak / (peak + strength)).clamp_(0, 255)
+    haze = plasma_fractal(b, size, decay, draws, scale=255 * strength)
+    factor = peak / (peak + strength)
+    if _kernel_path(x, draws):
+        pixels, out = _kernel_output(x)
+        pointwise.scale_haze(pixels, haze.numpy(), factor.view(-1).numpy(), out.numpy())
+        return out
+    return x.to(draws.dtype).add_(haze[:, None, :h, :w]).mul_(factor).clamp_(0, 255)
 
 
 def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # Raising HSV value v -> v' at fixed hue and saturation scales every channel by v'/v.
     c = [.1, .2, .3, .4, .5][severity - 1]
-    x = x.div_(255.0)
+    if _kernel_path(x, draws):
+        pixels, out = _kernel_output(x)
+        pointwise.scale_value(pixels.reshape(len(x), 3, -1), np.float32(c), out.numpy().reshape(len(x), 3, -1))
+        return out
+    x = _as_compute(x, draws).div_(255.0)
     v = x.amax(dim=1, keepdim=True)
     v_new = (v + c).clamp_(0, 1).mul_(255)
     # x / v is exactly 1 in the value channel, which so takes v' exactly; 0 / 0 (black) reads 1 too
@@ -829,7 +880,13 @@ def brightness(x: Tensor, severity: int, draws: Draws) -> Tensor:
 
 def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
     c = [0.4, .3, .2, .1, .05][severity - 1]
-    x = x.div_(255.0)
+    if _kernel_path(x, draws):  # the means from torch (its summation order), the rest in one pass
+        means = _as_compute(x, draws).div_(255.0).mean(dim=(2, 3))
+        pixels, out = _kernel_output(x)
+        b, ch = x.shape[:2]
+        pointwise.blend_channels(pixels.reshape(b, ch, -1), means.numpy(), np.float32(c), out.numpy().reshape(b, ch, -1))
+        return out
+    x = _as_compute(x, draws).div_(255.0)
     means = x.mean(dim=(2, 3), keepdim=True)
     return x.sub_(means).mul_(c).add_(means).clamp_(0, 1).mul_(255)
 
@@ -979,7 +1036,8 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "zoom_blur", "frost", "fog", "brightness",
+                "contrast", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(

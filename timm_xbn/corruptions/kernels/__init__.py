@@ -17,5 +17,7 @@ import numba
 
 __all__ = ["jit"]
 
-# nogil: a kernel called from a data-loader thread does not hold up the others
-jit = partial(numba.njit, cache=True, nogil=True)
+# nogil: a kernel called from a data-loader thread does not hold up the others; error_model
+# "numpy": float division by zero gives inf / nan like torch (Python's model raises, and its
+# checks also stop vectorisation)
+jit = partial(numba.njit, cache=True, nogil=True, error_model="numpy")
