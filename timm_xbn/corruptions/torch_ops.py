@@ -181,6 +181,13 @@ class Draws:
         keys, table, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
+        if _on_host(levels):  # the lookups and searches below in one compiled pass
+            from .kernels.noise import poisson_levels
+
+            out = torch.empty(levels.shape, dtype=torch.uint8)
+            poisson_levels(levels.reshape(-1).numpy(), bits.numpy(), table.numpy(), mark, shift, keys.numpy(),
+                           lut.numpy(), out.view(-1).numpy())
+            return out
         index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
         if _on_host(out):  # NumPy's nonzero: ~7x faster than torch's
@@ -200,8 +207,14 @@ class Draws:
         """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2 (to
         2^-15: 15-bit numbers, a quarter of a 64-bit draw each)."""
         bits = self.bits15(shape)
-        salt = bits < round(amount / 2 * 2 ** 15)
-        return salt, (bits < round(amount * 2 ** 15)).logical_xor_(salt)
+        salt_below, flip_below = _salt_and_pepper_below(amount)
+        salt = bits < salt_below
+        return salt, (bits < flip_below).logical_xor_(salt)
+
+
+def _salt_and_pepper_below(amount: float) -> tuple[int, int]:
+    """The 15-bit numbers below the first bound salt their value, those between the bounds pepper it."""
+    return round(amount / 2 * 2 ** 15), round(amount * 2 ** 15)
 
 
 class ImageDraws(Draws):
@@ -565,6 +578,14 @@ def impulse_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Any dtype in, same dtype out (0..255): salt and pepper set values to 255 and 0, the rest stay
     as they are (the reference's x / 255 * 255 truncates back to x for every grey level)."""
     amount = [.03, .06, .09, 0.17, 0.27][severity - 1]
+    if x.dtype == torch.uint8 and _on_host(x) and type(draws).image_salt_and_pepper is Draws.image_salt_and_pepper:
+        # the 15-bit numbers of ``Draws.image_salt_and_pepper``, compared and applied in one compiled pass
+        from .kernels.noise import salt_and_pepper
+
+        bits, out = draws.bits15(tuple(x.shape)), torch.empty_like(x, memory_format=torch.contiguous_format)
+        salt_and_pepper(x.contiguous().view(-1).numpy(), bits.view(-1).numpy(), *_salt_and_pepper_below(amount),
+                        out.view(-1).numpy())
+        return out
     salt, pepper = draws.image_salt_and_pepper(tuple(x.shape), amount)
     if x.dtype != torch.uint8:
         return x.masked_fill(salt, 255).masked_fill_(pepper, 0)
