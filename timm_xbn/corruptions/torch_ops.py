@@ -855,7 +855,14 @@ def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.sub_(means).mul_(c).add_(means).clamp_(0, 1).mul_(255)
 
 
+def _grid_centres(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The pixel centres of an axis of ``n`` in grid_sample's [-1, 1] coordinates (align_corners=False:
+    edges at -1 and 1): (2 i + 1) / n - 1."""
+    return torch.arange(n, device=device, dtype=dtype).mul_(2).add_(1).div_(n).sub_(1)
+
+
 def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 in: uint8 out on the host (float32 draws), else float; float in: float out."""
     alpha = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12][severity - 1]
     b, ch, h, w = x.shape
     sigma = (h * 0.01, w * 0.01)
@@ -863,6 +870,17 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # displacement fields (H, W, 2 B), the B x-fields then the B y-fields (the reference's order
     # for one image): blurred together as depthwise convolutions
     fields = _gaussian_blur_hwn(draws.field_uniform(2 * b, h, w, -max_d, max_d), sigma, "reflect", truncate=3)
+    if x.dtype == torch.uint8:
+        from .kernels import elastic as kernel
+
+        if _on_host(x) and fields.dtype == torch.float32 and kernel.TORCH_FUSES:
+            # the grid, the sampling and the cast below in one compiled pass, in torch's float32 steps
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            kernel.displace(x.contiguous().numpy(), fields.numpy(), np.float32(alpha),
+                     _grid_centres(h, torch.float32, x.device).numpy(),
+                     _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
+            return out
+        x = x.to(draws.dtype)
     # the reference rounds the displacements to float32
     dx, dy = fields.mul_(alpha).float().to(x.dtype).permute(2, 0, 1).split(b)
     # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: edges at -0.5 and n - 0.5),
@@ -870,8 +888,7 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # its "reflection" padding then mirrors about the edges, like scipy's mode="reflect"
     grid = torch.empty((b, h, w, 2), dtype=x.dtype, device=x.device)
     for axis, (d, n, shape) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
-        base = torch.arange(n, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(n).sub_(1).view(shape)
-        torch.add(base, d, alpha=2 / n, out=grid[..., axis])
+        torch.add(_grid_centres(n, x.dtype, x.device).view(shape), d, alpha=2 / n, out=grid[..., axis])
     # in grey levels (bilinear: the reference's x / 255 ... * 255 up to rounding)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.clamp_(0, 255)
@@ -1000,7 +1017,8 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "elastic_transform", "pixelate",
+                "jpeg_compression")
 
 
 def corrupt_batch(
