@@ -63,7 +63,10 @@ draws its whole plasma at once and keeps each level's point sets as contiguous g
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
 saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
 from one byte-table lookup for > 99 % of the values (the rest: one binary search among integer
-CDF keys); pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
+CDF keys); on uint8 CPU batches, shot and impulse noise run every step after their draw, and
+elastic_transform its grid, reflected bilinear sampling and cast, as one compiled pass each
+(``kernels.noise``, ``kernels.elastic``: the tensor program's bits);
+pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
 rounding in float32; in NumPy on the CPU); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
@@ -190,10 +193,7 @@ class Draws:
             return out
         index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
-        if _on_host(out):  # NumPy's nonzero: ~7x faster than torch's
-            todo = torch.from_numpy(np.flatnonzero(out.numpy() == mark))
-        else:
-            todo = torch.nonzero(out == mark).squeeze(1)
+        todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
             # the level's keys run from level * 2^32: the keys <= level * 2^32 + bits, past the
             # level's first, are the counts whose CDF is <= u: their number is the count
@@ -877,8 +877,8 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
             # the grid, the sampling and the cast below in one compiled pass, in torch's float32 steps
             out = torch.empty_like(x, memory_format=torch.contiguous_format)
             kernel.displace(x.contiguous().numpy(), fields.numpy(), np.float32(alpha),
-                     _grid_centres(h, torch.float32, x.device).numpy(),
-                     _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
+                            _grid_centres(h, torch.float32, x.device).numpy(),
+                            _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
             return out
         x = x.to(draws.dtype)
     # the reference rounds the displacements to float32
