@@ -63,7 +63,10 @@ draws its whole plasma at once and keeps each level's point sets as contiguous g
 draws only the centre its zoom keeps; the float corruptions work in grey levels where that
 saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
 from one byte-table lookup for > 99 % of the values (the rest: one binary search among integer
-CDF keys); pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
+CDF keys); on uint8 CPU batches, shot and impulse noise run every step after their draw, and
+elastic_transform its grid, reflected bilinear sampling and cast, as one compiled pass each
+(``kernels.noise``, ``kernels.elastic``: the tensor program's bits);
+pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
 rounding in float32; in NumPy on the CPU); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
@@ -182,12 +185,16 @@ class Draws:
         keys, table, mark, bins = _poisson_tables(tuple(rates.tolist()), bytes(lut.cpu().numpy()), self.device)
         shift = 31 - int(math.log2(bins))
         bits = self.bits31(tuple(levels.shape)).view(-1)
+        if _on_host(levels):  # the lookups and searches below in one compiled pass
+            from .kernels.noise import poisson_levels
+
+            out = torch.empty(levels.shape, dtype=torch.uint8)
+            poisson_levels(levels.reshape(-1).numpy(), bits.numpy(), table.numpy(), mark, shift, keys.numpy(),
+                           lut.numpy(), out.view(-1).numpy())
+            return out
         index = levels.reshape(-1).to(torch.int32).bitwise_left_shift_(31 - shift).bitwise_or_(bits >> shift)
         out = table.index_select(0, index)
-        if _on_host(out):  # NumPy's nonzero: ~7x faster than torch's
-            todo = torch.from_numpy(np.flatnonzero(out.numpy() == mark))
-        else:
-            todo = torch.nonzero(out == mark).squeeze(1)
+        todo = torch.nonzero(out == mark).squeeze(1)
         if len(todo):
             # the level's keys run from level * 2^32: the keys <= level * 2^32 + bits, past the
             # level's first, are the counts whose CDF is <= u: their number is the count
@@ -201,8 +208,14 @@ class Draws:
         """Masks of values set to 1 (salt) and to 0 (pepper), each with probability amount / 2 (to
         2^-15: 15-bit numbers, a quarter of a 64-bit draw each)."""
         bits = self.bits15(shape)
-        salt = bits < round(amount / 2 * 2 ** 15)
-        return salt, (bits < round(amount * 2 ** 15)).logical_xor_(salt)
+        salt_below, flip_below = _salt_and_pepper_below(amount)
+        salt = bits < salt_below
+        return salt, (bits < flip_below).logical_xor_(salt)
+
+
+def _salt_and_pepper_below(amount: float) -> tuple[int, int]:
+    """The 15-bit numbers below the first bound salt their value, those between the bounds pepper it."""
+    return round(amount / 2 * 2 ** 15), round(amount * 2 ** 15)
 
 
 class ImageDraws(Draws):
@@ -587,6 +600,14 @@ def impulse_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Any dtype in, same dtype out (0..255): salt and pepper set values to 255 and 0, the rest stay
     as they are (the reference's x / 255 * 255 truncates back to x for every grey level)."""
     amount = [.03, .06, .09, 0.17, 0.27][severity - 1]
+    if x.dtype == torch.uint8 and _on_host(x) and type(draws).image_salt_and_pepper is Draws.image_salt_and_pepper:
+        # the 15-bit numbers of ``Draws.image_salt_and_pepper``, compared and applied in one compiled pass
+        from .kernels.noise import salt_and_pepper
+
+        bits, out = draws.bits15(tuple(x.shape)), torch.empty_like(x, memory_format=torch.contiguous_format)
+        salt_and_pepper(x.contiguous().view(-1).numpy(), bits.view(-1).numpy(), *_salt_and_pepper_below(amount),
+                        out.view(-1).numpy())
+        return out
     salt, pepper = draws.image_salt_and_pepper(tuple(x.shape), amount)
     if x.dtype != torch.uint8:
         return x.masked_fill(salt, 255).masked_fill_(pepper, 0)
@@ -891,7 +912,14 @@ def contrast(x: Tensor, severity: int, draws: Draws) -> Tensor:
     return x.sub_(means).mul_(c).add_(means).clamp_(0, 1).mul_(255)
 
 
+def _grid_centres(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The pixel centres of an axis of ``n`` in grid_sample's [-1, 1] coordinates (align_corners=False:
+    edges at -1 and 1): (2 i + 1) / n - 1."""
+    return torch.arange(n, device=device, dtype=dtype).mul_(2).add_(1).div_(n).sub_(1)
+
+
 def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 in: uint8 out on the host (float32 draws), else float; float in: float out."""
     alpha = [250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12][severity - 1]
     b, ch, h, w = x.shape
     sigma = (h * 0.01, w * 0.01)
@@ -899,6 +927,17 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # displacement fields (H, W, 2 B), the B x-fields then the B y-fields (the reference's order
     # for one image): blurred together as depthwise convolutions
     fields = _gaussian_blur_hwn(draws.field_uniform(2 * b, h, w, -max_d, max_d), sigma, "reflect", truncate=3)
+    if x.dtype == torch.uint8:
+        from .kernels import elastic as kernel
+
+        if _on_host(x) and fields.dtype == torch.float32 and kernel.TORCH_FUSES:
+            # the grid, the sampling and the cast below in one compiled pass, in torch's float32 steps
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+            kernel.displace(x.contiguous().numpy(), fields.numpy(), np.float32(alpha),
+                            _grid_centres(h, torch.float32, x.device).numpy(),
+                            _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
+            return out
+        x = x.to(draws.dtype)
     # the reference rounds the displacements to float32
     dx, dy = fields.mul_(alpha).float().to(x.dtype).permute(2, 0, 1).split(b)
     # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: edges at -0.5 and n - 0.5),
@@ -906,8 +945,7 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # its "reflection" padding then mirrors about the edges, like scipy's mode="reflect"
     grid = torch.empty((b, h, w, 2), dtype=x.dtype, device=x.device)
     for axis, (d, n, shape) in enumerate(((dx, w, (1, 1, w)), (dy, h, (1, h, 1)))):
-        base = torch.arange(n, device=x.device, dtype=x.dtype).mul_(2).add_(1).div_(n).sub_(1).view(shape)
-        torch.add(base, d, alpha=2 / n, out=grid[..., axis])
+        torch.add(_grid_centres(n, x.dtype, x.device).view(shape), d, alpha=2 / n, out=grid[..., axis])
     # in grey levels (bilinear: the reference's x / 255 ... * 255 up to rounding)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.clamp_(0, 255)
@@ -1035,9 +1073,10 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # the batch into the channels, where more images make longer vectors; JPEG goes image by image
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
-# corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "zoom_blur", "frost", "fog", "brightness",
-                "contrast", "pixelate", "jpeg_compression")
+# corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL, or
+# a compiled kernel on the CPU; the tensor program converts it)
+_UINT8_INPUT = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "zoom_blur", "frost", "fog",
+                "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
