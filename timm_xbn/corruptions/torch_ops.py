@@ -605,10 +605,18 @@ def _glass_offsets(severity: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
+def _glass_bins(severity: int, bins: int = 1 << 15) -> np.ndarray:
+    """Inverse CDF of the offsets: a uniform u draws offset ``_glass_bins(severity)[int(u * bins)]``
+    (uint16 indices into ``_glass_offsets``; at most 782 offsets)."""
+    _, probs = _glass_offsets(severity)
+    pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
+    return pick.astype(np.uint16)
+
+
+@lru_cache(maxsize=None)
 def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> tuple[Tensor, Tensor]:
     """Inverse-CDF tables of the offsets: a uniform u gives (dy, dx) = tables[int(u * bins)]."""
-    offsets, probs = _glass_offsets(severity)
-    pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
+    offsets, pick = _glass_offsets(severity)[0], _glass_bins(severity, bins)
     dy, dx = (torch.from_numpy(offsets[pick, i].astype(np.int32)).to(device) for i in (0, 1))
     return dy, dx
 
@@ -621,10 +629,23 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
     # up to rounding: this corruption is matched statistically). uint8 batches are transposed to
     # and from that layout as uint8 (a quarter of the bytes).
-    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype).floor_()
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype)
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
-    pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
+    shift = 15 - int(math.log2(len(dy_table)))
+    if x.dtype == torch.uint8 and _on_host(x):  # the floor, source indices and gather in one compiled pass
+        from .kernels.glass import clamp_to_uint8, glass_gather
+
+        pick = draws.pixel_bits15(*pick_shape).contiguous().numpy()
+        offsets = _glass_offsets(severity)[0].astype(np.int64)
+        shuffled = torch.empty_like(blurred)
+        glass_gather(blurred.numpy(), pick, shift, _glass_bins(severity, len(dy_table)), offsets[:, 0].copy(),
+                     offsets[:, 1].copy(), delta, shuffled.numpy())
+        out = torch.empty(shuffled.shape, dtype=torch.uint8)
+        clamp_to_uint8(_gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").numpy(), out.numpy())
+        return _from_hwn(out, x.shape)
+    blurred.floor_()
+    pick = draws.pixel_bits15(*pick_shape).int() >> shift
     # only the interior is visited by the reference's scan; each pixel there reads its source
     rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
     cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
@@ -927,10 +948,36 @@ def _as_uint8(x: Tensor) -> Tensor:
     return x if x.dtype == torch.uint8 else torch.round(x).clamp_(0, 255).to(torch.uint8)
 
 
+@lru_cache(maxsize=64)
+def _box_plan(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_box_taps`` for the pixelate kernels: each window's first tap and tap count (int32) and
+    PIL's integer weight (uint32, the float weight times 2^22: exact)."""
+    index, weight = (t.numpy() for t in _box_taps(n_in, n_out, torch.device("cpu")))
+    count = (index < n_in).sum(0).astype(np.int32)
+    return index[0].astype(np.int32), count, (weight[:, 0] * (1 << _PIL_BITS)).astype(np.uint32)
+
+
+def _pixelate_host(x: Tensor, height: int, width: int) -> Tensor:
+    """``pixelate`` of a uint8 CPU batch through (height, width): the column pass as compiled row
+    sums of OpenCV-transposed planes, then the row pass and the enlargement in one compiled pass."""
+    from .kernels.pixelate import box_rows, box_rows_enlarged
+
+    h, w = x.shape[-2:]
+    columns = _transposed(x).view(-1, w, h)
+    across = torch.empty((len(columns), width, h), dtype=torch.uint8)
+    box_rows(columns.numpy(), *_box_plan(w, width), across.numpy())
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    box_rows_enlarged(_transposed(across).numpy(), *_box_plan(h, height), _nearest_index(height, h, x.device).numpy(),
+                      _nearest_index(width, w, x.device).numpy(), out.view(-1, h, w).numpy())
+    return out
+
+
 def pixelate(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Integer op: uint8 (or float 0..255) in, uint8 out."""
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
+    if x.dtype == torch.uint8 and _on_host(x):
+        return _pixelate_host(x, int(h * c), int(w * c))
     # Every pass runs down the rows of a transposed copy (row gathers and adds of whole rows; along
     # the last dim each would be a slow element gather): the box pass over the columns first, like
     # PIL (each pass rounds to 8 bits), then over the rows, then the nearest enlargement, columns

@@ -1,0 +1,84 @@
+"""Glass blur's kernels: the pixel gather between its two Gaussian blurs, and the cast after them.
+
+The blurs stay OpenCV's (``_gaussian_blur_hwn``); these replace the tensor program's passes around
+them on the (H, W, N) layout, N = B images x C channels: the floor of the first blur, each pixel's
+source (table lookups of the drawn offsets, clamping, index arithmetic over int64 tensors) and the
+row gather become one pass; the clamp to [0, 255] and the truncation to uint8 another.
+
+Where no drawn offset can leave the image (all but a margin as wide as the largest offset), a
+pixel's source is its own position plus one precomputed step per offset, with no clamping.
+"""
+import numpy as np
+
+from . import jit
+
+__all__ = ["glass_gather", "clamp_to_uint8"]
+
+
+@jit
+def _floor_run(src, dst, start, length):
+    for j in range(length):
+        dst[start + j] = np.floor(src[start + j])
+
+
+@jit
+def _gather_clamped(src, dst, picks, drawn, target, y, x, images, channels, bins, dy, dx, shift, height, width):
+    """The C values of each image's pixel (y, x) from its drawn source clamped to the image; the
+    next draw and target positions."""
+    for i in range(images):
+        k = bins[np.uint64(picks[drawn] >> shift)]
+        drawn += np.uint64(1)
+        row = np.uint64(min(max(y + dy[k], 0), height - 1))
+        col = np.uint64(min(max(x + dx[k], 0), width - 1))
+        source = (row * np.uint64(width) + col) * np.uint64(images * channels) + np.uint64(i * channels)
+        for c in range(np.uint64(channels)):
+            dst[target + c] = np.floor(src[source + c])
+        target += np.uint64(channels)
+    return drawn, target
+
+
+@jit
+def glass_gather(blurred, pick, shift, bins, dy, dx, delta, out):
+    """``out[y, x] = floor(blurred[y', x'])`` per image of the (H, W, B C) float ``blurred``.
+
+    At interior pixels (``delta`` from every border) the source of image i is (y', x') = (y + dy[k],
+    x + dx[k]) clamped to the image, k = ``bins[pick[y - delta, x - delta, i] >> shift]`` (``pick``
+    (H - 2 delta, W - 2 delta, B) the drawn numbers); elsewhere (y', x') = (y, x)."""
+    height, width, n = blurred.shape
+    images = pick.shape[2]
+    channels = n // images
+    src, dst, picks = blurred.ravel(), out.ravel(), pick.ravel()
+    row_len, edge = np.uint64(width * n), np.uint64(delta * n)
+    step = (dy * width + dx) * n  # the source's distance in the flat array, where no clamping is needed
+    top, bottom = max(delta, -dy.min()), min(height - delta, height - dy.max())
+    left, right = max(delta, -dx.min()), min(width - delta, width - dx.max())
+    drawn = np.uint64(0)
+    for y in range(height):
+        line = np.uint64(y) * row_len
+        if y < delta or y >= height - delta:
+            _floor_run(src, dst, line, row_len)
+            continue
+        _floor_run(src, dst, line, edge)
+        _floor_run(src, dst, line + row_len - edge, edge)
+        target = line + edge
+        free = top <= y < bottom
+        for x in range(delta, width - delta):
+            if free and left <= x < right:
+                for i in range(images):
+                    source = np.uint64(np.int64(target) + step[bins[np.uint64(picks[drawn] >> shift)]])
+                    drawn += np.uint64(1)
+                    for c in range(np.uint64(channels)):
+                        dst[target + c] = np.floor(src[source + c])
+                    target += np.uint64(channels)
+            else:
+                drawn, target = _gather_clamped(src, dst, picks, drawn, target, y, x, images, channels, bins, dy,
+                                                dx, shift, height, width)
+
+
+@jit
+def clamp_to_uint8(values, out):
+    """``out = uint8(clamp(values, 0, 255))``, truncating (torch's float -> uint8 cast), elementwise
+    over equally shaped contiguous arrays."""
+    src, dst = values.ravel(), out.ravel()
+    for j in range(np.uint64(len(src))):
+        dst[j] = np.uint8(min(max(src[j], np.float32(0)), np.float32(255)))
