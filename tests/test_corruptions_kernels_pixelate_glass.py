@@ -67,13 +67,16 @@ def test_glass_kernel_equals_the_tensor_program(size, batch, per_image, monkeypa
         assert torch.equal(ours, expected), (severity, (ours != expected).sum().item())
 
 
-def test_glass_kernel_equals_the_tensor_program_at_224_px_and_in_float64(monkeypatch):
-    x = photos(2, 224, 224)
+def test_glass_kernel_equals_the_tensor_program_at_224_and_32_px_and_in_float64(monkeypatch):
+    """224 px; 32 px, where the largest offsets reach across the image (no pixel skips the clamping);
+    float64 compute on a non-contiguous batch."""
+    x, small = photos(2, 224, 224), photos(3, 32, 33)
     kernel = [corrupt_batch(x, "glass_blur", s, generator(2, False, s)) for s in (1, 5)]
+    kernel += [corrupt_batch(small, "glass_blur", s, generator(3, False, s)) for s in (4, 5)]
     wide = corrupt_batch(x[:, :, :64], "glass_blur", 4, generator(2, True, 9), compute_dtype=torch.float64)
     tensor_path(monkeypatch, host_blur=True)
-    for severity, ours in zip((1, 5), kernel):
-        assert torch.equal(ours, corrupt_batch(x, "glass_blur", severity, generator(2, False, severity))), severity
+    for (batch, severity), ours in zip(((x, 1), (x, 5), (small, 4), (small, 5)), kernel):
+        assert torch.equal(ours, corrupt_batch(batch, "glass_blur", severity, generator(len(batch), False, severity)))
     expected = corrupt_batch(x[:, :, :64], "glass_blur", 4, generator(2, True, 9), compute_dtype=torch.float64)
     assert torch.equal(wide, expected)
 

@@ -633,7 +633,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     shift = 15 - int(math.log2(len(dy_table)))
-    if x.dtype == torch.uint8 and _on_host(x):  # the floor, source indices and gather in one compiled pass
+    if x.dtype == torch.uint8 and ch == 3 and _on_host(x):  # floor, source indices, gather: one compiled pass
         from .kernels.glass import clamp_to_uint8, glass_gather
 
         pick = draws.pixel_bits15(*pick_shape).contiguous().numpy()

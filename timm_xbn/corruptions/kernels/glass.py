@@ -17,41 +17,46 @@ __all__ = ["glass_gather", "clamp_to_uint8"]
 
 @jit
 def _floor_run(src, dst, start, length):
+    """``dst[start:start + length] = floor(src[start:start + length])``."""
     for j in range(length):
         dst[start + j] = np.floor(src[start + j])
 
 
+_RGB = np.uint64(3)  # values per pixel and image
+
+
 @jit
-def _gather_clamped(src, dst, picks, drawn, target, y, x, images, channels, bins, dy, dx, shift, height, width):
-    """The C values of each image's pixel (y, x) from its drawn source clamped to the image; the
+def _gather_clamped(src, dst, picks, drawn, target, y, x, images, bins, dy, dx, shift, height, width):
+    """The RGB values of each image's pixel (y, x) from its drawn source clamped to the image; the
     next draw and target positions."""
     for i in range(images):
         k = bins[np.uint64(picks[drawn] >> shift)]
         drawn += np.uint64(1)
         row = np.uint64(min(max(y + dy[k], 0), height - 1))
         col = np.uint64(min(max(x + dx[k], 0), width - 1))
-        source = (row * np.uint64(width) + col) * np.uint64(images * channels) + np.uint64(i * channels)
-        for c in range(np.uint64(channels)):
+        source = ((row * np.uint64(width) + col) * np.uint64(images) + np.uint64(i)) * _RGB
+        for c in range(_RGB):
             dst[target + c] = np.floor(src[source + c])
-        target += np.uint64(channels)
+        target += _RGB
     return drawn, target
 
 
 @jit
 def glass_gather(blurred, pick, shift, bins, dy, dx, delta, out):
-    """``out[y, x] = floor(blurred[y', x'])`` per image of the (H, W, B C) float ``blurred``.
+    """``out[y, x] = floor(blurred[y', x'])`` per image of the (H, W, B x 3) float ``blurred``.
 
     At interior pixels (``delta`` from every border) the source of image i is (y', x') = (y + dy[k],
     x + dx[k]) clamped to the image, k = ``bins[pick[y - delta, x - delta, i] >> shift]`` (``pick``
     (H - 2 delta, W - 2 delta, B) the drawn numbers); elsewhere (y', x') = (y, x)."""
     height, width, n = blurred.shape
     images = pick.shape[2]
-    channels = n // images
     src, dst, picks = blurred.ravel(), out.ravel(), pick.ravel()
     row_len, edge = np.uint64(width * n), np.uint64(delta * n)
     step = (dy * width + dx) * n  # the source's distance in the flat array, where no clamping is needed
+    # the pixels whose every drawn source lies in the image: rows [top, bottom), columns [left, right)
     top, bottom = max(delta, -dy.min()), min(height - delta, height - dy.max())
-    left, right = max(delta, -dx.min()), min(width - delta, width - dx.max())
+    left = min(max(delta, -dx.min()), width - delta)
+    right = max(min(width - delta, width - dx.max()), left)
     drawn = np.uint64(0)
     for y in range(height):
         line = np.uint64(y) * row_len
@@ -61,18 +66,19 @@ def glass_gather(blurred, pick, shift, bins, dy, dx, delta, out):
         _floor_run(src, dst, line, edge)
         _floor_run(src, dst, line + row_len - edge, edge)
         target = line + edge
-        free = top <= y < bottom
-        for x in range(delta, width - delta):
-            if free and left <= x < right:
-                for i in range(images):
-                    source = np.uint64(np.int64(target) + step[bins[np.uint64(picks[drawn] >> shift)]])
-                    drawn += np.uint64(1)
-                    for c in range(np.uint64(channels)):
-                        dst[target + c] = np.floor(src[source + c])
-                    target += np.uint64(channels)
-            else:
-                drawn, target = _gather_clamped(src, dst, picks, drawn, target, y, x, images, channels, bins, dy,
-                                                dx, shift, height, width)
+        left_free, right_free = (left, right) if top <= y < bottom else (width - delta, width - delta)
+        for x in range(delta, left_free):
+            drawn, target = _gather_clamped(src, dst, picks, drawn, target, y, x, images, bins, dy, dx, shift,
+                                            height, width)
+        for j in range((right_free - left_free) * images):
+            source = np.uint64(np.int64(target) + step[bins[np.uint64(picks[drawn] >> shift)]])
+            drawn += np.uint64(1)
+            for c in range(_RGB):
+                dst[target + c] = np.floor(src[source + c])
+            target += _RGB
+        for x in range(right_free, width - delta):
+            drawn, target = _gather_clamped(src, dst, picks, drawn, target, y, x, images, bins, dy, dx, shift,
+                                            height, width)
 
 
 @jit
