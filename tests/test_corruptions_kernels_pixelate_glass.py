@@ -81,6 +81,32 @@ def test_glass_kernel_equals_the_tensor_program_at_224_and_32_px_and_in_float64(
     assert torch.equal(wide, expected)
 
 
+class OneOffset(torch_ops.Draws):
+    """Draws whose every pixel draws the same 15-bit number."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(None, torch.device("cpu"), torch.float32)
+        self.number = number
+
+    def pixel_bits15(self, height: int, width: int, batch: int) -> torch.Tensor:
+        return torch.full((height, width, batch), self.number, dtype=torch.int16)
+
+
+@pytest.mark.parametrize("severity", range(1, 6))
+def test_glass_kernel_equals_the_tensor_program_at_the_extreme_offsets(severity, monkeypatch):
+    """Every pixel moved by the largest drawable offset up, down, left or right: the pixels nearest
+    the region the kernel gathers without clamping read from its edge (random draws reach these
+    offsets at a few pixels at most)."""
+    x = photos(2, 48, 80)
+    bins = torch_ops._glass_bins(severity)
+    offsets = torch_ops._glass_offsets(severity)[0][bins]
+    extremes = {int(f(offsets[:, axis])) for f in (np.argmin, np.argmax) for axis in (0, 1)}
+    kernel = {k: corrupt_batch(x, "glass_blur", severity, draws=OneOffset(k)) for k in extremes}
+    tensor_path(monkeypatch, host_blur=True)
+    for k, ours in kernel.items():
+        assert torch.equal(ours, corrupt_batch(x, "glass_blur", severity, draws=OneOffset(k))), offsets[k]
+
+
 @pytest.mark.parametrize("name", ("glass_blur", "pixelate"))
 def test_float_batches_do_not_take_the_kernels(name, monkeypatch):
     """Float input keeps the tensor program's bits (the committed study corrupts float batches)."""

@@ -614,6 +614,15 @@ def _glass_bins(severity: int, bins: int = 1 << 15) -> np.ndarray:
 
 
 @lru_cache(maxsize=None)
+def _glass_steps(severity: int, bins: int = 1 << 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_glass_bins`` for the glass kernel: each bin's index among the offsets that some bin draws
+    (uint16), and those offsets' dy and dx (int64)."""
+    drawn, index = np.unique(_glass_bins(severity, bins), return_inverse=True)
+    offsets = _glass_offsets(severity)[0][drawn].astype(np.int64)
+    return index.astype(np.uint16), np.ascontiguousarray(offsets[:, 0]), np.ascontiguousarray(offsets[:, 1])
+
+
+@lru_cache(maxsize=None)
 def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> tuple[Tensor, Tensor]:
     """Inverse-CDF tables of the offsets: a uniform u gives (dy, dx) = tables[int(u * bins)]."""
     offsets, pick = _glass_offsets(severity)[0], _glass_bins(severity, bins)
@@ -637,10 +646,8 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
         from .kernels.glass import clamp_to_uint8, glass_gather
 
         pick = draws.pixel_bits15(*pick_shape).contiguous().numpy()
-        offsets = _glass_offsets(severity)[0].astype(np.int64)
         shuffled = torch.empty_like(blurred)
-        glass_gather(blurred.numpy(), pick, shift, _glass_bins(severity, len(dy_table)), offsets[:, 0].copy(),
-                     offsets[:, 1].copy(), delta, shuffled.numpy())
+        glass_gather(blurred.numpy(), pick, shift, *_glass_steps(severity, len(dy_table)), delta, shuffled.numpy())
         out = torch.empty(shuffled.shape, dtype=torch.uint8)
         clamp_to_uint8(_gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").numpy(), out.numpy())
         return _from_hwn(out, x.shape)
