@@ -67,10 +67,10 @@ def test_glass_kernel_equals_the_tensor_program(size, batch, per_image, monkeypa
         assert torch.equal(ours, expected), (severity, (ours != expected).sum().item())
 
 
-def test_glass_kernel_equals_the_tensor_program_at_224_and_32_px_and_in_float64(monkeypatch):
-    """224 px; 32 px, where the largest offsets reach across the image (no pixel skips the clamping);
-    float64 compute on a non-contiguous batch."""
-    x, small = photos(2, 224, 224), photos(3, 32, 33)
+def test_glass_kernel_equals_the_tensor_program_at_224_and_32_px_wide_and_in_float64(monkeypatch):
+    """224 px; 32 px wide, where the drawable offsets span more than the width (no pixel skips the
+    clamping); float64 compute on a non-contiguous batch."""
+    x, small = photos(2, 224, 224), photos(3, 80, 32)
     kernel = [corrupt_batch(x, "glass_blur", s, generator(2, False, s)) for s in (1, 5)]
     kernel += [corrupt_batch(small, "glass_blur", s, generator(3, False, s)) for s in (4, 5)]
     wide = corrupt_batch(x[:, :, :64], "glass_blur", 4, generator(2, True, 9), compute_dtype=torch.float64)
