@@ -643,14 +643,14 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
     shift = 15 - int(math.log2(len(dy_table)))
     if x.dtype == torch.uint8 and ch == 3 and _on_host(x):  # floor, source indices, gather: one compiled pass
-        from .kernels.glass import clamp_to_uint8, glass_gather
+        from .kernels.glass import glass_gather, planes_uint8
 
         pick = draws.pixel_bits15(*pick_shape).contiguous().numpy()
         shuffled = torch.empty_like(blurred)
         glass_gather(blurred.numpy(), pick, shift, *_glass_steps(severity, len(dy_table)), delta, shuffled.numpy())
-        out = torch.empty(shuffled.shape, dtype=torch.uint8)
-        clamp_to_uint8(_gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").numpy(), out.numpy())
-        return _from_hwn(out, x.shape)
+        out = torch.empty(x.shape, dtype=torch.uint8)
+        planes_uint8(_gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").numpy(), out.view(-1, h, w).numpy())
+        return out
     blurred.floor_()
     pick = draws.pixel_bits15(*pick_shape).int() >> shift
     # only the interior is visited by the reference's scan; each pixel there reads its source

@@ -3,7 +3,8 @@
 The blurs stay OpenCV's (``_gaussian_blur_hwn``); these replace the tensor program's passes around
 them on the (H, W, N) layout, N = B images x C channels: the floor of the first blur, each pixel's
 source (table lookups of the drawn offsets, clamping, index arithmetic over int64 tensors) and the
-row gather become one pass; the clamp to [0, 255] and the truncation to uint8 another.
+row gather become one pass; the clamp to [0, 255], the truncation to uint8 and the transposition
+back to planes another.
 
 Where no drawn offset can leave the image (all but a margin as wide as the largest offset), a
 pixel's source is its own position plus one precomputed step per offset, with no clamping.
@@ -12,7 +13,7 @@ import numpy as np
 
 from . import jit
 
-__all__ = ["glass_gather", "clamp_to_uint8"]
+__all__ = ["glass_gather", "planes_uint8"]
 
 
 @jit
@@ -82,9 +83,20 @@ def glass_gather(blurred, pick, shift, bins, dy, dx, delta, out):
 
 
 @jit
-def clamp_to_uint8(values, out):
-    """``out = uint8(clamp(values, 0, 255))``, truncating (torch's float -> uint8 cast), elementwise
-    over equally shaped contiguous arrays."""
+def planes_uint8(values, out):
+    """``out[n, y, x] = uint8(clamp(values[y, x, n], 0, 255))``, truncating (torch's float -> uint8
+    cast): a (H, W, N) float array to N uint8 planes, 64 pixels at a time (cast in one contiguous
+    pass, then one strided read per plane)."""
+    n = values.shape[2]
     src, dst = values.ravel(), out.ravel()
-    for j in range(np.uint64(len(src))):
-        dst[j] = np.uint8(min(max(src[j], np.float32(0)), np.float32(255)))
+    pixels, planes, block = np.uint64(len(src) // n), np.uint64(n), np.uint64(64)
+    cast = np.empty(64 * n, np.uint8)
+    for start in range(np.uint64(0), pixels, block):
+        count = min(block, pixels - start)
+        first = start * planes
+        for j in range(count * planes):
+            cast[j] = np.uint8(min(max(src[first + j], np.float32(0)), np.float32(255)))
+        for plane in range(planes):
+            target = plane * pixels + start
+            for j in range(count):
+                dst[target + j] = cast[j * planes + plane]
