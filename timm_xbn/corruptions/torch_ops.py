@@ -66,8 +66,10 @@ from one byte-table lookup for > 99 % of the values (the rest: one binary search
 CDF keys); on uint8 CPU batches, shot and impulse noise run every step after their draw, and
 elastic_transform its grid, reflected bilinear sampling and cast, as one compiled pass each
 (``kernels.noise``, ``kernels.elastic``: the tensor program's bits);
-pixelate runs every pass down the rows of OpenCV-transposed planes (row takes, PIL's
-rounding in float32; in NumPy on the CPU); JPEG
+pixelate runs every pass down the rows of OpenCV-transposed planes (uint8 CPU batches:
+two numba kernels, ``kernels.pixelate``, PIL's integer box sums and the nearest enlargement fused;
+elsewhere row takes and PIL's rounding in float32); glass blur's floor, drawn-offset gather and
+final cast around its two OpenCV blurs are numba kernels on uint8 CPU batches (``kernels.glass``); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
 corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
@@ -75,10 +77,8 @@ corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batch
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
 reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
-OpenCV plane conversions around the codec take the rest), and pixelate (1.1-1.4x): PIL's box
-filter is one integer loop in C over the interleaved pixels, which vectorised passes
-(transposes, row takes, sums, rounding: ~10 passes over the image) barely beat, with no random
-numbers or codec to blame.
+OpenCV plane conversions around the codec take the rest). Pixelate's vectorised passes barely
+beat PIL's integer C loop (1.1-1.6x); its kernels reach 2.5-3.2x.
 """
 from __future__ import annotations
 
@@ -661,10 +661,27 @@ def _glass_offsets(severity: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=None)
+def _glass_bins(severity: int, bins: int = 1 << 15) -> np.ndarray:
+    """Inverse CDF of the offsets: a uniform u draws offset ``_glass_bins(severity)[int(u * bins)]``
+    (uint16 indices into ``_glass_offsets``; at most 782 offsets)."""
+    _, probs = _glass_offsets(severity)
+    pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
+    return pick.astype(np.uint16)
+
+
+@lru_cache(maxsize=None)
+def _glass_steps(severity: int, bins: int = 1 << 15) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_glass_bins`` for the glass kernel: each bin's index among the offsets that some bin draws
+    (uint16), and those offsets' dy and dx (int64)."""
+    drawn, index = np.unique(_glass_bins(severity, bins), return_inverse=True)
+    offsets = _glass_offsets(severity)[0][drawn].astype(np.int64)
+    return index.astype(np.uint16), np.ascontiguousarray(offsets[:, 0]), np.ascontiguousarray(offsets[:, 1])
+
+
+@lru_cache(maxsize=None)
 def _glass_lookup(severity: int, device: torch.device, bins: int = 1 << 15) -> tuple[Tensor, Tensor]:
     """Inverse-CDF tables of the offsets: a uniform u gives (dy, dx) = tables[int(u * bins)]."""
-    offsets, probs = _glass_offsets(severity)
-    pick = np.searchsorted(np.cumsum(probs), (np.arange(bins) + 0.5) / bins).clip(max=len(probs) - 1)
+    offsets, pick = _glass_offsets(severity)[0], _glass_bins(severity, bins)
     dy, dx = (torch.from_numpy(offsets[pick, i].astype(np.int32)).to(device) for i in (0, 1))
     return dy, dx
 
@@ -677,10 +694,21 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # the C values of a pixel together; in grey levels (the reference's uint8(blur(x / 255) * 255)
     # up to rounding: this corruption is matched statistically). uint8 batches are transposed to
     # and from that layout as uint8 (a quarter of the bytes).
-    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype).floor_()
+    blurred = _gaussian_blur_hwn(_to_hwn(x), (sigma, sigma), "nearest", dtype=draws.dtype)
     dy_table, dx_table = _glass_lookup(severity, x.device)
     pick_shape = (h - 2 * delta, w - 2 * delta, b)
-    pick = draws.pixel_bits15(*pick_shape).int() >> (15 - int(math.log2(len(dy_table))))
+    shift = 15 - int(math.log2(len(dy_table)))
+    if x.dtype == torch.uint8 and ch == 3 and _on_host(x):  # floor, sources, gather: one compiled pass
+        from .kernels.glass import glass_gather, planes_uint8
+
+        pick = draws.pixel_bits15(*pick_shape).contiguous().numpy()
+        shuffled = torch.empty_like(blurred)
+        glass_gather(blurred.numpy(), pick, shift, *_glass_steps(severity, len(dy_table)), delta, shuffled.numpy())
+        out = torch.empty(x.shape, dtype=torch.uint8)
+        planes_uint8(_gaussian_blur_hwn(shuffled, (sigma, sigma), "nearest").numpy(), out.view(-1, h, w).numpy())
+        return out
+    blurred.floor_()
+    pick = draws.pixel_bits15(*pick_shape).int() >> shift
     # only the interior is visited by the reference's scan; each pixel there reads its source
     rows = torch.arange(delta, h - delta, device=x.device, dtype=torch.int32).view(-1, 1, 1)
     cols = torch.arange(delta, w - delta, device=x.device, dtype=torch.int32).view(1, -1, 1)
@@ -1022,10 +1050,36 @@ def _as_uint8(x: Tensor) -> Tensor:
     return x if x.dtype == torch.uint8 else torch.round(x).clamp_(0, 255).to(torch.uint8)
 
 
+@lru_cache(maxsize=64)
+def _box_plan(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_box_taps`` for the pixelate kernels: each window's first tap and tap count (int32) and
+    PIL's integer weight (uint32, the float weight times 2^22: exact)."""
+    index, weight = (t.numpy() for t in _box_taps(n_in, n_out, torch.device("cpu")))
+    count = (index < n_in).sum(0).astype(np.int32)
+    return index[0].astype(np.int32), count, (weight[:, 0] * (1 << _PIL_BITS)).astype(np.uint32)
+
+
+def _pixelate_host(x: Tensor, height: int, width: int) -> Tensor:
+    """``pixelate`` of a uint8 CPU batch through (height, width): the column pass as compiled row
+    sums of OpenCV-transposed planes, then the row pass and the enlargement in one compiled pass."""
+    from .kernels.pixelate import box_rows, box_rows_enlarged
+
+    h, w = x.shape[-2:]
+    columns = _transposed(x).view(-1, w, h)
+    across = torch.empty((len(columns), width, h), dtype=torch.uint8)
+    box_rows(columns.numpy(), *_box_plan(w, width), across.numpy())
+    out = torch.empty(x.shape, dtype=torch.uint8)
+    box_rows_enlarged(_transposed(across).numpy(), *_box_plan(h, height), _nearest_index(height, h, x.device).numpy(),
+                      _nearest_index(width, w, x.device).numpy(), out.view(-1, h, w).numpy())
+    return out
+
+
 def pixelate(x: Tensor, severity: int, draws: Draws) -> Tensor:
     """Integer op: uint8 (or float 0..255) in, uint8 out."""
     c = [0.6, 0.5, 0.4, 0.3, 0.25][severity - 1]
     h, w = x.shape[-2:]
+    if x.dtype == torch.uint8 and _on_host(x):
+        return _pixelate_host(x, int(h * c), int(w * c))
     # Every pass runs down the rows of a transposed copy (row gathers and adds of whole rows; along
     # the last dim each would be a slow element gather): the box pass over the columns first, like
     # PIL (each pass rounds to 8 bits), then over the rows, then the nearest enlargement, columns
@@ -1070,9 +1124,10 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 
 
 # on the CPU, chunks of a few images keep the many elementwise passes in cache; zoom_blur folds
-# the batch into the channels, where more images make longer vectors; JPEG goes image by image
+# the batch into the channels, where more images make longer vectors; JPEG goes image by image;
+# pixelate's kernels go plane by plane (larger chunks: fewer calls)
 _CPU_CHUNK = 4
-_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
+_CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16, "pixelate": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL, or
 # a compiled kernel on the CPU; the tensor program converts it)
 _UINT8_INPUT = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "zoom_blur", "frost", "fog",
