@@ -1,5 +1,5 @@
-"""The compiled CPU kernels of gaussian_noise, brightness, contrast, frost, fog (and its plasma) and
-defocus_blur against the tensor program they replace (the path of CUDA batches and float input, run
+"""The compiled CPU kernels of gaussian_noise, brightness, contrast, frost, fog (and its plasma),
+defocus_blur and zoom_blur against the tensor program they replace (the path of CUDA batches and float input, run
 here on the CPU by patching ``_on_host``): the same bits, at every severity, for square and
 non-square images, one generator and one per image."""
 from unittest import mock
@@ -12,7 +12,7 @@ from timm_xbn.corruptions import corrupt_batch, torch_ops
 from timm_xbn.corruptions.agreement import real_images
 from timm_xbn.corruptions.torch_ops import Draws, plasma_fractal
 
-NAMES = ("gaussian_noise", "brightness", "contrast", "frost", "fog", "defocus_blur")
+NAMES = ("gaussian_noise", "brightness", "contrast", "frost", "fog", "defocus_blur", "zoom_blur")
 
 
 def photos(count: int, height: int, width: int) -> torch.Tensor:

@@ -783,6 +783,10 @@ def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # x / 255 ... * 255 up to rounding)
     columns = _transposed(x.reshape(b * ch, h * w)).to(draws.dtype)
     out = torch.sparse.mm(_zoom_blur_operator(h, w, severity, draws.dtype, x.device), columns)
+    if _kernel_path(x, draws):  # the clamp and the cast in one pass
+        pixels = torch.empty(out.shape, dtype=torch.uint8)
+        pointwise.clamp_to_uint8(out.numpy().reshape(-1), pixels.numpy().reshape(-1))
+        return _transposed(pixels).view(x.shape)
     return _transposed(out.clamp_(0, 255).to(x.dtype)).view(x.shape)  # uint8: truncated, like the reference
 
 

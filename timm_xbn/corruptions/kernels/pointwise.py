@@ -122,3 +122,10 @@ def unit_to_uint8(y: np.ndarray, top: int, left: int, out: np.ndarray) -> None:
                 source, target = y[b, c, top + i], out[b, c, i]
                 for j in range(np.uint64(out.shape[3])):
                     target[j] = np.uint8(min(max(source[start + j], _ZERO), one) * _MAX)
+
+
+@jit
+def clamp_to_uint8(values: np.ndarray, out: np.ndarray) -> None:
+    """zoom_blur's result: float32 values clamped to [0, 255] and truncated (both arrays flat)."""
+    for i in range(np.uint64(values.size)):
+        out[i] = _to_uint8(values[i])
