@@ -74,3 +74,16 @@ def test_plasma_kernel_gives_the_tensor_programs_bits(size):
         assert torch.equal(*maps), (size, decay)
         assert torch.equal(maps[0].amin(dim=(1, 2)), torch.zeros(batch))  # shifted to 0, scaled to `scale`
         torch.testing.assert_close(maps[0].amax(dim=(1, 2)), torch.full((batch,), scale))
+
+
+def test_uniform_kernel_gives_the_tensor_programs_bits():
+    """``Draws.uniform`` on the CPU (fog's plasma, elastic_transform's fields, the blur angles): the
+    compiled shift, multiply and add against torch's three passes, and the numbers in [low, high)."""
+    for low, high in ((-1.0, 1.0), (-45.0, 45.0), (-1.12, 1.12), (-135.0, -45.0)):
+        values = []
+        for on_host in (True, False):
+            draws = Draws(torch.Generator().manual_seed(3), torch.device("cpu"), torch.float32)
+            with mock.patch.object(torch_ops, "_on_host", lambda t: on_host):
+                values.append(draws.uniform((7, 1001), low, high))
+        assert torch.equal(*values), (low, high)
+        assert low <= values[0].min() and values[0].max() < high

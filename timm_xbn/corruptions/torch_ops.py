@@ -123,9 +123,15 @@ class Draws:
         """Uniform on [low, high). float32 on the CPU: the top 24 bits of ``bits31`` (torch.rand's
         own 24-bit grid, from half the generator's output), scaled in one pass."""
         if self.dtype == torch.float32 and self.device.type == "cpu":
+            bits = self.bits31(shape)
+            if _on_host(bits):  # the three steps below in one compiled pass
+                out = torch.empty(shape, dtype=torch.float32)
+                pointwise.uniform_from_bits(bits.numpy().reshape(-1), np.float32((high - low) * 2.0 ** -24),
+                                            np.float32(low), out.numpy().reshape(-1))
+                return out
             # int32 times a float: float32 in the same pass as the conversion (the default dtype:
             # ``to`` is a no-op unless another default is set)
-            u = torch.mul(self.bits31(shape).bitwise_right_shift_(7), (high - low) * 2.0 ** -24)
+            u = torch.mul(bits.bitwise_right_shift_(7), (high - low) * 2.0 ** -24)
             return u.to(self.dtype).add_(low)
         return torch.empty(shape, device=self.device, dtype=self.dtype).uniform_(low, high, generator=self.generator)
 

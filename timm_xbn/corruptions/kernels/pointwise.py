@@ -129,3 +129,11 @@ def clamp_to_uint8(values: np.ndarray, out: np.ndarray) -> None:
     """zoom_blur's result: float32 values clamped to [0, 255] and truncated (both arrays flat)."""
     for i in range(np.uint64(values.size)):
         out[i] = _to_uint8(values[i])
+
+
+@jit
+def uniform_from_bits(bits: np.ndarray, step: np.float32, low: np.float32, out: np.ndarray) -> None:
+    """``Draws.uniform`` on the CPU: the top 24 of 31 random bits times ``step``, plus ``low``
+    (float32, each step rounded: the tensor program's shift, multiply and add; both arrays flat)."""
+    for i in range(np.uint64(bits.size)):
+        out[i] = np.float32(bits[i] >> 7) * step + low
