@@ -508,11 +508,11 @@ def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
     return _enlarge(x[..., _zoom_window(h, zoom), _zoom_window(w, zoom)], zoom)
 
 
-def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
-    """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
-    taps, tap i reading the image shifted by round(i * direction) (edges replicated). Taps whose
-    shift reaches the image size end the line, as in the reference. ``x`` is overwritten."""
-    h, w = x.shape[-2:]
+def _motion_line(h: int, w: int, radius: int, sigma: float, angles: Tensor
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The taps of ``_motion_blur`` on (h, w) images: the half-Gaussian's ``2 radius + 1`` weights
+    (float64), each image's shifts (dy, dx), (B, taps) int64, and its number of taps (B,): taps
+    whose shift reaches the image size end the line, as in the reference."""
     width = 2 * radius + 1
     i = np.arange(width, dtype=np.float64)
     weights = np.exp(-(i ** 2) / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
@@ -520,9 +520,19 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
     a = np.deg2rad(angles.detach().cpu().double().numpy())
     py, px = width * np.sin(a), width * np.cos(a)
     hyp = np.hypot(py, px)
-    dy = -np.ceil(i[None] * py[:, None] / hyp[:, None] - 0.5).astype(int)
-    dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(int)
+    dy = -np.ceil(i[None] * py[:, None] / hyp[:, None] - 0.5).astype(np.int64)
+    dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(np.int64)
     taps = np.cumprod((np.abs(dy) < h) & (np.abs(dx) < w), axis=1).sum(1)
+    return weights, dy, dx, taps
+
+
+def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
+    """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
+    taps, tap i reading the image shifted by round(i * direction) (edges replicated), see
+    ``_motion_line``. ``x`` is overwritten."""
+    h, w = x.shape[-2:]
+    width = 2 * radius + 1
+    weights, dy, dx, taps = _motion_line(h, w, radius, sigma, angles)
     xp = _pad(x, width, width, "nearest")
     out = x.mul_(float(weights[0]))  # tap 0: no shift (the taps read the padded copy: x is free)
     for image, padded, shifts_y, shifts_x, count in zip(out, xp, dy, dx, taps):
@@ -530,6 +540,15 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
             top, left = width - shifts_y[t], width - shifts_x[t]
             image.add_(padded[:, top:top + h, left:left + w], alpha=float(weights[t]))
     return out
+
+
+def _line_kernels(x: Tensor, draws: Draws) -> bool:
+    """Whether the line blur of ``x`` runs as a kernel (``kernels.lines``): uint8 CPU batches
+    computed in float32, where torch's kernels fuse their sums like the kernel's."""
+    if x.dtype != torch.uint8 or draws.dtype != torch.float32 or not _on_host(x):
+        return False
+    from .kernels.lines import fused_sums_match
+    return fused_sums_match()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,6 +661,13 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
     angles = draws.uniform((x.shape[0],), -45, 45)
+    if _line_kernels(x, draws):
+        from .kernels.lines import blur_lines
+        weights, dy, dx, taps = _motion_line(*x.shape[-2:], radius, sigma, angles)
+        out = torch.empty_like(x)
+        blur_lines(x.numpy(), weights.astype(np.float32), dy, dx, taps, out.numpy())
+        return out
+    x = x if x.is_floating_point() else x.to(draws.dtype)
     return _motion_blur(x, radius, sigma, angles).clamp_(0, 255)
 
 
@@ -703,6 +729,7 @@ def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in; uint8 out for uint8 CPU batches (``kernels.snow``), else float."""
     loc, scale, zoom, threshold, radius, sigma, blend = [
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
@@ -710,8 +737,18 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # the reference zooms the centre of a field of normals: only that centre is drawn
     window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
     flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
+    angles = draws.uniform((b,), -135, -45)
+    if _line_kernels(x, draws):
+        from .kernels.snow import blend_flakes, flakes_layer
+        weights, dy, dx, taps = _motion_line(*flakes.shape[-2:], radius, sigma, angles)
+        layer = np.empty((b, h, w), np.float32)
+        flakes_layer(flakes[:, 0].numpy(), np.float32(threshold), weights.astype(np.float32), dy, dx, taps, layer)
+        out = torch.empty_like(x)
+        blend_flakes(x.numpy(), layer, np.float32(blend), np.float32(1 - blend), out.numpy())
+        return out
+    x = x if x.is_floating_point() else x.to(draws.dtype)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
-    flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
+    flakes = _motion_blur(flakes, radius, sigma, angles)
     # in grey levels (the reference's x / 255 ... * 255 up to rounding), the flakes as the
     # reference's uint8 layer, added to their half-turn on the (1-channel) layer: one pass less
     flakes = flakes[..., :h, :w].mul(255).round_()
@@ -979,7 +1016,8 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16}
 # corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL)
-_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "zoom_blur", "fog", "pixelate", "jpeg_compression")
+_UINT8_INPUT = ("shot_noise", "impulse_noise", "glass_blur", "motion_blur", "zoom_blur", "snow", "fog", "pixelate",
+                "jpeg_compression")
 
 
 def corrupt_batch(

@@ -1,0 +1,89 @@
+"""One-pass kernels of the line blurs (motion_blur, and snow's flakes) on the host.
+
+A line blur sums 2 radius + 1 shifted copies of each plane (``torch_ops._motion_blur``): the
+tensor program reads and writes the whole plane once per tap (up to 41). Here each output row is
+summed over all taps in a row buffer that stays in the L1 cache, the shifted rows read straight
+from the unpadded plane (the replicated edges as clamped indices, per tap and row, outside the
+inner loop), and the row finished at once (motion_blur: clamped and truncated to uint8).
+
+The sums are the tensor program's, in its order: tap 0 as ``weight * value``, then tap by tap
+``acc + weight * value``, which torch's vectorised ``add_(..., alpha=weight)`` computes as one
+fused multiply-add (``fmadd``) on CPUs with AVX2 / AVX-512 kernels; ``fastmath={"contract"}``
+lets LLVM fuse the same products (``fused_sums_match``: where torch's kernels lack FMA the tensor
+program stays the path).
+"""
+from functools import lru_cache
+
+import numpy as np
+
+from . import jit
+
+__all__ = ["fused_sums_match", "pad_rows", "sum_taps", "blur_lines"]
+
+_ZERO, _MAX = np.float32(0.0), np.float32(255.0)
+
+
+@lru_cache(maxsize=None)
+def fused_sums_match() -> bool:
+    """Whether torch's CPU kernels fuse ``a + alpha * b`` like the kernels here (AVX2 / AVX-512
+    builds use fmadd; the default build multiplies, then adds)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+@jit
+def pad_rows(plane: np.ndarray, out: np.ndarray) -> None:
+    """``plane`` (H, W) into ``out`` (H, W + 2 pad) of its dtype, the first and last columns
+    repeated ``pad`` times on their sides."""
+    w = plane.shape[1]
+    pad = (out.shape[1] - w) // 2
+    for y in range(plane.shape[0]):
+        source, row = plane[y], out[y]
+        first, last = source[0], source[w - 1]
+        for i in range(np.uint64(pad)):
+            row[i] = first
+            row[np.uint64(pad + w) + i] = last
+        for i in range(np.uint64(w)):
+            row[np.uint64(pad) + i] = source[i]
+
+
+@jit(fastmath={"contract"})
+def sum_taps(acc: np.ndarray, padded: np.ndarray, pad: int, y: int, dy: np.ndarray, dx: np.ndarray,
+             weights: np.ndarray, count: int) -> None:
+    """``acc[x] = sum_t weights[t] * plane[y - dy[t], x - dx[t]]`` over taps 0..count-1 in order,
+    edges replicated, from ``padded`` (``pad_rows(plane)``, ``pad`` >= max |dx| columns each side):
+    the first tap multiplies, every later one adds one fused product. Rows clamp here; every
+    column is read through the loop's own index (a product of loop-invariant factors would be
+    hoisted out of the loop and not fused)."""
+    h = padded.shape[0]
+    for t in range(count):
+        row = padded[min(max(y - dy[t], 0), h - 1)]
+        weight = weights[t]
+        start = np.uint64(pad - dx[t])  # |dx[t]| <= pad
+        if t == 0:
+            for x in range(np.uint64(acc.size)):
+                acc[x] = weight * np.float32(row[start + x])
+        else:
+            for x in range(np.uint64(acc.size)):
+                acc[x] += weight * np.float32(row[start + x])
+
+
+@jit
+def blur_lines(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, dx: np.ndarray, counts: np.ndarray,
+               out: np.ndarray) -> None:
+    """motion_blur on uint8 ``x`` (B, C, H, W) into uint8 ``out``: image b sums taps 0..counts[b]-1
+    of the line (``dy``, ``dx``: (B, taps) shifts, ``weights``: float32 (taps,)), clamped to
+    [0, 255] and truncated."""
+    batch, channels, h, w = x.shape
+    taps = weights.size
+    padded = np.empty((h, w + 2 * taps), np.uint8)
+    acc = np.empty(w, np.float32)
+    for b in range(batch):
+        for c in range(channels):
+            pad_rows(x[b, c], padded)
+            for y in range(h):
+                sum_taps(acc, padded, taps, y, dy[b], dx[b], weights, counts[b])
+                row = out[b, c, y]
+                for i in range(np.uint64(w)):
+                    row[i] = np.uint8(min(max(acc[i], _ZERO), _MAX))
