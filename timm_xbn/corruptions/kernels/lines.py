@@ -1,10 +1,11 @@
 """One-pass kernels of the line blurs (motion_blur, and snow's flakes) on the host.
 
 A line blur sums 2 radius + 1 shifted copies of each plane (``torch_ops._motion_blur``): the
-tensor program reads and writes the whole plane once per tap (up to 41). Here each output row is
-summed over all taps in a row buffer that stays in the L1 cache, the shifted rows read straight
-from the unpadded plane (the replicated edges as clamped indices, per tap and row, outside the
-inner loop), and the row finished at once (motion_blur: clamped and truncated to uint8).
+tensor program reads and writes the whole plane once per tap (up to 41). Here each plane is
+converted to float32 once, its rows padded with their edge values; each output row is summed
+over all taps in a row buffer that stays in the L1 cache (four taps a pass), reading the shifted
+rows (clamped row indices: the replicated top and bottom edges), and finished at once
+(motion_blur: clamped and truncated to uint8).
 
 The sums are the tensor program's, in its order: tap 0 as ``weight * value``, then tap by tap
 ``acc + weight * value``, which torch's vectorised ``add_(..., alpha=weight)`` computes as one
@@ -34,8 +35,8 @@ def fused_sums_match() -> bool:
 
 @jit
 def pad_rows(plane: np.ndarray, out: np.ndarray) -> None:
-    """``plane`` (H, W) into ``out`` (H, W + 2 pad) of its dtype, the first and last columns
-    repeated ``pad`` times on their sides."""
+    """``plane`` (H, W) into ``out`` (H, W + 2 pad), converted to its dtype, the first and last
+    columns repeated ``pad`` times on their sides."""
     w = plane.shape[1]
     pad = (out.shape[1] - w) // 2
     for y in range(plane.shape[0]):
@@ -48,6 +49,12 @@ def pad_rows(plane: np.ndarray, out: np.ndarray) -> None:
             row[np.uint64(pad) + i] = source[i]
 
 
+@jit
+def _tap(padded: np.ndarray, pad: int, y: int, dy: np.ndarray, dx: np.ndarray, t: int) -> tuple[np.uint64, np.uint64]:
+    """Where tap t of output row y starts reading in ``padded``: its row (clamped) and column."""
+    return np.uint64(min(max(y - dy[t], 0), padded.shape[0] - 1)), np.uint64(pad - dx[t])
+
+
 @jit(fastmath={"contract"})
 def sum_taps(acc: np.ndarray, padded: np.ndarray, pad: int, y: int, dy: np.ndarray, dx: np.ndarray,
              weights: np.ndarray, count: int) -> None:
@@ -56,17 +63,31 @@ def sum_taps(acc: np.ndarray, padded: np.ndarray, pad: int, y: int, dy: np.ndarr
     the first tap multiplies, every later one adds one fused product. Rows clamp here; every
     column is read through the loop's own index (a product of loop-invariant factors would be
     hoisted out of the loop and not fused)."""
-    h = padded.shape[0]
-    for t in range(count):
-        row = padded[min(max(y - dy[t], 0), h - 1)]
-        weight = weights[t]
-        start = np.uint64(pad - dx[t])  # |dx[t]| <= pad
-        if t == 0:
-            for x in range(np.uint64(acc.size)):
-                acc[x] = weight * np.float32(row[start + x])
-        else:
-            for x in range(np.uint64(acc.size)):
-                acc[x] += weight * np.float32(row[start + x])
+    n = np.uint64(acc.size)
+    row0, start0 = _tap(padded, pad, y, dy, dx, 0)
+    for x in range(n):
+        acc[x] = weights[0] * np.float32(padded[row0, start0 + x])
+    t = 1
+    while t + 4 <= count:  # four taps a pass: the same fused products in the same order, 1/4 of the acc traffic
+        row1, start1 = _tap(padded, pad, y, dy, dx, t)
+        row2, start2 = _tap(padded, pad, y, dy, dx, t + 1)
+        row3, start3 = _tap(padded, pad, y, dy, dx, t + 2)
+        row4, start4 = _tap(padded, pad, y, dy, dx, t + 3)
+        w1, w2, w3, w4 = weights[t], weights[t + 1], weights[t + 2], weights[t + 3]
+        for x in range(n):
+            a = acc[x]
+            a += w1 * np.float32(padded[row1, start1 + x])
+            a += w2 * np.float32(padded[row2, start2 + x])
+            a += w3 * np.float32(padded[row3, start3 + x])
+            a += w4 * np.float32(padded[row4, start4 + x])
+            acc[x] = a
+        t += 4
+    while t < count:
+        row1, start1 = _tap(padded, pad, y, dy, dx, t)
+        w1 = weights[t]
+        for x in range(n):
+            acc[x] += w1 * np.float32(padded[row1, start1 + x])
+        t += 1
 
 
 @jit
@@ -77,7 +98,7 @@ def blur_lines(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, dx: np.ndarra
     [0, 255] and truncated."""
     batch, channels, h, w = x.shape
     taps = weights.size
-    padded = np.empty((h, w + 2 * taps), np.uint8)
+    padded = np.empty((h, w + 2 * taps), np.float32)
     acc = np.empty(w, np.float32)
     for b in range(batch):
         for c in range(channels):
