@@ -48,7 +48,7 @@ def kernel_calls(monkeypatch) -> dict:
             return original(*args)
         monkeypatch.setattr(module, function, wrapper)
     counted(lines, "blur_lines", "motion_blur")
-    counted(snow, "blend_flakes", "snow")
+    counted(snow, "snow", "snow")
     return calls
 
 

@@ -67,7 +67,10 @@ CDF keys); pixelate runs every pass down the rows of OpenCV-transposed planes (r
 rounding in float32; in NumPy on the CPU); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
-corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
+corruption is returned without a copy. motion_blur and snow read uint8 CPU batches with numba
+kernels (``kernels.lines``, ``kernels.snow``): each output row summed over all its line's taps
+while it stays in the cache, with the fused sums of torch's ``add_(..., alpha)``, and snow's
+elementwise tail in the same pass. The NumPy / OpenCV steps run on CPU batches only
 (``_on_host``); CUDA batches take the torch ops.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
@@ -739,12 +742,11 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
     flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
     angles = draws.uniform((b,), -135, -45)
     if _line_kernels(x, draws):
-        from .kernels.snow import blend_flakes, flakes_layer
+        from .kernels import snow as kernels
         weights, dy, dx, taps = _motion_line(*flakes.shape[-2:], radius, sigma, angles)
-        layer = np.empty((b, h, w), np.float32)
-        flakes_layer(flakes[:, 0].numpy(), np.float32(threshold), weights.astype(np.float32), dy, dx, taps, layer)
         out = torch.empty_like(x)
-        blend_flakes(x.numpy(), layer, np.float32(blend), np.float32(1 - blend), out.numpy())
+        kernels.snow(x.numpy(), flakes[:, 0].numpy(), np.float32(threshold), weights.astype(np.float32), dy, dx, taps,
+                     np.float32(blend), np.float32(1 - blend), out.numpy())
         return out
     x = x if x.is_floating_point() else x.to(draws.dtype)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
