@@ -119,3 +119,23 @@ def test_fused_sums_are_what_torch_computes():
     fused = (a.double() + w * b.double()).float()
     assert torch.equal(a.clone().add_(b, alpha=w), fused)
     assert not torch.equal(a + (b * w), fused)  # two roundings differ somewhere in 1000 values
+
+
+def test_the_flakes_layer_at_its_ties():
+    """snow's per-value steps where photos rarely land: values exactly at the threshold (kept), and
+    grey levels exactly halfway (rounded half to even, like torch.round). A one-tap line (weight 1)
+    leaves the values as they are; the tensor program's ops give the expected layer."""
+    threshold = np.float32(0.85)
+    halves = [np.float32((k + 0.5) / 255) for k in range(255)]
+    ties = [v for v in halves if v * np.float32(255) == np.float32(int(v * np.float32(255)) + 0.5)]
+    assert len(ties) > 20
+    values = np.array(ties + [threshold, np.nextafter(threshold, np.float32(0)), 1.5, -0.2, 0.0], np.float32)
+    plane = np.resize(values, (16, len(values))).copy()
+    flakes = torch.from_numpy(plane.copy())
+    expected = flakes.masked_fill_(flakes < float(threshold), 0).clamp_(0, 1).mul(255).round_().numpy()
+    padded = np.empty((16, len(values) + 2), np.float32)
+    layer = np.empty_like(plane)
+    one_tap = np.zeros((1, 1), np.int64)
+    snow._flakes_layer(plane, threshold, np.ones(1, np.float32), one_tap[0], one_tap[0], 1, padded, layer)
+    np.testing.assert_array_equal(layer, expected)
+    assert expected[0, len(ties)] == 217 and expected[0, len(ties) + 1] == 0  # 0.85 kept, the float below it not
