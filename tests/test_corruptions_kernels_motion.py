@@ -97,6 +97,15 @@ def test_lines_longer_than_the_image(monkeypatch):
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=name)
 
 
+def test_channels_last_batches(monkeypatch):
+    """A permuted (channels-last) batch: the kernels read and write through its strides."""
+    x = batch_of(5, 48, 80).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not x.is_contiguous()
+    for name in NAMES:
+        kernel, tensor = both_paths(monkeypatch, x, name, 3, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=name)
+
+
 def test_the_tensor_program_without_fused_sums(monkeypatch, kernel_calls):
     """Where torch's kernels multiply and add apart (no AVX2 / AVX-512 kernels), the tensor program
     runs: the kernel's fused sums would round differently."""
