@@ -148,3 +148,20 @@ def test_the_flakes_layer_at_its_ties():
     snow._flakes_layer(plane, threshold, np.ones(1, np.float32), one_tap[0], one_tap[0], 1, padded, layer)
     np.testing.assert_array_equal(layer, expected)
     assert expected[0, len(ties)] == 217 and expected[0, len(ties) + 1] == 0  # 0.85 kept, the float below it not
+
+
+@pytest.mark.skipif(not lines.fused_sums_match(), reason="torch's CPU kernels do not fuse here")
+def test_enlarge_is_torchs_bilinear_zoom():
+    """snow's zoom of its normals against F.interpolate itself, at snow's zooms of 224 px and at sizes
+    around the 128 (height + width) where torch changes kernels."""
+    g = torch.Generator().manual_seed(0)
+    cases = [((75, 75), (225, 225)), ((112, 112), (224, 224)), ((50, 50), (225, 225)), ((90, 90), (225, 225)),
+             ((16, 27), (48, 81)), ((13, 22), (58, 99)), ((16, 27), (48, 80)), ((12, 20), (48, 80))]
+    checked = 0
+    for crop, size in cases:
+        crops = torch.randn(2, 1, *crop, generator=g) * 0.3 + 0.55
+        expected = torch.nn.functional.interpolate(crops, size=size, mode="bilinear", align_corners=True)[:, 0]
+        if snow.enlarges_like_torch(*size):
+            np.testing.assert_array_equal(snow.enlarge(crops[:, 0].numpy(), *size), expected.numpy())
+            checked += 1
+    assert checked == 6  # 48 + 80 = 128 is left to torch

@@ -739,15 +739,19 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
     b, ch, h, w = x.shape
     # the reference zooms the centre of a field of normals: only that centre is drawn
     window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
-    flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
+    crop = draws.normal_window((b, h, w), window, loc=loc, scale=scale)
     angles = draws.uniform((b,), -135, -45)
     if _line_kernels(x, draws):
         from .kernels import snow as kernels
-        weights, dy, dx, taps = _motion_line(*flakes.shape[-2:], radius, sigma, angles)
+        size = [int(round(n * zoom)) for n in crop.shape[-2:]]  # _enlarge's
+        flakes = kernels.enlarge(crop.numpy(), *size) if kernels.enlarges_like_torch(*size) else \
+            _enlarge(crop.unsqueeze(1), zoom)[:, 0].numpy()
+        weights, dy, dx, taps = _motion_line(*size, radius, sigma, angles)
         out = torch.empty_like(x)
-        kernels.snow(x.numpy(), flakes[:, 0].numpy(), np.float32(threshold), weights.astype(np.float32), dy, dx, taps,
+        kernels.snow(x.numpy(), flakes, np.float32(threshold), weights.astype(np.float32), dy, dx, taps,
                      np.float32(blend), np.float32(1 - blend), out.numpy())
         return out
+    flakes = _enlarge(crop.unsqueeze(1), zoom)
     x = x if x.is_floating_point() else x.to(draws.dtype)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, angles)

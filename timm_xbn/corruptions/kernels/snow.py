@@ -1,18 +1,72 @@
-"""snow on uint8 batches in one kernel, image by image: the flakes layer (threshold, line blur,
-rounding) and the blend of the image with its lifted grey and the flakes, while the image's
-buffers stay in the cache (the tensor program: ~12 passes over the batch or the layer, and up to
-25 taps each reading and writing the layer). The float32 operations are the tensor program's, in
-its order, unfused (only the line's sums fuse, like torch's, see ``lines``); the final clamp and
-truncation to uint8 are ``corrupt_batch``'s cast.
+"""snow on uint8 batches: the zoom of the flakes' normals (``enlarge``), then one kernel, image by
+image: the flakes layer (threshold, line blur, rounding) and the blend of the image with its lifted
+grey and the flakes, while the image's buffers stay in the cache (the tensor program: ~12 passes
+over the batch or the layer, and up to 25 taps each reading and writing the layer). The float32
+operations are the tensor program's, in its order, unfused where torch's are (the line's sums and
+the zoom's fuse like torch's, see ``lines``); the final clamp and truncation to uint8 are
+``corrupt_batch``'s cast.
 """
 import numpy as np
 
 from . import jit
 from .lines import pad_rows, sum_taps
 
-__all__ = ["snow"]
+__all__ = ["enlarges_like_torch", "enlarge", "snow"]
 
 _ZERO, _ONE, _MAX = np.float32(0.0), np.float32(1.0), np.float32(255.0)
+
+
+# torch's CPU bilinear resize takes its separable kernel for outputs with height + width above this
+# (below: a per-pixel kernel that sums the four products in another order)
+_TORCH_PER_PIXEL_MAX = 128
+
+
+def enlarges_like_torch(height: int, width: int) -> bool:
+    """Whether ``enlarge`` to (height, width) gives torch's bits."""
+    return height + width > _TORCH_PER_PIXEL_MAX
+
+
+def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """torch's bilinear taps along one axis (align_corners=True), in its float32 arithmetic: each
+    output's two source indices and their weights."""
+    scale = np.float32(n_in - 1) / np.float32(n_out - 1)
+    position = scale * np.arange(n_out, dtype=np.float32)
+    low = np.minimum(np.floor(position).astype(np.int64), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    w_high = np.minimum(np.maximum(position - low.astype(np.float32), np.float32(0)), np.float32(1))
+    return low, high, np.float32(1) - w_high, w_high
+
+
+@jit
+def _product(a: np.float32, b: np.float32) -> np.float32:
+    """``a * b`` rounded (compiled without contraction: never fused into a following sum)."""
+    return a * b
+
+
+@jit(fastmath={"contract"})
+def _enlarge(crops: np.ndarray, rows: tuple, cols: tuple, out: np.ndarray) -> None:
+    """torch's separable bilinear sums: each crop row resized along the columns once
+    (``fma(x0, w0, x1 * w1)``), then every output row from its two resized rows, the same way."""
+    top, bottom, w_top, w_bottom = rows
+    left, right, w_left, w_right = cols
+    wide = np.empty((crops.shape[1], out.shape[2]), np.float32)
+    for b in range(crops.shape[0]):
+        for y in range(crops.shape[1]):
+            source, row = crops[b, y], wide[y]
+            for x in range(row.size):
+                row[x] = source[left[x]] * w_left[x] + _product(source[right[x]], w_right[x])
+        for y in range(out.shape[1]):
+            upper, lower, row = wide[top[y]], wide[bottom[y]], out[b, y]
+            for x in range(np.uint64(row.size)):
+                row[x] = upper[x] * w_top[y] + _product(lower[x], w_bottom[y])
+
+
+def enlarge(crops: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 ``crops`` (B, h, w) resized to (B, height, width) as torch's bilinear ``interpolate``
+    (align_corners=True) does on the CPU, where ``enlarges_like_torch(height, width)``."""
+    out = np.empty((crops.shape[0], height, width), np.float32)
+    _enlarge(crops, _bilinear_taps(crops.shape[1], height), _bilinear_taps(crops.shape[2], width), out)
+    return out
 
 
 @jit
