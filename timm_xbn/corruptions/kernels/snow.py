@@ -37,28 +37,28 @@ def _bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return low, high, np.float32(1) - w_high, w_high
 
 
-@jit
-def _product(a: np.float32, b: np.float32) -> np.float32:
-    """``a * b`` rounded (compiled without contraction: never fused into a following sum)."""
-    return a * b
-
-
 @jit(fastmath={"contract"})
 def _enlarge(crops: np.ndarray, rows: tuple, cols: tuple, out: np.ndarray) -> None:
     """torch's separable bilinear sums: each crop row resized along the columns once
-    (``fma(x0, w0, x1 * w1)``), then every output row from its two resized rows, the same way."""
+    (``fma(x0, w0, x1 * w1)``), then every output row from its two resized rows, the same way. The
+    second products are rounded into a row of their own first: LLVM then has one way to fuse."""
     top, bottom, w_top, w_bottom = rows
     left, right, w_left, w_right = cols
     wide = np.empty((crops.shape[1], out.shape[2]), np.float32)
+    second = np.empty(out.shape[2], np.float32)
     for b in range(crops.shape[0]):
         for y in range(crops.shape[1]):
             source, row = crops[b, y], wide[y]
             for x in range(row.size):
-                row[x] = source[left[x]] * w_left[x] + _product(source[right[x]], w_right[x])
+                second[x] = source[right[x]] * w_right[x]
+            for x in range(row.size):
+                row[x] = source[left[x]] * w_left[x] + second[x]
         for y in range(out.shape[1]):
             upper, lower, row = wide[top[y]], wide[bottom[y]], out[b, y]
             for x in range(np.uint64(row.size)):
-                row[x] = upper[x] * w_top[y] + _product(lower[x], w_bottom[y])
+                second[x] = lower[x] * w_bottom[y]
+            for x in range(np.uint64(row.size)):
+                row[x] = upper[x] * w_top[y] + second[x]
 
 
 def enlarge(crops: np.ndarray, height: int, width: int) -> np.ndarray:
