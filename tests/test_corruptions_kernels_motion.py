@@ -1,4 +1,4 @@
-"""The line-blur kernels (``kernels.lines``: motion_blur; ``kernels.snow``: snow) against the tensor
+"""The kernels of motion_blur (``kernels.lines``) and snow (``kernels.snow``) against the tensor
 program they replace on uint8 CPU batches: the same bits, for every severity, square and
 non-square images, one generator or one per image. The tensor program is what CUDA batches run;
 here it runs on the CPU with ``_on_host`` patched to False."""

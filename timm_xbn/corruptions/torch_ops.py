@@ -69,8 +69,9 @@ converts planes to and from libjpeg's interleaved pixels with OpenCV; float resu
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
 corruption is returned without a copy. motion_blur and snow read uint8 CPU batches with numba
 kernels (``kernels.lines``, ``kernels.snow``): each output row summed over all its line's taps
-while it stays in the cache, with the fused sums of torch's ``add_(..., alpha)``, and snow's
-elementwise tail in the same pass. The NumPy / OpenCV steps run on CPU batches only
+while it stays in the cache, with the fused sums of torch's ``add_(..., alpha)``, snow's
+elementwise tail in the same pass and its zoom as torch's separable bilinear sums. The NumPy /
+OpenCV steps run on CPU batches only
 (``_on_host``); CUDA batches take the torch ops.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
