@@ -547,8 +547,8 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 
 
 def _line_kernels(x: Tensor, draws: Draws) -> bool:
-    """Whether the line blur of ``x`` runs as a kernel (``kernels.lines``): uint8 CPU batches
-    computed in float32, where torch's kernels fuse their sums like the kernel's."""
+    """Whether motion_blur / snow run as kernels (``kernels.lines``, ``kernels.snow``): uint8 CPU
+    batches computed in float32, where torch's kernels fuse ``a + w * b`` like the kernels."""
     if x.dtype != torch.uint8 or draws.dtype != torch.float32 or not _on_host(x):
         return False
     from .kernels.lines import fused_sums_match
@@ -663,6 +663,7 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 
 
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in; uint8 out for uint8 CPU batches (``kernels.lines``), else float."""
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
     angles = draws.uniform((x.shape[0],), -45, 45)
     if _line_kernels(x, draws):
