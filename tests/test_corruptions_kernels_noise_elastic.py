@@ -11,7 +11,7 @@ import torch
 
 from timm_xbn.corruptions import corrupt_batch, torch_ops
 from timm_xbn.corruptions.agreement import real_images
-from timm_xbn.corruptions.kernels import elastic
+from timm_xbn.corruptions import kernels
 from timm_xbn.corruptions.torch_ops import Draws
 
 NAMES = ("shot_noise", "impulse_noise", "elastic_transform")
@@ -38,7 +38,7 @@ def seeded(per_image, count, seed):
 def without_kernel(monkeypatch, name):
     """Switch ``name``'s kernel off: the noise runs the device path's tensor ops, elastic_transform the host's."""
     if name == "elastic_transform":
-        monkeypatch.setattr(elastic, "TORCH_FUSES", False)
+        monkeypatch.setattr(kernels, "TORCH_FUSES", False)
     else:
         monkeypatch.setattr(torch_ops, "_on_host", lambda t: False)
 

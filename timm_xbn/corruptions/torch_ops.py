@@ -72,7 +72,11 @@ elsewhere row takes and PIL's rounding in float32); glass blur's floor, drawn-of
 final cast around its two OpenCV blurs are numba kernels on uint8 CPU batches (``kernels.glass``); JPEG
 converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
 uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
-corruption is returned without a copy. The NumPy / OpenCV steps run on CPU batches only
+corruption is returned without a copy. motion_blur and snow read uint8 CPU batches with numba
+kernels (``kernels.lines``, ``kernels.snow``): each output row summed over all its line's taps
+while it stays in the cache, with the fused sums of torch's ``add_(..., alpha)``, snow's
+elementwise tail in the same pass and its zoom as torch's separable bilinear sums. The NumPy /
+OpenCV steps run on CPU batches only
 (``_on_host``); CUDA batches take the torch ops.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
@@ -94,6 +98,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..utils.errors import UserError
+from . import kernels
 from .kernels import plasma, pointwise
 from .names import CORRUPTIONS, check_corruption, check_severity
 
@@ -366,10 +371,12 @@ def _on_host(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
-def _kernel_path(x: Tensor, draws: Draws) -> bool:
+def _kernel_path(x: Tensor, draws: Draws, fused: bool = False) -> bool:
     """Whether the uint8 batch ``x`` goes through the compiled CPU kernels (``kernels/``: float32
-    compute on the host) instead of the tensor program."""
-    return x.dtype == torch.uint8 and draws.dtype == torch.float32 and _on_host(x)
+    compute on the host) instead of the tensor program; for a kernel with torch's ``fused``
+    multiply-adds, only where torch fuses them (``kernels.TORCH_FUSES``)."""
+    return (x.dtype == torch.uint8 and draws.dtype == torch.float32 and _on_host(x)
+            and (kernels.TORCH_FUSES or not fused))
 
 
 def _kernel_output(x: Tensor) -> tuple[np.ndarray, Tensor]:
@@ -544,11 +551,11 @@ def _clipped_zoom(x: Tensor, zoom: float) -> Tensor:
     return _enlarge(x[..., _zoom_window(h, zoom), _zoom_window(w, zoom)], zoom)
 
 
-def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
-    """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
-    taps, tap i reading the image shifted by round(i * direction) (edges replicated). Taps whose
-    shift reaches the image size end the line, as in the reference. ``x`` is overwritten."""
-    h, w = x.shape[-2:]
+def _motion_line(h: int, w: int, radius: int, sigma: float, angles: Tensor
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The taps of ``_motion_blur`` on (h, w) images: the half-Gaussian's ``2 radius + 1`` weights
+    (float64), each image's shifts (dy, dx), (B, taps) int64, and its number of taps (B,): taps
+    whose shift reaches the image size end the line, as in the reference."""
     width = 2 * radius + 1
     i = np.arange(width, dtype=np.float64)
     weights = np.exp(-(i ** 2) / (2 * sigma ** 2)) / (np.sqrt(2 * np.pi) * sigma)
@@ -556,9 +563,19 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
     a = np.deg2rad(angles.detach().cpu().double().numpy())
     py, px = width * np.sin(a), width * np.cos(a)
     hyp = np.hypot(py, px)
-    dy = -np.ceil(i[None] * py[:, None] / hyp[:, None] - 0.5).astype(int)
-    dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(int)
+    dy = -np.ceil(i[None] * py[:, None] / hyp[:, None] - 0.5).astype(np.int64)
+    dx = -np.ceil(i[None] * px[:, None] / hyp[:, None] - 0.5).astype(np.int64)
     taps = np.cumprod((np.abs(dy) < h) & (np.abs(dx) < w), axis=1).sum(1)
+    return weights, dy, dx, taps
+
+
+def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor:
+    """Blur each image along a line at its angle (degrees): a half-Gaussian of ``2 radius + 1``
+    taps, tap i reading the image shifted by round(i * direction) (edges replicated), see
+    ``_motion_line``. ``x`` is overwritten."""
+    h, w = x.shape[-2:]
+    width = 2 * radius + 1
+    weights, dy, dx, taps = _motion_line(h, w, radius, sigma, angles)
     xp = _pad(x, width, width, "nearest")
     out = x.mul_(float(weights[0]))  # tap 0: no shift (the taps read the padded copy: x is free)
     for image, padded, shifts_y, shifts_x, count in zip(out, xp, dy, dx, taps):
@@ -569,9 +586,10 @@ def _motion_blur(x: Tensor, radius: int, sigma: float, angles: Tensor) -> Tensor
 
 
 # ---------------------------------------------------------------------------------------------
-# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float, or uint8 for _UINT8_INPUT) to
-# 0..255 (float, clipped, or uint8). A float x is a copy the corruption may change in place;
-# a uint8 x is the caller's batch, read only.
+# The corruptions. Each maps x in 0..255 (B x 3 x H x W, float or uint8) to 0..255 (float,
+# clipped, or uint8). A float x is a copy the corruption may change in place; a uint8 x is the
+# caller's batch, read only: the uint8 kernels read it on the CPU, the tensor programs convert it
+# (``_as_compute``) or work in integers.
 # ---------------------------------------------------------------------------------------------
 
 def gaussian_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
@@ -730,8 +748,16 @@ def glass_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 
 
 def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in; uint8 out for uint8 CPU batches (``kernels.lines``), else float."""
     radius, sigma = [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)][severity - 1]
     angles = draws.uniform((x.shape[0],), -45, 45)
+    if _kernel_path(x, draws, fused=True):  # ``a + w * b`` fused, like torch's add_(alpha=)
+        from .kernels.lines import blur_lines
+        weights, dy, dx, taps = _motion_line(*x.shape[-2:], radius, sigma, angles)
+        out = torch.empty_like(x)
+        blur_lines(x.numpy(), weights.astype(np.float32), dy, dx, taps, out.numpy())
+        return out
+    x = x if x.is_floating_point() else x.to(draws.dtype)
     return _motion_blur(x, radius, sigma, angles).clamp_(0, 255)
 
 
@@ -797,15 +823,29 @@ def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
 
 
 def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
+    """uint8 (or float 0..255) in; uint8 out for uint8 CPU batches (``kernels.snow``), else float."""
     loc, scale, zoom, threshold, radius, sigma, blend = [
         (0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)][severity - 1]
     b, ch, h, w = x.shape
     # the reference zooms the centre of a field of normals: only that centre is drawn
     window = (_zoom_window(h, zoom), _zoom_window(w, zoom))
-    flakes = _enlarge(draws.normal_window((b, h, w), window, loc=loc, scale=scale).unsqueeze(1), zoom)
+    crop = draws.normal_window((b, h, w), window, loc=loc, scale=scale)
+    angles = draws.uniform((b,), -135, -45)
+    if _kernel_path(x, draws, fused=True):
+        from .kernels import snow as snow_kernels
+        size = [int(round(n * zoom)) for n in crop.shape[-2:]]  # _enlarge's
+        flakes = snow_kernels.enlarge(crop.numpy(), *size) if snow_kernels.enlarges_like_torch(*size) else \
+            _enlarge(crop.unsqueeze(1), zoom)[:, 0].numpy()
+        weights, dy, dx, taps = _motion_line(*size, radius, sigma, angles)
+        out = torch.empty_like(x)
+        snow_kernels.snow(x.numpy(), flakes, np.float32(threshold), weights.astype(np.float32), dy, dx, taps,
+                     np.float32(blend), np.float32(1 - blend), out.numpy())
+        return out
+    flakes = _enlarge(crop.unsqueeze(1), zoom)
+    x = x if x.is_floating_point() else x.to(draws.dtype)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
-    flakes = _motion_blur(flakes, radius, sigma, draws.uniform((b,), -135, -45))
+    flakes = _motion_blur(flakes, radius, sigma, angles)
     # in grey levels (the reference's x / 255 ... * 255 up to rounding), the flakes as the
     # reference's uint8 layer, added to their half-turn on the (1-channel) layer: one pass less
     flakes = flakes[..., :h, :w].mul(255).round_()
@@ -874,7 +914,7 @@ def plasma_fractal(batch: int, size: int, decay: float, draws: Draws, scale: flo
     next level's corners (2m, 2m): contiguous sums instead of stride-2 ones (~4x faster)."""
     levels = size.bit_length() - 1
     noise = draws.uniform((batch, 3 * sum(4 ** k for k in range(levels))), -1.0, 1.0)
-    if draws.dtype == torch.float32 and _on_host(noise):  # one compiled loop, the same bits
+    if draws.dtype == torch.float32 and _on_host(noise) and kernels.TORCH_FUSES:  # one compiled loop, the same bits
         return torch.from_numpy(plasma.plasma_maps(noise.numpy(), size, float(decay), float(scale)))
     corners = torch.zeros((batch, 1, 1), device=draws.device, dtype=draws.dtype)
     used, wibble = 0, 100.0
@@ -965,17 +1005,15 @@ def elastic_transform(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # displacement fields (H, W, 2 B), the B x-fields then the B y-fields (the reference's order
     # for one image): blurred together as depthwise convolutions
     fields = _gaussian_blur_hwn(draws.field_uniform(2 * b, h, w, -max_d, max_d), sigma, "reflect", truncate=3)
-    if x.dtype == torch.uint8:
-        from .kernels import elastic as kernel
+    if _kernel_path(x, draws, fused=True):
+        from .kernels.elastic import displace
 
-        if _on_host(x) and fields.dtype == torch.float32 and kernel.TORCH_FUSES:
-            # the grid, the sampling and the cast below in one compiled pass, in torch's float32 steps
-            out = torch.empty_like(x, memory_format=torch.contiguous_format)
-            kernel.displace(x.contiguous().numpy(), fields.numpy(), np.float32(alpha),
-                            _grid_centres(h, torch.float32, x.device).numpy(),
-                            _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
-            return out
-        x = x.to(draws.dtype)
+        # the grid, the sampling and the cast below in one compiled pass, in torch's float32 steps
+        pixels, out = _kernel_output(x)
+        displace(pixels, fields.numpy(), np.float32(alpha), _grid_centres(h, torch.float32, x.device).numpy(),
+                 _grid_centres(w, torch.float32, x.device).numpy(), out.numpy())
+        return out
+    x = _as_compute(x, draws)
     # the reference rounds the displacements to float32
     dx, dy = fields.mul_(alpha).float().to(x.dtype).permute(2, 0, 1).split(b)
     # pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: edges at -0.5 and n - 0.5),
@@ -1138,10 +1176,6 @@ RANDOM_CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "glass_bl
 # pixelate's kernels go plane by plane (larger chunks: fewer calls)
 _CPU_CHUNK = 4
 _CPU_CHUNKS = {"zoom_blur": 16, "jpeg_compression": 64, "defocus_blur": 2, "fog": 16, "pixelate": 16}
-# corruptions that read the uint8 batch themselves (integer arithmetic, like the reference's PIL, or
-# a compiled kernel on the CPU; the tensor program converts it)
-_UINT8_INPUT = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "zoom_blur", "frost", "fog",
-                "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression")
 
 
 def corrupt_batch(
@@ -1183,9 +1217,7 @@ def corrupt_batch(
     result = torch.empty_like(x, memory_format=torch.contiguous_format)
     for start, part in zip(range(0, len(x), chunk), x.split(chunk)):
         part_draws = draws or ImageDraws(generator[start:start + len(part)], x.device, dtype)
-        if is_uint8:
-            part = part if name in _UINT8_INPUT else part.to(dtype)
-        else:
+        if not is_uint8:  # a uint8 batch is read as it is (integer ops, compiled kernels, or a float copy)
             part = part.to(dtype) * 255
         out = fn(part, severity, part_draws)  # in [0, 255]
         out = out if is_uint8 else out / 255

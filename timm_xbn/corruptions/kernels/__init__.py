@@ -3,8 +3,13 @@
 Where a corruption is a chain of elementwise passes or a loop of taps, the tensor program reads
 and writes the whole batch once per pass; one compiled loop over the pixels does the chain in a
 single pass that stays in the cache. Each kernel computes what its tensor program computes, in the
-same float32 order (so the results are the same bits; ``tests/test_corruptions_kernels.py`` checks
+same float32 order (so the results are the same bits; ``tests/test_corruptions_kernels_*.py`` check
 every kernel against its tensor program, which stays the path of CUDA batches and of float input).
+
+Where torch's float32 steps are fused multiply-adds (``add_(..., alpha=)``, grid_sample's
+sums, the bilinear zoom: its AVX2 / AVX-512 kernels use fmadd), the kernels fuse the same products
+(``fastmath={"contract"}`` or an explicit fma); ``TORCH_FUSES`` says whether torch does here (its
+default, non-vectorised build multiplies, then adds): without it those kernels stay off.
 
 ``jit`` compiles with an on-disk cache (the first call in a fresh environment compiles, ~1 s per
 kernel; later processes load it). Inner loops index with unsigned integers: with signed indices
@@ -14,8 +19,11 @@ at 224 px: 5.4 ms per image with signed indices, 0.65 ms unsigned).
 from functools import partial
 
 import numba
+import torch
 
-__all__ = ["jit"]
+__all__ = ["jit", "TORCH_FUSES"]
+
+TORCH_FUSES = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 # nogil: a kernel called from a data-loader thread does not hold up the others; error_model
 # "numpy": float division by zero gives inf / nan like torch (Python's model raises, and its

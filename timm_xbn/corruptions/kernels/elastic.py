@@ -10,18 +10,13 @@ into fused multiply-adds, which ``_fma`` issues explicitly (the kernel is compil
 contraction, so every other step rounds on its own, as in torch).
 """
 import numpy as np
-import torch
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
 from . import jit
 
-__all__ = ["TORCH_FUSES", "displace"]
-
-# whether torch's CPU kernels run the vectorised builds that fuse those multiply-adds (without them
-# each product rounds first, and the tensor program stays the path)
-TORCH_FUSES = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+__all__ = ["displace"]
 
 
 @intrinsic
