@@ -10,14 +10,13 @@ same decoded uint8 arrays and return uint8 images. On the CPU the torch side use
 threads (default 1, like the single reference process), so the ratio is per core.
 
 Floors, in the table beside the corruptions bound by one (measured in the same run, over the same
-images and severities): the random numbers the corruption draws (``FLOORS``: the same draws,
-nothing else) or, for jpeg, the libjpeg encode + decode of the interleaved pixels alone. "at the
-floor" is the reference's time over the floor's: the most any implementation built on those
-draws or that codec can reach per core. Below the table: the corruptions under the per-corruption
-goal (2x) and whether a floor bounds them (jpeg: libjpeg, ~2x at the floor; pixelate has none:
-PIL's box filter is one integer C loop that ~10 vectorised passes barely beat, see
-``torch_ops``), what one random number per value and one elementwise pass cost torch on this
-CPU, per image, and what the per-core goal (20x, all corruptions together) allows.
+images and severities, each timing right after a run of the reference, like the torch side's): the
+random numbers the corruption draws (``FLOORS``: the same draws, nothing else) or, for jpeg, the
+libjpeg encode + decode of the interleaved pixels alone. "at the floor" is the reference's time
+over the floor's: the most any implementation built on those draws or that codec can reach per
+core. Below the table: the corruptions under the per-corruption goal (2x) and whether a floor bounds
+them (jpeg: libjpeg, ~2x at the floor), what one random number per value and one elementwise pass
+cost torch on this CPU, per image, and what the per-core goal (20x, all corruptions together) allows.
 
     python benchmarks/corruptions.py                          # CPU, 16 photos of 224 px
     python benchmarks/corruptions.py --repeats 3              # best of 3 (busy machine)
@@ -185,7 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         for _ in range(args.repeats):  # alternated, so both sides see the same machine load; best per clock
             both_ref = np.minimum(both_ref, reference_seconds(images, name, wall_and_cpu))
             both_ours = np.minimum(both_ours, torch_seconds(batch, name, args.batch_size, generator, wall_and_cpu))
-            if name in FLOORS:
+            if name in FLOORS:  # the floor, too, right after the reference (the state it leaves, like ours);
+                reference_seconds(images, name)  # this run only sets that state: each side keeps N timings
                 both_floor = np.minimum(both_floor, floor_seconds(batch, name, args.batch_size, generator, wall_and_cpu))
         ref_total, torch_total = ref_total + both_ref, torch_total + both_ours
         ref, ours, floor = float(both_ref[primary]), float(both_ours[primary]), float(both_floor[primary])

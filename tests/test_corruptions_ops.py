@@ -391,3 +391,24 @@ def test_hwn_gaussian_blur_equals_scipy(mode, on_host, monkeypatch):
             expected = ndimage.gaussian_filter(source.double().numpy(), (*sigma, 0), mode=mode, truncate=truncate)
             assert ours.dtype == torch.float64 and ours.shape == source.shape
             np.testing.assert_allclose(ours.numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_zoom_operator_lives_in_huge_page_aligned_copies():
+    """zoom_blur's CPU operator: its three arrays are exact copies placed at 2 MiB boundaries (where Linux
+    may map them with huge pages; ``_in_huge_pages``), and the product with them is the plain tensors' product."""
+    import mmap
+
+    from timm_xbn.corruptions import torch_ops
+
+    operator = torch_ops._zoom_blur_operator(48, 40, 2, torch.float32, torch.device("cpu"))
+    source = torch.arange(24, dtype=torch.float64).reshape(4, 6) * 1.5
+    copy = torch_ops._in_huge_pages(source)
+    assert torch.equal(copy, source) and copy.data_ptr() != source.data_ptr()
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        assert copy.data_ptr() % (2 << 20) == 0
+        assert all(t.data_ptr() % (2 << 20) == 0 for t in (operator.crow_indices(), operator.col_indices(),
+                                                             operator.values()))
+    plain = torch.sparse_csr_tensor(operator.crow_indices().clone(), operator.col_indices().clone(),
+                                    operator.values().clone(), operator.shape, check_invariants=True)
+    columns = torch.rand(48 * 40, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.sparse.mm(operator, columns), torch.sparse.mm(plain, columns))

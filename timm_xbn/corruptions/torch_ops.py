@@ -87,6 +87,7 @@ beat PIL's integer C loop (1.1-1.6x); its kernels reach 2.5-3.2x.
 from __future__ import annotations
 
 import math
+import mmap
 import warnings
 from functools import lru_cache
 from importlib import resources
@@ -802,8 +803,29 @@ def _zoom_blur_operator(h: int, w: int, severity: int, dtype: torch.dtype, devic
         warnings.simplefilter("ignore", UserWarning)
         csr = matrix.to_sparse_csr()
         # int32 indices: the CPU product takes MKL's fast path with them
-        return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape,
-                                       check_invariants=False).to(device=device, dtype=dtype)
+        parts = (csr.crow_indices().int(), csr.col_indices().int(), csr.values().to(dtype))
+        if device.type == "cpu":
+            parts = tuple(map(_in_huge_pages, parts))
+        return torch.sparse_csr_tensor(*parts, csr.shape, check_invariants=False).to(device)
+
+
+_HUGE_PAGE = 2 << 20
+
+
+def _in_huge_pages(t: Tensor) -> Tensor:
+    """A copy of the CPU tensor ``t`` in memory Linux may back with 2 MiB pages (transparent huge
+    pages on request; elsewhere ``t`` itself). zoom_blur's operators (~12 MB each at 224 px) are read
+    whole on every call: in 4 KiB pages, when other work has emptied the TLB, the page walks cost
+    ~0.3 ms per image (MKL's product after a run of the reference: 0.81-1.08 ms per image, 0.54-0.72
+    with 2 MiB pages)."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is None or t.device.type != "cpu":
+        return t
+    region = mmap.mmap(-1, t.nbytes + _HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region.madvise(advice)
+    raw = np.frombuffer(region, dtype=np.uint8)
+    start = -raw.ctypes.data % _HUGE_PAGE
+    return torch.from_numpy(raw[start:start + t.nbytes]).view(t.dtype).view(t.shape).copy_(t)
 
 
 def zoom_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
