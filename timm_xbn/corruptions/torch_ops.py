@@ -52,37 +52,31 @@ values that are integers in exact arithmetic, which the reference's truncation t
 either side depending on float64 rounding; float32 compute (the default) adds a few more.
 
 Speed (``benchmarks/corruptions.py``, which shows each corruption's floor: its random numbers,
-or libjpeg): the linear, image-independent parts run as one operator each (zoom_blur's summed
-zooms as a sparse matrix on an (H W, B C) matrix, defocus_blur's disk through cached FFT spectra
-at 2-3-5 sizes); Gaussian blurs run over all images and channels at once in an
-(H, W, N) channels-last layout (OpenCV's separable filter on the CPU, depthwise convolutions
-elsewhere); those layouts are reached and left by one OpenCV transpose (torch's strided copies
-cost more than the work; uint8 where the batch is); the noise draws use two 31-bit (or four 15-bit) numbers
-per 64-bit draw of torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog
-draws its whole plasma at once and keeps each level's point sets as contiguous grids, snow
-draws only the centre its zoom keeps; the float corruptions work in grey levels where that
-saves passes (the reference's x / 255 ... * 255 up to rounding); shot noise reads its result
-from one byte-table lookup for > 99 % of the values (the rest: one binary search among integer
-CDF keys); on uint8 CPU batches, shot and impulse noise run every step after their draw, and
-elastic_transform its grid, reflected bilinear sampling and cast, as one compiled pass each
-(``kernels.noise``, ``kernels.elastic``: the tensor program's bits);
-pixelate runs every pass down the rows of OpenCV-transposed planes (uint8 CPU batches:
-two numba kernels, ``kernels.pixelate``, PIL's integer box sums and the nearest enlargement fused;
-elsewhere row takes and PIL's rounding in float32); glass blur's floor, drawn-offset gather and
-final cast around its two OpenCV blurs are numba kernels on uint8 CPU batches (``kernels.glass``); JPEG
-converts planes to and from libjpeg's interleaved pixels with OpenCV; float results become
-uint8 through NumPy's cast (2x faster than torch's), and a batch that is one chunk of a uint8
-corruption is returned without a copy. motion_blur and snow read uint8 CPU batches with numba
-kernels (``kernels.lines``, ``kernels.snow``): each output row summed over all its line's taps
-while it stays in the cache, with the fused sums of torch's ``add_(..., alpha)``, snow's
-elementwise tail in the same pass and its zoom as torch's separable bilinear sums. The NumPy /
-OpenCV steps run on CPU batches only
-(``_on_host``); CUDA batches take the torch ops.
+or libjpeg). uint8 batches on the CPU, the common case (decoded photos), go through compiled
+kernels (``kernels/``, numba) wherever the tensor program is a chain of passes or a loop of taps:
+each does the chain in one pass over the pixels, uint8 in and out, with the tensor program's
+float32 steps in its order, so the same bits (``tests/test_corruptions_kernels_*.py``): the
+per-pixel corruptions and fog's plasma (``kernels.pointwise``, ``kernels.plasma``), shot and
+impulse noise after their draws (``kernels.noise``), elastic_transform's grid and reflected
+bilinear sampling (``kernels.elastic``), motion_blur's and snow's line taps, summed per output
+row while it stays in the cache (``kernels.lines``, ``kernels.snow``), glass_blur's gather
+(``kernels.glass``), pixelate's integer box sums (``kernels.pixelate``). Where torch fuses a
+multiply-add (its AVX2 / AVX-512 kernels), the kernels fuse the same products, and only there
+(``kernels.TORCH_FUSES``). The rest is shared by both paths: the linear, image-independent parts
+run as one operator each (zoom_blur's summed zooms as a sparse matrix on an (H W, B C) matrix,
+in 2 MiB pages on the CPU; defocus_blur's disk through cached FFT spectra at 2-3-5 sizes);
+Gaussian blurs run over all images and channels at once in an (H, W, N) channels-last layout
+(OpenCV's separable filter on the CPU, depthwise convolutions elsewhere), reached and left by one
+OpenCV transpose; the noise draws use two 31-bit (or four 15-bit) numbers per 64-bit draw of
+torch's generator, float32 uniforms the top 24 bits of a 31-bit one; fog draws its whole plasma
+at once, snow only the centre its zoom keeps; the float corruptions work in grey levels where
+that saves passes (the reference's x / 255 ... * 255 up to rounding); JPEG converts planes to
+and from libjpeg's interleaved pixels with OpenCV. The NumPy / OpenCV / numba steps run on CPU
+batches only (``_on_host``); CUDA batches take the torch ops, and so do float batches but for
+two compiled steps with the tensor program's bits: the uniform draws and fog's plasma.
 
 Below 2x the reference per core (224 px, one thread): jpeg_compression, bound by libjpeg (the
-reference's own codec; the benchmark's floor column shows at most ~2x is possible, and the
-OpenCV plane conversions around the codec take the rest). Pixelate's vectorised passes barely
-beat PIL's integer C loop (1.1-1.6x); its kernels reach 2.5-3.2x.
+reference's own codec; the benchmark's floor column, the codec alone, reaches ~1.8-2.5x).
 """
 from __future__ import annotations
 
