@@ -31,7 +31,7 @@ def check_corruptions(rows):
         _positive_finite(r, ("reference_img_s", "torch_img_s", "speedup"))
         assert r["speedup"] == pytest.approx(r["torch_img_s"] / r["reference_img_s"])
         assert r["reference_setup_s"] >= 0 and r["torch_setup_s"] >= 0
-        _positive_finite(r, ("speedup_wall",))  # CPU-time ratios, the wall-time one beside
+        _positive_finite(r, ("speedup_wall", "speedup_steady"))  # CPU-time ratios, the wall-time one beside; steady
     # the floors: the noise's draws and libjpeg's codec; contrast is bound by none
     assert [r.get("floor") for r in rows] == ["a normal per value", None, "libjpeg encode + decode", None]
     for r in (rows[0], rows[2]):
