@@ -412,3 +412,16 @@ def test_zoom_operator_lives_in_huge_page_aligned_copies():
                                     operator.values().clone(), operator.shape, check_invariants=True)
     columns = torch.rand(48 * 40, 6, generator=torch.Generator().manual_seed(0))
     assert torch.equal(torch.sparse.mm(operator, columns), torch.sparse.mm(plain, columns))
+
+
+def test_views_corrupt_like_their_contiguous_copies():
+    """A cropped view (rows and columns strided inside a larger image), a batch-strided view and a channels-last
+    batch give every corruption the result of the contiguous copy (the kernels, OpenCV and libjpeg read planes)."""
+    photos = torch.from_numpy(np.stack(real_images(3, 80))).permute(0, 3, 1, 2)
+    for view in (photos[..., 8:72, 4:60], torch.stack([photos, photos], 1)[:, 0],
+                 photos.contiguous(memory_format=torch.channels_last)):
+        assert not view.is_contiguous()
+        for name in CORRUPTIONS:
+            ours = corrupt_batch(view, name, 3, torch.Generator().manual_seed(0))
+            expected = corrupt_batch(view.contiguous(), name, 3, torch.Generator().manual_seed(0))
+            assert torch.equal(ours, expected), name

@@ -1166,7 +1166,7 @@ def jpeg_compression(x: Tensor, severity: int, draws: Draws) -> Tensor:
     # libjpeg reads and writes interleaved (H, W, 3) pixels. OpenCV's SIMD merge / split convert
     # from and to the batch's planes ~6-10x faster than a uint8 permute-copy in torch, which cost
     # about as much as the codec (torchvision's own CHW -> HWC copy is then a no-op view).
-    planes = _as_uint8(x).cpu().numpy()
+    planes = np.ascontiguousarray(_as_uint8(x).cpu().numpy())  # OpenCV writes whole planes
     pixels = [torch.from_numpy(cv2.merge(list(image))).permute(2, 0, 1) for image in planes]
     out = np.empty_like(planes)
     for image, target in zip(decode_jpeg(encode_jpeg(pixels, quality=quality)), out):
