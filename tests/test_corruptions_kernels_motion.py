@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from timm_xbn.corruptions import corrupt_batch, torch_ops
-from timm_xbn.corruptions.agreement import real_images
-from timm_xbn.corruptions import kernels
+from corruption_batches import both_paths, counting, photo_batch
+
+from timm_xbn.corruptions import corrupt_batch, kernels
 from timm_xbn.corruptions.kernels import lines, snow
 
 NAMES = ("motion_blur", "snow")
@@ -16,98 +16,65 @@ NAMES = ("motion_blur", "snow")
 needs_fused_sums = pytest.mark.skipif(not kernels.TORCH_FUSES, reason="torch's CPU kernels do not fuse here")
 
 
-def batch_of(count: int, h: int, w: int) -> torch.Tensor:
-    """``count`` real photos cropped to (h, w), as a uint8 (B, 3, h, w) batch."""
-    images = [image[:h, :w] for image in real_images(count, max(h, w))]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
-
-
-def generators(count: int, seed: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(seed + i) for i in range(count)]
-
-
-def both_paths(monkeypatch, x: torch.Tensor, name: str, severity: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kernel path, tensor path) of one corruption, each with a fresh copy of the generator(s)."""
-    seeds = [g.initial_seed() for g in generator] if isinstance(generator, list) else generator.initial_seed()
-    fresh = lambda: [torch.Generator().manual_seed(s) for s in seeds] if isinstance(seeds, list) \
-        else torch.Generator().manual_seed(seeds)
-    kernel = corrupt_batch(x, name, severity, fresh())
-    with monkeypatch.context() as patch:
-        patch.setattr(torch_ops, "_on_host", lambda t: False)
-        tensor = corrupt_batch(x, name, severity, fresh())
-    return kernel, tensor
-
-
 @pytest.fixture
 def kernel_calls(monkeypatch) -> dict:
-    """Counts the calls of the kernels that finish each corruption (so a test knows the kernel ran)."""
-    calls = {"motion_blur": 0, "snow": 0}
-
-    def counted(module, function, name):
-        original = getattr(module, function)
-
-        def wrapper(*args):
-            calls[name] += 1
-            return original(*args)
-        monkeypatch.setattr(module, function, wrapper)
-    counted(lines, "blur_lines", "motion_blur")
-    counted(snow, "snow", "snow")
-    return calls
+    """The calls of the kernels that finish each corruption (so a test knows the kernel ran)."""
+    return {"motion_blur": counting(monkeypatch, lines, "blur_lines"), "snow": counting(monkeypatch, snow, "snow")}
 
 
 @needs_fused_sums
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("shape", [(64, 64), (48, 80), (80, 48), (37, 50)])
 def test_the_kernel_equals_the_tensor_program(monkeypatch, kernel_calls, name, shape):
-    x = batch_of(5, *shape)
+    x = photo_batch(5, *shape)
     for severity in range(1, 6):
-        kernel, tensor = both_paths(monkeypatch, x, name, severity, torch.Generator().manual_seed(severity))
+        kernel, tensor = both_paths(monkeypatch, x, name, severity, seed=severity)
         assert kernel.dtype == torch.uint8
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=f"{name} {shape} severity {severity}")
         assert not torch.equal(kernel, x)  # it did corrupt
-    assert kernel_calls[name] == 5 * 2  # 5 severities, chunks of 4 + 1 images
+    assert len(kernel_calls[name]) == 5 * 2  # 5 severities, chunks of 4 + 1 images
 
 
 @needs_fused_sums
 @pytest.mark.parametrize("name", NAMES)
 def test_per_image_generators_and_single_images(monkeypatch, kernel_calls, name):
-    x = batch_of(5, 48, 80)
+    x = photo_batch(5, 48, 80)
     for severity in (2, 5):
-        kernel, tensor = both_paths(monkeypatch, x, name, severity, generators(5, 10 * severity))
+        kernel, tensor = both_paths(monkeypatch, x, name, severity, seed=10 * severity, per_image=True)
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=f"{name} severity {severity}")
         # each image depends on its own generator only: alone, it gets the same result
-        alone, _ = both_paths(monkeypatch, x[3:4], name, severity, generators(1, 10 * severity + 3))
+        alone, _ = both_paths(monkeypatch, x[3:4], name, severity, seed=10 * severity + 3, per_image=True)
         torch.testing.assert_close(alone[0], kernel[3], atol=0, rtol=0)
-    kernel, tensor = both_paths(monkeypatch, x[1], name, 4, torch.Generator().manual_seed(7))  # one (3, H, W) image
+    kernel, tensor = both_paths(monkeypatch, x[1], name, 4, seed=7)  # one (3, H, W) image
     assert kernel.shape == x[1].shape
     torch.testing.assert_close(kernel, tensor, atol=0, rtol=0)
-    assert kernel_calls[name] > 0
+    assert len(kernel_calls[name]) > 0
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_full_size_images(monkeypatch, name):
     """224 px, at the longest line (severity 5: 41 taps for motion_blur) and the shortest."""
-    x = batch_of(2, 224, 224)
+    x = photo_batch(2, 224, 224)
     for severity in (1, 5):
-        kernel, tensor = both_paths(monkeypatch, x, name, severity, torch.Generator().manual_seed(severity))
+        kernel, tensor = both_paths(monkeypatch, x, name, severity, seed=severity)
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=f"{name} severity {severity}")
 
 
 def test_lines_longer_than_the_image(monkeypatch):
     """32 px images and 41 taps: the shifts that reach the image size end the line (the tensor program
     pads by index there, F.pad's replicate refuses pads that large)."""
-    x = batch_of(3, 32, 40)
+    x = photo_batch(3, 32, 40)
     for name in NAMES:
-        kernel, tensor = both_paths(monkeypatch, x, name, 5, torch.Generator().manual_seed(3))
+        kernel, tensor = both_paths(monkeypatch, x, name, 5, seed=3)
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=name)
 
 
 def test_channels_last_batches(monkeypatch):
     """A permuted (channels-last) batch: the kernels read and write through its strides."""
-    x = batch_of(5, 48, 80).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    x = photo_batch(5, 48, 80).permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
     assert not x.is_contiguous()
     for name in NAMES:
-        kernel, tensor = both_paths(monkeypatch, x, name, 3, torch.Generator().manual_seed(0))
+        kernel, tensor = both_paths(monkeypatch, x, name, 3, seed=0)
         torch.testing.assert_close(kernel, tensor, atol=0, rtol=0, msg=name)
 
 
@@ -115,10 +82,10 @@ def test_the_tensor_program_without_fused_sums(monkeypatch, kernel_calls):
     """Where torch's kernels multiply and add apart (no AVX2 / AVX-512 kernels), the tensor program
     runs: the kernel's fused sums would round differently."""
     monkeypatch.setattr(kernels, "TORCH_FUSES", False)
-    x = batch_of(2, 48, 48)
+    x = photo_batch(2, 48, 48)
     for name in NAMES:
         corrupt_batch(x, name, 3, torch.Generator().manual_seed(0))
-    assert kernel_calls == {"motion_blur": 0, "snow": 0}
+    assert kernel_calls == {"motion_blur": [], "snow": []}
 
 
 def test_fused_sums_are_what_torch_computes():

@@ -9,24 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from corruption_batches import counting, photo_batch, seeded, tensor_program
+
 from timm_xbn.corruptions import corrupt_batch, corrupt_reference, torch_ops
-from timm_xbn.corruptions.agreement import real_images
 from timm_xbn.corruptions.kernels import glass as glass_kernels
 from timm_xbn.corruptions.kernels import pixelate as pixelate_kernels
 
 SIZES = ((64, 64), (48, 80), (80, 48))
-
-
-def photos(batch: int, height: int, width: int) -> torch.Tensor:
-    """``batch`` real photos cropped to (height, width), as a uint8 (B, 3, H, W) batch."""
-    images = np.stack(real_images(batch, max(height, width)))[:, :height, :width]
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-
-
-def generator(batch: int, per_image: bool, seed: int):
-    if per_image:
-        return [torch.Generator().manual_seed(seed + i) for i in range(batch)]
-    return torch.Generator().manual_seed(seed)
 
 
 def tensor_path(monkeypatch: pytest.MonkeyPatch, host_blur: bool = False) -> None:
@@ -37,47 +26,35 @@ def tensor_path(monkeypatch: pytest.MonkeyPatch, host_blur: bool = False) -> Non
             return torch_ops._separable_cv2(t, row_kernel.to(dtype), col_kernel.to(dtype), mode, dtype)
 
         monkeypatch.setattr(torch_ops, "_separable_hwn", opencv_blur)
-    monkeypatch.setattr(torch_ops, "_on_host", lambda t: False)
-
-
-def counting(monkeypatch: pytest.MonkeyPatch, module, name: str) -> list:
-    """Count the calls of ``module.name`` (so a test knows the kernel ran)."""
-    calls, kernel = [], getattr(module, name)
-
-    def counted(*args):
-        calls.append(1)
-        return kernel(*args)
-
-    monkeypatch.setattr(module, name, counted)
-    return calls
+    tensor_program(monkeypatch)
 
 
 @pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("batch", (1, 5))
 @pytest.mark.parametrize("per_image", (False, True))
 def test_glass_kernel_equals_the_tensor_program(size, batch, per_image, monkeypatch):
-    x = photos(batch, *size)
+    x = photo_batch(batch, *size)
     with monkeypatch.context() as patch:
         calls = counting(patch, glass_kernels, "glass_gather")
-        kernel = [corrupt_batch(x, "glass_blur", s, generator(batch, per_image, s)) for s in range(1, 6)]
+        kernel = [corrupt_batch(x, "glass_blur", s, seeded(batch, s, per_image)) for s in range(1, 6)]
         assert len(calls) == 5 * -(-batch // torch_ops._CPU_CHUNK)
     tensor_path(monkeypatch, host_blur=True)
     for severity, ours in enumerate(kernel, 1):
-        expected = corrupt_batch(x, "glass_blur", severity, generator(batch, per_image, severity))
+        expected = corrupt_batch(x, "glass_blur", severity, seeded(batch, severity, per_image))
         assert torch.equal(ours, expected), (severity, (ours != expected).sum().item())
 
 
 def test_glass_kernel_equals_the_tensor_program_at_224_and_32_px_wide_and_in_float64(monkeypatch):
     """224 px; 32 px wide, where the drawable offsets span more than the width (no pixel skips the
     clamping); float64 compute on a non-contiguous batch."""
-    x, small = photos(2, 224, 224), photos(3, 80, 32)
-    kernel = [corrupt_batch(x, "glass_blur", s, generator(2, False, s)) for s in (1, 5)]
-    kernel += [corrupt_batch(small, "glass_blur", s, generator(3, False, s)) for s in (4, 5)]
-    wide = corrupt_batch(x[:, :, :64], "glass_blur", 4, generator(2, True, 9), compute_dtype=torch.float64)
+    x, small = photo_batch(2, 224, 224), photo_batch(3, 80, 32)
+    kernel = [corrupt_batch(x, "glass_blur", s, seeded(2, s, False)) for s in (1, 5)]
+    kernel += [corrupt_batch(small, "glass_blur", s, seeded(3, s, False)) for s in (4, 5)]
+    wide = corrupt_batch(x[:, :, :64], "glass_blur", 4, seeded(2, 9, True), compute_dtype=torch.float64)
     tensor_path(monkeypatch, host_blur=True)
     for (batch, severity), ours in zip(((x, 1), (x, 5), (small, 4), (small, 5)), kernel):
-        assert torch.equal(ours, corrupt_batch(batch, "glass_blur", severity, generator(len(batch), False, severity)))
-    expected = corrupt_batch(x[:, :, :64], "glass_blur", 4, generator(2, True, 9), compute_dtype=torch.float64)
+        assert torch.equal(ours, corrupt_batch(batch, "glass_blur", severity, seeded(len(batch), severity, False)))
+    expected = corrupt_batch(x[:, :, :64], "glass_blur", 4, seeded(2, 9, True), compute_dtype=torch.float64)
     assert torch.equal(wide, expected)
 
 
@@ -97,7 +74,7 @@ def test_glass_kernel_equals_the_tensor_program_at_the_extreme_offsets(severity,
     """Every pixel moved by the largest drawable offset up, down, left or right: the pixels nearest
     the region the kernel gathers without clamping read from its edge (random draws reach these
     offsets at a few pixels at most)."""
-    x = photos(2, 48, 80)
+    x = photo_batch(2, 48, 80)
     bins = torch_ops._glass_bins(severity)
     offsets = torch_ops._glass_offsets(severity)[0][bins]
     extremes = {int(f(offsets[:, axis])) for f in (np.argmin, np.argmax) for axis in (0, 1)}
@@ -116,14 +93,14 @@ def test_float_batches_do_not_take_the_kernels(name, monkeypatch):
     for module in (glass_kernels, pixelate_kernels):
         for kernel in module.__all__:
             monkeypatch.setattr(module, kernel, refuse)
-    x = photos(2, 48, 80).float() / 255
+    x = photo_batch(2, 48, 80).float() / 255
     assert corrupt_batch(x, name, 3, torch.Generator().manual_seed(0)).dtype == torch.float32
 
 
 @pytest.mark.parametrize("size", SIZES + ((224, 224),))
 @pytest.mark.parametrize("batch", (1, 5))
 def test_pixelate_kernel_equals_the_tensor_program_and_pil(size, batch, monkeypatch):
-    x = photos(batch, *size)
+    x = photo_batch(batch, *size)
     with monkeypatch.context() as patch:
         calls = counting(patch, pixelate_kernels, "box_rows_enlarged")
         kernel = [corrupt_batch(x, "pixelate", s) for s in range(1, 6)]

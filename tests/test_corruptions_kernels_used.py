@@ -3,12 +3,12 @@ tests compare the two paths, which would also agree if the kernels never ran), f
 (but for the uniform draws and fog's plasma, which have the tensor program's bits)."""
 import importlib
 
-import numpy as np
 import pytest
 import torch
 
+from corruption_batches import counting, photo_batch
+
 from timm_xbn.corruptions import CORRUPTIONS, corrupt_batch, kernels
-from timm_xbn.corruptions.agreement import real_images
 
 # corruption -> the kernel (module in timm_xbn.corruptions.kernels, function) its CPU uint8 path calls
 KERNEL_OF = {
@@ -32,15 +32,8 @@ def test_uint8_cpu_batches_run_the_kernel_and_float_batches_do_not(name, monkeyp
     if name in FUSED and not kernels.TORCH_FUSES:
         pytest.skip("torch's CPU kernels do not fuse here")
     module = importlib.import_module(f"timm_xbn.corruptions.kernels.{KERNEL_OF[name][0]}")
-    kernel = getattr(module, KERNEL_OF[name][1])
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return kernel(*args, **kwargs)
-
-    monkeypatch.setattr(module, KERNEL_OF[name][1], counted)
-    x = torch.from_numpy(np.stack(real_images(2, 48))).permute(0, 3, 1, 2).contiguous()
+    calls = counting(monkeypatch, module, KERNEL_OF[name][1])
+    x = photo_batch(2, 48, 48)
     corrupt_batch(x, name, 2, torch.Generator().manual_seed(0))
     assert calls, name
     calls.clear()
