@@ -512,10 +512,15 @@ def _filter2d(x: Tensor, kernel: np.ndarray, mode: str) -> Tensor:
     kh, kw = kernel.shape
     h, w = x.shape[-2:]
     xp = _pad(x, kh // 2, kw // 2, mode)
-    size = (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1]))
-    spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, x.dtype, x.device)
-    y = torch.fft.irfft2(torch.fft.rfft2(xp, s=size).mul_(spectrum), s=size)
+    y = _fft_correlate(xp, kernel, (_fft_size(xp.shape[-2]), _fft_size(xp.shape[-1])))
     return y[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w]
+
+
+def _fft_correlate(padded: Tensor, kernel: np.ndarray, size: tuple[int, int]) -> Tensor:
+    """The circular correlation of each (padded) plane with ``kernel`` at the FFT ``size`` (zeros
+    past the planes): ``_filter2d``'s valid part starts at (kh - 1, kw - 1)."""
+    spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, padded.dtype, padded.device)
+    return torch.fft.irfft2(torch.fft.rfft2(padded, s=size).mul_(spectrum), s=size)
 
 
 @lru_cache(maxsize=32)
@@ -623,9 +628,8 @@ def impulse_noise(x: Tensor, severity: int, draws: Draws) -> Tensor:
         # the 15-bit numbers of ``Draws.image_salt_and_pepper``, compared and applied in one compiled pass
         from .kernels.noise import salt_and_pepper
 
-        bits, out = draws.bits15(tuple(x.shape)), torch.empty_like(x, memory_format=torch.contiguous_format)
-        salt_and_pepper(x.contiguous().view(-1).numpy(), bits.view(-1).numpy(), *_salt_and_pepper_below(amount),
-                        out.view(-1).numpy())
+        bits, (pixels, out) = draws.bits15(tuple(x.shape)), _kernel_output(x)
+        salt_and_pepper(pixels.reshape(-1), bits.view(-1).numpy(), *_salt_and_pepper_below(amount), out.view(-1).numpy())
         return out
     salt, pepper = draws.image_salt_and_pepper(tuple(x.shape), amount)
     if x.dtype != torch.uint8:
@@ -663,9 +667,7 @@ def defocus_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
         padded = torch.empty((b, ch, *size))
         pixels, out = _kernel_output(x)
         pointwise.padded_unit(pixels, rows, cols, kw // 2, padded.numpy())
-        spectrum = _kernel_spectrum(kernel.tobytes(), kernel.shape, size, draws.dtype, x.device)
-        pointwise.unit_to_uint8(torch.fft.irfft2(torch.fft.rfft2(padded).mul_(spectrum), s=size).numpy(),
-                                kh - 1, kw - 1, out.numpy())
+        pointwise.unit_to_uint8(_fft_correlate(padded, kernel, size).numpy(), kh - 1, kw - 1, out.numpy())
         return out
     # on [0, 1] values at 2-3-5 FFT sizes: the committed study's AdaBN and claim 12 tables were written with these bits
     return _filter2d(_as_compute(x, draws).div_(255.0), kernel, "mirror").clamp_(0, 1).mul_(255)
@@ -752,8 +754,7 @@ def motion_blur(x: Tensor, severity: int, draws: Draws) -> Tensor:
         out = torch.empty_like(x)
         blur_lines(x.numpy(), weights.astype(np.float32), dy, dx, taps, out.numpy())
         return out
-    x = x if x.is_floating_point() else x.to(draws.dtype)
-    return _motion_blur(x, radius, sigma, angles).clamp_(0, 255)
+    return _motion_blur(_as_compute(x, draws), radius, sigma, angles).clamp_(0, 255)
 
 
 _ZOOMS = [np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
@@ -859,7 +860,7 @@ def snow(x: Tensor, severity: int, draws: Draws) -> Tensor:
                      np.float32(blend), np.float32(1 - blend), out.numpy())
         return out
     flakes = _enlarge(crop.unsqueeze(1), zoom)
-    x = x if x.is_floating_point() else x.to(draws.dtype)
+    x = _as_compute(x, draws)
     flakes = flakes.masked_fill_(flakes < threshold, 0).clamp_(0, 1)
     flakes = _motion_blur(flakes, radius, sigma, angles)
     # in grey levels (the reference's x / 255 ... * 255 up to rounding), the flakes as the
