@@ -12,16 +12,19 @@ sums, the bilinear zoom: its AVX2 / AVX-512 kernels use fmadd), the kernels fuse
 default, non-vectorised build multiplies, then adds): without it those kernels stay off.
 
 ``jit`` compiles with an on-disk cache (the first call in a fresh environment compiles, ~1 s per
-kernel; later processes load it). Inner loops index with unsigned integers: with signed indices
+kernel; later processes load it). numba keys each kernel's cache on its own file only: after an
+edit of this module (``jit``'s options, ``to_uint8``, inlined into the others) delete
+``kernels/__pycache__``, or the other modules' kernels load their stale builds. Inner loops index with unsigned integers: with signed indices
 numba checks each for negative wraparound, which stops LLVM from vectorising the loop (motion blur
 at 224 px: 5.4 ms per image with signed indices, 0.65 ms unsigned).
 """
 from functools import partial
 
 import numba
+import numpy as np
 import torch
 
-__all__ = ["jit", "TORCH_FUSES"]
+__all__ = ["jit", "TORCH_FUSES", "to_uint8"]
 
 TORCH_FUSES = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
@@ -29,3 +32,10 @@ TORCH_FUSES = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 # "numpy": float division by zero gives inf / nan like torch (Python's model raises, and its
 # checks also stop vectorisation)
 jit = partial(numba.njit, cache=True, nogil=True, error_model="numpy")
+
+
+@jit(inline="always")
+def to_uint8(value: float) -> np.uint8:
+    """A kernel's result value: clamped to [0, 255] (torch's clamp: max, then min) and truncated
+    (``corrupt_batch``'s cast, like the reference's ``np.uint8``)."""
+    return np.uint8(min(max(value, np.float32(0.0)), np.float32(255.0)))

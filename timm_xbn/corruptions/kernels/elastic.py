@@ -14,7 +14,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from . import jit
+from . import jit, to_uint8
 
 __all__ = ["displace"]
 
@@ -90,4 +90,4 @@ def displace(x, fields, alpha, base_y, base_x, out):
                     total = _fma(src[top + step], ne[j], total)
                     total = _fma(src[bottom], sw[j], total)
                     total = _fma(src[bottom + step], se[j], total)
-                    dst[target + j] = np.uint8(min(max(total, np.float32(0)), np.float32(255)))
+                    dst[target + j] = to_uint8(total)

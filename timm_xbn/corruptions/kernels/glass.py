@@ -11,7 +11,7 @@ pixel's source is its own position plus one precomputed step per offset, with no
 """
 import numpy as np
 
-from . import jit
+from . import jit, to_uint8
 
 __all__ = ["glass_gather", "planes_uint8"]
 
@@ -95,7 +95,7 @@ def planes_uint8(values, out):
         count = min(block, pixels - start)
         first = start * planes
         for j in range(count * planes):
-            cast[j] = np.uint8(min(max(src[first + j], np.float32(0)), np.float32(255)))
+            cast[j] = to_uint8(src[first + j])
         for plane in range(planes):
             target = plane * pixels + start
             for j in range(count):

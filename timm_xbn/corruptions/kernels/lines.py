@@ -15,11 +15,9 @@ program stays the path).
 """
 import numpy as np
 
-from . import jit
+from . import jit, to_uint8
 
 __all__ = ["pad_rows", "sum_taps", "blur_lines"]
-
-_ZERO, _MAX = np.float32(0.0), np.float32(255.0)
 
 
 @jit
@@ -96,4 +94,4 @@ def blur_lines(x: np.ndarray, weights: np.ndarray, dy: np.ndarray, dx: np.ndarra
                 sum_taps(acc, padded, taps, y, dy[b], dx[b], weights, counts[b])
                 row = out[b, c, y]
                 for i in range(np.uint64(w)):
-                    row[i] = np.uint8(min(max(acc[i], _ZERO), _MAX))
+                    row[i] = to_uint8(acc[i])

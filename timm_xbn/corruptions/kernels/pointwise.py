@@ -9,7 +9,7 @@ float32 arrays, so the arithmetic is float32 throughout, like torch's with Pytho
 """
 import numpy as np
 
-from . import jit
+from . import jit, to_uint8
 
 __all__ = ["add_noise", "scale_value", "blend_channels", "blend_texture", "scale_haze"]
 
@@ -17,16 +17,10 @@ _ZERO, _MAX = np.float32(0.0), np.float32(255.0)
 
 
 @jit
-def _to_uint8(v: np.float32) -> np.uint8:
-    """clamp to [0, 255] (torch's clamp: max, then min), then truncate."""
-    return np.uint8(min(max(v, _ZERO), _MAX))
-
-
-@jit
 def add_noise(x: np.ndarray, noise: np.ndarray, out: np.ndarray) -> None:
     """gaussian_noise: ``noise + x``, clamped and truncated (all three arrays flat, same length)."""
     for i in range(np.uint64(x.size)):
-        out[i] = _to_uint8(noise[i] + np.float32(x[i]))
+        out[i] = to_uint8(noise[i] + np.float32(x[i]))
 
 
 @jit
@@ -46,7 +40,7 @@ def scale_value(x: np.ndarray, shift: np.float32, out: np.ndarray) -> None:
             channel, result = x[b, c], out[b, c]
             for p in range(np.uint64(x.shape[2])):
                 ratio = (np.float32(channel[p]) / _MAX) / value[p]
-                result[p] = _to_uint8((np.float32(1.0) if ratio != ratio else ratio) * target[p])
+                result[p] = to_uint8((np.float32(1.0) if ratio != ratio else ratio) * target[p])
 
 
 @jit
@@ -71,7 +65,7 @@ def blend_texture(x: np.ndarray, texture: np.ndarray, top: int, left: int, keep:
         for y in range(x.shape[1]):
             row = texture[c, top + y]
             for i in range(np.uint64(x.shape[2])):
-                out[c, y, i] = _to_uint8(np.float32(x[c, y, i]) * keep + np.float32(row[start + i]) * amount)
+                out[c, y, i] = to_uint8(np.float32(x[c, y, i]) * keep + np.float32(row[start + i]) * amount)
 
 
 @jit
@@ -84,7 +78,7 @@ def scale_haze(x: np.ndarray, haze: np.ndarray, factor: np.ndarray, out: np.ndar
             for y in range(x.shape[2]):
                 row = haze[b, y]
                 for i in range(np.uint64(x.shape[3])):
-                    out[b, c, y, i] = _to_uint8((np.float32(x[b, c, y, i]) + row[i]) * f)
+                    out[b, c, y, i] = to_uint8((np.float32(x[b, c, y, i]) + row[i]) * f)
 
 
 @jit
@@ -128,7 +122,7 @@ def unit_to_uint8(y: np.ndarray, top: int, left: int, out: np.ndarray) -> None:
 def clamp_to_uint8(values: np.ndarray, out: np.ndarray) -> None:
     """zoom_blur's result: float32 values clamped to [0, 255] and truncated (both arrays flat)."""
     for i in range(np.uint64(values.size)):
-        out[i] = _to_uint8(values[i])
+        out[i] = to_uint8(values[i])
 
 
 @jit

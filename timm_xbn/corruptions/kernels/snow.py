@@ -8,7 +8,7 @@ the zoom's fuse like torch's, see ``lines``); the final clamp and truncation to 
 """
 import numpy as np
 
-from . import jit
+from . import jit, to_uint8
 from .lines import pad_rows, sum_taps
 
 __all__ = ["enlarges_like_torch", "enlarge", "snow"]
@@ -108,8 +108,7 @@ def _blend(x: np.ndarray, flakes: np.ndarray, blend: np.float32, keep: np.float3
                 grey = (red * r + green * g + blue * u) * scale + lift
                 snowfall = layer[i] + turned[np.uint64(w - 1) - i]
                 for c, value in ((0, r), (1, g), (2, u)):
-                    out[b, c, y, i] = np.uint8(min(max(value * blend + max(value, grey) * keep + snowfall, _ZERO),
-                                                   _MAX))
+                    out[b, c, y, i] = to_uint8(value * blend + max(value, grey) * keep + snowfall)
 
 
 @jit
